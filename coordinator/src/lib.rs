@@ -1,0 +1,1 @@
+//! Flotilla coordinator library: revision graph and planner, fleet lock, rollout engine, API and CLI.

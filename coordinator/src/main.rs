@@ -1,0 +1,3 @@
+//! `flotilla`: the coordinator server and CLI.
+
+fn main() {}
