@@ -1,0 +1,173 @@
+//! The database driver seam: one [`Driver`] per dialect (`driver/postgres.rs`, `driver/mysql.rs`,
+//! `driver/sqlite.rs`) opens [`Session`]s; a session is one dedicated connection on which the
+//! executor takes the migration lock, checks the fence and applies steps.
+//!
+//! **Architecture invariant:** only drivers open database connections, and every change a
+//! step makes is fenced: the fence row is checked and raised in the same transaction as the
+//! step (transactional) or as the dirty mark (non-transactional).
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::catalog::Catalog;
+use crate::history::{HistoryRow, TargetState};
+use crate::types::{Dialect, Direction};
+
+pub mod mysql;
+pub mod postgres;
+pub mod sqlite;
+
+/// Classes of transient errors: retried with backoff, reported on retry events and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// Connection refused, reset, closed, or the server is shutting down / starting up.
+    Connection,
+    /// Serialization failure (PostgreSQL 40001).
+    Serialization,
+    /// Deadlock detected (PostgreSQL 40P01, MySQL 1213).
+    Deadlock,
+    /// Lock wait timeout (PostgreSQL 55P03, MySQL 1205).
+    LockTimeout,
+    /// SQLITE_BUSY / SQLITE_LOCKED.
+    Busy,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Connection => "connection",
+            ErrorClass::Serialization => "serialization",
+            ErrorClass::Deadlock => "deadlock",
+            ErrorClass::LockTimeout => "lock_timeout",
+            ErrorClass::Busy => "busy",
+        }
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong talking to a target database. Messages never contain the database URL.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The request's fencing token is lower than one the target already accepted.
+    #[error("stale fencing token {offered}: the target has already accepted token {current}")]
+    StaleToken { offered: u64, current: u64 },
+    /// Worth retrying: the same operation may succeed on a new attempt.
+    #[error("transient {class} error: {message}")]
+    Transient { class: ErrorClass, message: String },
+    /// Retrying will not help (syntax error, constraint violation, missing privilege...).
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl DriverError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DriverError::Transient { .. })
+    }
+
+    pub fn class(&self) -> Option<ErrorClass> {
+        match self {
+            DriverError::Transient { class, .. } => Some(*class),
+            _ => None,
+        }
+    }
+}
+
+/// A step as the session applies it (already validated: checksum matches `sql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepSpec {
+    pub revision: String,
+    pub direction: Direction,
+    pub sql: String,
+    pub checksum: String,
+    pub transactional: bool,
+}
+
+/// Who is applying a step: recorded on the history row and used for the fence check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepMeta {
+    pub rollout_id: String,
+    pub agent_id: String,
+    pub fencing_token: u64,
+}
+
+/// Opens sessions on one target database.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    fn dialect(&self) -> Dialect;
+
+    /// `host:port` of the server (never credentials), or the file path for SQLite.
+    fn host(&self) -> String;
+
+    /// Open one dedicated connection to the target.
+    async fn connect(&self) -> Result<Box<dyn Session>, DriverError>;
+}
+
+/// One connection to a target. Every method is a complete unit: on error nothing it started
+/// is left open (its transaction is rolled back).
+#[async_trait]
+pub trait Session: Send {
+    /// Create `flotilla_history` and `flotilla_fence` if they do not exist (idempotent, safe
+    /// to race with another session doing the same).
+    async fn ensure_schema(&mut self) -> Result<(), DriverError>;
+
+    /// Try once, without waiting, to take the target's migration lock (`pg_try_advisory_lock`,
+    /// `GET_LOCK(name, 0)`, a lock row/file for SQLite). True when taken. The lock belongs to
+    /// this session and is released by `unlock` or when the connection closes.
+    async fn try_lock(&mut self) -> Result<bool, DriverError>;
+
+    /// Release the migration lock taken by `try_lock`.
+    async fn unlock(&mut self) -> Result<(), DriverError>;
+
+    /// The history log (id order) and the fence token.
+    async fn read_state(&mut self) -> Result<TargetState, DriverError>;
+
+    /// In ONE transaction: check the fence (`StaleToken` if `meta.fencing_token` is lower than
+    /// the stored token) and raise it, run `step.sql`, insert the history row with status
+    /// `applied` and the measured duration. Any error rolls the whole transaction back.
+    async fn apply_transactional(
+        &mut self,
+        step: &StepSpec,
+        meta: &StepMeta,
+    ) -> Result<HistoryRow, DriverError>;
+
+    /// In one transaction: check and raise the fence, insert a `dirty` history row for the
+    /// step; returns the row id.
+    async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError>;
+
+    /// Run `sql` outside an explicit transaction, one statement at a time where the dialect
+    /// requires it (PostgreSQL `CREATE INDEX CONCURRENTLY`).
+    async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError>;
+
+    /// Turn the dirty row `row_id` into `applied` with its duration.
+    async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError>;
+
+    /// Fenced: resolve the dirty row of `revision`: `applied` → the step counts as applied;
+    /// otherwise it is `abandoned` (counts as not applied). Permanent error when there is no
+    /// dirty row for that revision.
+    async fn repair(
+        &mut self,
+        revision: &str,
+        applied: bool,
+        meta: &StepMeta,
+    ) -> Result<(), DriverError>;
+
+    /// Fenced, one transaction: insert `stamped` rows for `(revision, checksum)` pairs.
+    async fn stamp(
+        &mut self,
+        revisions: &[(String, String)],
+        direction: Direction,
+        meta: &StepMeta,
+    ) -> Result<(), DriverError>;
+
+    /// The target's schema, excluding Flotilla's own tables.
+    async fn catalog(&mut self) -> Result<Catalog, DriverError>;
+
+    /// Close the connection (releasing session locks). Errors are ignored.
+    async fn close(self: Box<Self>);
+}

@@ -1,0 +1,1 @@
+//! mysql driver (to be written).

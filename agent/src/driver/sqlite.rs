@@ -1,0 +1,1 @@
+//! sqlite driver (to be written).
