@@ -1,1 +1,3 @@
 //! Flotilla coordinator library: revision graph and planner, fleet lock, rollout engine, API and CLI.
+
+pub mod revision;
