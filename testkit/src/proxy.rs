@@ -1,0 +1,155 @@
+//! A TCP proxy on loopback that can cut open connections and refuse new ones, for fault tests.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A TCP proxy on `127.0.0.1:0` in front of one upstream address.
+///
+/// Point a client at [`FaultProxy::addr`] instead of the server. Closed connections are reset
+/// (RST), so peers see an error rather than a clean end of stream. Dropping the proxy closes the
+/// listener and every connection. Must be started inside a Tokio runtime, which runs its tasks.
+#[derive(Debug)]
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Shared {
+    upstream: SocketAddr,
+    refusing: AtomicBool,
+    accepted: AtomicU64,
+    /// Cancelled by `cut_all`; every connection holds the token current when it was accepted.
+    cut: Mutex<CancellationToken>,
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<FaultProxy> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("fault proxy cannot bind 127.0.0.1:0")?;
+        let addr = listener
+            .local_addr()
+            .context("fault proxy has no address")?;
+        let shared = Arc::new(Shared {
+            upstream,
+            refusing: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
+            cut: Mutex::new(CancellationToken::new()),
+        });
+        let shutdown = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, shared.clone(), shutdown.clone()));
+        Ok(FaultProxy {
+            addr,
+            shared,
+            shutdown,
+        })
+    }
+
+    /// The proxy's address (127.0.0.1 and [`FaultProxy::port`]).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The upstream address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.shared.upstream
+    }
+
+    /// Closes every connection currently open through the proxy, on both sides.
+    ///
+    /// Takes effect before any further byte is forwarded on those connections; the sockets are
+    /// closed as soon as the proxy's tasks run. New connections are not affected.
+    pub fn cut_all(&self) {
+        let old = std::mem::take(&mut *self.shared.cut.lock().unwrap_or_else(|e| e.into_inner()));
+        old.cancel();
+    }
+
+    /// While `true`, new connections are accepted and immediately closed (reset).
+    pub fn set_refusing(&self, refuse: bool) {
+        self.shared.refusing.store(refuse, Ordering::SeqCst);
+    }
+
+    /// How many connections the listener accepted, including those closed in refusing mode.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let client = match accepted {
+            Ok((client, _)) => client,
+            Err(e) => {
+                // Transient (e.g. out of file descriptors): keep serving.
+                tracing::warn!("fault proxy accept failed: {e}");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        if shared.refusing.load(Ordering::SeqCst) {
+            reset(client);
+            continue;
+        }
+        let cut = shared.cut.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        tokio::spawn(forward(client, shared.upstream, cut, shutdown.clone()));
+    }
+}
+
+async fn forward(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    cut: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let connect = tokio::select! {
+        biased;
+        () = cut.cancelled() => None,
+        () = shutdown.cancelled() => None,
+        connect = TcpStream::connect(upstream) => connect.ok(),
+    };
+    let Some(mut server) = connect else {
+        reset(client);
+        return;
+    };
+    let _ = server.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {}
+        () = shutdown.cancelled() => {}
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+    }
+    reset(client);
+    reset(server);
+}
+
+/// Closes with RST rather than FIN.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
+}

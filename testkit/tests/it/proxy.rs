@@ -1,0 +1,1 @@
+//! FaultProxy: cut, refuse, count.
