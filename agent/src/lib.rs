@@ -1,8 +1,18 @@
 //! Flotilla agent library: configuration, target discovery, database drivers and the gRPC service.
 
+pub mod agent;
 pub mod catalog;
+pub mod config;
 pub mod driver;
+pub mod error;
+mod executor;
 pub mod history;
+pub mod service;
+mod target;
 pub mod types;
 
+pub use agent::{Agent, EventStream};
+pub use config::{AgentConfig, TargetConfig};
+pub use error::{AgentError, Reason};
+pub use service::{AgentGrpc, ServeError, serve};
 pub use types::{Dialect, Direction, Secret, checksum, is_valid_revision_id};

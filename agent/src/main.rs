@@ -1,3 +1,60 @@
-//! `flotilla-agent`: parses flags, sets up logging and serves the agent.
+//! `flotilla-agent`: parses flags/env/TOML into a config, sets up logging and serves the agent
+//! until SIGTERM or SIGINT.
 
-fn main() {}
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use flotilla_agent::config::{AgentConfig, Args, LogFormat};
+use flotilla_agent::{Agent, serve};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_tracing(args.log_format);
+    let config = AgentConfig::load(&args)?;
+    let listen = config.server.listen;
+    let agent = Arc::new(Agent::new(config).await.context("starting the agent")?);
+    tracing::info!(targets = ?agent.target_ids().await, "targets");
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    serve(agent, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match format {
+        LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (Kubernetes pod stop).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,509 @@
+//! [`Agent`]: the embedding API. It owns the targets, the root cancellation token and the
+//! tasks running migrations; the gRPC service (`service.rs`) is a thin wrapper around it, and
+//! the coordinator can run agents in-process by calling these methods directly.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::{
+    AppliedRevision, IssueKind, MigrateRequest, RepairRequest, RepairResponse, RevisionIssue,
+    StampRequest, StampResponse, StatusRequest, StatusResponse, StepEvent, TargetStatus,
+    TargetValidation, ValidateRequest, ValidateResponse,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::config::AgentConfig;
+use crate::driver::{Session, StepMeta};
+use crate::error::AgentError;
+use crate::executor::{
+    EventSink, Executor, Locker, PlannedStep, driver_error, needs_dirty_protocol,
+};
+use crate::history::{HistoryRow, TargetState};
+use crate::service::validate as check;
+use crate::target::{Target, Targets};
+
+/// The stream of events a `migrate` call returns; it ends with `Err(status)` after a
+/// `StepFailed` event when a step fails.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StepEvent, Status>> + Send + 'static>>;
+
+/// Events buffered per Migrate call before the executor waits for the client.
+const EVENT_BUFFER: usize = 64;
+
+/// A Flotilla agent serving a set of targets.
+pub struct Agent {
+    config: AgentConfig,
+    targets: Targets,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("agent_id", &self.config.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn applied_revision(row: &HistoryRow) -> AppliedRevision {
+    AppliedRevision {
+        revision: row.revision.clone(),
+        checksum: row.checksum.clone(),
+        direction: row.direction.to_proto() as i32,
+        status: row.status.as_str().to_owned(),
+        applied_at_unix_ms: row.applied_at_ms,
+        duration_ms: row.duration_ms,
+        rollout_id: row.rollout_id.clone(),
+        agent_id: row.agent_id.clone(),
+        fencing_token: row.fencing_token,
+    }
+}
+
+fn target_status(target: &Target, state: &TargetState, include_history: bool) -> TargetStatus {
+    let mut ts = empty_status(target);
+    let applied = state.applied();
+    ts.applied = applied.iter().map(|r| applied_revision(r)).collect();
+    // The agent does not know the revision graph: its head is the newest applied revision;
+    // the coordinator derives the graph heads from `applied`.
+    ts.heads = applied
+        .last()
+        .map(|r| r.revision.clone())
+        .into_iter()
+        .collect();
+    if let Some(d) = state.dirty() {
+        ts.dirty = true;
+        ts.dirty_revision = d.revision.clone();
+    }
+    ts.last_step = state.last_step().map(applied_revision);
+    ts.fence_token = state.fence_token;
+    if include_history {
+        ts.history = state.history.iter().map(applied_revision).collect();
+    }
+    ts
+}
+
+fn empty_status(target: &Target) -> TargetStatus {
+    TargetStatus {
+        target_id: target.id.clone(),
+        dialect: target.dialect.to_proto() as i32,
+        labels: target
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        host: target.driver.host(),
+        ..TargetStatus::default()
+    }
+}
+
+/// Open a session (no lock) with Flotilla's tables in place.
+async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
+    let mut session = target
+        .driver
+        .connect()
+        .await
+        .map_err(|e| driver_error(&target.id, e))?;
+    if let Err(e) = session.ensure_schema().await {
+        session.close().await;
+        return Err(driver_error(&target.id, e));
+    }
+    Ok(session)
+}
+
+/// The target's history and fence token.
+async fn read_target(target: &Target) -> Result<TargetState, AgentError> {
+    let mut session = open_session(target).await?;
+    let res = session.read_state().await;
+    session.close().await;
+    res.map_err(|e| driver_error(&target.id, e))
+}
+
+/// The target's history and, unless skipped, its schema fingerprint.
+async fn read_target_and_fingerprint(
+    target: &Target,
+    skip_fingerprint: bool,
+) -> Result<(TargetState, String), AgentError> {
+    let mut session = open_session(target).await?;
+    let res = async {
+        let state = session.read_state().await?;
+        let fp = if skip_fingerprint {
+            String::new()
+        } else {
+            session.catalog().await?.fingerprint()
+        };
+        Ok((state, fp))
+    }
+    .await;
+    session.close().await;
+    res.map_err(|e| driver_error(&target.id, e))
+}
+
+async fn stamp_locked(
+    s: &mut dyn Session,
+    target: &str,
+    pairs: &[(String, String)],
+    direction: crate::types::Direction,
+    meta: &StepMeta,
+) -> Result<TargetState, AgentError> {
+    let state = s.read_state().await.map_err(|e| driver_error(target, e))?;
+    if let Some(d) = state.dirty() {
+        return Err(AgentError::TargetDirty {
+            target: target.to_owned(),
+            revision: d.revision.clone(),
+        });
+    }
+    s.stamp(pairs, direction, meta)
+        .await
+        .map_err(|e| driver_error(target, e))?;
+    s.read_state().await.map_err(|e| driver_error(target, e))
+}
+
+async fn repair_locked(
+    s: &mut dyn Session,
+    target: &str,
+    revision: &str,
+    applied: bool,
+    meta: &StepMeta,
+) -> Result<TargetState, AgentError> {
+    let state = s.read_state().await.map_err(|e| driver_error(target, e))?;
+    if state.dirty().is_none_or(|d| d.revision != revision) {
+        return Err(AgentError::NotDirty {
+            target: target.to_owned(),
+            revision: revision.to_owned(),
+        });
+    }
+    s.repair(revision, applied, meta)
+        .await
+        .map_err(|e| driver_error(target, e))?;
+    s.read_state().await.map_err(|e| driver_error(target, e))
+}
+
+impl Agent {
+    /// Validate the config, open the drivers and run the first discovery scan.
+    pub async fn new(config: AgentConfig) -> Result<Agent, AgentError> {
+        config.validate()?;
+        let targets = Targets::new(
+            config.targets.clone(),
+            config.discovery.sources.clone(),
+            config.discovery.refresh_interval,
+        )
+        .await?;
+        Ok(Agent {
+            config,
+            targets,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.config.agent_id
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Ids of the targets currently served.
+    pub async fn target_ids(&self) -> Vec<String> {
+        self.targets
+            .all()
+            .await
+            .iter()
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
+    /// The root cancellation token: cancelling it stops every migration before its next
+    /// step (the step in flight commits or rolls back).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Cancel and wait (up to `grace`) for the migrations in flight; false if time ran out.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+
+    fn meta(&self, rollout_id: &str, fencing_token: u64) -> StepMeta {
+        StepMeta {
+            rollout_id: rollout_id.to_owned(),
+            agent_id: self.config.agent_id.clone(),
+            fencing_token,
+        }
+    }
+
+    fn ensure_running(&self, target: &str) -> Result<(), AgentError> {
+        if self.shutdown.is_cancelled() {
+            return Err(AgentError::Cancelled {
+                target: target.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Apply the request's steps to its target; see `agent.proto` for the stream's contract.
+    /// Request errors (invalid, unknown target, checksum mismatch) are returned before any
+    /// event; everything after that is streamed.
+    pub async fn migrate(&self, req: MigrateRequest) -> Result<EventStream, Status> {
+        let steps = check::migrate_request(&req)?;
+        let target = self.targets.lookup(&req.target_id).await?;
+        self.ensure_running(&target.id)?;
+        let planned: Vec<PlannedStep> = steps
+            .into_iter()
+            .map(|(spec, up_checksum)| PlannedStep {
+                dirty_protocol: needs_dirty_protocol(target.dialect, &spec.sql, spec.transactional),
+                spec,
+                up_checksum,
+            })
+            .collect();
+        let lock_wait = match req.lock_wait_ms {
+            0 => self.config.lock.wait,
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let span = tracing::info_span!(
+            "migrate",
+            target = %target.id,
+            rollout_id = %req.rollout_id,
+            fencing_token = req.fencing_token,
+            steps = planned.len(),
+        );
+        let exec = Executor {
+            sink: EventSink::new(tx.clone(), target.id.clone()),
+            target,
+            meta: self.meta(&req.rollout_id, req.fencing_token),
+            retry: self.config.retry.clone(),
+            lock: self.config.lock.clone(),
+            lock_wait,
+            cancel: self.shutdown.child_token(),
+        };
+        self.tasks.spawn(
+            async move {
+                if let Err(e) = exec.run(planned).await {
+                    let _ = tx.send(Err(e.to_status())).await;
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    /// The targets a request names (all when empty), rescanning discovery when all are asked.
+    async fn select(&self, ids: &[String]) -> Result<Vec<Arc<Target>>, AgentError> {
+        if ids.is_empty() {
+            self.targets.refresh_if_stale().await;
+            return Ok(self.targets.all().await);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.targets.lookup(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// The state of every target (or those asked for), queried concurrently; a target that
+    /// cannot be read gets `error` set instead of failing the call.
+    pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
+        check::target_ids("target_ids", &req.target_ids)?;
+        let targets = self.select(&req.target_ids).await?;
+        let timeout = self.config.status.timeout;
+        let include_history = req.include_history;
+        let targets = futures::stream::iter(targets)
+            .map(|t| async move {
+                match tokio::time::timeout(timeout, read_target(&t)).await {
+                    Ok(Ok(state)) => target_status(&t, &state, include_history),
+                    Ok(Err(e)) => TargetStatus {
+                        error: e.to_string(),
+                        ..empty_status(&t)
+                    },
+                    Err(_) => TargetStatus {
+                        error: format!(
+                            "target {}: no answer within {}ms",
+                            t.id,
+                            timeout.as_millis()
+                        ),
+                        ..empty_status(&t)
+                    },
+                }
+            })
+            .buffered(self.config.status.concurrency)
+            .collect()
+            .await;
+        Ok(StatusResponse {
+            agent_id: self.config.agent_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            targets,
+        })
+    }
+
+    /// Compare each target's history with the expected revisions and fingerprint its schema.
+    pub async fn validate(&self, req: ValidateRequest) -> Result<ValidateResponse, Status> {
+        check::validate_request(&req)?;
+        let targets = self.select(&req.target_ids).await?;
+        let expected: std::collections::HashMap<&str, &str> = req
+            .expected
+            .iter()
+            .map(|e| (e.revision.as_str(), e.checksum.as_str()))
+            .collect();
+        let skip = req.skip_fingerprint;
+        let timeout = self.config.status.timeout;
+        let targets = futures::stream::iter(targets)
+            .map(|t| {
+                let expected = &expected;
+                async move {
+                    let read = read_target_and_fingerprint(&t, skip);
+                    let mut tv = TargetValidation {
+                        target_id: t.id.clone(),
+                        ..Default::default()
+                    };
+                    match tokio::time::timeout(timeout, read).await {
+                        Ok(Ok((state, fp))) => {
+                            tv.fingerprint = fp;
+                            tv.issues = issues(&state, expected);
+                            tv.applied =
+                                state.applied().iter().map(|r| r.revision.clone()).collect();
+                        }
+                        Ok(Err(e)) => tv.error = e.to_string(),
+                        Err(_) => tv.error = format!("no answer within {}ms", timeout.as_millis()),
+                    }
+                    tv
+                }
+            })
+            .buffered(self.config.status.concurrency)
+            .collect()
+            .await;
+        Ok(ValidateResponse {
+            agent_id: self.config.agent_id.clone(),
+            targets,
+        })
+    }
+
+    /// Take the target's locks (in-process, then database) for an operator write; the
+    /// database lock is released when the session is closed.
+    async fn locked(
+        &self,
+        target: &Target,
+    ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Box<dyn Session>), AgentError> {
+        self.ensure_running(&target.id)?;
+        let cancel = self.shutdown.child_token();
+        let locker = Locker {
+            target,
+            wait: self.config.lock.wait,
+            max_poll: self.config.lock.max_poll_interval,
+            cancel: &cancel,
+            events: None,
+        };
+        let guard = locker.lock_in_process().await?;
+        let session = locker.open_locked().await.map_err(|f| match f {
+            crate::executor::Failure::Driver(e) => driver_error(&target.id, e),
+            crate::executor::Failure::Fatal(e) => e,
+        })?;
+        Ok((guard, session))
+    }
+
+    async fn release(mut session: Box<dyn Session>) {
+        let _ = session.unlock().await;
+        session.close().await;
+    }
+
+    /// Record revisions as applied (up) or removed (down) without running SQL. Fenced.
+    pub async fn stamp(&self, req: StampRequest) -> Result<StampResponse, Status> {
+        let direction = check::stamp_request(&req)?;
+        let target = self.targets.lookup(&req.target_id).await?;
+        let meta = self.meta(&req.rollout_id, req.fencing_token);
+        let pairs: Vec<(String, String)> = req
+            .revisions
+            .iter()
+            .map(|r| (r.revision.clone(), r.checksum.clone()))
+            .collect();
+        let (guard, mut session) = self.locked(&target).await?;
+        let res = stamp_locked(session.as_mut(), &target.id, &pairs, direction, &meta).await;
+        Self::release(session).await;
+        drop(guard);
+        let status = res?;
+        tracing::info!(target = %target.id, revisions = pairs.len(), %direction, "stamped");
+        Ok(StampResponse {
+            target: Some(target_status(&target, &status, false)),
+        })
+    }
+
+    /// Resolve the target's dirty step: it counts as applied, or as not applied. Fenced.
+    pub async fn repair(&self, req: RepairRequest) -> Result<RepairResponse, Status> {
+        check::repair_request(&req)?;
+        let target = self.targets.lookup(&req.target_id).await?;
+        let meta = self.meta("", req.fencing_token);
+        let (guard, mut session) = self.locked(&target).await?;
+        let res = repair_locked(
+            session.as_mut(),
+            &target.id,
+            &req.revision,
+            req.applied,
+            &meta,
+        )
+        .await;
+        Self::release(session).await;
+        drop(guard);
+        let status = res?;
+        tracing::info!(target = %target.id, revision = %req.revision, applied = req.applied, "repaired");
+        Ok(RepairResponse {
+            target: Some(target_status(&target, &status, false)),
+        })
+    }
+}
+
+/// History vs the expected revisions: unknown revisions, edited ones, a dirty step.
+fn issues(
+    state: &TargetState,
+    expected: &std::collections::HashMap<&str, &str>,
+) -> Vec<RevisionIssue> {
+    let mut out = Vec::new();
+    for row in state.applied() {
+        match expected.get(row.revision.as_str()) {
+            None => out.push(RevisionIssue {
+                revision: row.revision.clone(),
+                kind: IssueKind::UnknownRevision as i32,
+                expected_checksum: String::new(),
+                applied_checksum: row.checksum.clone(),
+                message: format!(
+                    "revision {} is applied but is not in the migration set",
+                    row.revision
+                ),
+            }),
+            Some(want) if *want != row.checksum => out.push(RevisionIssue {
+                revision: row.revision.clone(),
+                kind: IssueKind::ChecksumMismatch as i32,
+                expected_checksum: (*want).to_owned(),
+                applied_checksum: row.checksum.clone(),
+                message: format!(
+                    "revision {} was applied with checksum {} but the migration now hashes to {}: \
+                     it was edited after it was applied",
+                    row.revision, row.checksum, want
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
+    if let Some(d) = state.dirty() {
+        out.push(RevisionIssue {
+            revision: d.revision.clone(),
+            kind: IssueKind::Dirty as i32,
+            expected_checksum: expected
+                .get(d.revision.as_str())
+                .map(|c| (*c).to_owned())
+                .unwrap_or_default(),
+            applied_checksum: d.checksum.clone(),
+            message: format!("step {} did not finish cleanly; run repair", d.revision),
+        });
+    }
+    out
+}

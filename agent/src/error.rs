@@ -1,0 +1,256 @@
+//! The agent's error type and the one place it becomes a `tonic::Status`.
+//!
+//! Every status the agent returns carries a stable, machine-readable reason twice: as the
+//! prefix of the message (`"LOCK_TIMEOUT: target t1: ..."`) and in the `flotilla-reason`
+//! metadata entry. Clients match on the reason, never on the rest of the message.
+
+use std::time::Duration;
+
+use flotilla_proto::FailureReason;
+use tonic::{Code, Status};
+
+use crate::config::ConfigError;
+
+/// Metadata key holding the stable reason of an error status.
+pub const REASON_METADATA_KEY: &str = "flotilla-reason";
+
+/// Stable reasons, one per kind of failure. Their strings are a public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    InvalidRequest,
+    UnknownTarget,
+    ChecksumMismatch,
+    StaleFencingToken,
+    TargetDirty,
+    NotDirty,
+    LockTimeout,
+    RetriesExhausted,
+    SqlError,
+    DatabaseUnavailable,
+    Cancelled,
+    Config,
+    Internal,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => "INVALID_REQUEST",
+            Reason::UnknownTarget => "UNKNOWN_TARGET",
+            Reason::ChecksumMismatch => "CHECKSUM_MISMATCH",
+            Reason::StaleFencingToken => "STALE_FENCING_TOKEN",
+            Reason::TargetDirty => "TARGET_DIRTY",
+            Reason::NotDirty => "NOT_DIRTY",
+            Reason::LockTimeout => "LOCK_TIMEOUT",
+            Reason::RetriesExhausted => "RETRIES_EXHAUSTED",
+            Reason::SqlError => "SQL_ERROR",
+            Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            Reason::Cancelled => "CANCELLED",
+            Reason::Config => "CONFIG",
+            Reason::Internal => "INTERNAL",
+        }
+    }
+
+    /// Parse the reason back out of a status produced by the agent (metadata first, then
+    /// the message prefix).
+    pub fn of_status(status: &Status) -> Option<&str> {
+        if let Some(v) = status.metadata().get(REASON_METADATA_KEY) {
+            return v.to_str().ok();
+        }
+        status.message().split_once(": ").map(|(r, _)| r)
+    }
+}
+
+/// Everything that can go wrong in the agent, with the ids an operator needs.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid request: {field}: {message}")]
+    InvalidRequest { field: String, message: String },
+    #[error("unknown target {target:?}: this agent does not serve it")]
+    UnknownTarget { target: String },
+    #[error(
+        "target {target}: step {revision} declares checksum {declared} but its sql hashes to \
+         {computed}: refusing to run it"
+    )]
+    ChecksumMismatch {
+        target: String,
+        revision: String,
+        declared: String,
+        computed: String,
+    },
+    #[error(
+        "target {target}: revision {revision} was applied with checksum {applied} but the \
+         request carries {requested}: the migration was edited after it was applied"
+    )]
+    AppliedChecksumMismatch {
+        target: String,
+        revision: String,
+        applied: String,
+        requested: String,
+    },
+    #[error(
+        "target {target}: stale fencing token {offered}: the target has already accepted token \
+         {current}; another coordinator holds the lock"
+    )]
+    StaleToken {
+        target: String,
+        offered: u64,
+        current: u64,
+    },
+    #[error(
+        "target {target} is dirty: step {revision} did not finish cleanly; inspect the database, \
+         then run repair for {revision} saying whether it counts as applied"
+    )]
+    TargetDirty { target: String, revision: String },
+    #[error("target {target}: revision {revision} has no dirty step to repair")]
+    NotDirty { target: String, revision: String },
+    #[error(
+        "target {target}: could not take the migration lock within {}ms: another migration \
+         holds it; retry later or raise the lock wait",
+        waited.as_millis()
+    )]
+    LockTimeout { target: String, waited: Duration },
+    #[error(
+        "target {target}: step {revision} failed after {attempts} attempts with transient \
+         errors: {last_error}"
+    )]
+    RetriesExhausted {
+        target: String,
+        revision: String,
+        attempts: u32,
+        last_error: String,
+    },
+    #[error("target {target}: step {revision} failed: {message}")]
+    Sql {
+        target: String,
+        revision: String,
+        message: String,
+        dirty: bool,
+        rolled_back: bool,
+    },
+    #[error("target {target}: database error: {message}")]
+    Database { target: String, message: String },
+    #[error("target {target}: database unavailable: {message}")]
+    Unavailable { target: String, message: String },
+    #[error("target {target}: the agent is shutting down; nothing more was started")]
+    Cancelled { target: String },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("target discovery failed: {0}")]
+    Discovery(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    pub(crate) fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        AgentError::InvalidRequest {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn reason(&self) -> Reason {
+        match self {
+            AgentError::InvalidRequest { .. } => Reason::InvalidRequest,
+            AgentError::UnknownTarget { .. } => Reason::UnknownTarget,
+            AgentError::ChecksumMismatch { .. } | AgentError::AppliedChecksumMismatch { .. } => {
+                Reason::ChecksumMismatch
+            }
+            AgentError::StaleToken { .. } => Reason::StaleFencingToken,
+            AgentError::TargetDirty { .. } => Reason::TargetDirty,
+            AgentError::NotDirty { .. } => Reason::NotDirty,
+            AgentError::LockTimeout { .. } => Reason::LockTimeout,
+            AgentError::RetriesExhausted { .. } => Reason::RetriesExhausted,
+            AgentError::Sql { .. } | AgentError::Database { .. } => Reason::SqlError,
+            AgentError::Unavailable { .. } => Reason::DatabaseUnavailable,
+            AgentError::Cancelled { .. } => Reason::Cancelled,
+            AgentError::Config(_) | AgentError::Discovery(_) => Reason::Config,
+            AgentError::Internal(_) => Reason::Internal,
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            AgentError::InvalidRequest { .. } | AgentError::ChecksumMismatch { .. } => {
+                Code::InvalidArgument
+            }
+            AgentError::UnknownTarget { .. } => Code::NotFound,
+            AgentError::AppliedChecksumMismatch { .. }
+            | AgentError::StaleToken { .. }
+            | AgentError::TargetDirty { .. }
+            | AgentError::NotDirty { .. } => Code::FailedPrecondition,
+            AgentError::LockTimeout { .. } => Code::DeadlineExceeded,
+            AgentError::RetriesExhausted { .. }
+            | AgentError::Unavailable { .. }
+            | AgentError::Cancelled { .. } => Code::Unavailable,
+            AgentError::Sql { .. } | AgentError::Database { .. } => Code::Aborted,
+            AgentError::Config(_) | AgentError::Discovery(_) | AgentError::Internal(_) => {
+                Code::Internal
+            }
+        }
+    }
+
+    /// The `FailureReason` of the `StepFailed` event streamed before this error.
+    pub fn failure_reason(&self) -> FailureReason {
+        match self {
+            AgentError::ChecksumMismatch { .. } | AgentError::AppliedChecksumMismatch { .. } => {
+                FailureReason::ChecksumMismatch
+            }
+            AgentError::StaleToken { .. } => FailureReason::StaleFencingToken,
+            AgentError::TargetDirty { .. } => FailureReason::TargetDirty,
+            AgentError::LockTimeout { .. } => FailureReason::LockTimeout,
+            AgentError::RetriesExhausted { .. } | AgentError::Unavailable { .. } => {
+                FailureReason::RetriesExhausted
+            }
+            AgentError::Cancelled { .. } => FailureReason::Cancelled,
+            AgentError::InvalidRequest { .. } | AgentError::UnknownTarget { .. } => {
+                FailureReason::InvalidStep
+            }
+            AgentError::Sql { .. }
+            | AgentError::Database { .. }
+            | AgentError::NotDirty { .. }
+            | AgentError::Config(_)
+            | AgentError::Discovery(_)
+            | AgentError::Internal(_) => FailureReason::SqlError,
+        }
+    }
+
+    /// The single mapping from agent errors to gRPC statuses (code + stable reason).
+    pub fn to_status(&self) -> Status {
+        let reason = self.reason().as_str();
+        let mut status = Status::new(self.code(), format!("{reason}: {self}"));
+        if let Ok(v) = reason.parse() {
+            status.metadata_mut().insert(REASON_METADATA_KEY, v);
+        }
+        status
+    }
+}
+
+impl From<AgentError> for Status {
+    fn from(e: AgentError) -> Status {
+        e.to_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_carries_code_and_reason() {
+        let e = AgentError::LockTimeout {
+            target: "t1".into(),
+            waited: Duration::from_millis(250),
+        };
+        let s = e.to_status();
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        assert!(
+            s.message().starts_with("LOCK_TIMEOUT: target t1: "),
+            "{}",
+            s.message()
+        );
+        assert!(s.message().contains("250ms"));
+        assert_eq!(Reason::of_status(&s), Some("LOCK_TIMEOUT"));
+    }
+}

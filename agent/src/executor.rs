@@ -1,0 +1,563 @@
+//! Applies a Migrate request's steps to one target, in order, under the target's locks:
+//! the step protocol (transactional vs dirty-marking), idempotency, and retries of transient
+//! errors with exponential backoff and jitter (`backon`).
+//!
+//! Per step: read the target's state; refuse a dirty target or a stale token; skip a step
+//! already applied (up) or not applied (down); else run it. A transient error is retried
+//! after a backoff delay, on a new session for connection errors (re-taking the lock), and
+//! the state is read again first, so a step whose commit happened but whose reply was lost
+//! is recognised and not applied twice. The only transient error never retried is one
+//! raised while a non-transactional step's SQL runs: it may be half-applied, so the target
+//! stays dirty for an operator's `Repair`.
+//!
+//! Cancellation (agent shutdown, client gone) is checked between steps and during waits,
+//! never inside a database call: the step in flight commits or rolls back.
+
+mod lock;
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use flotilla_proto::step_event::Event;
+use flotilla_proto::{
+    StepEvent, StepFailed, StepRetrying, StepSkipped, StepStarted, StepSucceeded,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tracing::Instrument;
+
+pub(crate) use lock::Locker;
+
+use crate::config::{LockConfig, RetryConfig};
+use crate::driver::{DriverError, ErrorClass, Session, StepMeta, StepSpec};
+use crate::error::AgentError;
+use crate::history::{HistoryRow, RowStatus, TargetState};
+use crate::target::Target;
+use crate::types::{Dialect, Direction};
+
+/// Where a Migrate call's events go (the gRPC stream).
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    tx: mpsc::Sender<Result<StepEvent, Status>>,
+    target_id: String,
+}
+
+impl EventSink {
+    pub(crate) fn new(tx: mpsc::Sender<Result<StepEvent, Status>>, target_id: String) -> Self {
+        EventSink { tx, target_id }
+    }
+
+    /// Whether the client stopped listening.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub(crate) fn for_step(&self, revision: &str, direction: Direction) -> EventCtx {
+        EventCtx {
+            sink: self.clone(),
+            revision: revision.to_owned(),
+            direction,
+        }
+    }
+}
+
+/// An event sink bound to the step the events are about.
+pub(crate) struct EventCtx {
+    sink: EventSink,
+    revision: String,
+    direction: Direction,
+}
+
+impl EventCtx {
+    pub(crate) async fn emit(&self, event: Event) {
+        let ev = StepEvent {
+            target_id: self.sink.target_id.clone(),
+            revision: self.revision.clone(),
+            direction: self.direction.to_proto() as i32,
+            event: Some(event),
+        };
+        // A closed stream means the client left; the executor notices between steps.
+        let _ = self.sink.tx.send(Ok(ev)).await;
+    }
+}
+
+/// Why an attempt stopped: a database error (transient ones may be retried) or a final one.
+pub(crate) enum Failure {
+    Driver(DriverError),
+    Fatal(AgentError),
+}
+
+/// A validated step of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct PlannedStep {
+    pub(crate) spec: StepSpec,
+    /// Expected checksum of the applied revision for a down step ("" = not checked).
+    pub(crate) up_checksum: String,
+    /// Mark dirty / run / mark clean instead of one transaction.
+    pub(crate) dirty_protocol: bool,
+}
+
+/// Whether a step must use the dirty-marking protocol: non-transactional steps, and MySQL
+/// steps whose statements commit implicitly (DDL).
+pub(crate) fn needs_dirty_protocol(dialect: Dialect, sql: &str, transactional: bool) -> bool {
+    !transactional || (dialect == Dialect::Mysql && mysql_needs_dirty_protocol(sql))
+}
+
+/// Until the MySQL driver's classifier lands: every MySQL step is treated as DDL.
+fn mysql_needs_dirty_protocol(sql: &str) -> bool {
+    let _ = sql;
+    true
+}
+
+impl RetryConfig {
+    /// Delays between attempts: exponential with jitter, capped at `max_delay`, at most
+    /// `max_attempts - 1` of them (the time bound is checked by the caller).
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        let max = self.max_delay;
+        ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(self.initial_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .build()
+            .map(move |d| d.min(max))
+    }
+}
+
+/// Map a database error outside a step (status, stamp, repair) to an agent error.
+pub(crate) fn driver_error(target: &str, e: DriverError) -> AgentError {
+    match e {
+        DriverError::StaleToken { offered, current } => AgentError::StaleToken {
+            target: target.to_owned(),
+            offered,
+            current,
+        },
+        DriverError::Transient { class, message } => AgentError::Unavailable {
+            target: target.to_owned(),
+            message: format!("{class}: {message}"),
+        },
+        DriverError::Permanent { message } => AgentError::Database {
+            target: target.to_owned(),
+            message,
+        },
+    }
+}
+
+/// How far a step got, carried across attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Nothing of this step was sent to the database.
+    Fresh,
+    /// The step's transaction (or its dirty mark) was sent: it may have committed.
+    Sent,
+    /// The dirty mark is committed; the SQL has not run.
+    Marked { row_id: i64 },
+    /// The non-transactional SQL is running (an error here leaves the target dirty).
+    Executing { row_id: i64 },
+    /// The SQL ran; the dirty row remains to be marked clean.
+    Executed { row_id: i64, duration_ms: u64 },
+}
+
+enum Outcome {
+    Applied,
+    Skipped(&'static str),
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one Migrate request against one target.
+pub(crate) struct Executor {
+    pub(crate) target: std::sync::Arc<Target>,
+    pub(crate) meta: StepMeta,
+    pub(crate) retry: RetryConfig,
+    pub(crate) lock: LockConfig,
+    /// Bound on each lock wait for this request.
+    pub(crate) lock_wait: Duration,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) sink: EventSink,
+}
+
+impl Executor {
+    fn locker<'a>(&'a self, events: &'a EventCtx) -> Locker<'a> {
+        Locker {
+            target: &self.target,
+            wait: self.lock_wait,
+            max_poll: self.lock.max_poll_interval,
+            cancel: &self.cancel,
+            events: Some(events),
+        }
+    }
+
+    /// Apply `steps` in order; the first failure stops the request (its `StepFailed` event is
+    /// already streamed when this returns the error).
+    pub(crate) async fn run(self, steps: Vec<PlannedStep>) -> Result<(), AgentError> {
+        let Some(first) = steps.first() else {
+            return Ok(());
+        };
+        let first_ctx = self
+            .sink
+            .for_step(&first.spec.revision, first.spec.direction);
+        let guard = match self.locker(&first_ctx).lock_in_process().await {
+            Ok(g) => g,
+            Err(e) => {
+                self.fail(&first_ctx, first, &e, false).await;
+                return Err(e);
+            }
+        };
+        let mut conn: Option<Box<dyn Session>> = None;
+        let mut result = Ok(());
+        for step in &steps {
+            let ctx = self.sink.for_step(&step.spec.revision, step.spec.direction);
+            if self.cancel.is_cancelled() || self.sink.is_closed() {
+                let e = AgentError::Cancelled {
+                    target: self.target.id.clone(),
+                };
+                self.fail(&ctx, step, &e, false).await;
+                result = Err(e);
+                break;
+            }
+            let span = tracing::info_span!(
+                "step",
+                target = %self.target.id,
+                revision = %step.spec.revision,
+                direction = %step.spec.direction,
+            );
+            if let Err(e) = self.run_step(&mut conn, step, &ctx).instrument(span).await {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Some(mut session) = conn.take() {
+            if let Err(e) = session.unlock().await {
+                tracing::debug!(error = %e, "unlock failed; closing the connection releases it");
+            }
+            session.close().await;
+        }
+        drop(guard);
+        result
+    }
+
+    async fn fail(&self, ctx: &EventCtx, step: &PlannedStep, e: &AgentError, dirty: bool) {
+        let rolled_back = matches!(
+            e,
+            AgentError::Sql {
+                rolled_back: true,
+                ..
+            }
+        );
+        let dirty = dirty || matches!(e, AgentError::Sql { dirty: true, .. });
+        metrics::counter!(
+            "flotilla_agent_steps_total",
+            "dialect" => self.target.dialect.as_str(),
+            "direction" => step.spec.direction.as_str(),
+            "outcome" => "failed",
+        )
+        .increment(1);
+        tracing::warn!(error = %e, dirty, rolled_back, "step failed");
+        ctx.emit(Event::Failed(StepFailed {
+            reason: e.failure_reason() as i32,
+            message: e.to_string(),
+            dirty,
+            rolled_back,
+        }))
+        .await;
+    }
+
+    async fn run_step(
+        &self,
+        conn: &mut Option<Box<dyn Session>>,
+        step: &PlannedStep,
+        ctx: &EventCtx,
+    ) -> Result<(), AgentError> {
+        let started = Instant::now();
+        let mut delays = self.retry.delays();
+        let mut attempt = 0u32;
+        let mut progress = Progress::Fresh;
+        loop {
+            attempt += 1;
+            let res = self.attempt(conn, step, attempt, &mut progress, ctx).await;
+            let err = match res {
+                Ok(outcome) => {
+                    self.succeed(ctx, step, outcome, started.elapsed(), attempt)
+                        .await;
+                    return Ok(());
+                }
+                Err(Failure::Fatal(e)) => e,
+                Err(Failure::Driver(DriverError::Transient { class, message }))
+                    if !matches!(progress, Progress::Executing { .. }) =>
+                {
+                    if class == ErrorClass::Connection {
+                        if let Some(session) = conn.take() {
+                            session.close().await;
+                        }
+                    }
+                    let next = delays
+                        .next()
+                        .filter(|d| started.elapsed() + *d <= self.retry.max_elapsed);
+                    let Some(delay) = next else {
+                        let e = AgentError::RetriesExhausted {
+                            target: self.target.id.clone(),
+                            revision: step.spec.revision.clone(),
+                            attempts: attempt,
+                            last_error: format!("{class}: {message}"),
+                        };
+                        let dirty = matches!(progress, Progress::Executed { .. });
+                        self.fail(ctx, step, &e, dirty).await;
+                        return Err(e);
+                    };
+                    metrics::counter!("flotilla_agent_retries_total", "class" => class.as_str())
+                        .increment(1);
+                    tracing::warn!(attempt, delay_ms = millis(delay), error_class = %class, error = %message, "transient error; retrying");
+                    ctx.emit(Event::Retrying(StepRetrying {
+                        attempt,
+                        delay_ms: millis(delay),
+                        error: message,
+                        error_class: class.as_str().to_owned(),
+                    }))
+                    .await;
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => continue,
+                        () = self.cancel.cancelled() => {
+                            AgentError::Cancelled { target: self.target.id.clone() }
+                        }
+                    }
+                }
+                Err(Failure::Driver(e)) => self.step_error(step, progress, e),
+            };
+            let dirty = matches!(
+                progress,
+                Progress::Executing { .. } | Progress::Executed { .. }
+            );
+            self.fail(ctx, step, &err, dirty).await;
+            return Err(err);
+        }
+    }
+
+    async fn succeed(
+        &self,
+        ctx: &EventCtx,
+        step: &PlannedStep,
+        outcome: Outcome,
+        elapsed: Duration,
+        attempts: u32,
+    ) {
+        let dialect = self.target.dialect.as_str();
+        let direction = step.spec.direction.as_str();
+        let (label, event) = match outcome {
+            Outcome::Applied => {
+                metrics::histogram!("flotilla_agent_step_duration_seconds", "dialect" => dialect, "direction" => direction)
+                    .record(elapsed.as_secs_f64());
+                tracing::info!(duration_ms = millis(elapsed), attempts, "step applied");
+                let ev = StepSucceeded {
+                    duration_ms: millis(elapsed),
+                    attempts,
+                };
+                ("succeeded", Event::Succeeded(ev))
+            }
+            Outcome::Skipped(reason) => {
+                tracing::info!(reason, "step skipped");
+                (
+                    "skipped",
+                    Event::Skipped(StepSkipped {
+                        reason: reason.to_owned(),
+                    }),
+                )
+            }
+        };
+        metrics::counter!("flotilla_agent_steps_total", "dialect" => dialect, "direction" => direction, "outcome" => label)
+            .increment(1);
+        ctx.emit(event).await;
+    }
+
+    /// The final error for a database error that is not retried.
+    fn step_error(&self, step: &PlannedStep, progress: Progress, e: DriverError) -> AgentError {
+        let target = self.target.id.clone();
+        let revision = step.spec.revision.clone();
+        match (e, progress) {
+            (e @ DriverError::StaleToken { .. }, _) => driver_error(&target, e),
+            (DriverError::Transient { class, message }, _) => AgentError::Sql {
+                target,
+                revision,
+                message: format!(
+                    "{class} error while the non-transactional step ran ({message}); it may be \
+                     half-applied and the target is left dirty"
+                ),
+                dirty: true,
+                rolled_back: false,
+            },
+            (DriverError::Permanent { message }, Progress::Sent) if !step.dirty_protocol => {
+                AgentError::Sql {
+                    target,
+                    revision,
+                    message,
+                    dirty: false,
+                    rolled_back: true,
+                }
+            }
+            (
+                DriverError::Permanent { message },
+                Progress::Executing { .. } | Progress::Executed { .. },
+            ) => AgentError::Sql {
+                target,
+                revision,
+                message,
+                dirty: true,
+                rolled_back: false,
+            },
+            (DriverError::Permanent { message }, _) => AgentError::Database { target, message },
+        }
+    }
+
+    fn is_ours(&self, row: &HistoryRow, step: &PlannedStep) -> bool {
+        row.revision == step.spec.revision
+            && row.direction == step.spec.direction
+            && row.rollout_id == self.meta.rollout_id
+            && row.agent_id == self.meta.agent_id
+            && row.fencing_token == self.meta.fencing_token
+    }
+
+    /// Whether the step is already done: skipped on a first look, applied (by an earlier
+    /// attempt whose reply was lost) when it was sent before.
+    fn already_done(
+        &self,
+        state: &TargetState,
+        step: &PlannedStep,
+        sent: bool,
+    ) -> Result<Option<Outcome>, Failure> {
+        let spec = &step.spec;
+        let applied = state
+            .applied()
+            .into_iter()
+            .find(|r| r.revision == spec.revision);
+        let mismatch = |applied: &str, requested: &str| {
+            Failure::Fatal(AgentError::AppliedChecksumMismatch {
+                target: self.target.id.clone(),
+                revision: spec.revision.clone(),
+                applied: applied.to_owned(),
+                requested: requested.to_owned(),
+            })
+        };
+        match (spec.direction, applied) {
+            (Direction::Up, Some(row)) if row.checksum == spec.checksum => Ok(Some(if sent {
+                Outcome::Applied
+            } else {
+                Outcome::Skipped("already applied")
+            })),
+            (Direction::Up, Some(row)) => Err(mismatch(&row.checksum, &spec.checksum)),
+            (Direction::Down, None) => Ok(Some(if sent {
+                Outcome::Applied
+            } else {
+                Outcome::Skipped("not applied")
+            })),
+            (Direction::Down, Some(row))
+                if !step.up_checksum.is_empty() && row.checksum != step.up_checksum =>
+            {
+                Err(mismatch(&row.checksum, &step.up_checksum))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        conn: &mut Option<Box<dyn Session>>,
+        step: &PlannedStep,
+        attempt: u32,
+        progress: &mut Progress,
+        ctx: &EventCtx,
+    ) -> Result<Outcome, Failure> {
+        let session = match conn {
+            Some(s) => s,
+            None => conn.insert(self.locker(ctx).open_locked().await?),
+        };
+        let state = session.read_state().await.map_err(Failure::Driver)?;
+        if self.meta.fencing_token < state.fence_token {
+            return Err(Failure::Driver(DriverError::StaleToken {
+                offered: self.meta.fencing_token,
+                current: state.fence_token,
+            }));
+        }
+        match *progress {
+            Progress::Fresh | Progress::Sent => {
+                let sent = *progress == Progress::Sent;
+                if let Some(d) = state.dirty() {
+                    if !(sent && step.dirty_protocol && self.is_ours(d, step)) {
+                        return Err(Failure::Fatal(AgentError::TargetDirty {
+                            target: self.target.id.clone(),
+                            revision: d.revision.clone(),
+                        }));
+                    }
+                    // Our dirty mark committed before the connection broke; the SQL never ran.
+                    *progress = Progress::Marked { row_id: d.id };
+                } else {
+                    if let Some(outcome) = self.already_done(&state, step, sent)? {
+                        return Ok(outcome);
+                    }
+                    ctx.emit(Event::Started(StepStarted { attempt })).await;
+                    *progress = Progress::Sent;
+                    if !step.dirty_protocol {
+                        session
+                            .apply_transactional(&step.spec, &self.meta)
+                            .await
+                            .map_err(Failure::Driver)?;
+                        return Ok(Outcome::Applied);
+                    }
+                    let row_id = session
+                        .mark_dirty(&step.spec, &self.meta)
+                        .await
+                        .map_err(Failure::Driver)?;
+                    *progress = Progress::Marked { row_id };
+                }
+            }
+            Progress::Executed { row_id, .. } => {
+                match state
+                    .history
+                    .iter()
+                    .find(|r| r.id == row_id)
+                    .map(|r| r.status)
+                {
+                    Some(RowStatus::Applied) => return Ok(Outcome::Applied),
+                    Some(RowStatus::Dirty) => {}
+                    _ => {
+                        return Err(Failure::Fatal(AgentError::Internal(format!(
+                            "target {}: the dirty row of step {} changed while the agent was \
+                             reconnecting",
+                            self.target.id, step.spec.revision
+                        ))));
+                    }
+                }
+            }
+            Progress::Marked { .. } | Progress::Executing { .. } => {}
+        }
+        if let Progress::Marked { row_id } = *progress {
+            *progress = Progress::Executing { row_id };
+            let t0 = Instant::now();
+            session
+                .execute_non_transactional(&step.spec.sql)
+                .await
+                .map_err(Failure::Driver)?;
+            *progress = Progress::Executed {
+                row_id,
+                duration_ms: millis(t0.elapsed()),
+            };
+        }
+        match *progress {
+            Progress::Executed {
+                row_id,
+                duration_ms,
+            } => {
+                session
+                    .mark_clean(row_id, duration_ms)
+                    .await
+                    .map_err(Failure::Driver)?;
+                Ok(Outcome::Applied)
+            }
+            other => Err(Failure::Fatal(AgentError::Internal(format!(
+                "step protocol reached an unexpected state {other:?}"
+            )))),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The gRPC server: `flotilla.v1.AgentService` as a thin wrapper over [`Agent`], plus gRPC
+//! health checking (SERVING) and reflection (v1 and v1alpha, so grpcurl works), and
+//! [`serve`], which runs them on a given listener until a given shutdown future resolves.
+//!
+//! Errors become statuses in exactly one place, `AgentError::to_status` (`error.rs`).
+
+pub mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flotilla_proto::agent_service_server::{AgentService, AgentServiceServer};
+use flotilla_proto::{
+    MigrateRequest, RepairRequest, RepairResponse, StampRequest, StampResponse, StatusRequest,
+    StatusResponse, ValidateRequest, ValidateResponse,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{Agent, EventStream};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// `AgentService` over an [`Agent`].
+#[derive(Debug, Clone)]
+pub struct AgentGrpc {
+    agent: Arc<Agent>,
+}
+
+impl AgentGrpc {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        AgentGrpc { agent }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentGrpc {
+    type MigrateStream = EventStream;
+
+    #[tracing::instrument(skip_all, fields(target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id))]
+    async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<EventStream>, Status> {
+        self.agent
+            .migrate(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn validate(
+        &self,
+        req: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        self.agent
+            .validate(req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.agent.status(req.into_inner()).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %req.get_ref().target_id))]
+    async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
+        self.agent.stamp(req.into_inner()).await.map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all, fields(target = %req.get_ref().target_id, revision = %req.get_ref().revision))]
+    async fn repair(
+        &self,
+        req: Request<RepairRequest>,
+    ) -> Result<Response<RepairResponse>, Status> {
+        self.agent.repair(req.into_inner()).await.map(Response::new)
+    }
+}
+
+/// Serve the agent on `listener` until `shutdown` resolves. Then: health turns NOT_SERVING,
+/// the agent's root token is cancelled (migrations stop before their next step; the step in
+/// flight commits or rolls back), the server drains open streams, and the agent's tasks are
+/// awaited for up to `server.shutdown_grace`.
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<AgentGrpc>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let max = agent.config().server.max_message_bytes;
+    let service = AgentServiceServer::new(AgentGrpc::new(agent.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let addr = listener.local_addr().ok();
+    tracing::info!(agent_id = %agent.agent_id(), addr = ?addr, "agent serving");
+
+    let token = agent.shutdown_token();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing the steps in flight");
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<AgentServiceServer<AgentGrpc>>()
+            .await;
+        token.cancel();
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+    let grace = agent.config().server.shutdown_grace;
+    if !agent.shutdown(grace).await {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "migrations still running after the grace period"
+        );
+    }
+    result?;
+    tracing::info!("agent stopped");
+    Ok(())
+}

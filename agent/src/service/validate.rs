@@ -1,0 +1,261 @@
+//! Request validation: every request is checked here before anything touches a database.
+//! Failures are `AgentError::InvalidRequest` (INVALID_ARGUMENT) naming the field, or
+//! `ChecksumMismatch` when a step's SQL does not hash to its declared checksum.
+
+use flotilla_proto::{MigrateRequest, RepairRequest, StampRequest, ValidateRequest};
+
+use crate::config::{MAX_TARGET_ID_LEN, is_valid_target_id};
+use crate::driver::StepSpec;
+use crate::error::AgentError;
+use crate::types::{Direction, checksum, is_valid_revision_id};
+
+/// Most steps in one Migrate request.
+pub const MAX_STEPS: usize = 10_000;
+/// Largest SQL text of one step.
+pub const MAX_SQL_BYTES: usize = 16 * 1024 * 1024;
+/// Most target ids or expected revisions in one request.
+pub const MAX_LIST: usize = 100_000;
+/// Longest rollout id.
+pub const MAX_ROLLOUT_ID_LEN: usize = 256;
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> AgentError {
+    AgentError::invalid(field, message)
+}
+
+fn target_id(field: &str, id: &str) -> Result<(), AgentError> {
+    if !is_valid_target_id(id) {
+        let shown: String = id.chars().take(64).collect();
+        return Err(invalid(
+            field,
+            format!(
+                "{shown:?} is not a target id (1 to {MAX_TARGET_ID_LEN} characters of [A-Za-z0-9_.:-])"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn revision(field: &str, rev: &str) -> Result<(), AgentError> {
+    if !is_valid_revision_id(rev) {
+        let shown: String = rev.chars().take(64).collect();
+        return Err(invalid(
+            field,
+            format!("{shown:?} is not a revision id ([A-Za-z0-9_.-]{{1,128}})"),
+        ));
+    }
+    Ok(())
+}
+
+fn is_checksum(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn checksum_field(field: &str, s: &str) -> Result<(), AgentError> {
+    if !is_checksum(s) {
+        return Err(invalid(field, "must be a hex SHA-256 (64 hex digits)"));
+    }
+    Ok(())
+}
+
+fn fencing_token(token: u64) -> Result<(), AgentError> {
+    if token == 0 {
+        return Err(invalid(
+            "fencing_token",
+            "must be > 0 (the coordinator's lock token)",
+        ));
+    }
+    Ok(())
+}
+
+fn rollout_id(id: &str) -> Result<(), AgentError> {
+    if id.len() > MAX_ROLLOUT_ID_LEN {
+        return Err(invalid(
+            "rollout_id",
+            format!("longer than {MAX_ROLLOUT_ID_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn direction(field: &str, raw: i32) -> Result<Direction, AgentError> {
+    flotilla_proto::Direction::try_from(raw)
+        .ok()
+        .and_then(Direction::from_proto)
+        .ok_or_else(|| invalid(field, "must be DIRECTION_UP or DIRECTION_DOWN"))
+}
+
+pub(crate) fn target_ids(field: &str, ids: &[String]) -> Result<(), AgentError> {
+    if ids.len() > MAX_LIST {
+        return Err(invalid(field, format!("more than {MAX_LIST} entries")));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        target_id(&format!("{field}[{i}]"), id)?;
+    }
+    Ok(())
+}
+
+/// A Migrate request's steps, as the executor runs them, with each down step's expected
+/// up checksum. Checksums are verified here, before anything runs.
+pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, String)>, AgentError> {
+    target_id("target_id", &req.target_id)?;
+    rollout_id(&req.rollout_id)?;
+    fencing_token(req.fencing_token)?;
+    if req.steps.is_empty() {
+        return Err(invalid("steps", "is empty: send at least one step"));
+    }
+    if req.steps.len() > MAX_STEPS {
+        return Err(invalid(
+            "steps",
+            format!("{} steps; at most {MAX_STEPS} per request", req.steps.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(req.steps.len());
+    for (i, s) in req.steps.iter().enumerate() {
+        let f = |k: &str| format!("steps[{i}].{k}");
+        revision(&f("revision"), &s.revision)?;
+        let dir = direction(&f("direction"), s.direction)?;
+        if s.sql.len() > MAX_SQL_BYTES {
+            return Err(invalid(
+                f("sql"),
+                format!("{} bytes; at most {MAX_SQL_BYTES}", s.sql.len()),
+            ));
+        }
+        checksum_field(&f("checksum"), &s.checksum)?;
+        if !s.up_checksum.is_empty() {
+            checksum_field(&f("up_checksum"), &s.up_checksum)?;
+        }
+        let computed = checksum(&s.sql);
+        if !computed.eq_ignore_ascii_case(&s.checksum) {
+            return Err(AgentError::ChecksumMismatch {
+                target: req.target_id.clone(),
+                revision: s.revision.clone(),
+                declared: s.checksum.clone(),
+                computed,
+            });
+        }
+        out.push((
+            StepSpec {
+                revision: s.revision.clone(),
+                direction: dir,
+                sql: s.sql.clone(),
+                checksum: computed,
+                transactional: s.transactional,
+            },
+            s.up_checksum.to_ascii_lowercase(),
+        ));
+    }
+    Ok(out)
+}
+
+pub(crate) fn validate_request(req: &ValidateRequest) -> Result<(), AgentError> {
+    target_ids("target_ids", &req.target_ids)?;
+    if req.expected.len() > MAX_LIST {
+        return Err(invalid("expected", format!("more than {MAX_LIST} entries")));
+    }
+    for (i, e) in req.expected.iter().enumerate() {
+        revision(&format!("expected[{i}].revision"), &e.revision)?;
+        checksum_field(&format!("expected[{i}].checksum"), &e.checksum)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn stamp_request(req: &StampRequest) -> Result<Direction, AgentError> {
+    target_id("target_id", &req.target_id)?;
+    rollout_id(&req.rollout_id)?;
+    fencing_token(req.fencing_token)?;
+    let dir = direction("direction", req.direction)?;
+    if req.revisions.is_empty() {
+        return Err(invalid("revisions", "is empty"));
+    }
+    if req.revisions.len() > MAX_STEPS {
+        return Err(invalid(
+            "revisions",
+            format!("more than {MAX_STEPS} entries"),
+        ));
+    }
+    for (i, r) in req.revisions.iter().enumerate() {
+        revision(&format!("revisions[{i}].revision"), &r.revision)?;
+        checksum_field(&format!("revisions[{i}].checksum"), &r.checksum)?;
+    }
+    Ok(dir)
+}
+
+pub(crate) fn repair_request(req: &RepairRequest) -> Result<(), AgentError> {
+    target_id("target_id", &req.target_id)?;
+    fencing_token(req.fencing_token)?;
+    revision("revision", &req.revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_proto::Step;
+
+    use super::*;
+
+    fn step(rev: &str, sql: &str) -> Step {
+        Step {
+            revision: rev.into(),
+            direction: flotilla_proto::Direction::Up as i32,
+            sql: sql.into(),
+            checksum: checksum(sql),
+            transactional: true,
+            up_checksum: String::new(),
+        }
+    }
+
+    fn req(steps: Vec<Step>) -> MigrateRequest {
+        MigrateRequest {
+            target_id: "t1".into(),
+            rollout_id: "r1".into(),
+            fencing_token: 1,
+            steps,
+            lock_wait_ms: 0,
+        }
+    }
+
+    fn field_of(r: Result<Vec<(StepSpec, String)>, AgentError>) -> String {
+        match r {
+            Err(AgentError::InvalidRequest { field, .. }) => field,
+            Err(e) => format!("other: {e}"),
+            Ok(_) => "ok".into(),
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_migrate_requests() {
+        assert_eq!(
+            field_of(migrate_request(&req(vec![step("a", "select 1")]))),
+            "ok"
+        );
+        assert_eq!(field_of(migrate_request(&req(vec![]))), "steps");
+        assert_eq!(
+            field_of(migrate_request(&req(vec![step("", "x")]))),
+            "steps[0].revision"
+        );
+        let mut s = step("a", "x");
+        s.direction = 0;
+        assert_eq!(
+            field_of(migrate_request(&req(vec![s]))),
+            "steps[0].direction"
+        );
+        let big = "x".repeat(MAX_SQL_BYTES + 1);
+        assert_eq!(
+            field_of(migrate_request(&req(vec![step("a", &big)]))),
+            "steps[0].sql"
+        );
+        let many = vec![step("a", "x"); MAX_STEPS + 1];
+        assert_eq!(field_of(migrate_request(&req(many))), "steps");
+        let mut r = req(vec![step("a", "x")]);
+        r.fencing_token = 0;
+        assert_eq!(field_of(migrate_request(&r)), "fencing_token");
+        r.fencing_token = 1;
+        r.target_id = "t".repeat(MAX_TARGET_ID_LEN + 1);
+        assert_eq!(field_of(migrate_request(&r)), "target_id");
+        let mut s = step("a", "x");
+        s.checksum = checksum("y");
+        assert!(matches!(
+            migrate_request(&req(vec![s])),
+            Err(AgentError::ChecksumMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,253 @@
+//! The targets an agent serves: the explicitly configured ones plus those discovered by
+//! pattern (databases named `tenant_%` on a server, SQLite files matching a glob).
+//!
+//! Discovery runs at startup and again, at most once per `discovery.refresh_interval`, when a
+//! `Status` call asks for every target or a request names a target the agent does not know.
+//! A rescan keeps the [`Target`] of every id it finds again (so its in-process mutex survives)
+//! and drops targets that disappeared; migrations in flight keep their own `Arc`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::{DiscoverySource, TargetConfig, is_valid_target_id};
+use crate::driver::{Driver, DriverError};
+use crate::error::AgentError;
+use crate::types::{Dialect, Secret};
+
+/// One target database and what the agent keeps about it in memory.
+pub(crate) struct Target {
+    pub(crate) id: String,
+    pub(crate) dialect: Dialect,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) driver: Arc<dyn Driver>,
+    /// Serializes writers (Migrate, Stamp, Repair) inside this agent, before the database lock.
+    pub(crate) mutex: Arc<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("id", &self.id)
+            .field("dialect", &self.dialect)
+            .finish()
+    }
+}
+
+/// Open the driver for a target URL. The URL is handed to the driver and nowhere else.
+pub(crate) fn open_driver(dialect: Dialect, url: &Secret) -> Result<Arc<dyn Driver>, AgentError> {
+    let driver: Arc<dyn Driver> = match dialect {
+        Dialect::Sqlite => Arc::new(
+            crate::driver::sqlite::SqliteDriver::new(url.clone()).map_err(|e| {
+                AgentError::Config(crate::config::ConfigError::Invalid {
+                    field: "url".into(),
+                    message: e.to_string(),
+                })
+            })?,
+        ),
+        Dialect::Postgres | Dialect::Mysql => {
+            return Err(AgentError::Discovery(format!(
+                "the {dialect} driver is not available yet"
+            )));
+        }
+    };
+    Ok(driver)
+}
+
+/// Names of the databases on the server at `url` matching the SQL `LIKE` pattern.
+async fn discover_databases(
+    dialect: Dialect,
+    url: &Secret,
+    pattern: &str,
+) -> Result<Vec<String>, DriverError> {
+    let _ = (url, pattern);
+    Err(DriverError::Permanent {
+        message: format!("{dialect} discovery is not available yet"),
+    })
+}
+
+/// The URL of database `name` on the server at `url`.
+fn database_url(dialect: Dialect, url: &Secret, name: &str) -> Result<Secret, DriverError> {
+    let _ = (url, name);
+    Err(DriverError::Permanent {
+        message: format!("{dialect} discovery is not available yet"),
+    })
+}
+
+/// The set of targets, refreshable.
+pub(crate) struct Targets {
+    explicit: Vec<TargetConfig>,
+    sources: Vec<DiscoverySource>,
+    refresh_interval: Duration,
+    map: RwLock<BTreeMap<String, Arc<Target>>>,
+    /// When the last scan happened (None: never); also serializes scans.
+    last_scan: Mutex<Option<Instant>>,
+}
+
+impl Targets {
+    /// Build the set and run the first discovery scan; any error fails startup.
+    pub(crate) async fn new(
+        explicit: Vec<TargetConfig>,
+        sources: Vec<DiscoverySource>,
+        refresh_interval: Duration,
+    ) -> Result<Targets, AgentError> {
+        let targets = Targets {
+            explicit,
+            sources,
+            refresh_interval,
+            map: RwLock::new(BTreeMap::new()),
+            last_scan: Mutex::new(None),
+        };
+        targets.scan().await?;
+        Ok(targets)
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Option<Arc<Target>> {
+        self.map.read().await.get(id).cloned()
+    }
+
+    /// The target, rescanning once (rate-limited) when it is unknown.
+    pub(crate) async fn lookup(&self, id: &str) -> Result<Arc<Target>, AgentError> {
+        if let Some(t) = self.get(id).await {
+            return Ok(t);
+        }
+        self.refresh_if_stale().await;
+        self.get(id).await.ok_or_else(|| AgentError::UnknownTarget {
+            target: id.to_owned(),
+        })
+    }
+
+    pub(crate) async fn all(&self) -> Vec<Arc<Target>> {
+        self.map.read().await.values().cloned().collect()
+    }
+
+    /// Rescan discovery sources when the last scan is older than the refresh interval.
+    /// A failing rescan is logged and keeps the current set.
+    pub(crate) async fn refresh_if_stale(&self) {
+        if self.sources.is_empty() {
+            return;
+        }
+        {
+            let last = self.last_scan.lock().await;
+            if last.is_some_and(|t| t.elapsed() < self.refresh_interval) {
+                return;
+            }
+        }
+        if let Err(e) = self.scan().await {
+            tracing::warn!(error = %e, "target discovery failed; keeping the current targets");
+        }
+    }
+
+    async fn scan(&self) -> Result<(), AgentError> {
+        let mut last = self.last_scan.lock().await;
+        let mut found: Vec<(TargetConfig, &'static str)> = self
+            .explicit
+            .iter()
+            .map(|t| (t.clone(), "config"))
+            .collect();
+        for source in &self.sources {
+            for t in discover(source).await? {
+                found.push((t, "discovery"));
+            }
+        }
+        let mut map = self.map.write().await;
+        let mut next = BTreeMap::new();
+        for (cfg, origin) in found {
+            if next.contains_key(&cfg.id) {
+                tracing::warn!(target_id = %cfg.id, origin, "duplicate target id; keeping the first");
+                continue;
+            }
+            let target = match map.get(&cfg.id) {
+                Some(t) if t.dialect == cfg.dialect => t.clone(),
+                _ => Arc::new(Target {
+                    id: cfg.id.clone(),
+                    dialect: cfg.dialect,
+                    labels: cfg.labels.clone(),
+                    driver: open_driver(cfg.dialect, &cfg.url)?,
+                    mutex: Arc::new(Mutex::new(())),
+                }),
+            };
+            next.insert(cfg.id, target);
+        }
+        let added = next.keys().filter(|k| !map.contains_key(*k)).count();
+        let removed = map.keys().filter(|k| !next.contains_key(*k)).count();
+        if added > 0 || removed > 0 {
+            tracing::info!(targets = next.len(), added, removed, "targets updated");
+        }
+        *map = next;
+        *last = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Scan one discovery source.
+async fn discover(source: &DiscoverySource) -> Result<Vec<TargetConfig>, AgentError> {
+    match source {
+        DiscoverySource::Server {
+            dialect,
+            url,
+            pattern,
+            id_prefix,
+            labels,
+        } => {
+            let names = discover_databases(*dialect, url, pattern)
+                .await
+                .map_err(|e| AgentError::Discovery(format!("{dialect} {pattern:?}: {e}")))?;
+            let mut out = Vec::new();
+            for name in names {
+                let id = format!("{id_prefix}{name}");
+                if !is_valid_target_id(&id) {
+                    tracing::warn!(database = %name, "skipping a discovered database whose name is not a valid target id");
+                    continue;
+                }
+                let db_url = database_url(*dialect, url, &name)
+                    .map_err(|e| AgentError::Discovery(e.to_string()))?;
+                out.push(TargetConfig {
+                    id,
+                    dialect: *dialect,
+                    url: db_url,
+                    labels: labels.clone(),
+                });
+            }
+            Ok(out)
+        }
+        DiscoverySource::SqliteGlob {
+            glob,
+            id_prefix,
+            labels,
+        } => {
+            let pattern = glob.clone();
+            let paths =
+                tokio::task::spawn_blocking(move || -> Result<Vec<std::path::PathBuf>, String> {
+                    let entries = glob::glob(&pattern).map_err(|e| e.to_string())?;
+                    Ok(entries
+                        .filter_map(Result::ok)
+                        .filter(|p| p.is_file())
+                        .collect())
+                })
+                .await
+                .map_err(|e| AgentError::Discovery(e.to_string()))?
+                .map_err(|e| AgentError::Discovery(format!("glob {glob:?}: {e}")))?;
+            let mut out = Vec::new();
+            for path in paths {
+                let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                let id = format!("{id_prefix}{stem}");
+                if !is_valid_target_id(&id) {
+                    tracing::warn!(path = %path.display(), "skipping a file whose name is not a valid target id");
+                    continue;
+                }
+                out.push(TargetConfig {
+                    id,
+                    dialect: Dialect::Sqlite,
+                    url: Secret::new(format!("sqlite://{}", path.display())),
+                    labels: labels.clone(),
+                });
+            }
+            Ok(out)
+        }
+    }
+}
