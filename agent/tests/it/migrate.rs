@@ -1,0 +1,259 @@
+//! Migrate: plans applied once, failures rolled back, fencing, checksums, the dirty protocol.
+
+use anyhow::{Context, Result, ensure};
+use flotilla_agent::Dialect;
+use flotilla_proto::step_event::Event;
+use flotilla_proto::{FailureReason, RepairRequest};
+use tonic::Code;
+
+use crate::support::{Backend, Server, agent, fingerprint, migrate, reason, run, run_grpc, status, up};
+
+fn plan() -> Vec<flotilla_proto::Step> {
+    vec![
+        up("0001_users", "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL);"),
+        up("0002_orders", "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL);"),
+        up("0003_email", "ALTER TABLE users ADD COLUMN email VARCHAR(100);"),
+    ]
+}
+
+/// Issue test 1: a 3-step plan over gRPC, recorded in the history; sent again, nothing changes.
+async fn plan_applied_once(dialect: Dialect) -> Result<()> {
+    let backend = Backend::start(dialect).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let server = Server::start(agent.clone()).await?;
+    let mut client = server.client().await?;
+
+    let out = run_grpc(&mut client, migrate("t1", "rollout-1", 7, plan())).await?;
+    ensure!(out.error.is_none(), "first run failed: {:?} {:?}", out.error, out.kinds());
+    let succeeded: Vec<_> = out
+        .events
+        .iter()
+        .filter(|e| matches!(e.event, Some(Event::Succeeded(_))))
+        .map(|e| e.revision.as_str())
+        .collect();
+    assert_eq!(succeeded, ["0001_users", "0002_orders", "0003_email"], "{:?}", out.kinds());
+
+    let ts = status(&agent, "t1", true).await?;
+    let fp = fingerprint(&agent, "t1").await?;
+    assert_eq!(ts.history.len(), 3, "{:?}", ts.history);
+    for (row, step) in ts.history.iter().zip(plan()) {
+        assert_eq!(row.revision, step.revision);
+        assert_eq!(row.checksum, step.checksum);
+        assert_eq!(row.status, "applied");
+        assert_eq!(row.rollout_id, "rollout-1");
+        assert_eq!(row.agent_id, "agent-test");
+        assert_eq!(row.fencing_token, 7);
+        assert!(row.applied_at_unix_ms > 1_600_000_000_000, "{row:?}");
+        assert!(row.duration_ms < 60_000, "{row:?}");
+    }
+    assert_eq!(ts.fence_token, 7);
+    assert_eq!(ts.heads, ["0003_email"]);
+    assert!(!ts.dirty);
+
+    let again = run_grpc(&mut client, migrate("t1", "rollout-2", 7, plan())).await?;
+    ensure!(again.error.is_none(), "second run failed: {:?}", again.error);
+    let kinds: Vec<_> = again
+        .events
+        .iter()
+        .filter(|e| !e.revision.is_empty() && !matches!(e.event, Some(Event::LockAcquired(_))))
+        .map(|e| format!("{}:{}", e.revision, crate::support::kind(e)))
+        .collect();
+    assert_eq!(kinds, ["0001_users:skipped", "0002_orders:skipped", "0003_email:skipped"]);
+    let after = status(&agent, "t1", true).await?;
+    assert_eq!(after.history, ts.history, "sending the plan again changed the history");
+    assert_eq!(fingerprint(&agent, "t1").await?, fp);
+    server.stop().await
+}
+
+#[tokio::test]
+async fn sqlite_plan_is_applied_once() -> Result<()> {
+    plan_applied_once(Dialect::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_plan_is_applied_once() -> Result<()> {
+    plan_applied_once(Dialect::Postgres).await
+}
+
+/// Issue test 2: a failing step of a transactional plan leaves the target as it was.
+async fn failing_step_rolls_back(dialect: Dialect) -> Result<()> {
+    let backend = Backend::start(dialect).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let first = run(&agent, migrate("t1", "r1", 1, plan()[..1].to_vec())).await?;
+    ensure!(first.error.is_none(), "{:?}", first.error);
+    let before = status(&agent, "t1", true).await?;
+    let fp_before = fingerprint(&agent, "t1").await?;
+
+    let bad = up(
+        "0002_bad",
+        "CREATE TABLE half_done (id INTEGER); INSERT INTO no_such_table VALUES (1);",
+    );
+    let out = run(&agent, migrate("t1", "r2", 1, vec![bad, plan()[1].clone()])).await?;
+    let err = out.err()?;
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert_eq!(reason(err), "SQL_ERROR");
+    assert!(err.message().contains("0002_bad"), "{}", err.message());
+    assert!(err.message().contains("no_such_table"), "{}", err.message());
+    let failed = out.failed().context("no StepFailed event")?;
+    assert_eq!(failed.reason, FailureReason::SqlError as i32);
+    assert!(failed.rolled_back && !failed.dirty, "{failed:?}");
+    assert!(failed.message.contains("0002_bad") && failed.message.contains("no_such_table"));
+    assert!(
+        !out.events.iter().any(|e| e.revision == "0002_orders"),
+        "the step after the failure ran: {:?}",
+        out.kinds()
+    );
+
+    let after = status(&agent, "t1", true).await?;
+    assert_eq!(after.history, before.history);
+    assert!(!after.dirty);
+    assert_eq!(fingerprint(&agent, "t1").await?, fp_before, "the failed step left schema changes");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_failing_step_rolls_back() -> Result<()> {
+    failing_step_rolls_back(Dialect::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_failing_step_rolls_back() -> Result<()> {
+    failing_step_rolls_back(Dialect::Postgres).await
+}
+
+/// Issue test 3: a failing DDL step on MariaDB marks the target dirty; Repair clears it.
+#[tokio::test]
+async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
+    let backend = Backend::start(Dialect::Mysql).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let bad = up(
+        "0001_half",
+        "CREATE TABLE half_done (id INT PRIMARY KEY); CREATE TABLE broken (id INT REFERENCES nowhere_at_all(id) BOGUS);",
+    );
+    let out = run(&agent, migrate("t1", "r1", 1, vec![bad])).await?;
+    let err = out.err()?;
+    assert_eq!(err.code(), Code::Aborted, "{err:?}");
+    assert!(err.message().contains("0001_half"), "{}", err.message());
+    let failed = out.failed().context("no StepFailed")?;
+    assert!(failed.dirty && !failed.rolled_back, "{failed:?}");
+
+    let ts = status(&agent, "t1", false).await?;
+    assert!(ts.dirty);
+    assert_eq!(ts.dirty_revision, "0001_half");
+
+    let next = run(&agent, migrate("t1", "r2", 1, vec![up("0002_next", "CREATE TABLE next_one (id INT);")]))
+        .await?;
+    let err = next.err()?;
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(err), "TARGET_DIRTY");
+    assert!(err.message().contains("0001_half") && err.message().contains("repair"), "{}", err.message());
+    let failed = next.failed().context("no StepFailed")?;
+    assert_eq!(failed.reason, FailureReason::TargetDirty as i32);
+
+    let repaired = agent
+        .repair(RepairRequest {
+            target_id: "t1".into(),
+            fencing_token: 1,
+            revision: "0001_half".into(),
+            applied: false,
+        })
+        .await?;
+    let ts = repaired.target.context("repair returned no target")?;
+    assert!(!ts.dirty, "{ts:?}");
+    assert!(ts.applied.is_empty());
+
+    let ok = run(&agent, migrate("t1", "r3", 1, vec![up("0002_next", "CREATE TABLE next_one (id INT);")]))
+        .await?;
+    ensure!(ok.error.is_none(), "{:?}", ok.error);
+    assert_eq!(status(&agent, "t1", false).await?.heads, ["0002_next"]);
+    Ok(())
+}
+
+/// Issue test 4: a lower fencing token is refused and changes nothing; a higher one works.
+#[tokio::test]
+async fn lower_fencing_token_is_refused() -> Result<()> {
+    let backend = Backend::start(Dialect::Sqlite).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let server = Server::start(agent.clone()).await?;
+    let mut client = server.client().await?;
+    let steps = plan();
+
+    let first = run_grpc(&mut client, migrate("t1", "r5", 5, steps[..1].to_vec())).await?;
+    ensure!(first.error.is_none(), "{:?}", first.error);
+    let before = status(&agent, "t1", true).await?;
+    let fp = fingerprint(&agent, "t1").await?;
+
+    let stale = run_grpc(&mut client, migrate("t1", "r3", 3, steps[1..].to_vec())).await?;
+    let err = stale.err()?;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert_eq!(reason(err), "STALE_FENCING_TOKEN");
+    assert!(err.message().contains("3") && err.message().contains("5"), "{}", err.message());
+    assert_eq!(
+        stale.failed().map(|f| f.reason),
+        Some(FailureReason::StaleFencingToken as i32)
+    );
+    let after = status(&agent, "t1", true).await?;
+    assert_eq!(after.history, before.history);
+    assert_eq!(after.fence_token, 5);
+    assert_eq!(fingerprint(&agent, "t1").await?, fp);
+
+    let newer = run_grpc(&mut client, migrate("t1", "r9", 9, steps[1..].to_vec())).await?;
+    ensure!(newer.error.is_none(), "{:?}", newer.error);
+    let ts = status(&agent, "t1", false).await?;
+    assert_eq!(ts.fence_token, 9);
+    assert_eq!(ts.applied.len(), 3);
+    server.stop().await
+}
+
+/// Issue test 7: a step whose checksum does not match its SQL is refused before anything runs;
+/// a revision applied with another checksum is refused too.
+#[tokio::test]
+async fn checksum_mismatch_is_refused() -> Result<()> {
+    let backend = Backend::start(Dialect::Sqlite).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let mut steps = plan();
+    steps[1].sql.push_str(" -- edited");
+    let out = run(&agent, migrate("t1", "r1", 1, steps)).await?;
+    let err = out.err()?;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(reason(err), "CHECKSUM_MISMATCH");
+    assert!(err.message().contains("0002_orders"), "{}", err.message());
+    assert!(out.events.is_empty(), "events before the refusal: {:?}", out.kinds());
+    assert!(status(&agent, "t1", true).await?.history.is_empty(), "something ran");
+
+    let ok = run(&agent, migrate("t1", "r1", 1, plan()[..1].to_vec())).await?;
+    ensure!(ok.error.is_none(), "{:?}", ok.error);
+    let edited = up("0001_users", "CREATE TABLE users (id INTEGER PRIMARY KEY);");
+    let out = run(&agent, migrate("t1", "r2", 1, vec![edited])).await?;
+    let err = out.err()?;
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(reason(err), "CHECKSUM_MISMATCH");
+    assert!(err.message().contains("edited"), "{}", err.message());
+    Ok(())
+}
+
+/// Down steps: applied revisions are removed, unapplied ones skipped.
+#[tokio::test]
+async fn down_steps_remove_and_skip() -> Result<()> {
+    let backend = Backend::start(Dialect::Sqlite).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let ok = run(&agent, migrate("t1", "r1", 1, plan()[..2].to_vec())).await?;
+    ensure!(ok.error.is_none(), "{:?}", ok.error);
+    let down = |rev: &str, sql: &str, up_sql: &str| flotilla_proto::Step {
+        direction: flotilla_proto::Direction::Down as i32,
+        up_checksum: flotilla_agent::checksum(up_sql),
+        ..up(rev, sql)
+    };
+    let steps = vec![
+        down("0003_email", "ALTER TABLE users DROP COLUMN email;", &plan()[2].sql),
+        down("0002_orders", "DROP TABLE orders;", &plan()[1].sql),
+    ];
+    let out = run(&agent, migrate("t1", "r2", 1, steps)).await?;
+    ensure!(out.error.is_none(), "{:?}", out.error);
+    let kinds = out.kinds();
+    assert!(kinds.contains(&"0003_email:skipped".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&"0002_orders:succeeded".to_owned()), "{kinds:?}");
+    let ts = status(&agent, "t1", false).await?;
+    assert_eq!(ts.heads, ["0001_users"]);
+    Ok(())
+}
