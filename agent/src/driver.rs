@@ -14,8 +14,11 @@ use crate::catalog::Catalog;
 use crate::history::{HistoryRow, TargetState};
 use crate::types::{Dialect, Direction};
 
+mod classify;
+mod common;
 pub mod mysql;
 pub mod postgres;
+pub mod split;
 pub mod sqlite;
 
 /// Classes of transient errors: retried with backoff, reported on retry events and metrics.

@@ -1,0 +1,144 @@
+//! Error classification: sqlx errors become [`DriverError::Transient`] (worth a retry, with a
+//! class) or [`DriverError::Permanent`], with the database's own message and code and never
+//! the connection URL.
+
+use sqlx::error::DatabaseError;
+use sqlx::mysql::MySqlDatabaseError;
+use sqlx::postgres::PgDatabaseError;
+
+use crate::driver::{DriverError, ErrorClass};
+use crate::types::Dialect;
+
+/// Classify `err` from a `dialect` connection; `context` says what was being done
+/// ("apply 0003_users up") and prefixes the message.
+pub(crate) fn classify(dialect: Dialect, context: &str, err: sqlx::Error) -> DriverError {
+    let (class, detail) = match &err {
+        sqlx::Error::Database(db) => classify_database(dialect, db.as_ref()),
+        sqlx::Error::Io(e) => (
+            Some(ErrorClass::Connection),
+            format!("connection error: {e}"),
+        ),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            (Some(ErrorClass::Connection), err.to_string())
+        }
+        // A configuration error may quote parts of the URL: keep only its kind.
+        sqlx::Error::Configuration(_) => (None, "invalid connection options".to_owned()),
+        sqlx::Error::Tls(e) => (None, format!("tls error: {e}")),
+        other => (None, other.to_string()),
+    };
+    let message = if context.is_empty() {
+        detail
+    } else {
+        format!("{context}: {detail}")
+    };
+    match class {
+        Some(class) => DriverError::Transient { class, message },
+        None => DriverError::Permanent { message },
+    }
+}
+
+/// A classifier closure for `map_err`.
+pub(crate) fn on(dialect: Dialect, context: &str) -> impl FnOnce(sqlx::Error) -> DriverError + '_ {
+    move |e| classify(dialect, context, e)
+}
+
+fn classify_database(dialect: Dialect, db: &dyn DatabaseError) -> (Option<ErrorClass>, String) {
+    let message = db.message().trim().to_owned();
+    match dialect {
+        Dialect::Postgres => {
+            let code = match db.try_downcast_ref::<PgDatabaseError>() {
+                Some(pg) => pg.code().to_owned(),
+                None => db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            };
+            (
+                postgres_class(&code),
+                format!("{message} (sqlstate {code})"),
+            )
+        }
+        Dialect::Mysql => match db.try_downcast_ref::<MySqlDatabaseError>() {
+            Some(my) => {
+                let number = my.number();
+                let state = my.code().unwrap_or("HY000");
+                (
+                    mysql_class(number),
+                    format!("{message} (error {number}, sqlstate {state})"),
+                )
+            }
+            None => (None, message),
+        },
+        Dialect::Sqlite => {
+            let code = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+            (
+                sqlite_class(code),
+                format!("{message} (sqlite code {code})"),
+            )
+        }
+    }
+}
+
+/// PostgreSQL SQLSTATE → transient class.
+pub(crate) fn postgres_class(sqlstate: &str) -> Option<ErrorClass> {
+    match sqlstate {
+        s if s.starts_with("08") => Some(ErrorClass::Connection),
+        // admin/crash shutdown, cannot connect now, too many connections
+        "57P01" | "57P02" | "57P03" | "53300" => Some(ErrorClass::Connection),
+        "40001" => Some(ErrorClass::Serialization),
+        "40P01" => Some(ErrorClass::Deadlock),
+        "55P03" => Some(ErrorClass::LockTimeout),
+        _ => None,
+    }
+}
+
+/// MySQL/MariaDB error number → transient class.
+pub(crate) fn mysql_class(number: u16) -> Option<ErrorClass> {
+    match number {
+        1213 => Some(ErrorClass::Deadlock),
+        1205 => Some(ErrorClass::LockTimeout),
+        // server gone / lost connection / too many connections / shutdown / killed
+        2006 | 2013 | 1040 | 1053 | 1927 => Some(ErrorClass::Connection),
+        _ => None,
+    }
+}
+
+/// SQLite (extended) result code → transient class: SQLITE_BUSY (5) and SQLITE_LOCKED (6)
+/// with all their extended codes.
+pub(crate) fn sqlite_class(code: i32) -> Option<ErrorClass> {
+    match code & 0xff {
+        5 | 6 => Some(ErrorClass::Busy),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_classes() {
+        assert_eq!(postgres_class("08006"), Some(ErrorClass::Connection));
+        assert_eq!(postgres_class("57P01"), Some(ErrorClass::Connection));
+        assert_eq!(postgres_class("40001"), Some(ErrorClass::Serialization));
+        assert_eq!(postgres_class("40P01"), Some(ErrorClass::Deadlock));
+        assert_eq!(postgres_class("55P03"), Some(ErrorClass::LockTimeout));
+        assert_eq!(postgres_class("42601"), None);
+        assert_eq!(mysql_class(1213), Some(ErrorClass::Deadlock));
+        assert_eq!(mysql_class(1205), Some(ErrorClass::LockTimeout));
+        assert_eq!(mysql_class(2013), Some(ErrorClass::Connection));
+        assert_eq!(mysql_class(1064), None);
+        assert_eq!(sqlite_class(5), Some(ErrorClass::Busy));
+        assert_eq!(sqlite_class(517), Some(ErrorClass::Busy)); // SQLITE_BUSY_SNAPSHOT
+        assert_eq!(sqlite_class(262), Some(ErrorClass::Busy)); // SQLITE_LOCKED_SHAREDCACHE
+        assert_eq!(sqlite_class(1), None);
+    }
+
+    #[test]
+    fn io_errors_are_transient_connection_errors() {
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let d = classify(Dialect::Postgres, "connect", sqlx::Error::Io(e));
+        assert_eq!(d.class(), Some(ErrorClass::Connection));
+        assert!(
+            d.to_string()
+                .starts_with("transient connection error: connect: ")
+        );
+    }
+}

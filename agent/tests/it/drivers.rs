@@ -1,0 +1,453 @@
+//! Driver integration tests against real databases: the same scenarios run on SQLite files,
+//! PostgreSQL and MariaDB (ephemeral servers from the testkit), one fresh database each.
+
+use anyhow::{Context, Result, bail, ensure};
+use flotilla_agent::Dialect;
+use flotilla_agent::checksum;
+use flotilla_agent::driver::sqlite::SqliteDriver;
+use flotilla_agent::driver::{Driver, DriverError, Session, StepMeta, StepSpec};
+use flotilla_agent::history::RowStatus;
+use flotilla_agent::types::Direction;
+
+/// Makes fresh, empty target databases of one dialect.
+trait Targets {
+    fn dialect(&self) -> Dialect;
+    async fn fresh(&mut self) -> Result<Box<dyn Driver>>;
+}
+
+/// SQLite files in one temp dir.
+struct SqliteTargets {
+    dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl SqliteTargets {
+    fn new() -> Result<Self> {
+        Ok(SqliteTargets {
+            dir: tempfile::tempdir()?,
+            n: 0,
+        })
+    }
+}
+
+impl Targets for SqliteTargets {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
+        self.n += 1;
+        let path = self.dir.path().join(format!("t{}.db", self.n));
+        let url = format!("sqlite://{}", path.display());
+        Ok(Box::new(SqliteDriver::new(flotilla_agent::Secret::new(
+            url,
+        ))?))
+    }
+}
+
+fn meta(token: u64) -> StepMeta {
+    StepMeta {
+        rollout_id: "r1".into(),
+        agent_id: "agent-1".into(),
+        fencing_token: token,
+    }
+}
+
+fn step(revision: &str, sql: &str) -> StepSpec {
+    StepSpec {
+        revision: revision.into(),
+        direction: Direction::Up,
+        sql: sql.into(),
+        checksum: checksum(sql),
+        transactional: true,
+    }
+}
+
+async fn session(driver: &dyn Driver) -> Result<Box<dyn Session>> {
+    let mut s = driver.connect().await?;
+    s.ensure_schema().await?;
+    Ok(s)
+}
+
+async fn table_names(s: &mut dyn Session) -> Result<Vec<String>> {
+    Ok(s.catalog()
+        .await?
+        .tables
+        .into_iter()
+        .map(|t| t.name)
+        .collect())
+}
+
+/// ensure_schema twice, a transactional step records its row, a failing step rolls back both
+/// its schema change (where DDL is transactional) and its history row.
+async fn transactional_apply(targets: &mut impl Targets) -> Result<()> {
+    let d = targets.dialect();
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    s.ensure_schema().await.context("second ensure_schema")?;
+    let state = s.read_state().await?;
+    ensure!(
+        state.history.is_empty() && state.fence_token == 0,
+        "fresh state: {state:?}"
+    );
+
+    let ok = step(
+        "0001_t1",
+        "CREATE TABLE t1 (id INT PRIMARY KEY, name VARCHAR(50) NOT NULL);\n\
+         INSERT INTO t1 (id, name) VALUES (1, 'a;b');\nINSERT INTO t1 (id, name) VALUES (2, 'c');",
+    );
+    let row = if d == Dialect::Mysql {
+        // MySQL commits DDL implicitly: the executor sends DDL through the dirty protocol.
+        let id = s.mark_dirty(&ok, &meta(3)).await?;
+        s.execute_non_transactional(&ok.sql).await?;
+        s.mark_clean(id, 7).await?;
+        s.read_state().await?.history.pop().context("history row")?
+    } else {
+        s.apply_transactional(&ok, &meta(3)).await?
+    };
+    ensure!(
+        row.status == RowStatus::Applied && row.revision == "0001_t1",
+        "{row:?}"
+    );
+    let state = s.read_state().await?;
+    ensure!(state.fence_token == 3, "fence raised: {state:?}");
+    ensure!(state.history == vec![row.clone()], "history: {state:?}");
+    ensure!(state.history[0].checksum == ok.checksum && state.history[0].fencing_token == 3);
+    ensure!(table_names(s.as_mut()).await? == ["t1"]);
+
+    let bad_sql = if d == Dialect::Mysql {
+        "INSERT INTO t1 (id, name) VALUES (3, 'x');\nINSERT INTO missing_table VALUES (1)"
+    } else {
+        "CREATE TABLE t2 (a INT);\nINSERT INTO t1 (id, name) VALUES (3, 'x');\n\
+         INSERT INTO missing_table VALUES (1)"
+    };
+    let err = s
+        .apply_transactional(&step("0002_bad", bad_sql), &meta(3))
+        .await;
+    let Err(DriverError::Permanent { message }) = err else {
+        bail!("missing table must fail permanently: {err:?}");
+    };
+    ensure!(
+        message.contains("missing_table"),
+        "message names the table: {message}"
+    );
+    let state = s.read_state().await?;
+    ensure!(
+        state.history == vec![row],
+        "no history row for the failed step: {state:?}"
+    );
+    ensure!(table_names(s.as_mut()).await? == ["t1"], "t2 rolled back");
+    // Row 3 can be inserted again only if the failed step's insert was rolled back.
+    let again = step(
+        "0003_again",
+        "INSERT INTO t1 (id, name) VALUES (3, 'again')",
+    );
+    s.apply_transactional(&again, &meta(3))
+        .await
+        .context("the failed insert was rolled back")?;
+    s.close().await;
+    Ok(())
+}
+
+/// A lower token is refused and changes nothing; an equal one is accepted.
+async fn stale_token(targets: &mut impl Targets) -> Result<()> {
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    s.apply_transactional(
+        &step(
+            "0001",
+            "INSERT INTO flotilla_fence (id, token) SELECT 2, 0 WHERE 1 = 0",
+        ),
+        &meta(5),
+    )
+    .await?;
+    let before = s.read_state().await?;
+    let err = s
+        .apply_transactional(&step("0002", "CREATE TABLE stale (a INT)"), &meta(4))
+        .await;
+    ensure!(
+        matches!(
+            err,
+            Err(DriverError::StaleToken {
+                offered: 4,
+                current: 5
+            })
+        ),
+        "stale token refused: {err:?}"
+    );
+    let err = s
+        .mark_dirty(&step("0002", "CREATE TABLE stale (a INT)"), &meta(4))
+        .await;
+    ensure!(
+        matches!(err, Err(DriverError::StaleToken { .. })),
+        "mark_dirty fenced: {err:?}"
+    );
+    let err = s
+        .stamp(&[("0002".into(), "c".repeat(64))], Direction::Up, &meta(1))
+        .await;
+    ensure!(
+        matches!(err, Err(DriverError::StaleToken { .. })),
+        "stamp fenced: {err:?}"
+    );
+    ensure!(s.read_state().await? == before, "nothing changed");
+    ensure!(
+        table_names(s.as_mut()).await?.is_empty(),
+        "no table created"
+    );
+    s.apply_transactional(&step("0003", "SELECT 1"), &meta(5))
+        .await
+        .context("equal token")?;
+    s.close().await;
+    Ok(())
+}
+
+/// mark_dirty → execute_non_transactional → mark_clean, then repair and stamp.
+async fn dirty_protocol(targets: &mut impl Targets) -> Result<()> {
+    let d = targets.dialect();
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    let create = step(
+        "0001",
+        "CREATE TABLE t1 (id INT PRIMARY KEY, name VARCHAR(50))",
+    );
+    let id = s.mark_dirty(&create, &meta(1)).await?;
+    s.execute_non_transactional(&create.sql).await?;
+    s.mark_clean(id, 12).await?;
+
+    let concurrently = if d == Dialect::Postgres {
+        "CONCURRENTLY "
+    } else {
+        ""
+    };
+    let sql = format!(
+        "-- two indexes; one statement at a time where needed\n\
+         CREATE INDEX {concurrently}t1_name ON t1 (name);\n\
+         CREATE INDEX {concurrently}t1_name_id ON t1 (name, id);\n"
+    );
+    let idx = StepSpec {
+        transactional: false,
+        ..step("0002", &sql)
+    };
+    let id = s.mark_dirty(&idx, &meta(1)).await?;
+    let state = s.read_state().await?;
+    ensure!(
+        state.dirty().map(|r| r.id) == Some(id),
+        "dirty row: {state:?}"
+    );
+    s.execute_non_transactional(&idx.sql).await?;
+    s.mark_clean(id, 34).await?;
+    let state = s.read_state().await?;
+    ensure!(state.dirty().is_none(), "clean: {state:?}");
+    let last = state.history.last().context("row")?;
+    ensure!(
+        last.status == RowStatus::Applied && last.duration_ms == 34,
+        "{last:?}"
+    );
+    ensure!(state.is_applied("0001") && state.is_applied("0002"));
+    let catalog = s.catalog().await?;
+    let t1 = catalog
+        .tables
+        .iter()
+        .find(|t| t.name == "t1")
+        .context("t1")?;
+    let names: Vec<&str> = t1.indexes.iter().map(|i| i.name.as_str()).collect();
+    ensure!(
+        names.contains(&"t1_name") && names.contains(&"t1_name_id"),
+        "indexes {names:?}"
+    );
+    ensure!(
+        s.mark_clean(id, 1).await.is_err(),
+        "a clean row cannot be cleaned again"
+    );
+
+    // A step that fails half way stays dirty until repaired.
+    let broken = StepSpec {
+        transactional: false,
+        ..step("0003", "CREATE TABLE t3 (a INT);\nCREAT TABLE t4 (a INT)")
+    };
+    let id = s.mark_dirty(&broken, &meta(2)).await?;
+    let err = s.execute_non_transactional(&broken.sql).await;
+    ensure!(matches!(err, Err(DriverError::Permanent { .. })), "{err:?}");
+    let state = s.read_state().await?;
+    ensure!(state.dirty().map(|r| r.id) == Some(id) && state.fence_token == 2);
+    let err = s.repair("0003", false, &meta(1)).await;
+    ensure!(
+        matches!(err, Err(DriverError::StaleToken { .. })),
+        "repair fenced: {err:?}"
+    );
+    s.repair("0003", false, &meta(2)).await?;
+    let state = s.read_state().await?;
+    ensure!(
+        state.dirty().is_none() && !state.is_applied("0003"),
+        "{state:?}"
+    );
+    ensure!(state.history.last().map(|r| r.status) == Some(RowStatus::Abandoned));
+    let err = s.repair("0003", true, &meta(2)).await;
+    ensure!(
+        matches!(err, Err(DriverError::Permanent { .. })),
+        "nothing to repair: {err:?}"
+    );
+
+    s.stamp(
+        &[
+            ("0004".into(), "a".repeat(64)),
+            ("0005".into(), "b".repeat(64)),
+        ],
+        Direction::Up,
+        &meta(2),
+    )
+    .await?;
+    let state = s.read_state().await?;
+    let stamped: Vec<_> = state
+        .history
+        .iter()
+        .filter(|r| r.status == RowStatus::Stamped)
+        .collect();
+    ensure!(stamped.len() == 2 && state.is_applied("0005"), "{state:?}");
+    s.close().await;
+    Ok(())
+}
+
+/// try_lock from two sessions: the second gets false until the first unlocks or closes.
+async fn migration_lock(targets: &mut impl Targets) -> Result<()> {
+    let driver = targets.fresh().await?;
+    let mut a = session(driver.as_ref()).await?;
+    let mut b = session(driver.as_ref()).await?;
+    ensure!(a.try_lock().await?, "first lock");
+    ensure!(!b.try_lock().await?, "second session must not get the lock");
+    a.unlock().await?;
+    ensure!(b.try_lock().await?, "lock free after unlock");
+    ensure!(!a.try_lock().await?, "now held by b");
+    b.close().await;
+    let mut c = session(driver.as_ref()).await?;
+    ensure!(c.try_lock().await?, "lock released when its session closes");
+    c.unlock().await?;
+    // Another database on the same server has its own lock.
+    let other = targets.fresh().await?;
+    let mut o = session(other.as_ref()).await?;
+    ensure!(a.try_lock().await?, "a locks its database again");
+    ensure!(o.try_lock().await?, "another database is not locked");
+    a.close().await;
+    o.close().await;
+    Ok(())
+}
+
+/// Apply `sqls` (one step each) on a fresh database and return its catalog fingerprint.
+async fn fingerprint_of(
+    targets: &mut impl Targets,
+    sqls: &[&str],
+) -> Result<(String, flotilla_agent::catalog::Catalog)> {
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    for (i, sql) in sqls.iter().enumerate() {
+        let st = step(&format!("{i:04}"), sql);
+        if targets.dialect() == Dialect::Mysql {
+            s.execute_non_transactional(sql)
+                .await
+                .with_context(|| format!("step {i}"))?;
+        } else {
+            s.apply_transactional(&st, &meta(1))
+                .await
+                .with_context(|| format!("step {i}"))?;
+        }
+    }
+    let catalog = s.catalog().await?;
+    s.close().await;
+    Ok((catalog.fingerprint(), catalog))
+}
+
+/// Same schema built in two orders → same fingerprint; one column type or nullability
+/// different → different fingerprint.
+async fn catalog_fingerprints(targets: &mut impl Targets) -> Result<()> {
+    let parent = "CREATE TABLE parent (id INT PRIMARY KEY, code VARCHAR(10) UNIQUE, note TEXT)";
+    let parent_b = "CREATE TABLE parent (note TEXT, code VARCHAR(10) UNIQUE, id INT PRIMARY KEY)";
+    let child = |qty: &str, label: &str| {
+        format!(
+            "CREATE TABLE child (id INT PRIMARY KEY, parent_id INT NOT NULL, \
+             qty {qty} DEFAULT 1 CHECK (qty > 0), label {label}, \
+             FOREIGN KEY (parent_id) REFERENCES parent (id) ON DELETE CASCADE)"
+        )
+    };
+    let child_b = "CREATE TABLE child (label VARCHAR(20), parent_id INT NOT NULL, id INT PRIMARY KEY, \
+                   FOREIGN KEY (parent_id) REFERENCES parent (id) ON DELETE CASCADE)";
+    let add_qty = "ALTER TABLE child ADD COLUMN qty INT NOT NULL DEFAULT 1 CHECK (qty > 0)";
+    let index = "CREATE INDEX child_parent ON child (parent_id, qty)";
+    let other = "CREATE TABLE other (k VARCHAR(20) NOT NULL)";
+
+    let child_a = child("INT NOT NULL", "VARCHAR(20)");
+    let (a, cat_a) = fingerprint_of(targets, &[parent, other, &child_a, index]).await?;
+    let (b, cat_b) = fingerprint_of(targets, &[other, parent_b, child_b, add_qty, index]).await?;
+    ensure!(
+        a == b,
+        "same schema, different order:\n{cat_a:#?}\n{cat_b:#?}"
+    );
+    ensure!(cat_a.tables.len() == 3, "{cat_a:#?}");
+    let child_t = cat_a
+        .tables
+        .iter()
+        .find(|t| t.name == "child")
+        .context("child")?;
+    let kinds: Vec<&str> = child_t
+        .constraints
+        .iter()
+        .map(|c| c.kind.as_str())
+        .collect();
+    for k in ["primary key", "foreign key", "check"] {
+        ensure!(kinds.contains(&k), "child has a {k}: {child_t:#?}");
+    }
+    let fk = child_t
+        .constraints
+        .iter()
+        .find(|c| c.kind == "foreign key")
+        .context("fk")?;
+    ensure!(
+        fk.references == Some(("parent".into(), vec!["id".into()], "cascade".into())),
+        "{fk:?}"
+    );
+    let child_c = child("BIGINT NOT NULL", "VARCHAR(20)");
+    let (c, _) = fingerprint_of(targets, &[parent, other, &child_c, index]).await?;
+    ensure!(a != c, "a different column type changes the fingerprint");
+    let child_d = child("INT NOT NULL", "VARCHAR(20) NOT NULL");
+    let (d, _) = fingerprint_of(targets, &[parent, other, &child_d, index]).await?;
+    ensure!(a != d, "different nullability changes the fingerprint");
+    Ok(())
+}
+
+/// A syntax error is permanent and carries the database's message.
+async fn syntax_error(targets: &mut impl Targets) -> Result<()> {
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    let err = s
+        .apply_transactional(&step("0001", "SELEC 1"), &meta(1))
+        .await;
+    let Err(DriverError::Permanent { message }) = err else {
+        bail!("syntax error must be permanent: {err:?}");
+    };
+    ensure!(
+        message.to_lowercase().contains("syntax"),
+        "database message: {message}"
+    );
+    ensure!(message.contains("apply 0001 up"), "context: {message}");
+    let err = s.execute_non_transactional("SELEC 1").await;
+    ensure!(matches!(err, Err(DriverError::Permanent { .. })), "{err:?}");
+    s.close().await;
+    Ok(())
+}
+
+async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
+    transactional_apply(targets)
+        .await
+        .context("transactional_apply")?;
+    stale_token(targets).await.context("stale_token")?;
+    dirty_protocol(targets).await.context("dirty_protocol")?;
+    migration_lock(targets).await.context("migration_lock")?;
+    catalog_fingerprints(targets)
+        .await
+        .context("catalog_fingerprints")?;
+    syntax_error(targets).await.context("syntax_error")?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn sqlite_driver() -> Result<()> {
+    all_scenarios(&mut SqliteTargets::new()?).await
+}

@@ -1,0 +1,3 @@
+//! Agent integration tests: one test binary, one module per area.
+
+mod drivers;
