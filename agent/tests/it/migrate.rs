@@ -6,13 +6,24 @@ use flotilla_proto::step_event::Event;
 use flotilla_proto::{FailureReason, RepairRequest};
 use tonic::Code;
 
-use crate::support::{Backend, Server, agent, fingerprint, migrate, reason, run, run_grpc, status, up};
+use crate::support::{
+    Backend, Server, agent, fingerprint, migrate, reason, run, run_grpc, status, up,
+};
 
 fn plan() -> Vec<flotilla_proto::Step> {
     vec![
-        up("0001_users", "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL);"),
-        up("0002_orders", "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL);"),
-        up("0003_email", "ALTER TABLE users ADD COLUMN email VARCHAR(100);"),
+        up(
+            "0001_users",
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL);",
+        ),
+        up(
+            "0002_orders",
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL);",
+        ),
+        up(
+            "0003_email",
+            "ALTER TABLE users ADD COLUMN email VARCHAR(100);",
+        ),
     ]
 }
 
@@ -24,14 +35,24 @@ async fn plan_applied_once(dialect: Dialect) -> Result<()> {
     let mut client = server.client().await?;
 
     let out = run_grpc(&mut client, migrate("t1", "rollout-1", 7, plan())).await?;
-    ensure!(out.error.is_none(), "first run failed: {:?} {:?}", out.error, out.kinds());
+    ensure!(
+        out.error.is_none(),
+        "first run failed: {:?} {:?}",
+        out.error,
+        out.kinds()
+    );
     let succeeded: Vec<_> = out
         .events
         .iter()
         .filter(|e| matches!(e.event, Some(Event::Succeeded(_))))
         .map(|e| e.revision.as_str())
         .collect();
-    assert_eq!(succeeded, ["0001_users", "0002_orders", "0003_email"], "{:?}", out.kinds());
+    assert_eq!(
+        succeeded,
+        ["0001_users", "0002_orders", "0003_email"],
+        "{:?}",
+        out.kinds()
+    );
 
     let ts = status(&agent, "t1", true).await?;
     let fp = fingerprint(&agent, "t1").await?;
@@ -51,16 +72,30 @@ async fn plan_applied_once(dialect: Dialect) -> Result<()> {
     assert!(!ts.dirty);
 
     let again = run_grpc(&mut client, migrate("t1", "rollout-2", 7, plan())).await?;
-    ensure!(again.error.is_none(), "second run failed: {:?}", again.error);
+    ensure!(
+        again.error.is_none(),
+        "second run failed: {:?}",
+        again.error
+    );
     let kinds: Vec<_> = again
         .events
         .iter()
         .filter(|e| !e.revision.is_empty() && !matches!(e.event, Some(Event::LockAcquired(_))))
         .map(|e| format!("{}:{}", e.revision, crate::support::kind(e)))
         .collect();
-    assert_eq!(kinds, ["0001_users:skipped", "0002_orders:skipped", "0003_email:skipped"]);
+    assert_eq!(
+        kinds,
+        [
+            "0001_users:skipped",
+            "0002_orders:skipped",
+            "0003_email:skipped"
+        ]
+    );
     let after = status(&agent, "t1", true).await?;
-    assert_eq!(after.history, ts.history, "sending the plan again changed the history");
+    assert_eq!(
+        after.history, ts.history,
+        "sending the plan again changed the history"
+    );
     assert_eq!(fingerprint(&agent, "t1").await?, fp);
     server.stop().await
 }
@@ -107,7 +142,11 @@ async fn failing_step_rolls_back(dialect: Dialect) -> Result<()> {
     let after = status(&agent, "t1", true).await?;
     assert_eq!(after.history, before.history);
     assert!(!after.dirty);
-    assert_eq!(fingerprint(&agent, "t1").await?, fp_before, "the failed step left schema changes");
+    assert_eq!(
+        fingerprint(&agent, "t1").await?,
+        fp_before,
+        "the failed step left schema changes"
+    );
     Ok(())
 }
 
@@ -141,12 +180,24 @@ async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
     assert!(ts.dirty);
     assert_eq!(ts.dirty_revision, "0001_half");
 
-    let next = run(&agent, migrate("t1", "r2", 1, vec![up("0002_next", "CREATE TABLE next_one (id INT);")]))
-        .await?;
+    let next = run(
+        &agent,
+        migrate(
+            "t1",
+            "r2",
+            1,
+            vec![up("0002_next", "CREATE TABLE next_one (id INT);")],
+        ),
+    )
+    .await?;
     let err = next.err()?;
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason(err), "TARGET_DIRTY");
-    assert!(err.message().contains("0001_half") && err.message().contains("repair"), "{}", err.message());
+    assert!(
+        err.message().contains("0001_half") && err.message().contains("repair"),
+        "{}",
+        err.message()
+    );
     let failed = next.failed().context("no StepFailed")?;
     assert_eq!(failed.reason, FailureReason::TargetDirty as i32);
 
@@ -162,8 +213,16 @@ async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
     assert!(!ts.dirty, "{ts:?}");
     assert!(ts.applied.is_empty());
 
-    let ok = run(&agent, migrate("t1", "r3", 1, vec![up("0002_next", "CREATE TABLE next_one (id INT);")]))
-        .await?;
+    let ok = run(
+        &agent,
+        migrate(
+            "t1",
+            "r3",
+            1,
+            vec![up("0002_next", "CREATE TABLE next_one (id INT);")],
+        ),
+    )
+    .await?;
     ensure!(ok.error.is_none(), "{:?}", ok.error);
     assert_eq!(status(&agent, "t1", false).await?.heads, ["0002_next"]);
     Ok(())
@@ -187,7 +246,11 @@ async fn lower_fencing_token_is_refused() -> Result<()> {
     let err = stale.err()?;
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert_eq!(reason(err), "STALE_FENCING_TOKEN");
-    assert!(err.message().contains("3") && err.message().contains("5"), "{}", err.message());
+    assert!(
+        err.message().contains("3") && err.message().contains("5"),
+        "{}",
+        err.message()
+    );
     assert_eq!(
         stale.failed().map(|f| f.reason),
         Some(FailureReason::StaleFencingToken as i32)
@@ -218,8 +281,15 @@ async fn checksum_mismatch_is_refused() -> Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(reason(err), "CHECKSUM_MISMATCH");
     assert!(err.message().contains("0002_orders"), "{}", err.message());
-    assert!(out.events.is_empty(), "events before the refusal: {:?}", out.kinds());
-    assert!(status(&agent, "t1", true).await?.history.is_empty(), "something ran");
+    assert!(
+        out.events.is_empty(),
+        "events before the refusal: {:?}",
+        out.kinds()
+    );
+    assert!(
+        status(&agent, "t1", true).await?.history.is_empty(),
+        "something ran"
+    );
 
     let ok = run(&agent, migrate("t1", "r1", 1, plan()[..1].to_vec())).await?;
     ensure!(ok.error.is_none(), "{:?}", ok.error);
@@ -245,14 +315,24 @@ async fn down_steps_remove_and_skip() -> Result<()> {
         ..up(rev, sql)
     };
     let steps = vec![
-        down("0003_email", "ALTER TABLE users DROP COLUMN email;", &plan()[2].sql),
+        down(
+            "0003_email",
+            "ALTER TABLE users DROP COLUMN email;",
+            &plan()[2].sql,
+        ),
         down("0002_orders", "DROP TABLE orders;", &plan()[1].sql),
     ];
     let out = run(&agent, migrate("t1", "r2", 1, steps)).await?;
     ensure!(out.error.is_none(), "{:?}", out.error);
     let kinds = out.kinds();
-    assert!(kinds.contains(&"0003_email:skipped".to_owned()), "{kinds:?}");
-    assert!(kinds.contains(&"0002_orders:succeeded".to_owned()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"0003_email:skipped".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"0002_orders:succeeded".to_owned()),
+        "{kinds:?}"
+    );
     let ts = status(&agent, "t1", false).await?;
     assert_eq!(ts.heads, ["0001_users"]);
     Ok(())

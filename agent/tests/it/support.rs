@@ -60,7 +60,10 @@ pub(crate) fn config(targets: Vec<TargetConfig>) -> AgentConfig {
             max_attempts: 10,
             max_elapsed: Duration::from_secs(30),
         },
-        lock: LockConfig { wait: Duration::from_secs(5), max_poll_interval: Duration::from_millis(50) },
+        lock: LockConfig {
+            wait: Duration::from_secs(5),
+            max_poll_interval: Duration::from_millis(50),
+        },
         ..AgentConfig::default()
     }
 }
@@ -78,7 +81,10 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(crate) fn kinds(&self) -> Vec<String> {
-        self.events.iter().map(|e| format!("{}:{}", e.revision, kind(e))).collect()
+        self.events
+            .iter()
+            .map(|e| format!("{}:{}", e.revision, kind(e)))
+            .collect()
     }
 
     pub(crate) fn failed(&self) -> Option<&flotilla_proto::StepFailed> {
@@ -90,7 +96,9 @@ impl Outcome {
 
     /// The error status, or a test failure when the stream ended cleanly.
     pub(crate) fn err(&self) -> Result<&tonic::Status> {
-        self.error.as_ref().with_context(|| format!("expected an error; events {:?}", self.kinds()))
+        self.error
+            .as_ref()
+            .with_context(|| format!("expected an error; events {:?}", self.kinds()))
     }
 }
 
@@ -116,7 +124,10 @@ where
     let deadline = Duration::from_secs(60);
     loop {
         match tokio::time::timeout(deadline, stream.next()).await {
-            Err(_) => bail!("migrate stream still open after {deadline:?}; events {:?}", out.kinds()),
+            Err(_) => bail!(
+                "migrate stream still open after {deadline:?}; events {:?}",
+                out.kinds()
+            ),
             Ok(None) => return Ok(out),
             Ok(Some(Ok(ev))) => out.events.push(ev),
             Ok(Some(Err(status))) => {
@@ -135,7 +146,10 @@ where
 pub(crate) async fn run(agent: &Agent, req: MigrateRequest) -> Result<Outcome> {
     match agent.migrate(req).await {
         Ok(stream) => collect(stream).await,
-        Err(status) => Ok(Outcome { events: Vec::new(), error: Some(status) }),
+        Err(status) => Ok(Outcome {
+            events: Vec::new(),
+            error: Some(status),
+        }),
     }
 }
 
@@ -150,11 +164,22 @@ pub(crate) async fn next_event(stream: &mut EventStream) -> Result<StepEvent> {
 }
 
 /// The status of one target (no history).
-pub(crate) async fn status(agent: &Agent, target: &str, include_history: bool) -> Result<TargetStatus> {
+pub(crate) async fn status(
+    agent: &Agent,
+    target: &str,
+    include_history: bool,
+) -> Result<TargetStatus> {
     let resp = agent
-        .status(StatusRequest { target_ids: vec![target.into()], include_history })
+        .status(StatusRequest {
+            target_ids: vec![target.into()],
+            include_history,
+        })
         .await?;
-    let ts = resp.targets.into_iter().next().context("no target in the status response")?;
+    let ts = resp
+        .targets
+        .into_iter()
+        .next()
+        .context("no target in the status response")?;
     if !ts.error.is_empty() {
         bail!("status of {target}: {}", ts.error);
     }
@@ -164,9 +189,17 @@ pub(crate) async fn status(agent: &Agent, target: &str, include_history: bool) -
 /// The schema fingerprint of one target.
 pub(crate) async fn fingerprint(agent: &Agent, target: &str) -> Result<String> {
     let resp = agent
-        .validate(ValidateRequest { target_ids: vec![target.into()], expected: vec![], skip_fingerprint: false })
+        .validate(ValidateRequest {
+            target_ids: vec![target.into()],
+            expected: vec![],
+            skip_fingerprint: false,
+        })
         .await?;
-    let tv = resp.targets.into_iter().next().context("no target in the validate response")?;
+    let tv = resp
+        .targets
+        .into_iter()
+        .next()
+        .context("no target in the validate response")?;
     if !tv.error.is_empty() {
         bail!("validate {target}: {}", tv.error);
     }
@@ -175,7 +208,9 @@ pub(crate) async fn fingerprint(agent: &Agent, target: &str) -> Result<String> {
 
 /// The stable reason of an agent status.
 pub(crate) fn reason(status: &tonic::Status) -> String {
-    flotilla_agent::Reason::of_status(status).unwrap_or_default().to_owned()
+    flotilla_agent::Reason::of_status(status)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The agent served over gRPC on a loopback port.
@@ -193,14 +228,20 @@ impl Server {
         let handle = tokio::spawn(flotilla_agent::serve(agent, listener, async move {
             let _ = rx.await;
         }));
-        Ok(Server { addr, stop: Some(tx), handle })
+        Ok(Server {
+            addr,
+            stop: Some(tx),
+            handle,
+        })
     }
 
     pub(crate) async fn client(&self) -> Result<AgentServiceClient<Channel>> {
         let client = AgentServiceClient::connect(format!("http://{}", self.addr))
             .await
             .context("connecting to the agent")?;
-        Ok(client.max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+        Ok(client
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
     }
 
     /// Trigger shutdown without waiting.
@@ -221,10 +262,16 @@ impl Server {
 }
 
 /// A gRPC Migrate call to completion.
-pub(crate) async fn run_grpc(client: &mut AgentServiceClient<Channel>, req: MigrateRequest) -> Result<Outcome> {
+pub(crate) async fn run_grpc(
+    client: &mut AgentServiceClient<Channel>,
+    req: MigrateRequest,
+) -> Result<Outcome> {
     match client.migrate(req).await {
         Ok(resp) => collect(resp.into_inner()).await,
-        Err(status) => Ok(Outcome { events: Vec::new(), error: Some(status) }),
+        Err(status) => Ok(Outcome {
+            events: Vec::new(),
+            error: Some(status),
+        }),
     }
 }
 
@@ -257,7 +304,10 @@ impl Backend {
         match self {
             Backend::Sqlite(dir, n) => {
                 let i = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(format!("sqlite://{}?mode=rwc", dir.path().join(format!("t{i}.db")).display()))
+                Ok(format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join(format!("t{i}.db")).display()
+                ))
             }
             Backend::Postgres(pg) => pg.fresh_database().await,
             Backend::MariaDb(my) => my.fresh_database().await,
