@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::revision::{ParseErrors, RenderError};
 
 pub mod offline;
+pub mod online;
+pub mod progress;
+pub mod serve;
 
 pub use offline::OfflineCommand;
 
@@ -26,7 +29,7 @@ pub const EXIT_PROBLEMS: u8 = 3;
 /// Flotilla: roll schema migrations out across a fleet of databases.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check` found problems")]
+#[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out")]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -69,6 +72,12 @@ pub enum OutputFormat {
 pub enum Command {
     #[command(flatten)]
     Offline(OfflineCommand),
+    #[command(flatten)]
+    Online(online::OnlineCommand),
+    /// Serve the coordinator: lead rollouts while holding the fleet lock, or stand by
+    Coordinator(serve::ServeArgs),
+    /// Run the whole system locally: SQLite tenants, embedded agents, a rollout to head
+    Demo(crate::demo::DemoArgs),
 }
 
 /// How a command that did not fail ended.

@@ -2,7 +2,15 @@
 
 pub mod cli;
 pub mod revision;
-
 pub mod backend;
 pub mod lock;
 pub mod store;
+pub mod api;
+pub mod engine;
+pub mod fleet;
+pub mod metrics;
+pub mod registry;
+pub mod rollout;
+pub mod server;
+pub mod telemetry;
+pub mod demo;

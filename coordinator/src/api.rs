@@ -1,0 +1,401 @@
+//! `CoordinatorService`: the gRPC API over the engine. Errors become `tonic::Status` in
+//! exactly one place ([`status_of`]).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use flotilla_agent::{Dialect, Direction};
+use flotilla_proto as pb;
+use flotilla_proto::coordinator_service_server::CoordinatorService;
+
+use crate::engine::{Engine, EngineError, FleetEntry};
+use crate::registry::Registration;
+use crate::revision::Goal;
+use crate::rollout::{RolloutSpec, Selector};
+
+/// The one mapping from engine errors to gRPC status codes.
+pub fn status_of(e: EngineError) -> Status {
+    match &e {
+        EngineError::NotLeader => Status::unavailable(format!("NOT_LEADER: {e}")),
+        EngineError::NotFound(_) => Status::not_found(e.to_string()),
+        EngineError::Conflict(_) => Status::failed_precondition(e.to_string()),
+        EngineError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        EngineError::Fenced(_) => Status::failed_precondition(format!("FENCED: {e}")),
+        EngineError::Store(_) | EngineError::Unavailable(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+pub struct Api {
+    engine: Arc<Engine>,
+    /// Extracts the caller's trace context: (traceparent, trace id) for a new rollout.
+    trace_of: Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>,
+}
+
+impl Api {
+    pub fn new(
+        engine: Arc<Engine>,
+        trace_of: Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>,
+    ) -> Api {
+        Api { engine, trace_of }
+    }
+
+    async fn rollout(&self, id: &str) -> Result<pb::Rollout, Status> {
+        let (rec, targets) = self.engine.get(id).await.map_err(status_of)?;
+        Ok(rec.to_proto(&targets))
+    }
+}
+
+/// Revisions of a target that the graph lacks or whose checksum differs.
+pub fn drift_of(engine: &Engine, e: &FleetEntry) -> Vec<String> {
+    let Some(dialect) = e.dialect() else { return vec![] };
+    let graph = engine.graph();
+    e.status
+        .applied
+        .iter()
+        .filter_map(|a| match graph.get(&a.revision) {
+            None => Some(format!("{}: unknown revision", a.revision)),
+            Some(r) if r.up_checksum(dialect) != a.checksum => Some(format!("{}: checksum differs", a.revision)),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), Status> {
+    if id.is_empty() || id.len() > 256 {
+        return Err(Status::invalid_argument(format!("{what} must be 1 to 256 characters")));
+    }
+    Ok(())
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl CoordinatorService for Api {
+    async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
+        let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
+            .map_err(Status::invalid_argument)?;
+        let goal: Goal = spec
+            .goal
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("goal {:?}: {e}", spec.goal)))?;
+        let snap = self.engine.select(&spec.selector).await.map_err(status_of)?;
+        let graph = self.engine.graph();
+        let mut targets = Vec::new();
+        for e in &snap.targets {
+            let mut tp = pb::TargetPlan {
+                target_id: e.status.target_id.clone(),
+                agent_id: e.agent.id().to_owned(),
+                dialect: e.status.dialect,
+                ..Default::default()
+            };
+            match crate::engine::snapshot::plan_target(graph, &e.status, e.dialect(), &goal, spec.allow_downgrade) {
+                crate::engine::TargetPlanOutcome::Steps(steps) => {
+                    tp.steps = steps
+                        .iter()
+                        .map(|s| pb::PlannedStep {
+                            revision: s.revision.clone(),
+                            direction: s.direction.to_proto() as i32,
+                            checksum: s.checksum.clone(),
+                            transactional: s.transactional,
+                        })
+                        .collect();
+                }
+                crate::engine::TargetPlanOutcome::Blocked(why) => tp.blocked_reason = why,
+            }
+            targets.push(tp);
+        }
+        for (agent, err) in snap.unreachable {
+            targets.push(pb::TargetPlan {
+                agent_id: agent.clone(),
+                blocked_reason: format!("agent {agent} unreachable: {err}"),
+                ..Default::default()
+            });
+        }
+        Ok(Response::new(pb::PlanResponse { targets, graph_digest: graph.digest() }))
+    }
+
+    async fn start_rollout(&self, req: Request<pb::StartRolloutRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let (traceparent, trace_id) = (self.trace_of)(req.metadata());
+        let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
+            .map_err(Status::invalid_argument)?;
+        let rec = self.engine.start(spec, traceparent, trace_id).await.map_err(status_of)?;
+        Ok(Response::new(self.rollout(&rec.id).await?))
+    }
+
+    type WatchRolloutStream = WatchStream;
+
+    async fn watch_rollout(&self, req: Request<pb::WatchRolloutRequest>) -> Result<Response<WatchStream>, Status> {
+        let id = req.into_inner().id;
+        check_id("rollout id", &id)?;
+        let engine = self.engine.clone();
+        let first = self.rollout(&id).await?;
+        let stream = watch_stream(engine.clone(), id, first, engine.subscribe());
+        Ok(Response::new(stream))
+    }
+
+    async fn get_rollout(&self, req: Request<pb::GetRolloutRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let id = req.into_inner().id;
+        check_id("rollout id", &id)?;
+        Ok(Response::new(self.rollout(&id).await?))
+    }
+
+    async fn list_rollouts(&self, req: Request<pb::ListRolloutsRequest>) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 50,
+            n => n as usize,
+        };
+        let recs = self.engine.list().await.map_err(status_of)?;
+        let rollouts = recs.into_iter().take(limit).map(|r| r.to_proto(&[])).collect();
+        Ok(Response::new(pb::ListRolloutsResponse { rollouts }))
+    }
+
+    async fn pause_rollout(&self, req: Request<pb::RolloutControlRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let id = req.into_inner().id;
+        self.engine.pause(&id).await.map_err(status_of)?;
+        Ok(Response::new(self.rollout(&id).await?))
+    }
+
+    async fn resume_rollout(&self, req: Request<pb::RolloutControlRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let id = req.into_inner().id;
+        self.engine.resume(&id).await.map_err(status_of)?;
+        Ok(Response::new(self.rollout(&id).await?))
+    }
+
+    async fn abort_rollout(&self, req: Request<pb::RolloutControlRequest>) -> Result<Response<pb::Rollout>, Status> {
+        let id = req.into_inner().id;
+        self.engine.abort(&id).await.map_err(status_of)?;
+        Ok(Response::new(self.rollout(&id).await?))
+    }
+
+    async fn fleet_status(&self, req: Request<pb::FleetStatusRequest>) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        let selector = Selector::from_proto(req.into_inner().selector.as_ref());
+        let snap = self.engine.select(&selector).await.map_err(status_of)?;
+        let mut targets: Vec<pb::FleetTarget> = snap
+            .targets
+            .iter()
+            .map(|e| pb::FleetTarget {
+                agent_id: e.agent.id().to_owned(),
+                drift: drift_of(&self.engine, e),
+                status: Some(e.status.clone()),
+            })
+            .collect();
+        for (agent, err) in snap.unreachable {
+            targets.push(pb::FleetTarget {
+                agent_id: agent,
+                status: Some(pb::TargetStatus { error: format!("agent unreachable: {err}"), ..Default::default() }),
+                drift: vec![],
+            });
+        }
+        let graph = self.engine.graph();
+        crate::metrics::record_fleet(&targets);
+        Ok(Response::new(pb::FleetStatusResponse {
+            targets,
+            graph_heads: graph.heads().iter().map(|h| h.to_string()).collect(),
+            graph_digest: graph.digest(),
+        }))
+    }
+
+    async fn fleet_validate(&self, req: Request<pb::FleetValidateRequest>) -> Result<Response<pb::FleetValidateResponse>, Status> {
+        let selector = Selector::from_proto(req.into_inner().selector.as_ref());
+        let snap = self.engine.select(&selector).await.map_err(status_of)?;
+        let graph = self.engine.graph();
+        // One Validate per (agent, dialect): the expected checksums depend on the dialect.
+        let mut calls: BTreeMap<(String, Dialect), (FleetEntry, Vec<String>)> = BTreeMap::new();
+        for e in &snap.targets {
+            let Some(d) = e.dialect() else { continue };
+            calls
+                .entry((e.agent.id().to_owned(), d))
+                .or_insert_with(|| (e.clone(), vec![]))
+                .1
+                .push(e.status.target_id.clone());
+        }
+        let mut targets = Vec::new();
+        for ((agent_id, dialect), (entry, ids)) in calls {
+            let expected = graph
+                .expected(dialect)
+                .into_iter()
+                .map(|(revision, checksum)| pb::ExpectedRevision { revision, checksum })
+                .collect();
+            match entry.agent.validate(pb::ValidateRequest { target_ids: ids.clone(), expected, skip_fingerprint: false }).await {
+                Ok(resp) => targets.extend(resp.targets),
+                Err(e) => targets.extend(ids.into_iter().map(|id| pb::TargetValidation {
+                    target_id: id,
+                    error: format!("agent {agent_id}: {}", e.message()),
+                    ..Default::default()
+                })),
+            }
+        }
+        let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for t in &targets {
+            groups
+                .entry((heads_of(&t.applied, graph), t.fingerprint.clone()))
+                .or_default()
+                .push(t.target_id.clone());
+        }
+        let groups = groups
+            .into_iter()
+            .map(|((heads, fingerprint), target_ids)| pb::FingerprintGroup { heads, fingerprint, target_ids })
+            .collect();
+        let drift = targets.iter().filter(|t| !t.issues.is_empty()).count();
+        metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
+        Ok(Response::new(pb::FleetValidateResponse { targets, groups }))
+    }
+
+    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let id = req.into_inner().target_id;
+        check_id("target id", &id)?;
+        let e = self.engine.target_status(&id, true).await.map_err(status_of)?;
+        Ok(Response::new(pb::HistoryResponse { target: Some(e.status) }))
+    }
+
+    async fn stamp(&self, req: Request<pb::FleetStampRequest>) -> Result<Response<pb::TargetStatus>, Status> {
+        let req = req.into_inner();
+        check_id("target id", &req.target_id)?;
+        let term = self.engine.term().ok_or_else(|| status_of(EngineError::NotLeader))?;
+        let e = self.engine.target_status(&req.target_id, false).await.map_err(status_of)?;
+        let dialect = e.dialect().ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
+        let goal: Goal = req.revision.parse().map_err(|e| Status::invalid_argument(format!("revision: {e}")))?;
+        let plan = crate::revision::plan(self.engine.graph(), &crate::engine::snapshot::history_of(&e.status), &goal, dialect)
+            .map_err(|b| Status::failed_precondition(b.to_string()))?;
+        let mut last = e.status.clone();
+        for direction in [Direction::Down, Direction::Up] {
+            let revisions: Vec<pb::ExpectedRevision> = plan
+                .steps
+                .iter()
+                .filter(|s| s.direction == direction)
+                .map(|s| pb::ExpectedRevision {
+                    revision: s.revision.clone(),
+                    checksum: match direction {
+                        Direction::Up => s.checksum.clone(),
+                        Direction::Down => self.engine.graph().get(&s.revision).map(|r| r.up_checksum(dialect)).unwrap_or_default(),
+                    },
+                })
+                .collect();
+            if revisions.is_empty() {
+                continue;
+            }
+            let resp = e
+                .agent
+                .stamp(pb::StampRequest {
+                    target_id: req.target_id.clone(),
+                    fencing_token: term.token,
+                    revisions,
+                    direction: direction.to_proto() as i32,
+                    rollout_id: "stamp".into(),
+                })
+                .await?;
+            if let Some(t) = resp.target {
+                last = t;
+            }
+        }
+        Ok(Response::new(last))
+    }
+
+    async fn repair(&self, req: Request<pb::FleetRepairRequest>) -> Result<Response<pb::TargetStatus>, Status> {
+        let req = req.into_inner();
+        check_id("target id", &req.target_id)?;
+        let term = self.engine.term().ok_or_else(|| status_of(EngineError::NotLeader))?;
+        let e = self.engine.target_status(&req.target_id, false).await.map_err(status_of)?;
+        let revision = if req.revision.is_empty() { e.status.dirty_revision.clone() } else { req.revision.clone() };
+        let resp = e
+            .agent
+            .repair(pb::RepairRequest {
+                target_id: req.target_id,
+                fencing_token: term.token,
+                revision,
+                applied: req.applied,
+            })
+            .await?;
+        Ok(Response::new(resp.target.unwrap_or_default()))
+    }
+
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        check_id("agent id", &req.agent_id)?;
+        if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
+            return Err(Status::invalid_argument("agent address must be an http:// or https:// URL"));
+        }
+        let reg = Registration {
+            id: req.agent_id,
+            address: req.address,
+            agent_version: req.agent_version,
+            targets: req.targets.into_iter().map(|t| t.target_id).collect(),
+        };
+        let registry = self.engine.registry();
+        registry.register(&reg).await.map_err(Status::unavailable)?;
+        let ttl = registry.ttl.as_millis() as u32;
+        Ok(Response::new(pb::RegisterResponse { heartbeat_interval_ms: ttl / 3, ttl_ms: ttl }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let id = req.into_inner().agent_id;
+        check_id("agent id", &id)?;
+        let known = self.engine.registry().refresh(&id).await.map_err(Status::unavailable)?;
+        Ok(Response::new(pb::HeartbeatResponse { known }))
+    }
+}
+
+fn heads_of(applied: &[String], graph: &crate::revision::Graph) -> String {
+    // The applied revisions no other applied revision descends from.
+    let mut heads: Vec<&str> = applied
+        .iter()
+        .filter(|r| {
+            !applied
+                .iter()
+                .any(|o| o != *r && graph.ancestors(o).contains(r.as_str()))
+        })
+        .map(String::as_str)
+        .collect();
+    heads.sort();
+    if heads.is_empty() { "base".into() } else { heads.join(",") }
+}
+
+/// The watch stream: the current state, then a new state on every change, until the
+/// rollout ends. Wakes on a local change, or every second (the rollout may run on another
+/// coordinator: this one may be a standby).
+fn watch_stream(
+    engine: Arc<Engine>,
+    id: String,
+    first: pb::Rollout,
+    mut updates: tokio::sync::broadcast::Receiver<String>,
+) -> WatchStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut last = first.clone();
+        if tx.send(Ok(pb::RolloutEvent { rollout: Some(first) })).await.is_err() {
+            return;
+        }
+        while !is_done(&last) {
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = updates.recv() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            match engine.get(&id).await {
+                Ok((rec, targets)) => {
+                    let now = rec.to_proto(&targets);
+                    if now != last {
+                        last = now.clone();
+                        if tx.send(Ok(pb::RolloutEvent { rollout: Some(now) })).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(status_of(e))).await;
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+fn is_done(r: &pb::Rollout) -> bool {
+    crate::rollout::RolloutState::from_proto(pb::RolloutState::try_from(r.state).unwrap_or_default()).is_terminal()
+}

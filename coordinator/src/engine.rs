@@ -1,0 +1,391 @@
+//! The rollout engine: while this coordinator holds the fleet lock (a leader *term*), it
+//! runs rollouts — canary, waves, failure budget, fingerprint gate, pause/resume/abort —
+//! persisting every transition through the fenced state store so a new leader resumes where
+//! the old one stopped.
+//!
+//! **Architecture invariant:** every write of rollout state goes through
+//! [`StateStore::write`] with the current term's fencing token, and every Migrate carries
+//! that same token, so a stale leader is refused by both the store and the agents.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::fleet::AgentClient;
+use crate::lock::{FleetLock, LockError};
+use crate::registry::Registry;
+use crate::revision::Graph;
+use crate::rollout::{
+    RolloutRecord, RolloutSpec, RolloutState, TargetRecord, now_ms, rollout_key, targets_prefix,
+};
+use crate::store::{StateStore, StoreError, WriteOp};
+
+mod run;
+pub mod snapshot;
+mod target;
+
+pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
+
+/// Engine errors, mapped to gRPC codes in one place (`api.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("this coordinator is not the leader; retry against the leader or wait for it to take the lock")]
+    NotLeader,
+    #[error("rollout {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("leadership lost: fencing token {0} is stale")]
+    Fenced(u64),
+    #[error("state store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Fenced { token } => EngineError::Fenced(token),
+            other => EngineError::Store(other.to_string()),
+        }
+    }
+}
+
+/// What the user asked a running rollout to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    Run,
+    Pause,
+    Abort,
+}
+
+/// A leader term: the fencing token and a token cancelled the moment leadership ends.
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub token: u64,
+    pub cancel: CancellationToken,
+}
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Attempts per target when the agent cannot be reached (RPC failures).
+    pub agent_attempts: u32,
+    pub agent_backoff_min: Duration,
+    pub agent_backoff_max: Duration,
+    /// Delay between attempts to take the lock after an error.
+    pub lock_retry: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            agent_attempts: 5,
+            agent_backoff_min: Duration::from_millis(200),
+            agent_backoff_max: Duration::from_secs(5),
+            lock_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Engine {
+    pub(crate) graph: Arc<Graph>,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) config: EngineConfig,
+    term: watch::Sender<Option<Term>>,
+    updates: broadcast::Sender<String>,
+    controls: Mutex<HashMap<String, watch::Sender<Control>>>,
+    tasks: TaskTracker,
+}
+
+impl Engine {
+    pub fn new(
+        graph: Arc<Graph>,
+        store: Arc<dyn StateStore>,
+        registry: Arc<Registry>,
+        config: EngineConfig,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            graph,
+            store,
+            registry,
+            config,
+            term: watch::channel(None).0,
+            updates: broadcast::channel(1024).0,
+            controls: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn graph(&self) -> &Arc<Graph> {
+        &self.graph
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The current term, if this coordinator leads.
+    pub fn term(&self) -> Option<Term> {
+        self.term.borrow().clone().filter(|t| !t.cancel.is_cancelled())
+    }
+
+    /// Resolves once this coordinator leads.
+    pub async fn wait_leader(&self) -> Term {
+        let mut rx = self.term.subscribe();
+        loop {
+            if let Some(t) = self.term() {
+                return t;
+            }
+            if rx.changed().await.is_err() {
+                // The sender lives as long as the engine: unreachable in practice.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Rollout ids whose state changed; for watchers.
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.updates.subscribe()
+    }
+
+    pub(crate) fn notify(&self, id: &str) {
+        let _ = self.updates.send(id.to_owned());
+    }
+
+    /// Lead while `shutdown` is not cancelled: take the lock (blocking as a standby while
+    /// another coordinator holds it), resume unfinished rollouts, and when leadership is
+    /// lost cancel all work at once and go back to waiting for the lock.
+    pub async fn lead(self: Arc<Self>, lock: Arc<dyn FleetLock>, shutdown: CancellationToken) {
+        loop {
+            let leadership = match lock.acquire(&shutdown).await {
+                Ok(l) => l,
+                Err(LockError::Cancelled) => return,
+                Err(e) => {
+                    tracing::warn!("cannot take the fleet lock: {e}");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(self.config.lock_retry) => continue,
+                    }
+                }
+            };
+            let term = Term { token: leadership.token, cancel: CancellationToken::new() };
+            tracing::info!(token = term.token, "took the fleet lock: leading");
+            metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(1);
+            metrics::gauge!("flotilla_coordinator_lock_held").set(1.0);
+            let _ = self.term.send(Some(term.clone()));
+            if let Err(e) = self.resume_all(&term).await {
+                tracing::error!("cannot resume rollouts: {e}");
+            }
+            let lost = tokio::select! {
+                _ = leadership.lost.cancelled() => true,
+                _ = term.cancel.cancelled() => true,
+                _ = shutdown.cancelled() => false,
+            };
+            term.cancel.cancel();
+            let _ = self.term.send(None);
+            metrics::gauge!("flotilla_coordinator_lock_held").set(0.0);
+            if lost {
+                tracing::error!(token = term.token, "leadership lost: all rollout work cancelled");
+                metrics::counter!("flotilla_coordinator_lease_losses_total").increment(1);
+            }
+            // Wait for this term's tasks to observe the cancellation before going on.
+            self.tasks.close();
+            self.tasks.wait().await;
+            self.tasks.reopen();
+            if shutdown.is_cancelled() {
+                if let Err(e) = leadership.release().await {
+                    tracing::warn!("releasing the fleet lock: {e}");
+                }
+                return;
+            }
+        }
+    }
+
+    /// Fenced write for `term`; a fenced refusal ends the term at once.
+    pub(crate) async fn write(&self, term: &Term, ops: Vec<WriteOp>) -> Result<(), EngineError> {
+        match self.store.write(term.token, ops).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Fenced { token }) => {
+                term.cancel.cancel();
+                Err(EngineError::Fenced(token))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn put_rollout(&self, term: &Term, rec: &mut RolloutRecord) -> Result<(), EngineError> {
+        rec.updated_at_ms = now_ms();
+        rec.fencing_token = term.token;
+        let value = serde_json::to_vec(rec).map_err(|e| EngineError::Store(e.to_string()))?;
+        self.write(term, vec![WriteOp::Put { key: rollout_key(&rec.id), value }]).await?;
+        self.notify(&rec.id);
+        Ok(())
+    }
+
+    pub(crate) async fn put_target(&self, term: &Term, rollout: &str, t: &TargetRecord) -> Result<(), EngineError> {
+        let value = serde_json::to_vec(t).map_err(|e| EngineError::Store(e.to_string()))?;
+        self.write(
+            term,
+            vec![WriteOp::Put { key: crate::rollout::target_key(rollout, &t.target_id), value }],
+        )
+        .await?;
+        self.notify(rollout);
+        Ok(())
+    }
+
+    /// A rollout and its targets, from the store.
+    pub async fn get(&self, id: &str) -> Result<(RolloutRecord, Vec<TargetRecord>), EngineError> {
+        let raw = self
+            .store
+            .get(&rollout_key(id))
+            .await?
+            .ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
+        let rec: RolloutRecord =
+            serde_json::from_slice(&raw).map_err(|e| EngineError::Store(format!("rollout {id}: {e}")))?;
+        let mut targets = Vec::new();
+        for (key, value) in self.store.list(&targets_prefix(id)).await? {
+            let t: TargetRecord = serde_json::from_slice(&value)
+                .map_err(|e| EngineError::Store(format!("{key}: {e}")))?;
+            targets.push(t);
+        }
+        targets.sort_by(|a, b| (a.wave, &a.target_id).cmp(&(b.wave, &b.target_id)));
+        Ok((rec, targets))
+    }
+
+    /// Every rollout record, newest first.
+    pub async fn list(&self) -> Result<Vec<RolloutRecord>, EngineError> {
+        let mut out = Vec::new();
+        for (key, value) in self.store.list("rollouts/").await? {
+            match serde_json::from_slice::<RolloutRecord>(&value) {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!("skipping unreadable {key}: {e}"),
+            }
+        }
+        out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Start a rollout (leader only). Refused while another rollout is active.
+    pub async fn start(self: &Arc<Self>, spec: RolloutSpec, traceparent: String, trace_id: String) -> Result<RolloutRecord, EngineError> {
+        let term = self.term().ok_or(EngineError::NotLeader)?;
+        spec.goal
+            .parse::<crate::revision::Goal>()
+            .map_err(|e| EngineError::InvalidArgument(format!("goal {:?}: {e}", spec.goal)))?;
+        if let Some(active) = self.list().await?.into_iter().find(|r| !r.state.is_terminal()) {
+            return Err(EngineError::Conflict(format!(
+                "rollout {} is still {}; wait for it, or abort it first",
+                active.id,
+                active.state.as_str()
+            )));
+        }
+        let now = now_ms();
+        let mut rec = RolloutRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            spec,
+            state: RolloutState::Pending,
+            planned: false,
+            current_wave: 0,
+            wave_count: 0,
+            message: "planning".into(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            trace_id,
+            traceparent,
+            fencing_token: term.token,
+            graph_digest: self.graph.digest(),
+            goal_revision: String::new(),
+            canary_fingerprint: Default::default(),
+        };
+        self.put_rollout(&term, &mut rec).await?;
+        self.spawn_run(rec.id.clone(), term);
+        Ok(rec)
+    }
+
+    fn control(&self, id: &str, initial: Control) -> watch::Receiver<Control> {
+        let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        controls
+            .entry(id.to_owned())
+            .or_insert_with(|| watch::channel(initial).0)
+            .subscribe()
+    }
+
+    fn set_control(&self, id: &str, c: Control) -> bool {
+        let controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        match controls.get(id) {
+            Some(tx) => {
+                tx.send_replace(c);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn spawn_run(self: &Arc<Self>, id: String, term: Term) {
+        let engine = self.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = engine.clone().run(&id, &term).await {
+                match e {
+                    EngineError::Fenced(_) => {}
+                    _ if term.cancel.is_cancelled() => {}
+                    e => tracing::error!(rollout = %id, "rollout stopped: {e}"),
+                }
+            }
+            let mut controls = engine.controls.lock().unwrap_or_else(|p| p.into_inner());
+            controls.remove(&id);
+        });
+    }
+
+    async fn resume_all(self: &Arc<Self>, term: &Term) -> Result<(), EngineError> {
+        for rec in self.list().await? {
+            if !rec.state.is_terminal() {
+                tracing::info!(rollout = %rec.id, state = rec.state.as_str(), "resuming rollout");
+                self.spawn_run(rec.id, term.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Pause, resume or abort a rollout (leader only).
+    pub(crate) async fn control_rollout(&self, id: &str, c: Control) -> Result<RolloutRecord, EngineError> {
+        let _term = self.term().ok_or(EngineError::NotLeader)?;
+        let (rec, _) = self.get(id).await?;
+        if rec.state.is_terminal() {
+            return Err(EngineError::Conflict(format!(
+                "rollout {id} already ended ({})",
+                rec.state.as_str()
+            )));
+        }
+        if !self.set_control(id, c) {
+            return Err(EngineError::Unavailable(format!(
+                "rollout {id} is not running on this leader yet; retry"
+            )));
+        }
+        Ok(rec)
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<RolloutRecord, EngineError> {
+        self.control_rollout(id, Control::Pause).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<RolloutRecord, EngineError> {
+        self.control_rollout(id, Control::Run).await
+    }
+
+    pub async fn abort(&self, id: &str) -> Result<RolloutRecord, EngineError> {
+        self.control_rollout(id, Control::Abort).await
+    }
+
+    /// All agents, for status/validate fan-out.
+    pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, EngineError> {
+        self.registry.agents().await.map_err(EngineError::Store)
+    }
+}

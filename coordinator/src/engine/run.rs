@@ -1,0 +1,432 @@
+//! The rollout loop: plan every selected target once, then run the waves in order (canary
+//! first), honouring max_parallel (overall and per database host), the failure budget, the
+//! fingerprint gate after each wave, and pause / resume / abort.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, watch};
+
+use flotilla_agent::Dialect;
+use flotilla_proto as pb;
+
+use crate::revision::Goal;
+use crate::rollout::{
+    RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves, rollout_key,
+    target_key,
+};
+use crate::store::WriteOp;
+
+use super::snapshot::{TargetPlanOutcome, plan_target};
+use super::{Control, Engine, EngineError, Term};
+
+/// The most puts in one fenced write (etcd's default --max-txn-ops is 128).
+const WRITE_CHUNK: usize = 100;
+
+/// Failures so far in the rollout, and how many are allowed before no target starts.
+struct Limits {
+    failed: AtomicUsize,
+    allowed: usize,
+}
+
+impl Limits {
+    fn exceeded(&self) -> bool {
+        self.failed.load(Ordering::SeqCst) > self.allowed
+    }
+}
+
+/// Wait while the rollout is paused; false when it was aborted.
+async fn wait_runnable(mut control: watch::Receiver<Control>) -> bool {
+    loop {
+        let c = *control.borrow_and_update();
+        match c {
+            Control::Run => return true,
+            Control::Abort => return false,
+            Control::Pause => {
+                if control.changed().await.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Whether a wave ran to its end or the rollout must stop.
+enum WaveEnd {
+    Completed,
+    Aborted,
+}
+
+impl Engine {
+    /// Run (or resume) rollout `id` until it ends or the term ends.
+    #[tracing::instrument(name = "rollout", skip(self, term), fields(token = term.token))]
+    pub(crate) async fn run(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
+        let (mut rec, _) = self.get(id).await?;
+        if rec.state.is_terminal() {
+            return Ok(());
+        }
+        if rec.graph_digest != self.graph.digest() {
+            let why = format!(
+                "the migrations changed since this rollout started (graph digest {} now {}); start a new rollout",
+                short(&rec.graph_digest),
+                short(&self.graph.digest())
+            );
+            return self.finish(term, &mut rec, RolloutState::Halted, why).await;
+        }
+        let goal: Goal = rec
+            .spec
+            .goal
+            .parse()
+            .map_err(|e| EngineError::InvalidArgument(format!("goal {:?}: {e}", rec.spec.goal)))?;
+        if !rec.planned {
+            self.plan_rollout(term, &mut rec, &goal).await?;
+        }
+        let (_, targets) = self.get(id).await?;
+        let mut targets: BTreeMap<String, TargetRecord> =
+            targets.into_iter().map(|t| (t.target_id.clone(), t)).collect();
+        let initial = if rec.state == RolloutState::Paused { Control::Pause } else { Control::Run };
+        let mut control = self.control(id, initial);
+        let eligible = targets
+            .values()
+            .filter(|t| !matches!(t.state, TargetState::Blocked))
+            .count();
+        let allowed = rec.spec.failure_budget.allowed(eligible);
+
+        let mut wave = rec.current_wave;
+        while wave < rec.wave_count {
+            if rec.current_wave != wave {
+                rec.current_wave = wave;
+                self.put_rollout(term, &mut rec).await?;
+            }
+            let end = self
+                .run_wave(term, &mut rec, &goal, wave, &mut targets, &mut control, allowed)
+                .await?;
+            match end {
+                WaveEnd::Completed => {}
+                WaveEnd::Aborted => {
+                    for t in targets.values_mut().filter(|t| t.state == TargetState::Pending) {
+                        t.state = TargetState::Skipped;
+                        t.message = "rollout aborted".into();
+                        self.put_target(term, id, t).await?;
+                    }
+                    return self
+                        .finish(term, &mut rec, RolloutState::Aborted, "aborted by request".into())
+                        .await;
+                }
+            }
+            let failed: Vec<&TargetRecord> =
+                targets.values().filter(|t| t.state == TargetState::Failed).collect();
+            if wave == 0 && rec.spec.canary > 0 && failed.iter().any(|t| t.wave == 0) {
+                let why = failed
+                    .iter()
+                    .filter(|t| t.wave == 0)
+                    .map(|t| format!("{}: {}", t.target_id, t.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return self
+                    .finish(term, &mut rec, RolloutState::Halted, format!("canary failed, no other target touched: {why}"))
+                    .await;
+            }
+            if failed.len() > allowed {
+                return self
+                    .finish(term, &mut rec, RolloutState::Halted, format!(
+                        "failure budget exceeded: {} targets failed, {} allowed",
+                        failed.len(),
+                        allowed
+                    ))
+                    .await;
+            }
+            if rec.spec.fingerprint_gate {
+                if let Some(why) = self.gate(term, &mut rec, wave, &mut targets).await? {
+                    return self.finish(term, &mut rec, RolloutState::Halted, why).await;
+                }
+            }
+            wave += 1;
+        }
+        let failed = targets.values().filter(|t| t.state == TargetState::Failed).count();
+        let blocked = targets.values().filter(|t| t.state == TargetState::Blocked).count();
+        let succeeded = targets.values().filter(|t| t.state == TargetState::Succeeded).count();
+        let skipped = targets.values().filter(|t| t.state == TargetState::Skipped).count();
+        let mut summary = format!("{succeeded} migrated, {skipped} already at the goal");
+        if failed > 0 {
+            summary.push_str(&format!(", {failed} failed (within the budget of {allowed})"));
+        }
+        if blocked > 0 {
+            summary.push_str(&format!(", {blocked} blocked"));
+        }
+        let state = if failed > 0 { RolloutState::CompletedWithFailures } else { RolloutState::Succeeded };
+        self.finish(term, &mut rec, state, summary).await
+    }
+
+    async fn finish(&self, term: &Term, rec: &mut RolloutRecord, state: RolloutState, message: String) -> Result<(), EngineError> {
+        tracing::info!(rollout = %rec.id, state = state.as_str(), "{message}");
+        rec.state = state;
+        rec.message = message;
+        self.put_rollout(term, rec).await?;
+        metrics::counter!("flotilla_coordinator_rollouts_total", "state" => state.as_str()).increment(1);
+        Ok(())
+    }
+
+    /// Plan every selected target and write the target records, then mark the rollout
+    /// planned. A crash before the last write re-plans from scratch (nothing ran yet).
+    async fn plan_rollout(&self, term: &Term, rec: &mut RolloutRecord, goal: &Goal) -> Result<(), EngineError> {
+        let snap = self.select(&rec.spec.selector).await?;
+        if !snap.unreachable.is_empty() {
+            let list = snap.unreachable.iter().map(|(a, e)| format!("{a} ({e})")).collect::<Vec<_>>().join(", ");
+            tracing::warn!(rollout = %rec.id, "agents unreachable while planning, their targets are left out: {list}");
+        }
+        let mut runnable = Vec::new();
+        let mut records = Vec::new();
+        for entry in &snap.targets {
+            let dialect = entry.dialect().unwrap_or(Dialect::Sqlite);
+            let mut t = TargetRecord {
+                target_id: entry.status.target_id.clone(),
+                agent_id: entry.agent.id().to_owned(),
+                dialect,
+                host: entry.status.host.clone(),
+                wave: 0,
+                state: TargetState::Pending,
+                steps: vec![],
+                steps_done: 0,
+                current_revision: String::new(),
+                retries: 0,
+                message: String::new(),
+                fingerprint: String::new(),
+            };
+            match plan_target(&self.graph, &entry.status, entry.dialect(), goal, rec.spec.allow_downgrade) {
+                TargetPlanOutcome::Blocked(why) => {
+                    t.state = TargetState::Blocked;
+                    t.message = why;
+                    records.push(t);
+                }
+                TargetPlanOutcome::Steps(steps) if steps.is_empty() => {
+                    t.state = TargetState::Skipped;
+                    t.message = "already at the goal".into();
+                    records.push(t);
+                }
+                TargetPlanOutcome::Steps(steps) => {
+                    t.steps = steps
+                        .iter()
+                        .map(|s| crate::rollout::StepRecord {
+                            revision: s.revision.clone(),
+                            direction: s.direction,
+                            checksum: s.checksum.clone(),
+                            transactional: s.transactional,
+                        })
+                        .collect();
+                    let canary = entry.status.labels.get("flotilla.io/canary").is_some_and(|v| v == "true");
+                    runnable.push((!canary, t));
+                }
+            }
+        }
+        // Canary-labelled targets first, then by id: deterministic waves.
+        runnable.sort_by(|a, b| (a.0, &a.1.target_id).cmp(&(b.0, &b.1.target_id)));
+        let runnable: Vec<TargetRecord> = runnable.into_iter().map(|(_, t)| t).collect();
+        let waves = assign_waves(&runnable, rec.spec.canary, &rec.spec.waves);
+        for (i, wave) in waves.iter().enumerate() {
+            for t in wave {
+                let mut t = t.clone();
+                t.wave = i as u32;
+                records.push(t);
+            }
+        }
+        for chunk in records.chunks(WRITE_CHUNK) {
+            let ops = chunk
+                .iter()
+                .map(|t| {
+                    serde_json::to_vec(t)
+                        .map(|value| WriteOp::Put { key: target_key(&rec.id, &t.target_id), value })
+                        .map_err(|e| EngineError::Store(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.write(term, ops).await?;
+        }
+        rec.planned = true;
+        rec.wave_count = waves.len() as u32;
+        rec.current_wave = 0;
+        rec.goal_revision = match goal {
+            Goal::Head => self.graph.heads().join(","),
+            other => other.to_string(),
+        };
+        if rec.state == RolloutState::Pending {
+            rec.state = RolloutState::Running;
+        }
+        rec.message = format!(
+            "{} targets to migrate in {} waves, {} already at the goal, {} blocked",
+            runnable.len(),
+            waves.len(),
+            records.iter().filter(|t| t.state == TargetState::Skipped).count(),
+            records.iter().filter(|t| t.state == TargetState::Blocked).count()
+        );
+        let value = serde_json::to_vec(&*rec).map_err(|e| EngineError::Store(e.to_string()))?;
+        self.write(term, vec![WriteOp::Put { key: rollout_key(&rec.id), value }]).await?;
+        self.notify(&rec.id);
+        Ok(())
+    }
+
+    /// Run the pending targets of one wave: one task per target, each waiting for a permit
+    /// of its database host and then a global one (so a saturated host does not hold up
+    /// others), then for the rollout not to be paused; none starts after an abort or once
+    /// the failure budget (or, in the canary wave, any failure) stops the rollout.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_wave(
+        self: &Arc<Self>,
+        term: &Term,
+        rec: &mut RolloutRecord,
+        goal: &Goal,
+        wave: u32,
+        targets: &mut BTreeMap<String, TargetRecord>,
+        control: &mut watch::Receiver<Control>,
+        allowed: usize,
+    ) -> Result<WaveEnd, EngineError> {
+        let global = Arc::new(Semaphore::new(rec.spec.max_parallel.max(1) as usize));
+        let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
+        let already_failed = targets.values().filter(|t| t.state == TargetState::Failed).count();
+        let limits = Arc::new(Limits {
+            failed: AtomicUsize::new(already_failed),
+            allowed: if wave == 0 && rec.spec.canary > 0 { 0 } else { allowed },
+        });
+        let snapshot = rec.clone();
+        let mut running = FuturesUnordered::new();
+        for t in targets
+            .values()
+            .filter(|t| t.wave == wave && matches!(t.state, TargetState::Pending | TargetState::Running))
+        {
+            let host = (rec.spec.max_parallel_per_host > 0).then(|| {
+                hosts
+                    .entry(t.host.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(rec.spec.max_parallel_per_host as usize)))
+                    .clone()
+            });
+            let engine = self.clone();
+            let (term, rollout, goal, t) = (term.clone(), snapshot.clone(), goal.clone(), t.clone());
+            let (global, control, limits) = (global.clone(), control.clone(), limits.clone());
+            let span = tracing::Span::current();
+            running.push(self.tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let _host = match host {
+                        Some(h) => Some(h.acquire_owned().await.map_err(|_| EngineError::Fenced(term.token))?),
+                        None => None,
+                    };
+                    let _global = global.acquire_owned().await.map_err(|_| EngineError::Fenced(term.token))?;
+                    if !wait_runnable(control).await || limits.exceeded() || term.cancel.is_cancelled() {
+                        return Ok(t);
+                    }
+                    let t = engine.run_target(&term, &rollout, &goal, t).await?;
+                    if t.state == TargetState::Failed {
+                        limits.failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(t)
+                },
+                span,
+            )));
+        }
+        loop {
+            tokio::select! {
+                _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
+                done = running.next() => match done {
+                    Some(Ok(Ok(t))) => { targets.insert(t.target_id.clone(), t); }
+                    Some(Ok(Err(e))) => return Err(e),
+                    Some(Err(join)) => return Err(EngineError::Store(format!("target task failed: {join}"))),
+                    None => break,
+                },
+                changed = control.changed() => {
+                    if changed.is_err() {
+                        return Err(EngineError::Fenced(term.token));
+                    }
+                    let paused = *control.borrow() == Control::Pause;
+                    if paused != (rec.state == RolloutState::Paused) {
+                        rec.state = if paused { RolloutState::Paused } else { RolloutState::Running };
+                        rec.message = if paused {
+                            "paused: running targets finish, no new target starts".into()
+                        } else {
+                            "resumed".into()
+                        };
+                        self.put_rollout(term, rec).await?;
+                    }
+                }
+            }
+        }
+        if *control.borrow() == Control::Abort {
+            return Ok(WaveEnd::Aborted);
+        }
+        Ok(WaveEnd::Completed)
+    }
+
+    /// After a wave: every succeeded target's schema fingerprint must equal the canary's
+    /// (per dialect: the first succeeded target of a dialect sets its reference).
+    async fn gate(
+        &self,
+        term: &Term,
+        rec: &mut RolloutRecord,
+        wave: u32,
+        targets: &mut BTreeMap<String, TargetRecord>,
+    ) -> Result<Option<String>, EngineError> {
+        let ids: Vec<String> = targets
+            .values()
+            .filter(|t| t.wave == wave && t.state == TargetState::Succeeded && t.fingerprint.is_empty())
+            .map(|t| t.target_id.clone())
+            .collect();
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for id in &ids {
+            if let Some(t) = targets.get(id) {
+                by_agent.entry(t.agent_id.clone()).or_default().push(id.clone());
+            }
+        }
+        let agents = self.agents().await?;
+        for (agent_id, ids) in by_agent {
+            let Some(agent) = agents.iter().find(|a| a.id() == agent_id) else { continue };
+            let resp = agent
+                .validate(pb::ValidateRequest { target_ids: ids, expected: vec![], skip_fingerprint: false })
+                .await
+                .map_err(|e| EngineError::Unavailable(format!("fingerprint gate: agent {agent_id}: {}", e.message())))?;
+            for v in resp.targets {
+                if let Some(t) = targets.get_mut(&v.target_id) {
+                    t.fingerprint = v.fingerprint.clone();
+                }
+            }
+        }
+        let mut mismatched = Vec::new();
+        let mut ordered: Vec<&mut TargetRecord> = targets
+            .values_mut()
+            .filter(|t| t.wave == wave && t.state == TargetState::Succeeded)
+            .collect();
+        ordered.sort_by(|a, b| a.target_id.cmp(&b.target_id));
+        for t in ordered {
+            let reference = rec
+                .canary_fingerprint
+                .entry(t.dialect.as_str().to_owned())
+                .or_insert_with(|| t.fingerprint.clone())
+                .clone();
+            if t.fingerprint != reference {
+                t.message = format!(
+                    "schema fingerprint {} differs from the canary's {}",
+                    short(&t.fingerprint),
+                    short(&reference)
+                );
+                mismatched.push(t.target_id.clone());
+            }
+            let t = t.clone();
+            self.put_target(term, &rec.id, &t).await?;
+        }
+        self.put_rollout(term, rec).await?;
+        if mismatched.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some(format!(
+                "fingerprint gate after wave {wave}: {} differ from the canary's schema",
+                mismatched.join(", ")
+            )))
+        }
+    }
+}
+
+fn short(h: &str) -> &str {
+    h.get(..12).unwrap_or(h)
+}

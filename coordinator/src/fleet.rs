@@ -1,0 +1,144 @@
+//! How the coordinator talks to agents: one [`AgentClient`] trait, two transports — gRPC to
+//! a remote agent, or in-process calls to an embedded agent through the same tonic service
+//! trait (so both see the same requests, metadata included).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+use flotilla_proto as pb;
+use flotilla_proto::agent_service_client::AgentServiceClient;
+use flotilla_proto::agent_service_server::AgentService;
+
+/// The step events of one Migrate call.
+pub type EventStream = BoxStream<'static, Result<pb::StepEvent, Status>>;
+
+/// Hook that decorates every outgoing agent request (trace context, auth).
+pub type RequestHook = Arc<dyn Fn(&mut tonic::metadata::MetadataMap) + Send + Sync>;
+
+/// One agent, however it is reached.
+#[async_trait]
+pub trait AgentClient: Send + Sync + 'static {
+    fn id(&self) -> &str;
+    /// Where it is reached: a URL, or `embedded`.
+    fn address(&self) -> &str;
+    async fn status(&self, req: pb::StatusRequest) -> Result<pb::StatusResponse, Status>;
+    async fn migrate(&self, req: pb::MigrateRequest) -> Result<EventStream, Status>;
+    async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status>;
+    async fn stamp(&self, req: pb::StampRequest) -> Result<pb::StampResponse, Status>;
+    async fn repair(&self, req: pb::RepairRequest) -> Result<pb::RepairResponse, Status>;
+}
+
+fn request<T>(msg: T, hook: &Option<RequestHook>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(h) = hook {
+        h(r.metadata_mut());
+    }
+    r
+}
+
+/// An agent reached over gRPC. The channel connects lazily and reconnects by itself.
+pub struct RemoteAgent {
+    id: String,
+    address: String,
+    client: AgentServiceClient<Channel>,
+    hook: Option<RequestHook>,
+}
+
+impl RemoteAgent {
+    /// `address` like `http://127.0.0.1:7700`. Fails only for a malformed address.
+    pub fn new(id: &str, address: &str, hook: Option<RequestHook>) -> Result<RemoteAgent, String> {
+        let endpoint = Endpoint::from_shared(address.to_owned())
+            .map_err(|e| format!("agent {id}: bad address {address:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        Ok(RemoteAgent {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            client: AgentServiceClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(64 << 20),
+            hook,
+        })
+    }
+}
+
+#[async_trait]
+impl AgentClient for RemoteAgent {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn address(&self) -> &str {
+        &self.address
+    }
+    async fn status(&self, req: pb::StatusRequest) -> Result<pb::StatusResponse, Status> {
+        Ok(self.client.clone().status(request(req, &self.hook)).await?.into_inner())
+    }
+    async fn migrate(&self, req: pb::MigrateRequest) -> Result<EventStream, Status> {
+        let stream = self.client.clone().migrate(request(req, &self.hook)).await?.into_inner();
+        Ok(stream.boxed())
+    }
+    async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status> {
+        Ok(self.client.clone().validate(request(req, &self.hook)).await?.into_inner())
+    }
+    async fn stamp(&self, req: pb::StampRequest) -> Result<pb::StampResponse, Status> {
+        Ok(self.client.clone().stamp(request(req, &self.hook)).await?.into_inner())
+    }
+    async fn repair(&self, req: pb::RepairRequest) -> Result<pb::RepairResponse, Status> {
+        Ok(self.client.clone().repair(request(req, &self.hook)).await?.into_inner())
+    }
+}
+
+/// An agent running in this process (the demo, small setups), called through its tonic
+/// service implementation without a network hop.
+pub struct LocalAgent<S> {
+    id: String,
+    service: Arc<S>,
+    hook: Option<RequestHook>,
+}
+
+impl<S: AgentService> LocalAgent<S> {
+    pub fn new(id: &str, service: Arc<S>, hook: Option<RequestHook>) -> LocalAgent<S> {
+        LocalAgent { id: id.to_owned(), service, hook }
+    }
+}
+
+#[async_trait]
+impl<S: AgentService> AgentClient for LocalAgent<S> {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn address(&self) -> &str {
+        "embedded"
+    }
+    async fn status(&self, req: pb::StatusRequest) -> Result<pb::StatusResponse, Status> {
+        Ok(self.service.status(request(req, &self.hook)).await?.into_inner())
+    }
+    async fn migrate(&self, req: pb::MigrateRequest) -> Result<EventStream, Status> {
+        Ok(self.service.migrate(request(req, &self.hook)).await?.into_inner().boxed())
+    }
+    async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status> {
+        Ok(self.service.validate(request(req, &self.hook)).await?.into_inner())
+    }
+    async fn stamp(&self, req: pb::StampRequest) -> Result<pb::StampResponse, Status> {
+        Ok(self.service.stamp(request(req, &self.hook)).await?.into_inner())
+    }
+    async fn repair(&self, req: pb::RepairRequest) -> Result<pb::RepairResponse, Status> {
+        Ok(self.service.repair(request(req, &self.hook)).await?.into_inner())
+    }
+}
+
+/// Whether a unary RPC error is worth retrying against the same agent (it may be restarting
+/// or briefly unreachable), as opposed to a refusal that will not change.
+pub fn is_retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}

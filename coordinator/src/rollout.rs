@@ -1,0 +1,391 @@
+//! The rollout model: the spec a user asks for, and the records the engine persists for a
+//! rollout and each of its targets (JSON in the state store), with their proto forms.
+//!
+//! Per-target state machine: pending → running(step) → succeeded | failed | skipped | blocked.
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_agent::Direction;
+use flotilla_proto as pb;
+
+pub mod waves;
+
+pub use waves::{Budget, WaveSize, assign_waves};
+
+/// Store key of a rollout record.
+pub fn rollout_key(id: &str) -> String {
+    format!("rollouts/{id}")
+}
+
+/// Store key prefix of a rollout's target records.
+pub fn targets_prefix(id: &str) -> String {
+    format!("targets/{id}/")
+}
+
+/// Store key of one target record.
+pub fn target_key(id: &str, target: &str) -> String {
+    format!("targets/{id}/{target}")
+}
+
+/// Label selector: every `match_labels` entry must match; `target_ids`, when not empty,
+/// restricts to those targets. The implicit labels `dialect` and `agent` can be matched too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selector {
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    pub target_ids: Vec<String>,
+}
+
+impl Selector {
+    pub fn matches(
+        &self,
+        target_id: &str,
+        labels: &std::collections::HashMap<String, String>,
+        dialect: &str,
+        agent: &str,
+    ) -> bool {
+        if !self.target_ids.is_empty() && !self.target_ids.iter().any(|t| t == target_id) {
+            return false;
+        }
+        self.match_labels.iter().all(|(k, v)| match k.as_str() {
+            "dialect" if !labels.contains_key("dialect") => v == dialect,
+            "agent" if !labels.contains_key("agent") => v == agent,
+            _ => labels.get(k) == Some(v),
+        })
+    }
+
+    /// Parse `k=v,k2=v2` (the CLI form).
+    pub fn parse(s: &str) -> Result<Selector, String> {
+        let mut sel = Selector::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("selector {part:?} is not key=value"))?;
+            sel.match_labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        Ok(sel)
+    }
+
+    pub fn to_proto(&self) -> pb::Selector {
+        pb::Selector {
+            match_labels: self.match_labels.clone().into_iter().collect(),
+            target_ids: self.target_ids.clone(),
+        }
+    }
+
+    pub fn from_proto(p: Option<&pb::Selector>) -> Selector {
+        p.map(|p| Selector {
+            match_labels: p.match_labels.clone().into_iter().collect(),
+            target_ids: p.target_ids.clone(),
+        })
+        .unwrap_or_default()
+    }
+}
+
+/// What a user asks for when starting a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutSpec {
+    /// `head`, a revision id, `base`, `-N` or `+N`.
+    pub goal: String,
+    pub selector: Selector,
+    pub canary: u32,
+    pub waves: Vec<WaveSize>,
+    pub max_parallel: u32,
+    pub max_parallel_per_host: u32,
+    pub failure_budget: Budget,
+    pub fingerprint_gate: bool,
+    pub allow_downgrade: bool,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            goal: "head".into(),
+            selector: Selector::default(),
+            canary: 1,
+            waves: vec![],
+            max_parallel: 8,
+            max_parallel_per_host: 0,
+            failure_budget: Budget::Count(0),
+            fingerprint_gate: true,
+            allow_downgrade: false,
+        }
+    }
+}
+
+impl RolloutSpec {
+    pub fn to_proto(&self) -> pb::RolloutSpec {
+        pb::RolloutSpec {
+            goal: self.goal.clone(),
+            selector: Some(self.selector.to_proto()),
+            canary: self.canary,
+            waves: self.waves.iter().map(WaveSize::to_proto).collect(),
+            max_parallel: self.max_parallel,
+            max_parallel_per_host: self.max_parallel_per_host,
+            failure_budget: Some(self.failure_budget.to_proto()),
+            fingerprint_gate: self.fingerprint_gate,
+            allow_downgrade: self.allow_downgrade,
+        }
+    }
+
+    /// Validate and convert a request's spec.
+    pub fn from_proto(p: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
+        let goal = if p.goal.trim().is_empty() { "head".to_owned() } else { p.goal.trim().to_owned() };
+        if goal.len() > 140 {
+            return Err("goal is longer than 140 characters".into());
+        }
+        let waves = p
+            .waves
+            .iter()
+            .map(WaveSize::from_proto)
+            .collect::<Result<Vec<_>, _>>()?;
+        if waves.len() > 1000 {
+            return Err("more than 1000 waves".into());
+        }
+        let failure_budget = match &p.failure_budget {
+            Some(b) => Budget::from_proto(b)?,
+            None => Budget::Count(0),
+        };
+        Ok(RolloutSpec {
+            goal,
+            selector: Selector::from_proto(p.selector.as_ref()),
+            canary: p.canary,
+            waves,
+            max_parallel: if p.max_parallel == 0 { 8 } else { p.max_parallel },
+            max_parallel_per_host: p.max_parallel_per_host,
+            failure_budget,
+            fingerprint_gate: p.fingerprint_gate,
+            allow_downgrade: p.allow_downgrade,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Pending,
+    Running,
+    Paused,
+    Succeeded,
+    /// Every target ran; some failed within the failure budget.
+    CompletedWithFailures,
+    Failed,
+    Halted,
+    Aborted,
+}
+
+impl RolloutState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RolloutState::Succeeded
+                | RolloutState::CompletedWithFailures
+                | RolloutState::Failed
+                | RolloutState::Halted
+                | RolloutState::Aborted
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Pending => "pending",
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Succeeded => "succeeded",
+            RolloutState::CompletedWithFailures => "completed_with_failures",
+            RolloutState::Failed => "failed",
+            RolloutState::Halted => "halted",
+            RolloutState::Aborted => "aborted",
+        }
+    }
+
+    pub fn to_proto(self) -> pb::RolloutState {
+        match self {
+            RolloutState::Pending => pb::RolloutState::Pending,
+            RolloutState::Running => pb::RolloutState::Running,
+            RolloutState::Paused => pb::RolloutState::Paused,
+            RolloutState::Succeeded => pb::RolloutState::Succeeded,
+            RolloutState::CompletedWithFailures => pb::RolloutState::CompletedWithFailures,
+            RolloutState::Failed => pb::RolloutState::Failed,
+            RolloutState::Halted => pb::RolloutState::Halted,
+            RolloutState::Aborted => pb::RolloutState::Aborted,
+        }
+    }
+
+    pub fn from_proto(p: pb::RolloutState) -> RolloutState {
+        match p {
+            pb::RolloutState::Unspecified | pb::RolloutState::Pending => RolloutState::Pending,
+            pb::RolloutState::Running => RolloutState::Running,
+            pb::RolloutState::Paused => RolloutState::Paused,
+            pb::RolloutState::Succeeded => RolloutState::Succeeded,
+            pb::RolloutState::CompletedWithFailures => RolloutState::CompletedWithFailures,
+            pb::RolloutState::Failed => RolloutState::Failed,
+            pb::RolloutState::Halted => RolloutState::Halted,
+            pb::RolloutState::Aborted => RolloutState::Aborted,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Blocked,
+}
+
+impl TargetState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TargetState::Pending | TargetState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetState::Pending => "pending",
+            TargetState::Running => "running",
+            TargetState::Succeeded => "succeeded",
+            TargetState::Failed => "failed",
+            TargetState::Skipped => "skipped",
+            TargetState::Blocked => "blocked",
+        }
+    }
+
+    pub fn to_proto(self) -> pb::TargetState {
+        match self {
+            TargetState::Pending => pb::TargetState::Pending,
+            TargetState::Running => pb::TargetState::Running,
+            TargetState::Succeeded => pb::TargetState::Succeeded,
+            TargetState::Failed => pb::TargetState::Failed,
+            TargetState::Skipped => pb::TargetState::Skipped,
+            TargetState::Blocked => pb::TargetState::Blocked,
+        }
+    }
+}
+
+/// A planned step as recorded for a target (the SQL is not stored: it is re-derived from the
+/// graph, whose digest the rollout records).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub revision: String,
+    pub direction: Direction,
+    pub checksum: String,
+    pub transactional: bool,
+}
+
+/// One target of a rollout, persisted at every transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetRecord {
+    pub target_id: String,
+    pub agent_id: String,
+    pub dialect: flotilla_agent::Dialect,
+    pub host: String,
+    pub wave: u32,
+    pub state: TargetState,
+    pub steps: Vec<StepRecord>,
+    pub steps_done: u32,
+    pub current_revision: String,
+    pub retries: u32,
+    pub message: String,
+    pub fingerprint: String,
+}
+
+impl TargetRecord {
+    pub fn to_proto(&self) -> pb::TargetProgress {
+        pb::TargetProgress {
+            target_id: self.target_id.clone(),
+            agent_id: self.agent_id.clone(),
+            state: self.state.to_proto() as i32,
+            wave: self.wave,
+            current_revision: self.current_revision.clone(),
+            steps_done: self.steps_done,
+            steps_total: self.steps.len() as u32,
+            retries: self.retries,
+            message: self.message.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
+/// A rollout, persisted at every transition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub id: String,
+    pub spec: RolloutSpec,
+    pub state: RolloutState,
+    /// True once every target record has been written (planning is done).
+    pub planned: bool,
+    pub current_wave: u32,
+    pub wave_count: u32,
+    pub message: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub trace_id: String,
+    /// W3C `traceparent` of the rollout's root span, so a new leader continues the trace.
+    #[serde(default)]
+    pub traceparent: String,
+    pub fencing_token: u64,
+    pub graph_digest: String,
+    /// The goal resolved to revision ids (heads of the goal), for display.
+    pub goal_revision: String,
+    /// The canary's schema fingerprint per dialect, once known (the reference of the gate).
+    #[serde(default)]
+    pub canary_fingerprint: std::collections::BTreeMap<String, String>,
+}
+
+impl RolloutRecord {
+    pub fn to_proto(&self, targets: &[TargetRecord]) -> pb::Rollout {
+        pb::Rollout {
+            id: self.id.clone(),
+            spec: Some(self.spec.to_proto()),
+            state: self.state.to_proto() as i32,
+            current_wave: self.current_wave,
+            wave_count: self.wave_count,
+            targets: targets.iter().map(TargetRecord::to_proto).collect(),
+            message: self.message.clone(),
+            created_at_unix_ms: self.created_at_ms,
+            updated_at_unix_ms: self.updated_at_ms,
+            trace_id: self.trace_id.clone(),
+            fencing_token: self.fencing_token,
+            graph_digest: self.graph_digest.clone(),
+            goal_revision: self.goal_revision.clone(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn selector_matches_labels_and_implicit_keys() {
+        let sel = Selector::parse("tier=gold, dialect=sqlite").unwrap();
+        let mut labels = HashMap::new();
+        labels.insert("tier".to_owned(), "gold".to_owned());
+        assert!(sel.matches("t1", &labels, "sqlite", "a1"));
+        assert!(!sel.matches("t1", &labels, "postgres", "a1"));
+        labels.insert("tier".to_owned(), "silver".to_owned());
+        assert!(!sel.matches("t1", &labels, "sqlite", "a1"));
+        assert!(Selector::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn spec_round_trips_through_proto() {
+        let spec = RolloutSpec {
+            waves: vec![WaveSize::Count(2), WaveSize::Percent(50)],
+            failure_budget: Budget::Percent(10),
+            ..RolloutSpec::default()
+        };
+        assert_eq!(RolloutSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+    }
+}

@@ -1,0 +1,117 @@
+//! Running a coordinator: load the revision graph, open the backend (etcd or embedded),
+//! build the registry and engine, lead while holding the lock, and serve the gRPC API
+//! (plus health and reflection) on a listener the caller passes in.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use flotilla_proto::coordinator_service_server::CoordinatorServiceServer;
+
+use crate::api::Api;
+use crate::backend::{BackendConfig, open_backend};
+use crate::engine::{Engine, EngineConfig};
+use crate::fleet::{AgentClient, RemoteAgent, RequestHook};
+use crate::registry::{FleetFile, Registry};
+use crate::revision::Graph;
+
+/// A validated coordinator configuration.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub migrations: PathBuf,
+    pub backend: BackendConfig,
+    pub fleet_file: Option<PathBuf>,
+    /// How long an agent registration lives without a heartbeat.
+    pub registration_ttl: Duration,
+    pub engine: EngineConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Migrations(String),
+    #[error("{0}")]
+    Backend(String),
+    #[error("{0}")]
+    Fleet(String),
+    #[error("grpc server: {0}")]
+    Serve(String),
+}
+
+/// Hooks the binary supplies (tracing context propagation lives with telemetry setup).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Decorates every request sent to an agent.
+    pub agent_request: Option<RequestHook>,
+    /// Extracts (traceparent, trace id) from an incoming StartRollout.
+    pub trace_of: Option<Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>>,
+}
+
+/// Everything a running coordinator is made of; built by [`build`], served by [`serve`].
+pub struct Coordinator {
+    pub engine: Arc<Engine>,
+    lock: Arc<dyn crate::lock::FleetLock>,
+    hooks: Hooks,
+}
+
+/// Load the graph, open the backend and build the engine. `embedded` agents run in-process.
+pub async fn build(
+    config: &CoordinatorConfig,
+    embedded: Vec<Arc<dyn AgentClient>>,
+    hooks: Hooks,
+) -> Result<Coordinator, ServerError> {
+    let graph = Graph::load_dir(&config.migrations).map_err(|e| ServerError::Migrations(e.to_string()))?;
+    let (lock, store) = open_backend(&config.backend).await.map_err(|e| ServerError::Backend(e.to_string()))?;
+    let mut agents = embedded;
+    if let Some(path) = &config.fleet_file {
+        let file = FleetFile::load(path).map_err(ServerError::Fleet)?;
+        for a in file.agents {
+            let client = RemoteAgent::new(&a.id, &a.address, hooks.agent_request.clone()).map_err(ServerError::Fleet)?;
+            agents.push(Arc::new(client));
+        }
+    }
+    let registry = Arc::new(Registry::new(agents, store.clone(), hooks.agent_request.clone(), config.registration_ttl));
+    let engine = Engine::new(Arc::new(graph), store, registry, config.engine.clone());
+    Ok(Coordinator { engine, lock, hooks })
+}
+
+/// Lead (or stand by) and serve the API on `listener` until `shutdown`; then stop the
+/// rollout work, release the lock and drain the server.
+pub async fn serve(coord: Coordinator, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let Coordinator { engine, lock, hooks } = coord;
+    let lead = tokio::spawn(engine.clone().lead(lock, shutdown.clone()));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<CoordinatorServiceServer<Api>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Serve(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Serve(e.to_string()))?;
+    let trace_of = hooks
+        .trace_of
+        .clone()
+        .unwrap_or_else(|| Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new())));
+    let api = Api::new(engine.clone(), trace_of);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(CoordinatorServiceServer::new(api))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .map_err(|e| ServerError::Serve(e.to_string()));
+    let _ = lead.await;
+    result
+}
