@@ -3,7 +3,10 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use flotilla_agent::Dialect;
+use flotilla_agent::Secret;
 use flotilla_agent::checksum;
+use flotilla_agent::driver::mysql::{self, MysqlDriver};
+use flotilla_agent::driver::postgres::{self, PostgresDriver};
 use flotilla_agent::driver::sqlite::SqliteDriver;
 use flotilla_agent::driver::{Driver, DriverError, Session, StepMeta, StepSpec};
 use flotilla_agent::history::RowStatus;
@@ -41,6 +44,36 @@ impl Targets for SqliteTargets {
         Ok(Box::new(SqliteDriver::new(flotilla_agent::Secret::new(
             url,
         ))?))
+    }
+}
+
+/// Fresh databases on one ephemeral PostgreSQL server.
+struct PostgresTargets {
+    server: flotilla_testkit::Postgres,
+}
+
+impl Targets for PostgresTargets {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
+        let url = self.server.fresh_database().await?;
+        Ok(Box::new(PostgresDriver::new(Secret::new(url))?))
+    }
+}
+
+/// Fresh databases on one ephemeral MariaDB server.
+struct MariaDbTargets {
+    server: flotilla_testkit::MariaDb,
+}
+
+impl Targets for MariaDbTargets {
+    fn dialect(&self) -> Dialect {
+        Dialect::Mysql
+    }
+    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
+        let url = self.server.fresh_database().await?;
+        Ok(Box::new(MysqlDriver::new(Secret::new(url))?))
     }
 }
 
@@ -155,14 +188,19 @@ async fn stale_token(targets: &mut impl Targets) -> Result<()> {
     s.apply_transactional(
         &step(
             "0001",
-            "INSERT INTO flotilla_fence (id, token) SELECT 2, 0 WHERE 1 = 0",
+            "UPDATE flotilla_fence SET updated_at = updated_at WHERE 1 = 0",
         ),
         &meta(5),
     )
     .await?;
     let before = s.read_state().await?;
+    // MySQL steps with DDL never run in one transaction: use DML there.
+    let stale_sql = match targets.dialect() {
+        Dialect::Mysql => "INSERT INTO flotilla_fence (id, token) VALUES (9, 9)",
+        _ => "CREATE TABLE stale (a INT)",
+    };
     let err = s
-        .apply_transactional(&step("0002", "CREATE TABLE stale (a INT)"), &meta(4))
+        .apply_transactional(&step("0002", stale_sql), &meta(4))
         .await;
     ensure!(
         matches!(
@@ -450,4 +488,107 @@ async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
 #[tokio::test]
 async fn sqlite_driver() -> Result<()> {
     all_scenarios(&mut SqliteTargets::new()?).await
+}
+
+#[tokio::test]
+async fn postgres_driver() -> Result<()> {
+    let server = flotilla_testkit::Postgres::start().await?;
+    let mut targets = PostgresTargets { server };
+    all_scenarios(&mut targets).await?;
+
+    // Discovery and per-database URLs.
+    let server_url = Secret::new(targets.server.server_url() + "/postgres");
+    targets.server.create_database("tenant_a").await?;
+    targets.server.create_database("tenant_b").await?;
+    let found = postgres::discover_databases(&server_url, "tenant\\_%").await?;
+    ensure!(found == ["tenant_a", "tenant_b"], "{found:?}");
+    let url = postgres::with_database(&server_url, "tenant_b")?;
+    let driver = PostgresDriver::new(url)?;
+    ensure!(driver.database() == Some("tenant_b"));
+    ensure!(
+        driver.host() == format!("127.0.0.1:{}", targets.server.port()),
+        "{}",
+        driver.host()
+    );
+    let mut s = session(&driver).await?;
+    ensure!(s.read_state().await?.history.is_empty());
+    s.close().await;
+
+    // Connection errors are transient and never show the URL.
+    let dead = PostgresDriver::new(Secret::new(format!(
+        "postgres://postgres:hunter2@127.0.0.1:{}/x",
+        flotilla_testkit::free_port()
+    )))?;
+    let err = dead
+        .connect()
+        .await
+        .err()
+        .context("connect to a closed port must fail")?;
+    ensure!(
+        err.is_transient() && !err.to_string().contains("hunter2"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn mariadb_driver() -> Result<()> {
+    let server = flotilla_testkit::MariaDb::start().await?;
+    let mut targets = MariaDbTargets { server };
+    all_scenarios(&mut targets).await?;
+
+    // Multi-statement DML runs in one transaction; DDL is refused there (dirty protocol).
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    s.execute_non_transactional("CREATE TABLE t (a INT PRIMARY KEY);\nCREATE TABLE u (b INT)")
+        .await?;
+    ensure!(table_names(s.as_mut()).await? == ["t", "u"]);
+    let dml = step(
+        "0001",
+        "INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\nINSERT INTO t VALUES (1)",
+    );
+    let err = s.apply_transactional(&dml, &meta(1)).await;
+    let Err(DriverError::Permanent { message }) = err else {
+        bail!("duplicate key: {err:?}")
+    };
+    ensure!(
+        message.contains("Duplicate") && message.contains("1062"),
+        "{message}"
+    );
+    let ok = step(
+        "0002",
+        "INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2)",
+    );
+    s.apply_transactional(&ok, &meta(1))
+        .await
+        .context("first step was rolled back")?;
+    let ddl = step(
+        "0003",
+        "INSERT INTO t VALUES (3);\nALTER TABLE t ADD COLUMN c INT",
+    );
+    let err = s.apply_transactional(&ddl, &meta(1)).await;
+    ensure!(
+        matches!(err, Err(DriverError::Permanent { .. })),
+        "ddl refused: {err:?}"
+    );
+    ensure!(s.read_state().await?.history.len() == 1);
+    s.close().await;
+
+    // Discovery and per-database URLs.
+    let server_url = Secret::new(targets.server.server_url());
+    targets.server.create_database("tenant_a").await?;
+    targets.server.create_database("tenant_b").await?;
+    let found = mysql::discover_databases(&server_url, "tenant\\_%").await?;
+    ensure!(found == ["tenant_a", "tenant_b"], "{found:?}");
+    let driver = MysqlDriver::new(mysql::with_database(&server_url, "tenant_b")?)?;
+    ensure!(driver.database() == Some("tenant_b"));
+    ensure!(
+        driver.host() == format!("127.0.0.1:{}", targets.server.port()),
+        "{}",
+        driver.host()
+    );
+    let mut s = session(&driver).await?;
+    ensure!(s.read_state().await?.history.is_empty());
+    s.close().await;
+    Ok(())
 }
