@@ -36,21 +36,23 @@ impl std::fmt::Debug for Target {
     }
 }
 
+fn bad_url(e: DriverError) -> AgentError {
+    AgentError::Config(crate::config::ConfigError::Invalid {
+        field: "url".into(),
+        message: e.to_string(),
+    })
+}
+
 /// Open the driver for a target URL. The URL is handed to the driver and nowhere else.
 pub(crate) fn open_driver(dialect: Dialect, url: &Secret) -> Result<Arc<dyn Driver>, AgentError> {
+    use crate::driver::{postgres::PostgresDriver, sqlite::SqliteDriver};
     let driver: Arc<dyn Driver> = match dialect {
-        Dialect::Sqlite => Arc::new(
-            crate::driver::sqlite::SqliteDriver::new(url.clone()).map_err(|e| {
-                AgentError::Config(crate::config::ConfigError::Invalid {
-                    field: "url".into(),
-                    message: e.to_string(),
-                })
-            })?,
-        ),
-        Dialect::Postgres | Dialect::Mysql => {
-            return Err(AgentError::Discovery(format!(
-                "the {dialect} driver is not available yet"
-            )));
+        Dialect::Sqlite => Arc::new(SqliteDriver::new(url.clone()).map_err(bad_url)?),
+        Dialect::Postgres => Arc::new(PostgresDriver::new(url.clone()).map_err(bad_url)?),
+        Dialect::Mysql => {
+            return Err(AgentError::Discovery(
+                "the mysql driver is not available yet".into(),
+            ));
         }
     };
     Ok(driver)
@@ -62,18 +64,22 @@ async fn discover_databases(
     url: &Secret,
     pattern: &str,
 ) -> Result<Vec<String>, DriverError> {
-    let _ = (url, pattern);
-    Err(DriverError::Permanent {
-        message: format!("{dialect} discovery is not available yet"),
-    })
+    match dialect {
+        Dialect::Postgres => crate::driver::postgres::discover_databases(url, pattern).await,
+        Dialect::Mysql | Dialect::Sqlite => Err(DriverError::Permanent {
+            message: format!("{dialect} server discovery is not available"),
+        }),
+    }
 }
 
 /// The URL of database `name` on the server at `url`.
 fn database_url(dialect: Dialect, url: &Secret, name: &str) -> Result<Secret, DriverError> {
-    let _ = (url, name);
-    Err(DriverError::Permanent {
-        message: format!("{dialect} discovery is not available yet"),
-    })
+    match dialect {
+        Dialect::Postgres => crate::driver::postgres::with_database(url, name),
+        Dialect::Mysql | Dialect::Sqlite => Err(DriverError::Permanent {
+            message: format!("{dialect} server discovery is not available"),
+        }),
+    }
 }
 
 /// The set of targets, refreshable.

@@ -23,7 +23,8 @@ pub(crate) fn driver_for(dialect: Dialect, url: &str) -> Result<Box<dyn Driver>>
     let url = Secret::new(url);
     Ok(match dialect {
         Dialect::Sqlite => Box::new(flotilla_agent::driver::sqlite::SqliteDriver::new(url)?),
-        Dialect::Postgres | Dialect::Mysql => {
+        Dialect::Postgres => Box::new(flotilla_agent::driver::postgres::PostgresDriver::new(url)?),
+        Dialect::Mysql => {
             anyhow::bail!("{dialect} driver not wired in tests yet")
         }
     })
@@ -91,6 +92,11 @@ async fn never_interleave(dialect: Dialect) -> Result<()> {
 #[tokio::test]
 async fn sqlite_concurrent_migrations_never_interleave() -> Result<()> {
     never_interleave(Dialect::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_concurrent_migrations_never_interleave() -> Result<()> {
+    never_interleave(Dialect::Postgres).await
 }
 
 #[tokio::test]

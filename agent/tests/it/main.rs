@@ -6,3 +6,4 @@ mod migrate;
 mod grpc;
 mod locking;
 mod validate;
+mod fault;
