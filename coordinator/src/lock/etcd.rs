@@ -68,7 +68,10 @@ impl EtcdFleetLock {
     async fn attempt(&self, cancel: &CancellationToken) -> Result<Attempt, LockError> {
         let mut kv = self.client.kv_client();
         // Cheap check first so standbys do not churn leases while the lock is held.
-        let resp = etcd_call("get lock key", kv.get(self.lock_key.as_str(), None)).await?;
+        let resp = tokio::select! {
+            () = cancel.cancelled() => return Err(LockError::Cancelled),
+            r = etcd_call("get lock key", kv.get(self.lock_key.as_str(), None)) => r?,
+        };
         if let Some(held) = resp.kvs().first() {
             return Ok(Attempt::Held {
                 revision: resp.header().map_or(0, |h| h.revision()),
@@ -79,6 +82,7 @@ impl EtcdFleetLock {
         let granted_at = Instant::now();
         let mut lease = self.client.lease_client();
         let grant = etcd_call("lease grant", lease.grant(self.ttl_secs(), None)).await?;
+        // (Not raced against `cancel`: a grant we stopped waiting for would leak until its TTL.)
         let lease_id = grant.id();
         let granted_ttl = Duration::from_secs(u64::try_from(grant.ttl()).unwrap_or(1).max(1));
         let txn = etcd_client::Txn::new()

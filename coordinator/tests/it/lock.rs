@@ -293,3 +293,33 @@ async fn etcd_dead_holder_hands_over_after_ttl() -> anyhow::Result<()> {
     second.release().await?;
     Ok(())
 }
+
+/// An etcd hiccup shorter than the TTL is ridden out: `lost` stays untouched and the holder
+/// keeps writing after etcd thaws.
+#[tokio::test]
+async fn etcd_brief_outage_keeps_leadership() -> anyhow::Result<()> {
+    trace();
+    let etcd = Etcd::start().await?;
+    let ttl = Duration::from_secs(4);
+    let (lock, store) = open_backend(&etcd_config(&etcd, "a", ttl)).await?;
+    let held = acquire_within(&lock, Duration::from_secs(10)).await?;
+    etcd.pause()?;
+    // The fault itself lasts a fixed time; nothing waits on it for synchronization.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    etcd.resume()?;
+    ensure!(
+        !held.lost.is_cancelled(),
+        "a {ttl:?} lease must survive a 1.2 s freeze"
+    );
+    store
+        .write(held.token, vec![put("k", "still-leader")])
+        .await?;
+    // Keep-alives resume: the lease outlives several TTLs' worth of refreshes.
+    let outlived = tokio::time::timeout(ttl + Duration::from_secs(1), held.lost.cancelled()).await;
+    ensure!(outlived.is_err(), "leadership lost after etcd came back");
+    store
+        .write(held.token, vec![put("k", "still-leader-2")])
+        .await?;
+    held.release().await?;
+    Ok(())
+}
