@@ -101,13 +101,8 @@ pub(crate) struct PlannedStep {
 /// Whether a step must use the dirty-marking protocol: non-transactional steps, and MySQL
 /// steps whose statements commit implicitly (DDL).
 pub(crate) fn needs_dirty_protocol(dialect: Dialect, sql: &str, transactional: bool) -> bool {
-    !transactional || (dialect == Dialect::Mysql && mysql_needs_dirty_protocol(sql))
-}
-
-/// Until the MySQL driver's classifier lands: every MySQL step is treated as DDL.
-fn mysql_needs_dirty_protocol(sql: &str) -> bool {
-    let _ = sql;
-    true
+    !transactional
+        || (dialect == Dialect::Mysql && crate::driver::mysql::mysql_needs_dirty_protocol(sql))
 }
 
 impl RetryConfig {

@@ -45,15 +45,11 @@ fn bad_url(e: DriverError) -> AgentError {
 
 /// Open the driver for a target URL. The URL is handed to the driver and nowhere else.
 pub(crate) fn open_driver(dialect: Dialect, url: &Secret) -> Result<Arc<dyn Driver>, AgentError> {
-    use crate::driver::{postgres::PostgresDriver, sqlite::SqliteDriver};
+    use crate::driver::{mysql::MysqlDriver, postgres::PostgresDriver, sqlite::SqliteDriver};
     let driver: Arc<dyn Driver> = match dialect {
         Dialect::Sqlite => Arc::new(SqliteDriver::new(url.clone()).map_err(bad_url)?),
         Dialect::Postgres => Arc::new(PostgresDriver::new(url.clone()).map_err(bad_url)?),
-        Dialect::Mysql => {
-            return Err(AgentError::Discovery(
-                "the mysql driver is not available yet".into(),
-            ));
-        }
+        Dialect::Mysql => Arc::new(MysqlDriver::new(url.clone()).map_err(bad_url)?),
     };
     Ok(driver)
 }
@@ -66,7 +62,8 @@ async fn discover_databases(
 ) -> Result<Vec<String>, DriverError> {
     match dialect {
         Dialect::Postgres => crate::driver::postgres::discover_databases(url, pattern).await,
-        Dialect::Mysql | Dialect::Sqlite => Err(DriverError::Permanent {
+        Dialect::Mysql => crate::driver::mysql::discover_databases(url, pattern).await,
+        Dialect::Sqlite => Err(DriverError::Permanent {
             message: format!("{dialect} server discovery is not available"),
         }),
     }
@@ -76,7 +73,8 @@ async fn discover_databases(
 fn database_url(dialect: Dialect, url: &Secret, name: &str) -> Result<Secret, DriverError> {
     match dialect {
         Dialect::Postgres => crate::driver::postgres::with_database(url, name),
-        Dialect::Mysql | Dialect::Sqlite => Err(DriverError::Permanent {
+        Dialect::Mysql => crate::driver::mysql::with_database(url, name),
+        Dialect::Sqlite => Err(DriverError::Permanent {
             message: format!("{dialect} server discovery is not available"),
         }),
     }

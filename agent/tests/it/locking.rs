@@ -24,9 +24,7 @@ pub(crate) fn driver_for(dialect: Dialect, url: &str) -> Result<Box<dyn Driver>>
     Ok(match dialect {
         Dialect::Sqlite => Box::new(flotilla_agent::driver::sqlite::SqliteDriver::new(url)?),
         Dialect::Postgres => Box::new(flotilla_agent::driver::postgres::PostgresDriver::new(url)?),
-        Dialect::Mysql => {
-            anyhow::bail!("{dialect} driver not wired in tests yet")
-        }
+        Dialect::Mysql => Box::new(flotilla_agent::driver::mysql::MysqlDriver::new(url)?),
     })
 }
 
@@ -97,6 +95,11 @@ async fn sqlite_concurrent_migrations_never_interleave() -> Result<()> {
 #[tokio::test]
 async fn postgres_concurrent_migrations_never_interleave() -> Result<()> {
     never_interleave(Dialect::Postgres).await
+}
+
+#[tokio::test]
+async fn mariadb_concurrent_migrations_never_interleave() -> Result<()> {
+    never_interleave(Dialect::Mysql).await
 }
 
 #[tokio::test]

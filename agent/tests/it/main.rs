@@ -7,3 +7,4 @@ mod grpc;
 mod locking;
 mod validate;
 mod fault;
+mod discovery;

@@ -337,3 +337,8 @@ async fn down_steps_remove_and_skip() -> Result<()> {
     assert_eq!(ts.heads, ["0001_users"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn mariadb_plan_is_applied_once() -> Result<()> {
+    plan_applied_once(Dialect::Mysql).await
+}

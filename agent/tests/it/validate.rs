@@ -130,3 +130,8 @@ async fn sqlite_validate_reports_issues_and_fingerprints() -> Result<()> {
 async fn postgres_validate_reports_issues_and_fingerprints() -> Result<()> {
     validate_reports(Dialect::Postgres).await
 }
+
+#[tokio::test]
+async fn mariadb_validate_reports_issues_and_fingerprints() -> Result<()> {
+    validate_reports(Dialect::Mysql).await
+}
