@@ -121,39 +121,39 @@ pub fn lint_revision(r: &Revision) -> Vec<Diagnostic> {
         };
         let stmts = statements(section);
         for st in &stmts {
-            if dir == "up" {
-                if let Some(what) = destructive(&st.words) {
-                    warn(
-                        st.line,
-                        "destructive",
-                        format!(
-                            "`{what}` in the {name} section destroys data: make sure it is intended and backed up"
-                        ),
-                    );
-                }
-            }
-            if r.transactional {
-                if let Some(what) = non_transactional(&st.words) {
-                    warn(
-                        st.line,
-                        "non_transactional_statement",
-                        format!(
-                            "`{what}` cannot run inside a transaction: set `-- transactional: false` in the header"
-                        ),
-                    );
-                }
-            }
-        }
-        if let Some(last) = stmts.last() {
-            if !last.terminated {
+            if dir == "up"
+                && let Some(what) = destructive(&st.words)
+            {
                 warn(
-                    last.line,
-                    "missing_semicolon",
+                    st.line,
+                    "destructive",
                     format!(
-                        "the last statement of the {name} section does not end with `;`: rendered scripts would run it together with the next one"
+                        "`{what}` in the {name} section destroys data: make sure it is intended and backed up"
                     ),
                 );
             }
+            if r.transactional
+                && let Some(what) = non_transactional(&st.words)
+            {
+                warn(
+                    st.line,
+                    "non_transactional_statement",
+                    format!(
+                        "`{what}` cannot run inside a transaction: set `-- transactional: false` in the header"
+                    ),
+                );
+            }
+        }
+        if let Some(last) = stmts.last()
+            && !last.terminated
+        {
+            warn(
+                last.line,
+                "missing_semicolon",
+                format!(
+                    "the last statement of the {name} section does not end with `;`: rendered scripts would run it together with the next one"
+                ),
+            );
         }
     }
     out

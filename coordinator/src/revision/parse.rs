@@ -106,8 +106,8 @@ impl Revision {
 /// What is wrong with a file or with the set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseErrorKind {
-    #[error("file is not valid UTF-8 (first bad byte at offset {offset}): save it as UTF-8")]
-    NotUtf8 { offset: usize },
+    #[error("file is not valid UTF-8 (first bad byte in column {column}): save it as UTF-8")]
+    NotUtf8 { column: usize },
     #[error("cannot read: {message}")]
     Io { message: String },
     #[error("unknown header key {key:?}: expected revision, revises, description or transactional")]
@@ -301,8 +301,14 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         Ok(t) => t,
         Err(e) => {
             let offset = e.valid_up_to();
-            let line = bytes[..offset].iter().filter(|b| **b == b'\n').count() + 1;
-            return Err(vec![err(Some(line), ParseErrorKind::NotUtf8 { offset })]);
+            let before = &bytes[..offset];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |p| p + 1);
+            let column = offset - line_start + 1;
+            return Err(vec![err(Some(line), ParseErrorKind::NotUtf8 { column })]);
         }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);

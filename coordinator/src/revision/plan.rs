@@ -45,11 +45,12 @@ impl FromStr for Goal {
             "base" => return Ok(Goal::Base),
             _ => {}
         }
-        if let Some(n) = s.strip_prefix('+').or_else(|| s.strip_prefix('-')) {
-            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
-                let n: i32 = n.parse().map_err(|_| InvalidGoal(s.to_owned()))?;
-                return Ok(Goal::Relative(if s.starts_with('-') { -n } else { n }));
-            }
+        if let Some(n) = s.strip_prefix('+').or_else(|| s.strip_prefix('-'))
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+        {
+            let n: i32 = n.parse().map_err(|_| InvalidGoal(s.to_owned()))?;
+            return Ok(Goal::Relative(if s.starts_with('-') { -n } else { n }));
         }
         check_revision_id(s)
             .map(|()| Goal::Revision(s.to_owned()))
@@ -139,7 +140,9 @@ pub enum Blocked {
     Irreversible { revision: String, dialect: Dialect },
     #[error("unknown goal revision {goal:?}")]
     UnknownGoal { goal: String },
-    #[error("goal {goal} needs {requested} steps but only {available} are possible")]
+    #[error(
+        "goal {goal}: only {available} of the {requested} steps asked for are possible from the applied revisions"
+    )]
     RelativeOutOfRange {
         goal: String,
         requested: u32,
@@ -193,13 +196,13 @@ pub fn plan(
         applied.insert(r.id.as_str());
     }
     for r in graph.revisions() {
-        if applied.contains(r.id.as_str()) {
-            if let Some(p) = r.parents.iter().find(|p| !applied.contains(p.as_str())) {
-                return Err(Blocked::MissingParent {
-                    revision: r.id.clone(),
-                    parent: p.clone(),
-                });
-            }
+        if applied.contains(r.id.as_str())
+            && let Some(p) = r.parents.iter().find(|p| !applied.contains(p.as_str()))
+        {
+            return Err(Blocked::MissingParent {
+                revision: r.id.clone(),
+                parent: p.clone(),
+            });
         }
     }
 

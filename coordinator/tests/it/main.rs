@@ -2,3 +2,7 @@
 
 mod lock;
 mod store;
+mod revision_cli;
+mod revision_parse;
+mod revision_plan;
+mod revision_prop;
