@@ -718,6 +718,19 @@ mod tests {
     }
 
     #[test]
+    fn example_file_is_valid() {
+        let env = |v: &str| Some(format!("postgres://u:p@db:5432/{v}"));
+        let cfg = RawConfig::parse(include_str!("../flotilla-agent.example.toml"))
+            .and_then(|raw| raw.into_config(&env))
+            .and_then(|cfg| cfg.validate().map(|()| cfg));
+        let cfg = cfg.map_err(|e| e.to_string());
+        assert!(
+            matches!(&cfg, Ok(c) if c.targets.len() == 2 && c.discovery.sources.len() == 2),
+            "{cfg:?}"
+        );
+    }
+
+    #[test]
     fn flags_override_file() {
         let args = Args {
             targets: vec!["x=sqlite:///tmp/x.db".into()],
