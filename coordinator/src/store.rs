@@ -62,7 +62,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// Fenced write: fails with StoreError::Fenced if `token` is no longer the current holder's token. Atomic for all puts/deletes.
     ///
     /// Operations apply in order (a later op on the same key wins). An empty `ops` only checks
-    /// the fence. etcd limits one transaction to 128 distinct keys by default.
+    /// the fence. etcd limits one transaction to 128 distinct keys and 1.5 MiB by default
+    /// (`--max-txn-ops`, `--max-request-bytes`); keep per-transition writes small.
     async fn write(&self, token: u64, ops: Vec<WriteOp>) -> Result<(), StoreError>;
     /// The value of `key`, if present (leased keys included while unexpired).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -323,3 +323,38 @@ async fn etcd_brief_outage_keeps_leadership() -> anyhow::Result<()> {
     held.release().await?;
     Ok(())
 }
+
+/// A coordinator that starts while etcd is down opens its backend, reports `Unavailable` from
+/// the store, keeps waiting in `acquire` (cancellable), and gets the lock once etcd is back.
+#[tokio::test]
+async fn etcd_down_at_startup_then_recovers() -> anyhow::Result<()> {
+    trace();
+    let etcd = Etcd::start().await?;
+    etcd.stop();
+    let (lock, store) = open_backend(&etcd_config(&etcd, "a", Duration::from_secs(2))).await?;
+    match store.get("k").await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => bail!("expected Unavailable while etcd is down, got {other:?}"),
+    }
+    let cancel = CancellationToken::new();
+    let waiting = {
+        let lock = Arc::clone(&lock);
+        let cancel = cancel.clone();
+        tokio::spawn(async move { lock.acquire(&cancel).await })
+    };
+    cancel.cancel();
+    let res = tokio::time::timeout(Duration::from_secs(5), waiting).await??;
+    ensure!(matches!(res, Err(LockError::Cancelled)), "got {res:?}");
+
+    let waiting = {
+        let lock = Arc::clone(&lock);
+        tokio::spawn(async move { lock.acquire(&CancellationToken::new()).await })
+    };
+    etcd.restart().await?;
+    let held = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .context("acquire did not succeed after etcd came back")???;
+    store.write(held.token, vec![put("k", "v")]).await?;
+    held.release().await?;
+    Ok(())
+}
