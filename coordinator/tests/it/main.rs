@@ -2,6 +2,7 @@
 
 mod lock;
 mod store;
+mod revision_apply;
 mod revision_cli;
 mod revision_parse;
 mod revision_plan;
