@@ -284,10 +284,10 @@ impl Executor {
                 Err(Failure::Driver(DriverError::Transient { class, message }))
                     if !matches!(progress, Progress::Executing { .. }) =>
                 {
-                    if class == ErrorClass::Connection {
-                        if let Some(session) = conn.take() {
-                            session.close().await;
-                        }
+                    if class == ErrorClass::Connection
+                        && let Some(session) = conn.take()
+                    {
+                        session.close().await;
                     }
                     let next = delays
                         .next()
