@@ -306,7 +306,7 @@ impl Engine {
             canary_fingerprint: Default::default(),
         };
         self.put_rollout(&term, &mut rec).await?;
-        self.spawn_run(rec.id.clone(), term);
+        self.spawn_run(rec.id.clone(), term, Control::Run);
         Ok(rec)
     }
 
@@ -329,7 +329,10 @@ impl Engine {
         }
     }
 
-    fn spawn_run(self: &Arc<Self>, id: String, term: Term) {
+    /// Run a rollout in this term. Its control channel exists from here on, so a pause or
+    /// abort sent right after the start is never lost.
+    fn spawn_run(self: &Arc<Self>, id: String, term: Term, initial: Control) {
+        drop(self.control(&id, initial));
         let engine = self.clone();
         self.tasks.spawn(async move {
             if let Err(e) = engine.clone().run(&id, &term).await {
@@ -348,7 +351,8 @@ impl Engine {
         for rec in self.list().await? {
             if !rec.state.is_terminal() {
                 tracing::info!(rollout = %rec.id, state = rec.state.as_str(), "resuming rollout");
-                self.spawn_run(rec.id, term.clone());
+                let initial = if rec.state == RolloutState::Paused { Control::Pause } else { Control::Run };
+                self.spawn_run(rec.id, term.clone(), initial);
             }
         }
         Ok(())

@@ -21,8 +21,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use crate::catalog::{Catalog, Column, Constraint, Index, Table};
 use crate::driver::classify::on;
 use crate::driver::common::{
-    CONNECT_TIMEOUT, HISTORY_COLUMNS, RawHistoryRow, check_fence, from_db, history_row, millis,
-    missing_fence, new_row, no_dirty_row, now_ms, squash_ws, to_db,
+    CLOSE_UNLOCK_TIMEOUT, CONNECT_TIMEOUT, HISTORY_COLUMNS, RawHistoryRow, check_fence, from_db,
+    history_row, millis, missing_fence, new_row, no_dirty_row, now_ms, squash_ws, to_db,
 };
 use crate::driver::split::{first_keyword, split_statements};
 use crate::driver::{Driver, DriverError, ErrorClass, Session, StepMeta, StepSpec};
@@ -183,6 +183,7 @@ impl MysqlDriver {
         }
         Ok(MysqlSession {
             conn: connect(&self.options).await?,
+            locked: false,
         })
     }
 }
@@ -223,6 +224,8 @@ impl Driver for MysqlDriver {
 /// One connection to a MySQL/MariaDB database.
 pub struct MysqlSession {
     conn: MySqlConnection,
+    /// Whether this session holds the named lock (taken once, not nested).
+    locked: bool,
 }
 
 /// Check and raise the fence inside the caller's transaction.
@@ -302,26 +305,28 @@ impl Session for MysqlSession {
     }
 
     async fn try_lock(&mut self) -> Result<bool, DriverError> {
+        if self.locked {
+            return Ok(true);
+        }
         let sql = format!("SELECT CAST(GET_LOCK({LOCK_NAME}, 0) AS SIGNED)");
         let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_one(&mut self.conn)
             .await
             .map_err(on(D, "take migration lock"))?;
-        Ok(got == Some(1))
+        self.locked = got == Some(1);
+        Ok(self.locked)
     }
 
     async fn unlock(&mut self) -> Result<(), DriverError> {
-        // Named locks nest within a session: release every level this session holds.
-        let sql = format!("SELECT CAST(RELEASE_LOCK({LOCK_NAME}) AS SIGNED)");
-        for _ in 0..64 {
-            let released: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                .fetch_one(&mut self.conn)
-                .await
-                .map_err(on(D, "release migration lock"))?;
-            if released != Some(1) {
-                break;
-            }
+        if !self.locked {
+            return Ok(());
         }
+        let sql = format!("SELECT CAST(RELEASE_LOCK({LOCK_NAME}) AS SIGNED)");
+        sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(on(D, "release migration lock"))?;
+        self.locked = false;
         Ok(())
     }
 
@@ -394,10 +399,14 @@ impl Session for MysqlSession {
         let result = async {
             fence(&mut tx, meta).await?;
             let started = Instant::now();
-            sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, &context))?;
+            // MySQL refuses a query with no statement ("Query was empty"): a section holding
+            // only comments (a merge revision) is a no-op that is still recorded.
+            if !super::split::split_statements(&step.sql, Dialect::Mysql).is_empty() {
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, &context))?;
+            }
             let row = new_row(
                 &step.revision,
                 &step.checksum,
@@ -435,6 +444,9 @@ impl Session for MysqlSession {
     }
 
     async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError> {
+        if super::split::split_statements(sql, Dialect::Mysql).is_empty() {
+            return Ok(());
+        }
         sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut self.conn)
             .await
@@ -526,7 +538,10 @@ impl Session for MysqlSession {
         catalog(&mut self.conn).await.map_err(on(D, "read catalog"))
     }
 
-    async fn close(self: Box<Self>) {
+    async fn close(mut self: Box<Self>) {
+        // The server drops a closed session's locks only once it notices the disconnect:
+        // release the migration lock first so the next session can take it at once.
+        let _ = tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, self.unlock()).await;
         let _ = self.conn.close().await;
     }
 }

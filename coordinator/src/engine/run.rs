@@ -290,6 +290,8 @@ impl Engine {
             allowed: if wave == 0 && rec.spec.canary > 0 { 0 } else { allowed },
         });
         let snapshot = rec.clone();
+        // A pause may have arrived before this wave subscribed to changes.
+        self.sync_paused(term, rec, control).await?;
         let mut running = FuturesUnordered::new();
         for t in targets
             .values()
@@ -337,16 +339,7 @@ impl Engine {
                     if changed.is_err() {
                         return Err(EngineError::Fenced(term.token));
                     }
-                    let paused = *control.borrow() == Control::Pause;
-                    if paused != (rec.state == RolloutState::Paused) {
-                        rec.state = if paused { RolloutState::Paused } else { RolloutState::Running };
-                        rec.message = if paused {
-                            "paused: running targets finish, no new target starts".into()
-                        } else {
-                            "resumed".into()
-                        };
-                        self.put_rollout(term, rec).await?;
-                    }
+                    self.sync_paused(term, rec, control).await?;
                 }
             }
         }
@@ -354,6 +347,21 @@ impl Engine {
             return Ok(WaveEnd::Aborted);
         }
         Ok(WaveEnd::Completed)
+    }
+
+    /// Persist Paused/Running to match the requested control.
+    async fn sync_paused(&self, term: &Term, rec: &mut RolloutRecord, control: &mut watch::Receiver<Control>) -> Result<(), EngineError> {
+        let paused = *control.borrow_and_update() == Control::Pause;
+        if paused != (rec.state == RolloutState::Paused) {
+            rec.state = if paused { RolloutState::Paused } else { RolloutState::Running };
+            rec.message = if paused {
+                "paused: running targets finish, no new target starts".into()
+            } else {
+                "resumed".into()
+            };
+            self.put_rollout(term, rec).await?;
+        }
+        Ok(())
     }
 
     /// After a wave: every succeeded target's schema fingerprint must equal the canary's

@@ -1,6 +1,8 @@
 //! Coordinator integration tests: one binary, one module per area, real servers via testkit.
 
+mod harness;
 mod lock;
+mod rollout;
 mod store;
 mod revision_apply;
 mod revision_cli;
