@@ -11,6 +11,9 @@ use crate::types::Secret;
 /// How long a driver waits for a connection (TCP + handshake + authentication).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long `close` spends releasing the migration lock before dropping the connection.
+pub(crate) const CLOSE_UNLOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The columns of `flotilla_history` in the order [`history_row`] expects them.
 pub(crate) const HISTORY_COLUMNS: &str = "id, revision, checksum, direction, status, applied_at, \
      duration_ms, rollout_id, agent_id, fencing_token";

@@ -17,8 +17,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use crate::catalog::{Catalog, Column, Constraint, Index, Table};
 use crate::driver::classify::on;
 use crate::driver::common::{
-    CONNECT_TIMEOUT, HISTORY_COLUMNS, RawHistoryRow, check_fence, from_db, history_row, millis,
-    missing_fence, new_row, no_dirty_row, now_ms, squash_ws, to_db,
+    CLOSE_UNLOCK_TIMEOUT, CONNECT_TIMEOUT, HISTORY_COLUMNS, RawHistoryRow, check_fence, from_db,
+    history_row, millis, missing_fence, new_row, no_dirty_row, now_ms, squash_ws, to_db,
 };
 use crate::driver::split::split_statements;
 use crate::driver::{Driver, DriverError, ErrorClass, Session, StepMeta, StepSpec};
@@ -124,6 +124,7 @@ impl PostgresDriver {
     pub async fn open(&self) -> Result<PostgresSession, DriverError> {
         Ok(PostgresSession {
             conn: connect(&self.options).await?,
+            locked: false,
         })
     }
 }
@@ -160,6 +161,8 @@ impl Driver for PostgresDriver {
 /// One connection to a PostgreSQL database.
 pub struct PostgresSession {
     conn: PgConnection,
+    /// Whether this session holds the advisory lock (taken once, not stacked).
+    locked: bool,
 }
 
 /// Check and raise the fence inside the caller's transaction (`FOR UPDATE` serializes
@@ -254,25 +257,28 @@ impl Session for PostgresSession {
     }
 
     async fn try_lock(&mut self) -> Result<bool, DriverError> {
+        if self.locked {
+            return Ok(true);
+        }
         let sql = format!("SELECT pg_try_advisory_lock({LOCK_KEY})");
-        sqlx::query_scalar(AssertSqlSafe(sql))
+        let taken: bool = sqlx::query_scalar(AssertSqlSafe(sql))
             .fetch_one(&mut self.conn)
             .await
-            .map_err(on(D, "take migration lock"))
+            .map_err(on(D, "take migration lock"))?;
+        self.locked = taken;
+        Ok(taken)
     }
 
     async fn unlock(&mut self) -> Result<(), DriverError> {
-        // Session advisory locks stack: release every level this session holds.
-        let sql = format!("SELECT pg_advisory_unlock({LOCK_KEY})");
-        for _ in 0..64 {
-            let released: bool = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
-                .fetch_one(&mut self.conn)
-                .await
-                .map_err(on(D, "release migration lock"))?;
-            if !released {
-                break;
-            }
+        if !self.locked {
+            return Ok(());
         }
+        let sql = format!("SELECT pg_advisory_unlock({LOCK_KEY})");
+        sqlx::query_scalar::<_, bool>(AssertSqlSafe(sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(on(D, "release migration lock"))?;
+        self.locked = false;
         Ok(())
     }
 
@@ -465,7 +471,10 @@ impl Session for PostgresSession {
         catalog(&mut self.conn).await.map_err(on(D, "read catalog"))
     }
 
-    async fn close(self: Box<Self>) {
+    async fn close(mut self: Box<Self>) {
+        // The server drops a closed session's locks only once it notices the disconnect:
+        // release the migration lock first so the next session can take it at once.
+        let _ = tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, self.unlock()).await;
         let _ = self.conn.close().await;
     }
 }

@@ -8,14 +8,24 @@ use flotilla_agent::checksum;
 use flotilla_agent::driver::mysql::{self, MysqlDriver};
 use flotilla_agent::driver::postgres::{self, PostgresDriver};
 use flotilla_agent::driver::sqlite::SqliteDriver;
-use flotilla_agent::driver::{Driver, DriverError, Session, StepMeta, StepSpec};
+use flotilla_agent::driver::{Driver, DriverError, ErrorClass, Session, StepMeta, StepSpec};
 use flotilla_agent::history::RowStatus;
 use flotilla_agent::types::Direction;
 
 /// Makes fresh, empty target databases of one dialect.
 trait Targets {
     fn dialect(&self) -> Dialect;
-    async fn fresh(&mut self) -> Result<Box<dyn Driver>>;
+    /// The URL of a new, empty database.
+    async fn fresh_url(&mut self) -> Result<String>;
+    /// A new, empty database.
+    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
+        let url = self.fresh_url().await?;
+        Ok(match self.dialect() {
+            Dialect::Sqlite => Box::new(SqliteDriver::new(Secret::new(url))?),
+            Dialect::Postgres => Box::new(PostgresDriver::new(Secret::new(url))?),
+            Dialect::Mysql => Box::new(MysqlDriver::new(Secret::new(url))?),
+        })
+    }
 }
 
 /// SQLite files in one temp dir.
@@ -37,13 +47,10 @@ impl Targets for SqliteTargets {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
     }
-    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
+    async fn fresh_url(&mut self) -> Result<String> {
         self.n += 1;
         let path = self.dir.path().join(format!("t{}.db", self.n));
-        let url = format!("sqlite://{}", path.display());
-        Ok(Box::new(SqliteDriver::new(flotilla_agent::Secret::new(
-            url,
-        ))?))
+        Ok(format!("sqlite://{}", path.display()))
     }
 }
 
@@ -56,9 +63,8 @@ impl Targets for PostgresTargets {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
-    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
-        let url = self.server.fresh_database().await?;
-        Ok(Box::new(PostgresDriver::new(Secret::new(url))?))
+    async fn fresh_url(&mut self) -> Result<String> {
+        self.server.fresh_database().await
     }
 }
 
@@ -71,9 +77,8 @@ impl Targets for MariaDbTargets {
     fn dialect(&self) -> Dialect {
         Dialect::Mysql
     }
-    async fn fresh(&mut self) -> Result<Box<dyn Driver>> {
-        let url = self.server.fresh_database().await?;
-        Ok(Box::new(MysqlDriver::new(Secret::new(url))?))
+    async fn fresh_url(&mut self) -> Result<String> {
+        self.server.fresh_database().await
     }
 }
 
@@ -351,6 +356,7 @@ async fn migration_lock(targets: &mut impl Targets) -> Result<()> {
     let mut a = session(driver.as_ref()).await?;
     let mut b = session(driver.as_ref()).await?;
     ensure!(a.try_lock().await?, "first lock");
+    ensure!(a.try_lock().await?, "taking a held lock again is a no-op");
     ensure!(!b.try_lock().await?, "second session must not get the lock");
     a.unlock().await?;
     ensure!(b.try_lock().await?, "lock free after unlock");
@@ -471,6 +477,103 @@ async fn syntax_error(targets: &mut impl Targets) -> Result<()> {
     Ok(())
 }
 
+/// Several sessions creating Flotilla's tables at once all succeed, with one fence row.
+async fn concurrent_ensure_schema(targets: &mut impl Targets) -> Result<()> {
+    let driver = targets.fresh().await?;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(driver.connect().await?);
+    }
+    let results = futures::future::join_all(sessions.iter_mut().map(|s| s.ensure_schema())).await;
+    for r in results {
+        r.context("concurrent ensure_schema")?;
+    }
+    for s in sessions {
+        s.close().await;
+    }
+    let mut s = session(driver.as_ref()).await?;
+    s.stamp(&[("0001".into(), "a".repeat(64))], Direction::Up, &meta(1))
+        .await?;
+    ensure!(s.read_state().await?.fence_token == 1);
+    s.close().await;
+    Ok(())
+}
+
+/// A step that waits too long on another connection's lock fails with a transient error
+/// (lock timeout / busy) and leaves nothing behind; the retry succeeds once the lock is gone.
+async fn lock_wait_is_transient(targets: &mut impl Targets) -> Result<()> {
+    use sqlx::Connection;
+    let d = targets.dialect();
+    let url = targets.fresh_url().await?;
+    let driver = match d {
+        Dialect::Sqlite => {
+            Box::new(SqliteDriver::new(Secret::new(url.clone()))?) as Box<dyn Driver>
+        }
+        Dialect::Postgres => Box::new(PostgresDriver::new(Secret::new(url.clone()))?),
+        Dialect::Mysql => Box::new(MysqlDriver::new(Secret::new(url.clone()))?),
+    };
+    let mut s = session(driver.as_ref()).await?;
+    s.execute_non_transactional("CREATE TABLE t1 (id INT PRIMARY KEY, name VARCHAR(50))")
+        .await?;
+    s.execute_non_transactional("INSERT INTO t1 (id, name) VALUES (1, 'a')")
+        .await?;
+    let (sql, class) = match d {
+        Dialect::Postgres => (
+            "SET LOCAL lock_timeout = '200ms';\nUPDATE t1 SET name = 'b' WHERE id = 1",
+            ErrorClass::LockTimeout,
+        ),
+        Dialect::Mysql => (
+            "SET innodb_lock_wait_timeout = 1;\nUPDATE t1 SET name = 'b' WHERE id = 1",
+            ErrorClass::LockTimeout,
+        ),
+        Dialect::Sqlite => ("UPDATE t1 SET name = 'b' WHERE id = 1", ErrorClass::Busy),
+    };
+    let blocked = step("0001_update", sql);
+    let lock_sql = match d {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        _ => "BEGIN",
+    };
+    let hold = "SELECT id FROM t1 WHERE id = 1 FOR UPDATE";
+    let result = match d {
+        Dialect::Postgres => {
+            let mut holder = sqlx::PgConnection::connect(&url).await?;
+            sqlx::raw_sql(lock_sql).execute(&mut holder).await?;
+            sqlx::raw_sql(hold).execute(&mut holder).await?;
+            let r = s.apply_transactional(&blocked, &meta(1)).await;
+            holder.close().await?;
+            r
+        }
+        Dialect::Mysql => {
+            let mut holder = sqlx::MySqlConnection::connect(&url).await?;
+            sqlx::raw_sql(lock_sql).execute(&mut holder).await?;
+            sqlx::raw_sql(hold).execute(&mut holder).await?;
+            let r = s.apply_transactional(&blocked, &meta(1)).await;
+            holder.close().await?;
+            r
+        }
+        Dialect::Sqlite => {
+            let mut holder = sqlx::SqliteConnection::connect(&url).await?;
+            sqlx::raw_sql(lock_sql).execute(&mut holder).await?;
+            let r = s.apply_transactional(&blocked, &meta(1)).await;
+            holder.close().await?;
+            r
+        }
+    };
+    let Err(err) = result else {
+        bail!("the step must not get the lock")
+    };
+    ensure!(
+        err.class() == Some(class),
+        "expected transient {class}: {err}"
+    );
+    ensure!(s.read_state().await?.history.is_empty(), "nothing recorded");
+    s.apply_transactional(&blocked, &meta(1))
+        .await
+        .context("retry after the lock is gone")?;
+    s.close().await;
+    Ok(())
+}
+
 async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
     transactional_apply(targets)
         .await
@@ -482,6 +585,12 @@ async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
         .await
         .context("catalog_fingerprints")?;
     syntax_error(targets).await.context("syntax_error")?;
+    concurrent_ensure_schema(targets)
+        .await
+        .context("concurrent_ensure_schema")?;
+    lock_wait_is_transient(targets)
+        .await
+        .context("lock_wait_is_transient")?;
     Ok(())
 }
 
