@@ -179,6 +179,22 @@ async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
     let ts = status(&agent, "t1", false).await?;
     assert!(ts.dirty);
     assert_eq!(ts.dirty_revision, "0001_half");
+    let v = agent
+        .validate(flotilla_proto::ValidateRequest {
+            target_ids: vec!["t1".into()],
+            expected: vec![],
+            skip_fingerprint: true,
+        })
+        .await?;
+    let kinds: Vec<_> = v.targets[0]
+        .issues
+        .iter()
+        .map(|i| (i.revision.as_str(), i.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("0001_half", flotilla_proto::IssueKind::Dirty as i32)]
+    );
 
     let next = run(
         &agent,
