@@ -574,6 +574,24 @@ async fn lock_wait_is_transient(targets: &mut impl Targets) -> Result<()> {
     Ok(())
 }
 
+/// A section holding only comments (a merge revision) is a recorded no-op on every dialect.
+async fn comment_only_steps(targets: &mut impl Targets) -> Result<()> {
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    let sql = "-- merge point: nothing to do\n/* really */\n";
+    let row = s
+        .apply_transactional(&step("0001_merge", sql), &meta(1))
+        .await?;
+    ensure!(row.status == RowStatus::Applied);
+    s.execute_non_transactional(sql)
+        .await
+        .context("non-transactional comment-only")?;
+    s.execute_non_transactional("").await.context("empty")?;
+    ensure!(s.read_state().await?.is_applied("0001_merge"));
+    s.close().await;
+    Ok(())
+}
+
 async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
     transactional_apply(targets)
         .await
@@ -585,6 +603,9 @@ async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
         .await
         .context("catalog_fingerprints")?;
     syntax_error(targets).await.context("syntax_error")?;
+    comment_only_steps(targets)
+        .await
+        .context("comment_only_steps")?;
     concurrent_ensure_schema(targets)
         .await
         .context("concurrent_ensure_schema")?;
