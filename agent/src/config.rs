@@ -329,12 +329,18 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics on this address (`/metrics`); off when unset.
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Readable lines, ending in `trace_id=… span_id=…` inside a span.
     #[default]
     Human,
+    /// One JSON object per line, with top-level `trace_id` and `span_id` inside a span.
+    Json,
 }
 
 impl Args {

@@ -202,6 +202,7 @@ impl Executor {
                 return Err(e);
             }
         };
+        let held = Instant::now();
         let mut conn: Option<Box<dyn Session>> = None;
         let mut result = Ok(());
         for step in &steps {
@@ -232,6 +233,8 @@ impl Executor {
             session.close().await;
         }
         drop(guard);
+        metrics::histogram!("flotilla_agent_lock_held_seconds", "dialect" => self.target.dialect.as_str())
+            .record(held.elapsed().as_secs_f64());
         result
     }
 
@@ -303,7 +306,7 @@ impl Executor {
                         self.fail(ctx, step, &e, dirty).await;
                         return Err(e);
                     };
-                    metrics::counter!("flotilla_agent_retries_total", "class" => class.as_str())
+                    metrics::counter!("flotilla_agent_retries_total", "dialect" => self.target.dialect.as_str(), "error_class" => class.as_str())
                         .increment(1);
                     tracing::warn!(attempt, delay_ms = millis(delay), error_class = %class, error = %message, "transient error; retrying");
                     ctx.emit(Event::Retrying(StepRetrying {

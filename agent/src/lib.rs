@@ -9,6 +9,7 @@ mod executor;
 pub mod history;
 pub mod service;
 mod target;
+pub mod telemetry;
 pub mod types;
 
 pub use agent::{Agent, EventStream};

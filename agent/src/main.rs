@@ -5,15 +5,33 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_agent::config::{AgentConfig, Args, LogFormat};
+use flotilla_agent::config::{AgentConfig, Args};
+use flotilla_agent::telemetry::{self, TelemetryConfig};
 use flotilla_agent::{Agent, serve};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_format);
-    let config = AgentConfig::load(&args)?;
+    let telemetry = telemetry::init(TelemetryConfig {
+        service_name: "flotilla-agent",
+        log_format: args.log_format,
+        log_filter: EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        stderr: false,
+    })?;
+    tracing::info!(export = %telemetry.export(), "trace export");
+    let result = run(&args).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics_addr {
+        telemetry::install_metrics(addr)?;
+        telemetry::describe_agent_metrics();
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    }
+    let config = AgentConfig::load(args)?;
     let listen = config.server.listen;
     let agent = Arc::new(Agent::new(config).await.context("starting the agent")?);
     tracing::info!(targets = ?agent.target_ids().await, "targets");
@@ -22,13 +40,6 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     serve(agent, listener, shutdown_signal()).await?;
     Ok(())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match format {
-        LogFormat::Human => tracing_subscriber::fmt().with_env_filter(filter).init(),
-    }
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (Kubernetes pod stop).

@@ -17,6 +17,7 @@ use flotilla_proto::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::agent::{Agent, EventStream};
 
@@ -41,48 +42,65 @@ impl AgentGrpc {
     }
 }
 
+/// The server span of one call: a child of the caller's span when the request carries W3C
+/// trace context (`traceparent`), so agent spans join the coordinator's rollout trace.
+macro_rules! server_span {
+    ($req:expr, $name:literal $(, $($field:tt)*)?) => {{
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = concat!("AgentService/", $name),
+            otel.kind = "server",
+            $($($field)*)?
+        );
+        crate::telemetry::set_remote_parent(&span, crate::telemetry::extract($req.metadata()));
+        span
+    }};
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
     type MigrateStream = EventStream;
 
-    #[tracing::instrument(skip_all, fields(target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id))]
     async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<EventStream>, Status> {
+        let span = server_span!(req, "Migrate", target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id);
         self.agent
             .migrate(req.into_inner())
+            .instrument(span)
             .await
             .map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
     async fn validate(
         &self,
         req: Request<ValidateRequest>,
     ) -> Result<Response<ValidateResponse>, Status> {
+        let span = server_span!(req, "Validate");
         self.agent
             .validate(req.into_inner())
+            .instrument(span)
             .await
             .map(Response::new)
     }
 
-    #[tracing::instrument(skip_all)]
     async fn status(
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.agent.status(req.into_inner()).await.map(Response::new)
+        let span = server_span!(req, "Status");
+        self.agent.status(req.into_inner()).instrument(span).await.map(Response::new)
     }
 
-    #[tracing::instrument(skip_all, fields(target = %req.get_ref().target_id))]
     async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
-        self.agent.stamp(req.into_inner()).await.map(Response::new)
+        let span = server_span!(req, "Stamp", target = %req.get_ref().target_id);
+        self.agent.stamp(req.into_inner()).instrument(span).await.map(Response::new)
     }
 
-    #[tracing::instrument(skip_all, fields(target = %req.get_ref().target_id, revision = %req.get_ref().revision))]
     async fn repair(
         &self,
         req: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
-        self.agent.repair(req.into_inner()).await.map(Response::new)
+        let span = server_span!(req, "Repair", target = %req.get_ref().target_id, revision = %req.get_ref().revision);
+        self.agent.repair(req.into_inner()).instrument(span).await.map(Response::new)
     }
 }
 

@@ -33,13 +33,13 @@ pub fn status_of(e: EngineError) -> Status {
 pub struct Api {
     engine: Arc<Engine>,
     /// Extracts the caller's trace context: (traceparent, trace id) for a new rollout.
-    trace_of: Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>,
+    trace_of: crate::server::TraceOf,
 }
 
 impl Api {
     pub fn new(
         engine: Arc<Engine>,
-        trace_of: Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>,
+        trace_of: crate::server::TraceOf,
     ) -> Api {
         Api { engine, trace_of }
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::revision::{ParseErrors, RenderError};
+pub use crate::telemetry::LogFormat;
 
 pub mod offline;
 pub mod online;
@@ -58,6 +59,15 @@ pub struct GlobalArgs {
         default_value_t = OutputFormat::Human
     )]
     pub output: OutputFormat,
+    /// Log format (logs go to stderr; both carry trace ids inside a span)
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Human
+    )]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,7 +22,7 @@ use crate::cli::{CliError, GlobalArgs, OutputFormat};
 use crate::engine::EngineConfig;
 use crate::fleet::{AgentClient, LocalAgent};
 use crate::rollout::{Budget, RolloutSpec, WaveSize};
-use crate::server::{CoordinatorConfig, Hooks, build, serve};
+use crate::server::{CoordinatorConfig, build, serve};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -41,6 +41,9 @@ pub struct DemoArgs {
     /// Print every target in the fleet table (default: the first 20 and a summary)
     #[arg(long)]
     pub all: bool,
+    /// Serve Prometheus metrics on this address (`/metrics`) while the demo runs; off by default
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
@@ -72,6 +75,11 @@ pub async fn run(args: DemoArgs, global: &GlobalArgs, out: &mut (dyn Write + Sen
     std::fs::create_dir_all(&args.dir).map_err(io_err(&args.dir))?;
     let dir = args.dir.canonicalize().map_err(io_err(&args.dir))?;
     let created = create_tenants(&dir, args.tenants, agents_n)?;
+    if let Some(addr) = args.metrics_addr {
+        crate::telemetry::install_metrics(addr).map_err(|e| CliError::Refused(e.to_string()))?;
+        crate::metrics::describe();
+    }
+    let hooks = crate::telemetry::hooks();
 
     let mut embedded: Vec<Arc<dyn AgentClient>> = Vec::new();
     for i in 0..agents_n {
@@ -87,7 +95,7 @@ pub async fn run(args: DemoArgs, global: &GlobalArgs, out: &mut (dyn Write + Sen
         });
         let agent = Agent::new(config).await.map_err(|e| CliError::Refused(format!("agent {id}: {e}")))?;
         let service = Arc::new(AgentGrpc::new(Arc::new(agent)));
-        embedded.push(Arc::new(LocalAgent::new(&id, service, None)));
+        embedded.push(Arc::new(LocalAgent::new(&id, service, hooks.agent_request.clone())));
     }
 
     let config = CoordinatorConfig {
@@ -103,7 +111,7 @@ pub async fn run(args: DemoArgs, global: &GlobalArgs, out: &mut (dyn Write + Sen
         registration_ttl: Duration::from_secs(15),
         engine: EngineConfig::default(),
     };
-    let coord = build(&config, embedded, Hooks::default()).await.map_err(|e| CliError::Refused(e.to_string()))?;
+    let coord = build(&config, embedded, hooks).await.map_err(|e| CliError::Refused(e.to_string()))?;
     let engine = coord.engine.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -181,7 +181,7 @@ impl Engine {
             tracing::info!(token = term.token, "took the fleet lock: leading");
             metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(1);
             metrics::gauge!("flotilla_coordinator_lock_held").set(1.0);
-            let _ = self.term.send(Some(term.clone()));
+            self.term.send_replace(Some(term.clone()));
             if let Err(e) = self.resume_all(&term).await {
                 tracing::error!("cannot resume rollouts: {e}");
             }
@@ -191,7 +191,7 @@ impl Engine {
                 _ = shutdown.cancelled() => false,
             };
             term.cancel.cancel();
-            let _ = self.term.send(None);
+            self.term.send_replace(None);
             metrics::gauge!("flotilla_coordinator_lock_held").set(0.0);
             if lost {
                 tracing::error!(token = term.token, "leadership lost: all rollout work cancelled");
@@ -335,7 +335,11 @@ impl Engine {
         drop(self.control(&id, initial));
         let engine = self.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = engine.clone().run(&id, &term).await {
+            crate::metrics::refresh_rollouts(&engine).await;
+            let result = engine.clone().run(&id, &term).await;
+            crate::metrics::refresh_rollouts(&engine).await;
+            crate::metrics::refresh_fleet(&engine).await;
+            if let Err(e) = result {
                 match e {
                     EngineError::Fenced(_) => {}
                     _ if term.cancel.is_cancelled() => {}

@@ -1,9 +1,93 @@
-//! Fleet-level Prometheus gauges derived from a fleet status: targets by revision, version
-//! skew (distinct revision sets across the fleet) and drift.
+//! The coordinator's Prometheus metrics: names and HELP texts ([`describe`]), the fleet
+//! gauges derived from a fleet status (targets by revision, version skew, drift), rollouts
+//! by state (refreshed from the store) and the current rollout's targets by state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 
 use flotilla_proto as pb;
+
+use crate::engine::Engine;
+use crate::rollout::{RolloutState, TargetRecord, TargetState};
+
+const ROLLOUT_STATES: [RolloutState; 8] = [
+    RolloutState::Pending,
+    RolloutState::Running,
+    RolloutState::Paused,
+    RolloutState::Succeeded,
+    RolloutState::CompletedWithFailures,
+    RolloutState::Failed,
+    RolloutState::Halted,
+    RolloutState::Aborted,
+];
+
+const TARGET_STATES: [TargetState; 6] = [
+    TargetState::Pending,
+    TargetState::Running,
+    TargetState::Succeeded,
+    TargetState::Failed,
+    TargetState::Skipped,
+    TargetState::Blocked,
+];
+
+/// Revision label values set before, so a revision no target is at any more drops to 0.
+static SEEN_REVISIONS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// HELP texts and units of the coordinator's metrics (and the embedded agents').
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "flotilla_coordinator_rollouts",
+        Unit::Count,
+        "Rollouts in the state store, by state"
+    );
+    describe_counter!(
+        "flotilla_coordinator_rollouts_finished_total",
+        Unit::Count,
+        "Rollouts this coordinator ran to an end, by final state"
+    );
+    describe_gauge!(
+        "flotilla_coordinator_rollout_targets",
+        Unit::Count,
+        "Targets of the rollout this coordinator runs (or ran last), by state"
+    );
+    describe_counter!(
+        "flotilla_coordinator_targets_finished_total",
+        Unit::Count,
+        "Targets this coordinator brought to a final state, by state"
+    );
+    describe_gauge!(
+        "flotilla_coordinator_lock_held",
+        Unit::Count,
+        "1 while this coordinator holds the fleet lock (leads), else 0"
+    );
+    describe_counter!(
+        "flotilla_coordinator_lock_acquired_total",
+        Unit::Count,
+        "Times this coordinator took the fleet lock"
+    );
+    describe_counter!(
+        "flotilla_coordinator_lease_losses_total",
+        Unit::Count,
+        "Times this coordinator lost the fleet lock while leading (all rollout work cancelled)"
+    );
+    describe_gauge!(
+        "flotilla_fleet_targets",
+        Unit::Count,
+        "Reachable targets by current revision (heads, comma-separated; base = none)"
+    );
+    describe_gauge!(
+        "flotilla_fleet_version_skew",
+        Unit::Count,
+        "Distinct revisions across the reachable fleet (1 = uniform)"
+    );
+    describe_gauge!(
+        "flotilla_fleet_drift_targets",
+        Unit::Count,
+        "Targets whose history has revisions the graph lacks or whose checksums differ"
+    );
+    flotilla_agent::telemetry::describe_agent_metrics();
+}
 
 /// Record the fleet gauges from one fleet status.
 pub fn record_fleet(targets: &[pb::FleetTarget]) {
@@ -14,15 +98,75 @@ pub fn record_fleet(targets: &[pb::FleetTarget]) {
         if !s.error.is_empty() {
             continue;
         }
-        let rev = if s.heads.is_empty() { "base".to_owned() } else { s.heads.join(",") };
+        let rev = if s.heads.is_empty() {
+            "base".to_owned()
+        } else {
+            s.heads.join(",")
+        };
         *by_revision.entry(rev).or_default() += 1;
         if !t.drift.is_empty() {
             drift += 1;
         }
     }
+    let mut seen = SEEN_REVISIONS.lock().unwrap_or_else(|p| p.into_inner());
+    for rev in seen.iter().filter(|r| !by_revision.contains_key(*r)) {
+        metrics::gauge!("flotilla_fleet_targets", "revision" => rev.clone()).set(0.0);
+    }
     for (rev, n) in &by_revision {
         metrics::gauge!("flotilla_fleet_targets", "revision" => rev.clone()).set(*n as f64);
+        seen.insert(rev.clone());
     }
     metrics::gauge!("flotilla_fleet_version_skew").set(by_revision.len() as f64);
     metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
+}
+
+/// Rollouts by state, from the store.
+pub async fn refresh_rollouts(engine: &Engine) {
+    let Ok(list) = engine.list().await else {
+        return;
+    };
+    for state in ROLLOUT_STATES {
+        let n = list.iter().filter(|r| r.state == state).count();
+        metrics::gauge!("flotilla_coordinator_rollouts", "state" => state.as_str()).set(n as f64);
+    }
+}
+
+/// The fleet gauges from a fresh fleet snapshot (after a rollout ended).
+pub async fn refresh_fleet(engine: &Engine) {
+    let Ok(snap) = engine.snapshot(false).await else {
+        return;
+    };
+    let targets: Vec<pb::FleetTarget> = snap
+        .targets
+        .iter()
+        .map(|e| pb::FleetTarget {
+            agent_id: e.agent.id().to_owned(),
+            drift: crate::api::drift_of(engine, e),
+            status: Some(e.status.clone()),
+        })
+        .collect();
+    record_fleet(&targets);
+}
+
+/// Set the rollout-targets gauge from a rollout's target records.
+pub fn set_rollout_targets<'a>(targets: impl IntoIterator<Item = &'a TargetRecord>) {
+    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for t in targets {
+        *counts.entry(t.state.as_str()).or_default() += 1;
+    }
+    for state in TARGET_STATES {
+        let n = counts.get(state.as_str()).copied().unwrap_or(0);
+        metrics::gauge!("flotilla_coordinator_rollout_targets", "state" => state.as_str())
+            .set(n as f64);
+    }
+}
+
+/// One target moved from `from` to `to`.
+pub fn target_transition(from: TargetState, to: TargetState) {
+    if from == to {
+        return;
+    }
+    metrics::gauge!("flotilla_coordinator_rollout_targets", "state" => from.as_str())
+        .decrement(1.0);
+    metrics::gauge!("flotilla_coordinator_rollout_targets", "state" => to.as_str()).increment(1.0);
 }

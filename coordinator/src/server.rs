@@ -41,13 +41,16 @@ pub enum ServerError {
     Serve(String),
 }
 
-/// Hooks the binary supplies (tracing context propagation lives with telemetry setup).
+/// Extracts (traceparent, trace id) for a new rollout from the StartRollout call's metadata.
+pub type TraceOf = Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>;
+
+/// Hooks the binary supplies (`crate::telemetry::hooks()`: trace-context propagation).
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Decorates every request sent to an agent.
     pub agent_request: Option<RequestHook>,
     /// Extracts (traceparent, trace id) from an incoming StartRollout.
-    pub trace_of: Option<Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>>,
+    pub trace_of: Option<TraceOf>,
 }
 
 /// Everything a running coordinator is made of; built by [`build`], served by [`serve`].

@@ -1,7 +1,51 @@
-//! Trace-context propagation helpers for the coordinator: what goes into outgoing gRPC
-//! metadata and what a new rollout records as its trace. Exporter setup lives with the
-//! binaries; with no `OTEL_*` configuration these are no-ops.
+//! Trace-context propagation for the coordinator: what goes into outgoing gRPC metadata
+//! (CLI → coordinator, coordinator → agents) and what a new rollout records as its trace.
+//! Subscriber and exporter setup is shared with the agent (`flotilla_agent::telemetry`); with
+//! no `OTEL_*` configuration nothing is exported, and propagation only carries ids.
 
-/// Inject the current span's W3C trace context into outgoing metadata (no-op while
-/// tracing export is off).
-pub fn inject_current(_metadata: &mut tonic::metadata::MetadataMap) {}
+use std::sync::Arc;
+
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+pub use flotilla_agent::telemetry::{
+    LogFormat, Telemetry, TelemetryConfig, TelemetryError, TraceExport, context_from_traceparent,
+    extract, init, inject, inject_current, install_metrics, set_remote_parent, traceparent_of,
+};
+
+use crate::server::Hooks;
+
+/// The hooks a coordinator process uses: every agent request carries the current span's
+/// `traceparent`, and a new rollout's trace is taken from the StartRollout call.
+pub fn hooks() -> Hooks {
+    Hooks {
+        agent_request: Some(Arc::new(inject_current)),
+        trace_of: Some(Arc::new(trace_of)),
+    }
+}
+
+/// (traceparent, trace id) for a rollout started by a call with `metadata`: a
+/// `CoordinatorService/StartRollout` server span, child of the caller's span when the call
+/// carries one (a CLI started the trace), else the root of a new trace. Without the
+/// OpenTelemetry layer, the caller's own context is recorded as is.
+pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> (String, String) {
+    let remote = extract(metadata);
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = "CoordinatorService/StartRollout",
+        otel.kind = "server"
+    );
+    set_remote_parent(&span, remote.clone());
+    let ours = traceparent_of(&span.context());
+    if !ours.0.is_empty() {
+        return ours;
+    }
+    traceparent_of(&remote)
+}
+
+/// The span of one rollout run, continuing the trace recorded when the rollout started (so
+/// a new leader resuming it adds to the same trace).
+pub fn rollout_span(rollout_id: &str, token: u64, traceparent: &str) -> tracing::Span {
+    let span = tracing::info_span!("rollout", rollout = %rollout_id, token);
+    set_remote_parent(&span, context_from_traceparent(traceparent));
+    span
+}

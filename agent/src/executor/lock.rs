@@ -126,6 +126,9 @@ impl Locker<'_> {
         }
         let waited = start.elapsed();
         self.record_wait(waited);
+        if announced {
+            tracing::info!(target_id = %self.target.id, waited_ms = millis(waited), "database lock acquired after waiting");
+        }
         if let Some(ev) = self.events {
             ev.emit(Event::LockAcquired(LockAcquired {
                 waited_ms: millis(waited),

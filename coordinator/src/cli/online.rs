@@ -389,8 +389,11 @@ async fn rollout(cmd: RolloutCommand, json: bool, out: &mut (dyn Write + Send)) 
         RolloutCommand::Start { client, spec, wait } => {
             let mut c = connect(&client.coordinator).await?;
             let mut req = tonic::Request::new(pb::StartRolloutRequest { spec: Some(spec.spec()?.to_proto()) });
-            crate::telemetry::inject_current(req.metadata_mut());
-            let r = c.start_rollout(req).await.map_err(rpc)?.into_inner();
+            // This call starts the rollout's trace: its span is the root, the coordinator's
+            // rollout span its child.
+            let span = tracing::info_span!("rpc", otel.name = "flotilla rollout start", otel.kind = "client");
+            span.in_scope(|| crate::telemetry::inject_current(req.metadata_mut()));
+            let r = tracing::Instrument::instrument(c.start_rollout(req), span).await.map_err(rpc)?.into_inner();
             if !wait {
                 report_rollout(out, json, &r)?;
                 return Ok(0);

@@ -42,6 +42,9 @@ pub struct ServeArgs {
     /// Attempts per target while its agent cannot be reached
     #[arg(long, env = "FLOTILLA_AGENT_ATTEMPTS", default_value_t = 5)]
     pub agent_attempts: u32,
+    /// Serve Prometheus metrics on this address (`/metrics`); off when unset
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -87,6 +90,11 @@ pub async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs, global: &GlobalArgs, hooks: Hooks) -> Result<u8, CliError> {
     let config = args.config(global);
+    if let Some(addr) = args.metrics_addr {
+        crate::telemetry::install_metrics(addr).map_err(|e| CliError::Refused(e.to_string()))?;
+        crate::metrics::describe();
+        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| CliError::Refused(format!("cannot listen on {}: {e}", args.listen)))?;

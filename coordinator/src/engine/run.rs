@@ -61,9 +61,15 @@ enum WaveEnd {
 }
 
 impl Engine {
-    /// Run (or resume) rollout `id` until it ends or the term ends.
-    #[tracing::instrument(name = "rollout", skip(self, term), fields(token = term.token))]
+    /// Run (or resume) rollout `id` until it ends or the term ends, in a `rollout` span that
+    /// continues the trace recorded when the rollout started.
     pub(crate) async fn run(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
+        let (rec, _) = self.get(id).await?;
+        let span = crate::telemetry::rollout_span(id, term.token, &rec.traceparent);
+        tracing::Instrument::instrument(self.run_rollout(id, term), span).await
+    }
+
+    async fn run_rollout(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
         let (mut rec, _) = self.get(id).await?;
         if rec.state.is_terminal() {
             return Ok(());
@@ -87,6 +93,7 @@ impl Engine {
         let (_, targets) = self.get(id).await?;
         let mut targets: BTreeMap<String, TargetRecord> =
             targets.into_iter().map(|t| (t.target_id.clone(), t)).collect();
+        crate::metrics::set_rollout_targets(targets.values());
         let initial = if rec.state == RolloutState::Paused { Control::Pause } else { Control::Run };
         let mut control = self.control(id, initial);
         let eligible = targets
@@ -101,9 +108,12 @@ impl Engine {
                 rec.current_wave = wave;
                 self.put_rollout(term, &mut rec).await?;
             }
-            let end = self
-                .run_wave(term, &mut rec, &goal, wave, &mut targets, &mut control, allowed)
-                .await?;
+            let wave_span = tracing::info_span!("wave", wave);
+            let end = tracing::Instrument::instrument(
+                self.run_wave(term, &mut rec, &goal, wave, &mut targets, &mut control, allowed),
+                wave_span,
+            )
+            .await?;
             match end {
                 WaveEnd::Completed => {}
                 WaveEnd::Aborted => {
@@ -139,10 +149,10 @@ impl Engine {
                     ))
                     .await;
             }
-            if rec.spec.fingerprint_gate {
-                if let Some(why) = self.gate(term, &mut rec, wave, &mut targets).await? {
-                    return self.finish(term, &mut rec, RolloutState::Halted, why).await;
-                }
+            if rec.spec.fingerprint_gate
+                && let Some(why) = self.gate(term, &mut rec, wave, &mut targets).await?
+            {
+                return self.finish(term, &mut rec, RolloutState::Halted, why).await;
             }
             wave += 1;
         }
@@ -166,7 +176,7 @@ impl Engine {
         rec.state = state;
         rec.message = message;
         self.put_rollout(term, rec).await?;
-        metrics::counter!("flotilla_coordinator_rollouts_total", "state" => state.as_str()).increment(1);
+        metrics::counter!("flotilla_coordinator_rollouts_finished_total", "state" => state.as_str()).increment(1);
         Ok(())
     }
 
@@ -360,6 +370,7 @@ impl Engine {
                 "resumed".into()
             };
             self.put_rollout(term, rec).await?;
+            crate::metrics::refresh_rollouts(self).await;
         }
         Ok(())
     }

@@ -37,6 +37,7 @@ impl Engine {
         goal: &Goal,
         mut rec: TargetRecord,
     ) -> Result<TargetRecord, EngineError> {
+        crate::metrics::target_transition(rec.state, TargetState::Running);
         rec.state = TargetState::Running;
         rec.message.clear();
         self.put_target(term, &rollout.id, &rec).await?;
@@ -83,7 +84,8 @@ impl Engine {
                     }
                 },
             }
-            metrics::counter!("flotilla_coordinator_targets_total", "state" => rec.state.as_str()).increment(1);
+            metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => rec.state.as_str()).increment(1);
+            crate::metrics::target_transition(TargetState::Running, rec.state);
             self.put_target(term, &rollout.id, &rec).await?;
             return Ok(rec);
         }
@@ -102,7 +104,7 @@ impl Engine {
         };
         // Re-plan from the agent's own report: whatever committed before is not sent again.
         let status = match agent
-            .status(pb::StatusRequest { target_ids: vec![rec.target_id.clone()], include_history: false })
+            .status(pb::StatusRequest { target_ids: vec![rec.target_id.clone()], include_history: false, fencing_token: 0 })
             .await
         {
             Ok(resp) => match resp.targets.into_iter().next() {
