@@ -3,12 +3,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use etcd_client::{Client, ConnectOptions};
 use rustix::process::Signal;
 use tempfile::TempDir;
 
-use crate::process::{Spawn, Supervisor, find_binary, not_installed};
+use crate::process::{Spawn, find_binary, not_installed};
+use crate::supervisor::Supervisor;
+use crate::workdir;
 
 /// A single-member etcd server for one test.
 ///
@@ -21,6 +23,8 @@ use crate::process::{Spawn, Supervisor, find_binary, not_installed};
 pub struct Etcd {
     client_port: u16,
     server: Supervisor,
+    /// The member name, unique per server.
+    name: String,
     // Declared last: removed after the server is gone.
     _dir: TempDir,
 }
@@ -33,26 +37,31 @@ impl Etcd {
             &[PathBuf::from("/usr/bin"), "/usr/local/bin".into()],
         )
         .ok_or_else(|| not_installed("etcd", "apt-get install etcd-server"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("flotilla-etcd-")
-            .tempdir()
-            .context("cannot create a temp dir for etcd")?;
+        let dir = workdir::server_dir("etcd")?;
         let data = dir.path().join("data");
         let log = dir.path().join("etcd.log");
+        // Unique member name: tells our server apart from another one that holds the port.
+        let name = dir
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("testkit")
+            .to_owned();
         let make_spawn = |ports: &[u16]| Spawn {
             program: etcd.clone(),
-            args: server_args(&data, ports[0], ports[1]),
+            args: server_args(&name, &data, ports[0], ports[1]),
             user: None,
             log: log.clone(),
         };
         let (server, ports) =
             Supervisor::start("etcd", Signal::KILL, 2, make_spawn, |ports: &[u16]| {
-                probe(endpoint(ports[0]))
+                probe(endpoint(ports[0]), name.clone())
             })
             .await?;
         Ok(Etcd {
             client_port: ports[0],
             server,
+            name,
             _dir: dir,
         })
     }
@@ -82,14 +91,14 @@ impl Etcd {
         self.server.kill();
     }
 
-    /// Freezes etcd with SIGSTOP.
+    /// Freezes etcd with SIGSTOP; returns once every etcd thread is stopped.
     pub fn pause(&self) -> anyhow::Result<()> {
-        self.server.signal(Signal::STOP)
+        self.server.freeze(true)
     }
 
-    /// Thaws etcd with SIGCONT.
+    /// Thaws etcd with SIGCONT; returns once its threads run again.
     pub fn resume(&self) -> anyhow::Result<()> {
-        self.server.signal(Signal::CONT)
+        self.server.freeze(false)
     }
 
     /// Stops etcd (SIGTERM, also when paused; SIGKILL after 10 s) unless already stopped, starts
@@ -98,7 +107,7 @@ impl Etcd {
         let endpoint = self.endpoint();
         self.server
             .restart(Signal::TERM, Duration::from_secs(10), || {
-                probe(endpoint.clone())
+                probe(endpoint.clone(), self.name.clone())
             })
             .await
     }
@@ -124,24 +133,33 @@ async fn connect(endpoint: &str) -> anyhow::Result<Client> {
         .with_context(|| format!("cannot connect to etcd at {endpoint}"))
 }
 
-async fn probe(endpoint: String) -> anyhow::Result<()> {
+/// Succeeds once the etcd at `endpoint` serves linearizable reads and is member `name`.
+async fn probe(endpoint: String, name: String) -> anyhow::Result<()> {
     let mut client = connect(&endpoint).await?;
     client.get("flotilla-testkit-ready", None).await?;
+    let members = client.member_list().await?;
+    if !members.members().iter().any(|m| m.name() == name) {
+        // Another server holds the port; ours fails to bind and exits.
+        bail!("address already in use: {endpoint} is served by another etcd");
+    }
     Ok(())
 }
 
-fn server_args(data: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
+fn server_args(name: &str, data: &Path, client_port: u16, peer_port: u16) -> Vec<String> {
     let client = format!("http://127.0.0.1:{client_port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
     vec![
-        "--name=testkit".to_owned(),
+        format!("--name={name}"),
         format!("--data-dir={}", data.display()),
         format!("--listen-client-urls={client}"),
         format!("--advertise-client-urls={client}"),
         format!("--listen-peer-urls={peer}"),
         format!("--initial-advertise-peer-urls={peer}"),
-        format!("--initial-cluster=testkit={peer}"),
+        format!("--initial-cluster={name}={peer}"),
         "--initial-cluster-state=new".to_owned(),
+        // A single member elects itself after one election timeout: keep start/restart short.
+        "--heartbeat-interval=25".to_owned(),
+        "--election-timeout=250".to_owned(),
         "--logger=zap".to_owned(),
         "--log-outputs=stderr".to_owned(),
     ]

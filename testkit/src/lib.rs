@@ -33,6 +33,8 @@ mod postgres;
 mod process;
 mod proxy;
 mod sqlite;
+mod supervisor;
+mod workdir;
 
 pub use etcd::Etcd;
 pub use eventually::{eventually, eventually_true};

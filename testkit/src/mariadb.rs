@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use rustix::process::Signal;
 use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 use tempfile::TempDir;
@@ -11,9 +11,10 @@ use tempfile::TempDir;
 use crate::cache;
 use crate::database;
 use crate::process::{
-    Spawn, Supervisor, binary_fingerprint, find_binary, not_installed, run_to_completion,
-    running_as_root,
+    Spawn, binary_fingerprint, find_binary, not_installed, run_to_completion, running_as_root,
 };
+use crate::supervisor::Supervisor;
+use crate::workdir;
 
 const INSTALL: &str = "apt-get install mariadb-server";
 
@@ -31,6 +32,8 @@ const REDO_LOG_SIZE: &str = "--innodb-log-file-size=8M";
 pub struct MariaDb {
     port: u16,
     server: Supervisor,
+    /// Identifies our server behind the port (`@@datadir`).
+    data: PathBuf,
     // Declared last: removed after the server is gone.
     _dir: TempDir,
 }
@@ -66,10 +69,7 @@ impl MariaDb {
     /// The data dir is a copy of a template made once per machine with `mariadb-install-db`.
     pub async fn start() -> anyhow::Result<MariaDb> {
         let binaries = Binaries::find()?;
-        let dir = tempfile::Builder::new()
-            .prefix("flotilla-mariadb-")
-            .tempdir()
-            .context("cannot create a temp dir for mariadb")?;
+        let dir = workdir::server_dir("mariadb")?;
         let data = dir.path().join("data");
         let owner = if running_as_root() { "root" } else { "self" };
         let key = format!("v1-{owner}-{}", binary_fingerprint(&binaries.mariadbd)?);
@@ -88,12 +88,13 @@ impl MariaDb {
         };
         let (server, ports) =
             Supervisor::start("mariadb", Signal::KILL, 1, make_spawn, |ports: &[u16]| {
-                probe(server_url(ports[0]))
+                probe(server_url(ports[0]), data.clone())
             })
             .await?;
         Ok(MariaDb {
             port: ports[0],
             server,
+            data,
             _dir: dir,
         })
     }
@@ -137,7 +138,9 @@ impl MariaDb {
     pub async fn restart(&self) -> anyhow::Result<()> {
         let url = self.server_url();
         self.server
-            .restart(Signal::TERM, Duration::from_secs(30), || probe(url.clone()))
+            .restart(Signal::TERM, Duration::from_secs(30), || {
+                probe(url.clone(), self.data.clone())
+            })
             .await
     }
 }
@@ -153,10 +156,18 @@ fn server_url(port: u16) -> String {
     format!("mysql://root@127.0.0.1:{port}")
 }
 
-async fn probe(url: String) -> anyhow::Result<()> {
+/// Succeeds once the server behind `url` answers and is the one running on `data`.
+async fn probe(url: String, data: PathBuf) -> anyhow::Result<()> {
     let mut conn = MySqlConnection::connect(&url).await?;
-    sqlx::query("SELECT 1").execute(&mut conn).await?;
+    let (found,): (String,) = sqlx::query_as("SELECT CAST(@@datadir AS CHAR)")
+        .fetch_one(&mut conn)
+        .await?;
     conn.close().await.ok();
+    let ours = std::fs::canonicalize(&data).unwrap_or(data);
+    if Path::new(found.trim_end_matches('/')) != ours {
+        // Another server holds the port; ours fails to bind and exits.
+        bail!("address already in use: the port is served by another mariadb ({found})");
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use rustix::process::Signal;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tempfile::TempDir;
@@ -11,9 +11,11 @@ use tempfile::TempDir;
 use crate::cache;
 use crate::database;
 use crate::process::{
-    Spawn, Supervisor, SystemUser, binary_fingerprint, find_binary, not_installed,
-    run_to_completion, running_as_root,
+    Spawn, SystemUser, binary_fingerprint, find_binary, not_installed, run_to_completion,
+    running_as_root,
 };
+use crate::supervisor::Supervisor;
+use crate::workdir;
 
 const INSTALL: &str = "apt-get install postgresql";
 
@@ -27,6 +29,8 @@ const INSTALL: &str = "apt-get install postgresql";
 pub struct Postgres {
     port: u16,
     server: Supervisor,
+    /// Identifies our server behind the port (`SHOW data_directory`).
+    data: PathBuf,
     // Declared last: removed after the server is gone.
     _dir: TempDir,
 }
@@ -84,10 +88,7 @@ impl Postgres {
         } else {
             None
         };
-        let dir = tempfile::Builder::new()
-            .prefix("flotilla-postgres-")
-            .tempdir()
-            .context("cannot create a temp dir for postgres")?;
+        let dir = workdir::server_dir("postgres")?;
         if let Some(user) = &user {
             user.chown(dir.path())?;
         }
@@ -112,12 +113,13 @@ impl Postgres {
             Signal::QUIT,
             1,
             make_spawn,
-            |ports: &[u16]| probe(admin_url(ports[0])),
+            |ports: &[u16]| probe(admin_url(ports[0]), data.clone()),
         )
         .await?;
         Ok(Postgres {
             port: ports[0],
             server,
+            data,
             _dir: dir,
         })
     }
@@ -161,7 +163,9 @@ impl Postgres {
     pub async fn restart(&self) -> anyhow::Result<()> {
         let url = admin_url(self.port);
         self.server
-            .restart(Signal::INT, Duration::from_secs(30), || probe(url.clone()))
+            .restart(Signal::INT, Duration::from_secs(30), || {
+                probe(url.clone(), self.data.clone())
+            })
             .await
     }
 }
@@ -177,10 +181,17 @@ fn admin_url(port: u16) -> String {
     format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
-async fn probe(url: String) -> anyhow::Result<()> {
+/// Succeeds once the server behind `url` answers and is the one running on `data`.
+async fn probe(url: String, data: PathBuf) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect(&url).await?;
-    sqlx::query("SELECT 1").execute(&mut conn).await?;
+    let (found,): (String,) = sqlx::query_as("SELECT current_setting('data_directory')")
+        .fetch_one(&mut conn)
+        .await?;
     conn.close().await.ok();
+    if Path::new(&found) != data {
+        // Another server holds the port; ours fails to bind and exits.
+        bail!("address already in use: the port is served by another postgres ({found})");
+    }
     Ok(())
 }
 
@@ -215,10 +226,7 @@ async fn initdb(
     user: Option<&SystemUser>,
     target: PathBuf,
 ) -> anyhow::Result<()> {
-    let scratch = tempfile::Builder::new()
-        .prefix("flotilla-initdb-")
-        .tempdir()
-        .context("cannot create a temp dir for initdb")?;
+    let scratch = workdir::server_dir("initdb")?;
     if let Some(user) = user {
         user.chown(scratch.path())?;
     }

@@ -66,3 +66,45 @@ async fn drop_stops_the_server_even_when_paused() -> anyhow::Result<()> {
     })
     .await
 }
+
+const ABORT_CHILD: &str = "FLOTILLA_TESTKIT_ABORT_CHILD";
+
+/// Runs itself as a child test binary that starts etcd and aborts (no destructors run), then
+/// checks that the parent-death signal took etcd down with it.
+#[tokio::test]
+async fn server_dies_when_the_test_binary_aborts() -> anyhow::Result<()> {
+    if std::env::var_os(ABORT_CHILD).is_some() {
+        let etcd = Etcd::start().await?;
+        println!("ETCD_PID={}", etcd.pid());
+        std::process::abort();
+    }
+    let output = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "etcd::server_dies_when_the_test_binary_aborts",
+            "--nocapture",
+        ])
+        .env(ABORT_CHILD, "1")
+        .output()
+        .await?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let pid: u32 = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("ETCD_PID="))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "child printed no pid: {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?
+        .trim()
+        .parse()?;
+    assert!(
+        !output.status.success(),
+        "the child test binary did not abort"
+    );
+    eventually_true("etcd to die with its test binary", SOON, || async move {
+        Ok(!process_alive(pid))
+    })
+    .await
+}
