@@ -42,6 +42,10 @@ pub struct Agent {
     targets: Targets,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// The highest fencing token any caller has presented (Status announces it). Requests
+    /// with a lower one are refused for every target, including targets whose own fence row
+    /// has not seen the newer token yet.
+    fence_seen: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -200,7 +204,23 @@ impl Agent {
             targets,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            fence_seen: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Refuse a token lower than the highest seen (FAILED_PRECONDITION), else remember it.
+    fn check_fence(&self, target: &str, token: u64) -> Result<(), Status> {
+        use std::sync::atomic::Ordering;
+        let seen = self.fence_seen.fetch_max(token, Ordering::SeqCst);
+        if token < seen {
+            return Err(AgentError::StaleToken {
+                target: target.to_owned(),
+                offered: token,
+                current: seen,
+            }
+            .to_status());
+        }
+        Ok(())
     }
 
     pub fn agent_id(&self) -> &str {
@@ -258,6 +278,7 @@ impl Agent {
         let steps = check::migrate_request(&req)?;
         let target = self.targets.lookup(&req.target_id).await?;
         self.ensure_running(&target.id)?;
+        self.check_fence(&target.id, req.fencing_token)?;
         let planned: Vec<PlannedStep> = steps
             .into_iter()
             .map(|(spec, up_checksum)| PlannedStep {
@@ -315,6 +336,8 @@ impl Agent {
     /// cannot be read gets `error` set instead of failing the call.
     pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
         check::target_ids("target_ids", &req.target_ids)?;
+        // A leader announces its token; lower tokens are refused from now on.
+        self.fence_seen.fetch_max(req.fencing_token, std::sync::atomic::Ordering::SeqCst);
         let targets = self.select(&req.target_ids).await?;
         let timeout = self.config.status.timeout;
         let include_history = req.include_history;
@@ -420,6 +443,7 @@ impl Agent {
     pub async fn stamp(&self, req: StampRequest) -> Result<StampResponse, Status> {
         let direction = check::stamp_request(&req)?;
         let target = self.targets.lookup(&req.target_id).await?;
+        self.check_fence(&target.id, req.fencing_token)?;
         let meta = self.meta(&req.rollout_id, req.fencing_token);
         let pairs: Vec<(String, String)> = req
             .revisions
@@ -441,6 +465,7 @@ impl Agent {
     pub async fn repair(&self, req: RepairRequest) -> Result<RepairResponse, Status> {
         check::repair_request(&req)?;
         let target = self.targets.lookup(&req.target_id).await?;
+        self.check_fence(&target.id, req.fencing_token)?;
         let meta = self.meta("", req.fencing_token);
         let (guard, mut session) = self.locked(&target).await?;
         let res = repair_locked(

@@ -182,6 +182,16 @@ impl Engine {
             metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(1);
             metrics::gauge!("flotilla_coordinator_lock_held").set(1.0);
             self.term.send_replace(Some(term.clone()));
+            // Announce the new token to every agent (one Status each): from now on they
+            // refuse the previous leader's steps on every target, touched or not.
+            match self.snapshot(false).await {
+                Ok(snap) => {
+                    for (agent, err) in &snap.unreachable {
+                        tracing::warn!(agent = %agent, "cannot announce the new fencing token: {err}");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot announce the new fencing token: {e}"),
+            }
             if let Err(e) = self.resume_all(&term).await {
                 tracing::error!("cannot resume rollouts: {e}");
             }
@@ -338,7 +348,6 @@ impl Engine {
             crate::metrics::refresh_rollouts(&engine).await;
             let result = engine.clone().run(&id, &term).await;
             crate::metrics::refresh_rollouts(&engine).await;
-            crate::metrics::refresh_fleet(&engine).await;
             if let Err(e) = result {
                 match e {
                     EngineError::Fenced(_) => {}

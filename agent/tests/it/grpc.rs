@@ -248,6 +248,7 @@ async fn malformed_requests_are_invalid_argument() -> Result<()> {
         .status(StatusRequest {
             target_ids: vec!["".into()],
             include_history: false,
+            fencing_token: 0,
         })
         .await
         .err()

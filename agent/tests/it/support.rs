@@ -173,6 +173,7 @@ pub(crate) async fn status(
         .status(StatusRequest {
             target_ids: vec![target.into()],
             include_history,
+            fencing_token: 0,
         })
         .await?;
     let ts = resp

@@ -82,6 +82,8 @@ impl Engine {
     pub async fn snapshot(&self, include_history: bool) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         let backoff = self.agent_backoff();
+        // While leading, every Status announces the term's token to the agents.
+        let token = self.term().map(|t| t.token).unwrap_or(0);
         let calls = agents.iter().map(|agent| {
             let agent = agent.clone();
             async move {
@@ -89,7 +91,7 @@ impl Engine {
                     let agent = agent.clone();
                     async move {
                         agent
-                            .status(pb::StatusRequest { target_ids: vec![], include_history })
+                            .status(pb::StatusRequest { target_ids: vec![], include_history, fencing_token: token })
                             .await
                     }
                 })
@@ -137,7 +139,7 @@ impl Engine {
         }
         let resp = entry
             .agent
-            .status(pb::StatusRequest { target_ids: vec![target_id.to_owned()], include_history: true })
+            .status(pb::StatusRequest { target_ids: vec![target_id.to_owned()], include_history: true, fencing_token: self.term().map(|t| t.token).unwrap_or(0) })
             .await
             .map_err(|e| EngineError::Unavailable(e.message().to_owned()))?;
         let status = resp

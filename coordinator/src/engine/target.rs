@@ -104,7 +104,7 @@ impl Engine {
         };
         // Re-plan from the agent's own report: whatever committed before is not sent again.
         let status = match agent
-            .status(pb::StatusRequest { target_ids: vec![rec.target_id.clone()], include_history: false, fencing_token: 0 })
+            .status(pb::StatusRequest { target_ids: vec![rec.target_id.clone()], include_history: false, fencing_token: term.token })
             .await
         {
             Ok(resp) => match resp.targets.into_iter().next() {

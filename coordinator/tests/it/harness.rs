@@ -38,27 +38,48 @@ pub(crate) fn migrations(files: &[(&str, &str)]) -> Result<tempfile::TempDir> {
 
 /// A one-revision migration file.
 pub(crate) fn revision(id: &str, parent: Option<&str>, up: &str, down: &str) -> String {
-    let revises = parent.map(|p| format!("-- revises: {p}\n")).unwrap_or_default();
+    let revises = parent
+        .map(|p| format!("-- revises: {p}\n"))
+        .unwrap_or_default();
     format!("-- revision: {id}\n{revises}-- migrate:up\n{up}\n-- migrate:down\n{down}\n")
 }
 
-pub(crate) fn target(id: &str, dialect: Dialect, url: &str, labels: &[(&str, &str)]) -> TargetConfig {
+pub(crate) fn target(
+    id: &str,
+    dialect: Dialect,
+    url: &str,
+    labels: &[(&str, &str)],
+) -> TargetConfig {
     TargetConfig {
         id: id.into(),
         dialect,
         url: Secret::new(url),
-        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
     }
 }
 
 /// SQLite targets `prefix01..prefixNN` in one temp dir.
-pub(crate) fn sqlite_targets(prefix: &str, n: usize) -> Result<(tempfile::TempDir, Vec<TargetConfig>)> {
+pub(crate) fn sqlite_targets(
+    prefix: &str,
+    n: usize,
+) -> Result<(tempfile::TempDir, Vec<TargetConfig>)> {
     let dir = tempfile::tempdir()?;
     let targets = (1..=n)
         .map(|i| {
             let id = format!("{prefix}{i:02}");
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join(format!("{id}.db")).display());
-            target(&id, Dialect::Sqlite, &url, &[("tier", if i % 2 == 0 { "gold" } else { "silver" })])
+            let url = format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join(format!("{id}.db")).display()
+            );
+            target(
+                &id,
+                Dialect::Sqlite,
+                &url,
+                &[("tier", if i % 2 == 0 { "gold" } else { "silver" })],
+            )
         })
         .collect();
     Ok((dir, targets))
@@ -84,7 +105,10 @@ impl TestAgent {
                 max_attempts: 8,
                 max_elapsed: Duration::from_secs(20),
             },
-            lock: LockConfig { wait: Duration::from_secs(20), ..LockConfig::default() },
+            lock: LockConfig {
+                wait: Duration::from_secs(20),
+                ..LockConfig::default()
+            },
             ..AgentConfig::default()
         };
         let agent = Arc::new(Agent::new(config).await.context("agent config")?);
@@ -98,7 +122,13 @@ impl TestAgent {
                 eprintln!("agent server: {e}");
             }
         });
-        Ok(TestAgent { id: id.into(), address, agent, shutdown, handle: Some(handle) })
+        Ok(TestAgent {
+            id: id.into(),
+            address,
+            agent,
+            shutdown,
+            handle: Some(handle),
+        })
     }
 
     pub(crate) async fn client(&self) -> Result<AgentServiceClient<Channel>> {
@@ -106,13 +136,24 @@ impl TestAgent {
     }
 
     /// Every target's status, by target id.
-    pub(crate) async fn statuses(&self, include_history: bool) -> Result<BTreeMap<String, pb::TargetStatus>> {
+    pub(crate) async fn statuses(
+        &self,
+        include_history: bool,
+    ) -> Result<BTreeMap<String, pb::TargetStatus>> {
         let resp = self
             .agent
-            .status(pb::StatusRequest { target_ids: vec![], include_history })
+            .status(pb::StatusRequest {
+                target_ids: vec![],
+                include_history,
+                fencing_token: 0,
+            })
             .await
             .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?;
-        Ok(resp.targets.into_iter().map(|t| (t.target_id.clone(), t)).collect())
+        Ok(resp
+            .targets
+            .into_iter()
+            .map(|t| (t.target_id.clone(), t))
+            .collect())
     }
 }
 
@@ -129,7 +170,10 @@ impl Drop for TestAgent {
 pub(crate) fn fleet_file(dir: &Path, agents: &[&TestAgent]) -> Result<PathBuf> {
     let mut text = String::new();
     for a in agents {
-        text.push_str(&format!("[[agents]]\nid = \"{}\"\naddress = \"{}\"\n\n", a.id, a.address));
+        text.push_str(&format!(
+            "[[agents]]\nid = \"{}\"\naddress = \"{}\"\n\n",
+            a.id, a.address
+        ));
     }
     let path = dir.join("fleet.toml");
     std::fs::write(&path, text)?;
@@ -147,7 +191,11 @@ pub(crate) struct TestCoordinator {
 
 impl TestCoordinator {
     /// Embedded backend in a temp dir (or etcd when `etcd` is given), agents from a fleet file.
-    pub(crate) async fn start(migrations: &Path, agents: &[&TestAgent], etcd: Option<&str>) -> Result<TestCoordinator> {
+    pub(crate) async fn start(
+        migrations: &Path,
+        agents: &[&TestAgent],
+        etcd: Option<&str>,
+    ) -> Result<TestCoordinator> {
         let dir = tempfile::tempdir()?;
         let fleet = fleet_file(dir.path(), agents)?;
         let config = CoordinatorConfig {
@@ -182,7 +230,13 @@ impl TestCoordinator {
         tokio::time::timeout(Duration::from_secs(20), engine.wait_leader())
             .await
             .context("the test coordinator did not take the lock")?;
-        Ok(TestCoordinator { address, engine, shutdown, handle: Some(handle), _dir: dir })
+        Ok(TestCoordinator {
+            address,
+            engine,
+            shutdown,
+            handle: Some(handle),
+            _dir: dir,
+        })
     }
 
     pub(crate) async fn client(&self) -> Result<CoordinatorServiceClient<Channel>> {
@@ -192,7 +246,12 @@ impl TestCoordinator {
     /// Start a rollout and follow it to its end; the final state.
     pub(crate) async fn rollout(&self, spec: RolloutSpec) -> Result<pb::Rollout> {
         let mut c = self.client().await?;
-        let r = c.start_rollout(pb::StartRolloutRequest { spec: Some(spec.to_proto()) }).await?.into_inner();
+        let r = c
+            .start_rollout(pb::StartRolloutRequest {
+                spec: Some(spec.to_proto()),
+            })
+            .await?
+            .into_inner();
         follow_to_end(&mut c, &r.id).await
     }
 }
@@ -207,8 +266,14 @@ impl Drop for TestCoordinator {
 }
 
 /// Watch a rollout until it ends (bounded).
-pub(crate) async fn follow_to_end(c: &mut CoordinatorServiceClient<Channel>, id: &str) -> Result<pb::Rollout> {
-    let mut stream = c.watch_rollout(pb::WatchRolloutRequest { id: id.into() }).await?.into_inner();
+pub(crate) async fn follow_to_end(
+    c: &mut CoordinatorServiceClient<Channel>,
+    id: &str,
+) -> Result<pb::Rollout> {
+    let mut stream = c
+        .watch_rollout(pb::WatchRolloutRequest { id: id.into() })
+        .await?
+        .into_inner();
     let mut last = None;
     let res = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(ev) = stream.message().await? {
@@ -234,12 +299,20 @@ pub(crate) fn target_state(t: &pb::TargetProgress) -> pb::TargetState {
 
 /// Target ids of a rollout in a given state.
 pub(crate) fn targets_in(r: &pb::Rollout, s: pb::TargetState) -> Vec<String> {
-    r.targets.iter().filter(|t| target_state(t) == s).map(|t| t.target_id.clone()).collect()
+    r.targets
+        .iter()
+        .filter(|t| target_state(t) == s)
+        .map(|t| t.target_id.clone())
+        .collect()
 }
 
 /// A default spec: canary 1, no fingerprint gate unless asked, budget 0.
 pub(crate) fn spec(goal: &str) -> RolloutSpec {
-    RolloutSpec { goal: goal.into(), max_parallel: 4, ..RolloutSpec::default() }
+    RolloutSpec {
+        goal: goal.into(),
+        max_parallel: 4,
+        ..RolloutSpec::default()
+    }
 }
 
 /// The applied revisions of a status.
@@ -270,7 +343,10 @@ impl Subprocess {
     }
 
     pub(crate) fn pid(&self) -> Result<i32> {
-        self.child.id().map(|p| p as i32).context("process already exited")
+        self.child
+            .id()
+            .map(|p| p as i32)
+            .context("process already exited")
     }
 
     pub(crate) fn log_text(&self) -> String {
@@ -280,7 +356,10 @@ impl Subprocess {
 
 /// Send a signal to a process (by name: KILL, STOP, CONT, TERM).
 pub(crate) fn signal(pid: i32, sig: &str) -> Result<()> {
-    let st = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    let st = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
     if !st.success() {
         bail!("kill -{sig} {pid} failed");
     }
@@ -294,7 +373,9 @@ pub(crate) async fn run_cli(args: &[&str], cwd: Option<&Path>) -> Result<(i32, S
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await.context("flotilla timed out")??;
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .context("flotilla timed out")??;
     Ok((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

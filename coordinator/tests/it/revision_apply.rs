@@ -48,6 +48,7 @@ async fn history(agent: &Agent, target: &str) -> Result<TargetHistory> {
         .status(StatusRequest {
             target_ids: vec![target.into()],
             include_history: false,
+            fencing_token: 0,
         })
         .await?;
     let ts = resp
