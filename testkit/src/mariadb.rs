@@ -18,6 +18,9 @@ use crate::workdir;
 
 const INSTALL: &str = "apt-get install mariadb-server";
 
+/// Part of the cached template's name: bump it whenever `install_db` changes its arguments.
+const TEMPLATE_VERSION: &str = "v1";
+
 /// Redo log size, used both when creating the data dir and when running the server.
 const REDO_LOG_SIZE: &str = "--innodb-log-file-size=8M";
 
@@ -72,7 +75,10 @@ impl MariaDb {
         let dir = workdir::server_dir("mariadb")?;
         let data = dir.path().join("data");
         let owner = if running_as_root() { "root" } else { "self" };
-        let key = format!("v1-{owner}-{}", binary_fingerprint(&binaries.mariadbd)?);
+        let key = format!(
+            "{TEMPLATE_VERSION}-{owner}-{}",
+            binary_fingerprint(&binaries.mariadbd)?
+        );
         cache::materialize("mariadb", &key, &data, |target| {
             install_db(&binaries, target)
         })

@@ -19,6 +19,9 @@ use crate::workdir;
 
 const INSTALL: &str = "apt-get install postgresql";
 
+/// Part of the cached template's name: bump it whenever `initdb` changes its arguments.
+const TEMPLATE_VERSION: &str = "v1";
+
 /// A PostgreSQL server for one test (or one test binary).
 ///
 /// Trust authentication; connect as `postgres` without a password over TCP to 127.0.0.1
@@ -94,7 +97,10 @@ impl Postgres {
         }
         let data = dir.path().join("data");
         let owner = user.as_ref().map_or("self", |u| u.name.as_str());
-        let key = format!("v1-{owner}-{}", binary_fingerprint(&binaries.initdb)?);
+        let key = format!(
+            "{TEMPLATE_VERSION}-{owner}-{}",
+            binary_fingerprint(&binaries.initdb)?
+        );
         cache::materialize("postgres", &key, &data, |target| {
             initdb(&binaries, user.as_ref(), target)
         })

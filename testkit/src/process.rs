@@ -386,3 +386,36 @@ pub(crate) async fn run_to_completion(what: &str, spawn: &Spawn) -> anyhow::Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_error_says_how_to_install() {
+        assert_eq!(find_binary("flotilla-no-such-server", &[]), None);
+        let error = not_installed("etcd", "apt-get install etcd-server");
+        assert_eq!(
+            error.to_string(),
+            "etcd not found: install it with `apt-get install etcd-server`"
+        );
+    }
+
+    #[test]
+    fn free_ports_are_not_handed_out_twice() {
+        let ports: HashSet<u16> = (0..200).map(|_| free_port()).collect();
+        assert_eq!(ports.len(), 200);
+    }
+
+    #[test]
+    fn port_conflicts_are_recognized() {
+        for log in [
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use",
+            "[ERROR] Can't start server: Bind on TCP/IP port. Got error: 98",
+            "listen tcp 127.0.0.1:2379: bind: address already in use",
+        ] {
+            assert!(is_port_conflict(&anyhow!("exited\n{log}")), "{log}");
+        }
+        assert!(!is_port_conflict(&anyhow!("permission denied")));
+    }
+}

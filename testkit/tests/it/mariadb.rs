@@ -68,3 +68,24 @@ async fn drop_stops_the_server() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn root_can_create_users_that_connect_over_tcp() -> anyhow::Result<()> {
+    let my = MariaDb::start().await?;
+    let db = my.fresh_database().await?;
+    let name = db.rsplit('/').next().unwrap_or_default().to_owned();
+    let mut root = MySqlConnection::connect(&my.server_url()).await?;
+    sqlx::query("CREATE USER 'app'@'%' IDENTIFIED BY 'secret'")
+        .execute(&mut root)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "GRANT ALL ON `{name}`.* TO 'app'@'%'"
+    )))
+    .execute(&mut root)
+    .await?;
+    let app_url = format!("mysql://app:secret@127.0.0.1:{}/{name}", my.port());
+    assert_eq!(select_one(&app_url).await?, 1);
+    let wrong = format!("mysql://app:wrong@127.0.0.1:{}/{name}", my.port());
+    assert!(MySqlConnection::connect(&wrong).await.is_err());
+    Ok(())
+}
