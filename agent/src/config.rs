@@ -332,6 +332,12 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset.
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Register with this coordinator (gRPC URL) and heartbeat; off when unset (static fleet file).
+    #[arg(long, env = "FLOTILLA_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// This agent's gRPC URL as the coordinator reaches it (default: http://<listen address>).
+    #[arg(long, env = "FLOTILLA_ADVERTISE_ADDRESS", requires = "coordinator")]
+    pub advertise_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

@@ -7,6 +7,7 @@ pub mod driver;
 pub mod error;
 mod executor;
 pub mod history;
+pub mod register;
 pub mod service;
 mod target;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use flotilla_agent::config::{AgentConfig, Args};
 use flotilla_agent::telemetry::{self, TelemetryConfig};
+use flotilla_agent::register::{self, RegisterConfig};
 use flotilla_agent::{Agent, serve};
 use tracing_subscriber::EnvFilter;
 
@@ -38,7 +39,23 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    serve(agent, listener, shutdown_signal()).await?;
+    let stop_registering = tokio_util::sync::CancellationToken::new();
+    if let Some(coordinator) = &args.coordinator {
+        let advertise = args
+            .advertise_address
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}"));
+        let config = RegisterConfig { coordinator: coordinator.clone(), advertise };
+        let (agent, cancel) = (agent.clone(), stop_registering.clone());
+        tokio::spawn(async move {
+            if let Err(e) = register::run(agent, config, cancel).await {
+                tracing::error!("registration disabled: {e}");
+            }
+        });
+    }
+    let result = serve(agent, listener, shutdown_signal()).await;
+    stop_registering.cancel();
+    result?;
     Ok(())
 }
 

@@ -208,7 +208,7 @@ impl TestCoordinator {
                 holder_id: "test-coordinator".into(),
             },
             fleet_file: Some(fleet),
-            registration_ttl: Duration::from_secs(10),
+            registration_ttl: Duration::from_secs(3),
             engine: EngineConfig {
                 agent_attempts: 3,
                 agent_backoff_min: Duration::from_millis(50),
