@@ -4,6 +4,7 @@ mod cli_online;
 mod ha;
 mod harness;
 mod lock;
+mod registry;
 mod rollout;
 mod store;
 mod revision_apply;
