@@ -303,7 +303,12 @@ pub struct Args {
     #[arg(long, env = "FLOTILLA_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Extra target `ID=URL` (dialect from the URL scheme); repeatable, comma-separated in env.
-    #[arg(long = "target", env = "FLOTILLA_TARGETS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "target",
+        env = "FLOTILLA_TARGETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub targets: Vec<String>,
     /// Default bound on the migration lock wait, in milliseconds.
     #[arg(long, env = "FLOTILLA_LOCK_WAIT_MS")]

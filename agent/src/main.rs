@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use flotilla_agent::config::{AgentConfig, Args};
-use flotilla_agent::telemetry::{self, TelemetryConfig};
 use flotilla_agent::register::{self, RegisterConfig};
+use flotilla_agent::telemetry::{self, TelemetryConfig};
 use flotilla_agent::{Agent, serve};
 use tracing_subscriber::EnvFilter;
 
@@ -45,7 +45,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             .advertise_address
             .clone()
             .unwrap_or_else(|| format!("http://{listen}"));
-        let config = RegisterConfig { coordinator: coordinator.clone(), advertise };
+        let config = RegisterConfig {
+            coordinator: coordinator.clone(),
+            advertise,
+        };
         let (agent, cancel) = (agent.clone(), stop_registering.clone());
         tokio::spawn(async move {
             if let Err(e) = register::run(agent, config, cancel).await {

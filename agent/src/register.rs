@@ -35,13 +35,22 @@ pub enum RegisterError {
 /// The registration request for the agent's current targets.
 async fn request(agent: &Agent, advertise: &str) -> pb::RegisterRequest {
     let targets = match agent
-        .status(pb::StatusRequest { target_ids: vec![], include_history: false, fencing_token: 0 })
+        .status(pb::StatusRequest {
+            target_ids: vec![],
+            include_history: false,
+            fencing_token: 0,
+        })
         .await
     {
         Ok(resp) => resp
             .targets
             .into_iter()
-            .map(|t| pb::AgentTarget { target_id: t.target_id, dialect: t.dialect, labels: t.labels, host: t.host })
+            .map(|t| pb::AgentTarget {
+                target_id: t.target_id,
+                dialect: t.dialect,
+                labels: t.labels,
+                host: t.host,
+            })
             .collect(),
         Err(e) => {
             tracing::warn!("registering without target details: {}", e.message());
@@ -57,7 +66,11 @@ async fn request(agent: &Agent, advertise: &str) -> pb::RegisterRequest {
 }
 
 /// Keep the agent registered until `cancel`.
-pub async fn run(agent: Arc<Agent>, config: RegisterConfig, cancel: CancellationToken) -> Result<(), RegisterError> {
+pub async fn run(
+    agent: Arc<Agent>,
+    config: RegisterConfig,
+    cancel: CancellationToken,
+) -> Result<(), RegisterError> {
     if !(config.advertise.starts_with("http://") || config.advertise.starts_with("https://")) {
         return Err(RegisterError::Advertise(config.advertise));
     }
@@ -96,7 +109,11 @@ pub async fn run(agent: Arc<Agent>, config: RegisterConfig, cancel: Cancellation
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(interval) => {}
             }
-            let hb = client.heartbeat(pb::HeartbeatRequest { agent_id: agent.agent_id().to_owned() }).await;
+            let hb = client
+                .heartbeat(pb::HeartbeatRequest {
+                    agent_id: agent.agent_id().to_owned(),
+                })
+                .await;
             match hb {
                 Ok(r) if r.get_ref().known => {}
                 Ok(_) => {

@@ -37,10 +37,7 @@ pub struct Api {
 }
 
 impl Api {
-    pub fn new(
-        engine: Arc<Engine>,
-        trace_of: crate::server::TraceOf,
-    ) -> Api {
+    pub fn new(engine: Arc<Engine>, trace_of: crate::server::TraceOf) -> Api {
         Api { engine, trace_of }
     }
 
@@ -52,14 +49,18 @@ impl Api {
 
 /// Revisions of a target that the graph lacks or whose checksum differs.
 pub fn drift_of(engine: &Engine, e: &FleetEntry) -> Vec<String> {
-    let Some(dialect) = e.dialect() else { return vec![] };
+    let Some(dialect) = e.dialect() else {
+        return vec![];
+    };
     let graph = engine.graph();
     e.status
         .applied
         .iter()
         .filter_map(|a| match graph.get(&a.revision) {
             None => Some(format!("{}: unknown revision", a.revision)),
-            Some(r) if r.up_checksum(dialect) != a.checksum => Some(format!("{}: checksum differs", a.revision)),
+            Some(r) if r.up_checksum(dialect) != a.checksum => {
+                Some(format!("{}: checksum differs", a.revision))
+            }
             Some(_) => None,
         })
         .collect()
@@ -67,7 +68,9 @@ pub fn drift_of(engine: &Engine, e: &FleetEntry) -> Vec<String> {
 
 fn check_id(what: &str, id: &str) -> Result<(), Status> {
     if id.is_empty() || id.len() > 256 {
-        return Err(Status::invalid_argument(format!("{what} must be 1 to 256 characters")));
+        return Err(Status::invalid_argument(format!(
+            "{what} must be 1 to 256 characters"
+        )));
     }
     Ok(())
 }
@@ -76,14 +79,21 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::RolloutEvent, Status>> +
 
 #[tonic::async_trait]
 impl CoordinatorService for Api {
-    async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanResponse>, Status> {
+    async fn plan(
+        &self,
+        req: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
         let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
             .map_err(Status::invalid_argument)?;
         let goal: Goal = spec
             .goal
             .parse()
             .map_err(|e| Status::invalid_argument(format!("goal {:?}: {e}", spec.goal)))?;
-        let snap = self.engine.select(&spec.selector).await.map_err(status_of)?;
+        let snap = self
+            .engine
+            .select(&spec.selector)
+            .await
+            .map_err(status_of)?;
         let graph = self.engine.graph();
         let mut targets = Vec::new();
         for e in &snap.targets {
@@ -93,7 +103,13 @@ impl CoordinatorService for Api {
                 dialect: e.status.dialect,
                 ..Default::default()
             };
-            match crate::engine::snapshot::plan_target(graph, &e.status, e.dialect(), &goal, spec.allow_downgrade) {
+            match crate::engine::snapshot::plan_target(
+                graph,
+                &e.status,
+                e.dialect(),
+                &goal,
+                spec.allow_downgrade,
+            ) {
                 crate::engine::TargetPlanOutcome::Steps(steps) => {
                     tp.steps = steps
                         .iter()
@@ -116,20 +132,33 @@ impl CoordinatorService for Api {
                 ..Default::default()
             });
         }
-        Ok(Response::new(pb::PlanResponse { targets, graph_digest: graph.digest() }))
+        Ok(Response::new(pb::PlanResponse {
+            targets,
+            graph_digest: graph.digest(),
+        }))
     }
 
-    async fn start_rollout(&self, req: Request<pb::StartRolloutRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn start_rollout(
+        &self,
+        req: Request<pb::StartRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let (traceparent, trace_id) = (self.trace_of)(req.metadata());
         let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
             .map_err(Status::invalid_argument)?;
-        let rec = self.engine.start(spec, traceparent, trace_id).await.map_err(status_of)?;
+        let rec = self
+            .engine
+            .start(spec, traceparent, trace_id)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(self.rollout(&rec.id).await?))
     }
 
     type WatchRolloutStream = WatchStream;
 
-    async fn watch_rollout(&self, req: Request<pb::WatchRolloutRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch_rollout(
+        &self,
+        req: Request<pb::WatchRolloutRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let id = req.into_inner().id;
         check_id("rollout id", &id)?;
         let engine = self.engine.clone();
@@ -138,41 +167,63 @@ impl CoordinatorService for Api {
         Ok(Response::new(stream))
     }
 
-    async fn get_rollout(&self, req: Request<pb::GetRolloutRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn get_rollout(
+        &self,
+        req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let id = req.into_inner().id;
         check_id("rollout id", &id)?;
         Ok(Response::new(self.rollout(&id).await?))
     }
 
-    async fn list_rollouts(&self, req: Request<pb::ListRolloutsRequest>) -> Result<Response<pb::ListRolloutsResponse>, Status> {
+    async fn list_rollouts(
+        &self,
+        req: Request<pb::ListRolloutsRequest>,
+    ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
         let limit = match req.into_inner().limit {
             0 => 50,
             n => n as usize,
         };
         let recs = self.engine.list().await.map_err(status_of)?;
-        let rollouts = recs.into_iter().take(limit).map(|r| r.to_proto(&[])).collect();
+        let rollouts = recs
+            .into_iter()
+            .take(limit)
+            .map(|r| r.to_proto(&[]))
+            .collect();
         Ok(Response::new(pb::ListRolloutsResponse { rollouts }))
     }
 
-    async fn pause_rollout(&self, req: Request<pb::RolloutControlRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn pause_rollout(
+        &self,
+        req: Request<pb::RolloutControlRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let id = req.into_inner().id;
         self.engine.pause(&id).await.map_err(status_of)?;
         Ok(Response::new(self.rollout(&id).await?))
     }
 
-    async fn resume_rollout(&self, req: Request<pb::RolloutControlRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn resume_rollout(
+        &self,
+        req: Request<pb::RolloutControlRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let id = req.into_inner().id;
         self.engine.resume(&id).await.map_err(status_of)?;
         Ok(Response::new(self.rollout(&id).await?))
     }
 
-    async fn abort_rollout(&self, req: Request<pb::RolloutControlRequest>) -> Result<Response<pb::Rollout>, Status> {
+    async fn abort_rollout(
+        &self,
+        req: Request<pb::RolloutControlRequest>,
+    ) -> Result<Response<pb::Rollout>, Status> {
         let id = req.into_inner().id;
         self.engine.abort(&id).await.map_err(status_of)?;
         Ok(Response::new(self.rollout(&id).await?))
     }
 
-    async fn fleet_status(&self, req: Request<pb::FleetStatusRequest>) -> Result<Response<pb::FleetStatusResponse>, Status> {
+    async fn fleet_status(
+        &self,
+        req: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusResponse>, Status> {
         let selector = Selector::from_proto(req.into_inner().selector.as_ref());
         let snap = self.engine.select(&selector).await.map_err(status_of)?;
         let mut targets: Vec<pb::FleetTarget> = snap
@@ -187,7 +238,10 @@ impl CoordinatorService for Api {
         for (agent, err) in snap.unreachable {
             targets.push(pb::FleetTarget {
                 agent_id: agent,
-                status: Some(pb::TargetStatus { error: format!("agent unreachable: {err}"), ..Default::default() }),
+                status: Some(pb::TargetStatus {
+                    error: format!("agent unreachable: {err}"),
+                    ..Default::default()
+                }),
                 drift: vec![],
             });
         }
@@ -200,7 +254,10 @@ impl CoordinatorService for Api {
         }))
     }
 
-    async fn fleet_validate(&self, req: Request<pb::FleetValidateRequest>) -> Result<Response<pb::FleetValidateResponse>, Status> {
+    async fn fleet_validate(
+        &self,
+        req: Request<pb::FleetValidateRequest>,
+    ) -> Result<Response<pb::FleetValidateResponse>, Status> {
         let selector = Selector::from_proto(req.into_inner().selector.as_ref());
         let snap = self.engine.select(&selector).await.map_err(status_of)?;
         let graph = self.engine.graph();
@@ -221,7 +278,15 @@ impl CoordinatorService for Api {
                 .into_iter()
                 .map(|(revision, checksum)| pb::ExpectedRevision { revision, checksum })
                 .collect();
-            match entry.agent.validate(pb::ValidateRequest { target_ids: ids.clone(), expected, skip_fingerprint: false }).await {
+            match entry
+                .agent
+                .validate(pb::ValidateRequest {
+                    target_ids: ids.clone(),
+                    expected,
+                    skip_fingerprint: false,
+                })
+                .await
+            {
                 Ok(resp) => targets.extend(resp.targets),
                 Err(e) => targets.extend(ids.into_iter().map(|id| pb::TargetValidation {
                     target_id: id,
@@ -239,29 +304,62 @@ impl CoordinatorService for Api {
         }
         let groups = groups
             .into_iter()
-            .map(|((heads, fingerprint), target_ids)| pb::FingerprintGroup { heads, fingerprint, target_ids })
+            .map(|((heads, fingerprint), target_ids)| pb::FingerprintGroup {
+                heads,
+                fingerprint,
+                target_ids,
+            })
             .collect();
         let drift = targets.iter().filter(|t| !t.issues.is_empty()).count();
         metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
         Ok(Response::new(pb::FleetValidateResponse { targets, groups }))
     }
 
-    async fn history(&self, req: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
         let id = req.into_inner().target_id;
         check_id("target id", &id)?;
-        let e = self.engine.target_status(&id, true).await.map_err(status_of)?;
-        Ok(Response::new(pb::HistoryResponse { target: Some(e.status) }))
+        let e = self
+            .engine
+            .target_status(&id, true)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::HistoryResponse {
+            target: Some(e.status),
+        }))
     }
 
-    async fn stamp(&self, req: Request<pb::FleetStampRequest>) -> Result<Response<pb::TargetStatus>, Status> {
+    async fn stamp(
+        &self,
+        req: Request<pb::FleetStampRequest>,
+    ) -> Result<Response<pb::TargetStatus>, Status> {
         let req = req.into_inner();
         check_id("target id", &req.target_id)?;
-        let term = self.engine.term().ok_or_else(|| status_of(EngineError::NotLeader))?;
-        let e = self.engine.target_status(&req.target_id, false).await.map_err(status_of)?;
-        let dialect = e.dialect().ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
-        let goal: Goal = req.revision.parse().map_err(|e| Status::invalid_argument(format!("revision: {e}")))?;
-        let plan = crate::revision::plan(self.engine.graph(), &crate::engine::snapshot::history_of(&e.status), &goal, dialect)
-            .map_err(|b| Status::failed_precondition(b.to_string()))?;
+        let term = self
+            .engine
+            .term()
+            .ok_or_else(|| status_of(EngineError::NotLeader))?;
+        let e = self
+            .engine
+            .target_status(&req.target_id, false)
+            .await
+            .map_err(status_of)?;
+        let dialect = e
+            .dialect()
+            .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
+        let goal: Goal = req
+            .revision
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("revision: {e}")))?;
+        let plan = crate::revision::plan(
+            self.engine.graph(),
+            &crate::engine::snapshot::history_of(&e.status),
+            &goal,
+            dialect,
+        )
+        .map_err(|b| Status::failed_precondition(b.to_string()))?;
         let mut last = e.status.clone();
         for direction in [Direction::Down, Direction::Up] {
             let revisions: Vec<pb::ExpectedRevision> = plan
@@ -272,7 +370,12 @@ impl CoordinatorService for Api {
                     revision: s.revision.clone(),
                     checksum: match direction {
                         Direction::Up => s.checksum.clone(),
-                        Direction::Down => self.engine.graph().get(&s.revision).map(|r| r.up_checksum(dialect)).unwrap_or_default(),
+                        Direction::Down => self
+                            .engine
+                            .graph()
+                            .get(&s.revision)
+                            .map(|r| r.up_checksum(dialect))
+                            .unwrap_or_default(),
                     },
                 })
                 .collect();
@@ -296,12 +399,26 @@ impl CoordinatorService for Api {
         Ok(Response::new(last))
     }
 
-    async fn repair(&self, req: Request<pb::FleetRepairRequest>) -> Result<Response<pb::TargetStatus>, Status> {
+    async fn repair(
+        &self,
+        req: Request<pb::FleetRepairRequest>,
+    ) -> Result<Response<pb::TargetStatus>, Status> {
         let req = req.into_inner();
         check_id("target id", &req.target_id)?;
-        let term = self.engine.term().ok_or_else(|| status_of(EngineError::NotLeader))?;
-        let e = self.engine.target_status(&req.target_id, false).await.map_err(status_of)?;
-        let revision = if req.revision.is_empty() { e.status.dirty_revision.clone() } else { req.revision.clone() };
+        let term = self
+            .engine
+            .term()
+            .ok_or_else(|| status_of(EngineError::NotLeader))?;
+        let e = self
+            .engine
+            .target_status(&req.target_id, false)
+            .await
+            .map_err(status_of)?;
+        let revision = if req.revision.is_empty() {
+            e.status.dirty_revision.clone()
+        } else {
+            req.revision.clone()
+        };
         let resp = e
             .agent
             .repair(pb::RepairRequest {
@@ -314,11 +431,16 @@ impl CoordinatorService for Api {
         Ok(Response::new(resp.target.unwrap_or_default()))
     }
 
-    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = req.into_inner();
         check_id("agent id", &req.agent_id)?;
         if !(req.address.starts_with("http://") || req.address.starts_with("https://")) {
-            return Err(Status::invalid_argument("agent address must be an http:// or https:// URL"));
+            return Err(Status::invalid_argument(
+                "agent address must be an http:// or https:// URL",
+            ));
         }
         let reg = Registration {
             id: req.agent_id,
@@ -329,13 +451,24 @@ impl CoordinatorService for Api {
         let registry = self.engine.registry();
         registry.register(&reg).await.map_err(Status::unavailable)?;
         let ttl = registry.ttl.as_millis() as u32;
-        Ok(Response::new(pb::RegisterResponse { heartbeat_interval_ms: ttl / 3, ttl_ms: ttl }))
+        Ok(Response::new(pb::RegisterResponse {
+            heartbeat_interval_ms: ttl / 3,
+            ttl_ms: ttl,
+        }))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let id = req.into_inner().agent_id;
         check_id("agent id", &id)?;
-        let known = self.engine.registry().refresh(&id).await.map_err(Status::unavailable)?;
+        let known = self
+            .engine
+            .registry()
+            .refresh(&id)
+            .await
+            .map_err(Status::unavailable)?;
         Ok(Response::new(pb::HeartbeatResponse { known }))
     }
 }
@@ -352,7 +485,11 @@ fn heads_of(applied: &[String], graph: &crate::revision::Graph) -> String {
         .map(String::as_str)
         .collect();
     heads.sort();
-    if heads.is_empty() { "base".into() } else { heads.join(",") }
+    if heads.is_empty() {
+        "base".into()
+    } else {
+        heads.join(",")
+    }
 }
 
 /// The watch stream: the current state, then a new state on every change, until the
@@ -367,7 +504,13 @@ fn watch_stream(
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         let mut last = first.clone();
-        if tx.send(Ok(pb::RolloutEvent { rollout: Some(first) })).await.is_err() {
+        if tx
+            .send(Ok(pb::RolloutEvent {
+                rollout: Some(first),
+            }))
+            .await
+            .is_err()
+        {
             return;
         }
         while !is_done(&last) {
@@ -381,7 +524,11 @@ fn watch_stream(
                     let now = rec.to_proto(&targets);
                     if now != last {
                         last = now.clone();
-                        if tx.send(Ok(pb::RolloutEvent { rollout: Some(now) })).await.is_err() {
+                        if tx
+                            .send(Ok(pb::RolloutEvent { rollout: Some(now) }))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -397,5 +544,8 @@ fn watch_stream(
 }
 
 fn is_done(r: &pb::Rollout) -> bool {
-    crate::rollout::RolloutState::from_proto(pb::RolloutState::try_from(r.state).unwrap_or_default()).is_terminal()
+    crate::rollout::RolloutState::from_proto(
+        pb::RolloutState::try_from(r.state).unwrap_or_default(),
+    )
+    .is_terminal()
 }

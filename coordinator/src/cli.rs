@@ -30,7 +30,9 @@ pub const EXIT_PROBLEMS: u8 = 3;
 /// Flotilla: roll schema migrations out across a fleet of databases.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out")]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,

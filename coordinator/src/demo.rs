@@ -47,7 +47,10 @@ pub struct DemoArgs {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CliError + '_ {
-    move |source| CliError::Io { path: path.to_owned(), source }
+    move |source| CliError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Create the tenant files (empty files are empty SQLite databases) spread over shards.
@@ -65,11 +68,17 @@ fn create_tenants(dir: &Path, tenants: u32, agents: u32) -> Result<u32, CliError
     Ok(created)
 }
 
-pub async fn run(args: DemoArgs, global: &GlobalArgs, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+pub async fn run(
+    args: DemoArgs,
+    global: &GlobalArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
     let started = Instant::now();
     let json = global.output == OutputFormat::Json;
     if args.tenants == 0 || args.agents == 0 {
-        return Err(CliError::Refused("--tenants and --agents must be at least 1".into()));
+        return Err(CliError::Refused(
+            "--tenants and --agents must be at least 1".into(),
+        ));
     }
     let agents_n = args.agents.min(args.tenants);
     std::fs::create_dir_all(&args.dir).map_err(io_err(&args.dir))?;
@@ -87,15 +96,29 @@ pub async fn run(args: DemoArgs, global: &GlobalArgs, out: &mut (dyn Write + Sen
         let mut labels = BTreeMap::new();
         labels.insert("shard".to_owned(), i.to_string());
         labels.insert("env".to_owned(), "demo".to_owned());
-        let mut config = AgentConfig { agent_id: id.clone(), ..AgentConfig::default() };
+        let mut config = AgentConfig {
+            agent_id: id.clone(),
+            ..AgentConfig::default()
+        };
         config.discovery.sources.push(DiscoverySource::SqliteGlob {
-            glob: dir.join("tenants").join(format!("shard-{i}")).join("*.db").to_string_lossy().into_owned(),
+            glob: dir
+                .join("tenants")
+                .join(format!("shard-{i}"))
+                .join("*.db")
+                .to_string_lossy()
+                .into_owned(),
             id_prefix: String::new(),
             labels,
         });
-        let agent = Agent::new(config).await.map_err(|e| CliError::Refused(format!("agent {id}: {e}")))?;
+        let agent = Agent::new(config)
+            .await
+            .map_err(|e| CliError::Refused(format!("agent {id}: {e}")))?;
         let service = Arc::new(AgentGrpc::new(Arc::new(agent)));
-        embedded.push(Arc::new(LocalAgent::new(&id, service, hooks.agent_request.clone())));
+        embedded.push(Arc::new(LocalAgent::new(
+            &id,
+            service,
+            hooks.agent_request.clone(),
+        )));
     }
 
     let config = CoordinatorConfig {
@@ -111,15 +134,28 @@ pub async fn run(args: DemoArgs, global: &GlobalArgs, out: &mut (dyn Write + Sen
         registration_ttl: Duration::from_secs(15),
         engine: EngineConfig::default(),
     };
-    let coord = build(&config, embedded, hooks).await.map_err(|e| CliError::Refused(e.to_string()))?;
+    let coord = build(&config, embedded, hooks)
+        .await
+        .map_err(|e| CliError::Refused(e.to_string()))?;
     let engine = coord.engine.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| CliError::Refused(format!("cannot listen on loopback: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| CliError::Refused(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Refused(e.to_string()))?;
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(serve(coord, listener, shutdown.clone()));
-    let result = drive(&args, &engine, &format!("http://{addr}"), created, started, json, out).await;
+    let result = drive(
+        &args,
+        &engine,
+        &format!("http://{addr}"),
+        created,
+        started,
+        json,
+        out,
+    )
+    .await;
     shutdown.cancel();
     let _ = server.await;
     result
@@ -137,7 +173,9 @@ async fn drive(
     let o = CliError::Output;
     tokio::time::timeout(Duration::from_secs(30), engine.wait_leader())
         .await
-        .map_err(|_| CliError::Refused("the demo coordinator did not get the lock within 30s".into()))?;
+        .map_err(|_| {
+            CliError::Refused("the demo coordinator did not get the lock within 30s".into())
+        })?;
     let mut client = online::connect(addr).await?;
     let heads = engine.graph().heads().join(",");
     if !json {
@@ -159,19 +197,29 @@ async fn drive(
         ..RolloutSpec::default()
     };
     let plan = client
-        .plan(pb::PlanRequest { spec: Some(spec.to_proto()) })
+        .plan(pb::PlanRequest {
+            spec: Some(spec.to_proto()),
+        })
         .await
         .map_err(|e| CliError::Refused(e.message().to_owned()))?
         .into_inner();
     let pending = plan.targets.iter().filter(|t| !t.steps.is_empty()).count();
-    let blocked = plan.targets.iter().filter(|t| !t.blocked_reason.is_empty()).count();
+    let blocked = plan
+        .targets
+        .iter()
+        .filter(|t| !t.blocked_reason.is_empty())
+        .count();
     let mut code = 0;
     let mut summary = serde_json::Map::new();
     if pending == 0 {
         let msg = format!(
             "nothing to do: all {} targets are already at head ({heads}){}",
             plan.targets.len() - blocked,
-            if blocked > 0 { format!("; {blocked} blocked") } else { String::new() }
+            if blocked > 0 {
+                format!("; {blocked} blocked")
+            } else {
+                String::new()
+            }
         );
         if !json {
             writeln!(out, "{msg}").map_err(o)?;
@@ -179,15 +227,28 @@ async fn drive(
         summary.insert("nothing_to_do".into(), true.into());
     } else {
         let r = client
-            .start_rollout(pb::StartRolloutRequest { spec: Some(spec.to_proto()) })
+            .start_rollout(pb::StartRolloutRequest {
+                spec: Some(spec.to_proto()),
+            })
             .await
             .map_err(|e| CliError::Refused(e.message().to_owned()))?
             .into_inner();
         if !json {
-            writeln!(out, "rollout {}: canary 1, then waves of 10% and 50%, then the rest", r.id).map_err(o)?;
+            writeln!(
+                out,
+                "rollout {}: canary 1, then waves of 10% and 50%, then the rest",
+                r.id
+            )
+            .map_err(o)?;
         }
         let mut sink = std::io::sink();
-        code = follow(&mut client, &r.id, false, if json { &mut sink } else { &mut *out }).await?;
+        code = follow(
+            &mut client,
+            &r.id,
+            false,
+            if json { &mut sink } else { &mut *out },
+        )
+        .await?;
         let r = client
             .get_rollout(pb::GetRolloutRequest { id: r.id })
             .await
@@ -209,7 +270,11 @@ async fn drive(
     let at_head = fleet
         .targets
         .iter()
-        .filter(|t| t.status.as_ref().is_some_and(|s| s.heads == fleet.graph_heads && !s.dirty))
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.heads == fleet.graph_heads && !s.dirty)
+        })
         .count();
     summary.insert("targets".into(), fleet.targets.len().into());
     summary.insert("at_head".into(), at_head.into());
@@ -225,7 +290,12 @@ async fn drive(
         let mut shown = fleet.clone();
         shown.targets.truncate(20);
         write_fleet_table(out, &shown)?;
-        writeln!(out, "… {} more targets (--all shows every one)", fleet.targets.len() - 20).map_err(o)?;
+        writeln!(
+            out,
+            "… {} more targets (--all shows every one)",
+            fleet.targets.len() - 20
+        )
+        .map_err(o)?;
     }
     writeln!(out).map_err(o)?;
     writeln!(

@@ -33,7 +33,9 @@ pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
 /// Engine errors, mapped to gRPC codes in one place (`api.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("this coordinator is not the leader; retry against the leader or wait for it to take the lock")]
+    #[error(
+        "this coordinator is not the leader; retry against the leader or wait for it to take the lock"
+    )]
     NotLeader,
     #[error("rollout {0} not found")]
     NotFound(String),
@@ -135,7 +137,10 @@ impl Engine {
 
     /// The current term, if this coordinator leads.
     pub fn term(&self) -> Option<Term> {
-        self.term.borrow().clone().filter(|t| !t.cancel.is_cancelled())
+        self.term
+            .borrow()
+            .clone()
+            .filter(|t| !t.cancel.is_cancelled())
     }
 
     /// Resolves once this coordinator leads.
@@ -177,7 +182,10 @@ impl Engine {
                     }
                 }
             };
-            let term = Term { token: leadership.token, cancel: CancellationToken::new() };
+            let term = Term {
+                token: leadership.token,
+                cancel: CancellationToken::new(),
+            };
             tracing::info!(token = term.token, "took the fleet lock: leading");
             metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(1);
             metrics::gauge!("flotilla_coordinator_lock_held").set(1.0);
@@ -204,7 +212,10 @@ impl Engine {
             self.term.send_replace(None);
             metrics::gauge!("flotilla_coordinator_lock_held").set(0.0);
             if lost {
-                tracing::error!(token = term.token, "leadership lost: all rollout work cancelled");
+                tracing::error!(
+                    token = term.token,
+                    "leadership lost: all rollout work cancelled"
+                );
                 metrics::counter!("flotilla_coordinator_lease_losses_total").increment(1);
             }
             // Wait for this term's tasks to observe the cancellation before going on.
@@ -232,20 +243,39 @@ impl Engine {
         }
     }
 
-    pub(crate) async fn put_rollout(&self, term: &Term, rec: &mut RolloutRecord) -> Result<(), EngineError> {
+    pub(crate) async fn put_rollout(
+        &self,
+        term: &Term,
+        rec: &mut RolloutRecord,
+    ) -> Result<(), EngineError> {
         rec.updated_at_ms = now_ms();
         rec.fencing_token = term.token;
         let value = serde_json::to_vec(rec).map_err(|e| EngineError::Store(e.to_string()))?;
-        self.write(term, vec![WriteOp::Put { key: rollout_key(&rec.id), value }]).await?;
+        self.write(
+            term,
+            vec![WriteOp::Put {
+                key: rollout_key(&rec.id),
+                value,
+            }],
+        )
+        .await?;
         self.notify(&rec.id);
         Ok(())
     }
 
-    pub(crate) async fn put_target(&self, term: &Term, rollout: &str, t: &TargetRecord) -> Result<(), EngineError> {
+    pub(crate) async fn put_target(
+        &self,
+        term: &Term,
+        rollout: &str,
+        t: &TargetRecord,
+    ) -> Result<(), EngineError> {
         let value = serde_json::to_vec(t).map_err(|e| EngineError::Store(e.to_string()))?;
         self.write(
             term,
-            vec![WriteOp::Put { key: crate::rollout::target_key(rollout, &t.target_id), value }],
+            vec![WriteOp::Put {
+                key: crate::rollout::target_key(rollout, &t.target_id),
+                value,
+            }],
         )
         .await?;
         self.notify(rollout);
@@ -259,8 +289,8 @@ impl Engine {
             .get(&rollout_key(id))
             .await?
             .ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
-        let rec: RolloutRecord =
-            serde_json::from_slice(&raw).map_err(|e| EngineError::Store(format!("rollout {id}: {e}")))?;
+        let rec: RolloutRecord = serde_json::from_slice(&raw)
+            .map_err(|e| EngineError::Store(format!("rollout {id}: {e}")))?;
         let mut targets = Vec::new();
         for (key, value) in self.store.list(&targets_prefix(id)).await? {
             let t: TargetRecord = serde_json::from_slice(&value)
@@ -285,12 +315,22 @@ impl Engine {
     }
 
     /// Start a rollout (leader only). Refused while another rollout is active.
-    pub async fn start(self: &Arc<Self>, spec: RolloutSpec, traceparent: String, trace_id: String) -> Result<RolloutRecord, EngineError> {
+    pub async fn start(
+        self: &Arc<Self>,
+        spec: RolloutSpec,
+        traceparent: String,
+        trace_id: String,
+    ) -> Result<RolloutRecord, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
         spec.goal
             .parse::<crate::revision::Goal>()
             .map_err(|e| EngineError::InvalidArgument(format!("goal {:?}: {e}", spec.goal)))?;
-        if let Some(active) = self.list().await?.into_iter().find(|r| !r.state.is_terminal()) {
+        if let Some(active) = self
+            .list()
+            .await?
+            .into_iter()
+            .find(|r| !r.state.is_terminal())
+        {
             return Err(EngineError::Conflict(format!(
                 "rollout {} is still {}; wait for it, or abort it first",
                 active.id,
@@ -341,8 +381,15 @@ impl Engine {
 
     /// Run a rollout in this term. Its control channel exists from here on, so a pause or
     /// abort sent right after the start is never lost.
+    /// A rollout already running here (started while `resume_all` was listing) is not run twice.
     fn spawn_run(self: &Arc<Self>, id: String, term: Term, initial: Control) {
-        drop(self.control(&id, initial));
+        {
+            let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+            if controls.contains_key(&id) {
+                return;
+            }
+            controls.insert(id.clone(), watch::channel(initial).0);
+        }
         let engine = self.clone();
         self.tasks.spawn(async move {
             crate::metrics::refresh_rollouts(&engine).await;
@@ -364,7 +411,11 @@ impl Engine {
         for rec in self.list().await? {
             if !rec.state.is_terminal() {
                 tracing::info!(rollout = %rec.id, state = rec.state.as_str(), "resuming rollout");
-                let initial = if rec.state == RolloutState::Paused { Control::Pause } else { Control::Run };
+                let initial = if rec.state == RolloutState::Paused {
+                    Control::Pause
+                } else {
+                    Control::Run
+                };
                 self.spawn_run(rec.id, term.clone(), initial);
             }
         }
@@ -372,7 +423,11 @@ impl Engine {
     }
 
     /// Pause, resume or abort a rollout (leader only).
-    pub(crate) async fn control_rollout(&self, id: &str, c: Control) -> Result<RolloutRecord, EngineError> {
+    pub(crate) async fn control_rollout(
+        &self,
+        id: &str,
+        c: Control,
+    ) -> Result<RolloutRecord, EngineError> {
         let _term = self.term().ok_or(EngineError::NotLeader)?;
         let (rec, _) = self.get(id).await?;
         if rec.state.is_terminal() {

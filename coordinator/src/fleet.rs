@@ -78,20 +78,45 @@ impl AgentClient for RemoteAgent {
         &self.address
     }
     async fn status(&self, req: pb::StatusRequest) -> Result<pb::StatusResponse, Status> {
-        Ok(self.client.clone().status(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .status(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
     async fn migrate(&self, req: pb::MigrateRequest) -> Result<EventStream, Status> {
-        let stream = self.client.clone().migrate(request(req, &self.hook)).await?.into_inner();
+        let stream = self
+            .client
+            .clone()
+            .migrate(request(req, &self.hook))
+            .await?
+            .into_inner();
         Ok(stream.boxed())
     }
     async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status> {
-        Ok(self.client.clone().validate(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .validate(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
     async fn stamp(&self, req: pb::StampRequest) -> Result<pb::StampResponse, Status> {
-        Ok(self.client.clone().stamp(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .stamp(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
     async fn repair(&self, req: pb::RepairRequest) -> Result<pb::RepairResponse, Status> {
-        Ok(self.client.clone().repair(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .client
+            .clone()
+            .repair(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
 }
 
@@ -105,7 +130,11 @@ pub struct LocalAgent<S> {
 
 impl<S: AgentService> LocalAgent<S> {
     pub fn new(id: &str, service: Arc<S>, hook: Option<RequestHook>) -> LocalAgent<S> {
-        LocalAgent { id: id.to_owned(), service, hook }
+        LocalAgent {
+            id: id.to_owned(),
+            service,
+            hook,
+        }
     }
 }
 
@@ -118,19 +147,40 @@ impl<S: AgentService> AgentClient for LocalAgent<S> {
         "embedded"
     }
     async fn status(&self, req: pb::StatusRequest) -> Result<pb::StatusResponse, Status> {
-        Ok(self.service.status(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .service
+            .status(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
     async fn migrate(&self, req: pb::MigrateRequest) -> Result<EventStream, Status> {
-        Ok(self.service.migrate(request(req, &self.hook)).await?.into_inner().boxed())
+        Ok(self
+            .service
+            .migrate(request(req, &self.hook))
+            .await?
+            .into_inner()
+            .boxed())
     }
     async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status> {
-        Ok(self.service.validate(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .service
+            .validate(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
     async fn stamp(&self, req: pb::StampRequest) -> Result<pb::StampResponse, Status> {
-        Ok(self.service.stamp(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .service
+            .stamp(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
     async fn repair(&self, req: pb::RepairRequest) -> Result<pb::RepairResponse, Status> {
-        Ok(self.service.repair(request(req, &self.hook)).await?.into_inner())
+        Ok(self
+            .service
+            .repair(request(req, &self.hook))
+            .await?
+            .into_inner())
     }
 }
 

@@ -69,7 +69,13 @@ impl Registry {
         hook: Option<RequestHook>,
         ttl: Duration,
     ) -> Registry {
-        Registry { fixed, store, hook, dynamic: Mutex::new(BTreeMap::new()), ttl }
+        Registry {
+            fixed,
+            store,
+            hook,
+            dynamic: Mutex::new(BTreeMap::new()),
+            ttl,
+        }
     }
 
     /// Record (or refresh) an agent's registration; it lapses `ttl` after the last call.
@@ -90,7 +96,10 @@ impl Registry {
         let key = format!("{AGENTS_PREFIX}{agent_id}");
         match self.store.get(&key).await.map_err(|e| e.to_string())? {
             Some(value) => {
-                self.store.put_leased(&key, value, self.ttl).await.map_err(|e| e.to_string())?;
+                self.store
+                    .put_leased(&key, value, self.ttl)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok(true)
             }
             None => Ok(false),
@@ -102,17 +111,26 @@ impl Registry {
         if self.fixed.iter().any(|a| a.id() == agent_id) {
             return true;
         }
-        matches!(self.store.get(&format!("{AGENTS_PREFIX}{agent_id}")).await, Ok(Some(_)))
+        matches!(
+            self.store.get(&format!("{AGENTS_PREFIX}{agent_id}")).await,
+            Ok(Some(_))
+        )
     }
 
     /// Every agent: fixed ones first, then live registrations, sorted by id, deduplicated.
     pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, String> {
         let mut out: Vec<Arc<dyn AgentClient>> = self.fixed.clone();
-        let regs = self.store.list(AGENTS_PREFIX).await.map_err(|e| e.to_string())?;
+        let regs = self
+            .store
+            .list(AGENTS_PREFIX)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = BTreeMap::new();
         for (_, value) in regs {
-            let Ok(reg) = serde_json::from_slice::<Registration>(&value) else { continue };
+            let Ok(reg) = serde_json::from_slice::<Registration>(&value) else {
+                continue;
+            };
             if out.iter().any(|a| a.id() == reg.id) {
                 continue;
             }

@@ -60,7 +60,8 @@ impl Selector {
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| format!("selector {part:?} is not key=value"))?;
-            sel.match_labels.insert(k.trim().to_owned(), v.trim().to_owned());
+            sel.match_labels
+                .insert(k.trim().to_owned(), v.trim().to_owned());
         }
         Ok(sel)
     }
@@ -129,7 +130,11 @@ impl RolloutSpec {
 
     /// Validate and convert a request's spec.
     pub fn from_proto(p: &pb::RolloutSpec) -> Result<RolloutSpec, String> {
-        let goal = if p.goal.trim().is_empty() { "head".to_owned() } else { p.goal.trim().to_owned() };
+        let goal = if p.goal.trim().is_empty() {
+            "head".to_owned()
+        } else {
+            p.goal.trim().to_owned()
+        };
         if goal.len() > 140 {
             return Err("goal is longer than 140 characters".into());
         }
@@ -150,7 +155,11 @@ impl RolloutSpec {
             selector: Selector::from_proto(p.selector.as_ref()),
             canary: p.canary,
             waves,
-            max_parallel: if p.max_parallel == 0 { 8 } else { p.max_parallel },
+            max_parallel: if p.max_parallel == 0 {
+                8
+            } else {
+                p.max_parallel
+            },
             max_parallel_per_host: p.max_parallel_per_host,
             failure_budget,
             fingerprint_gate: p.fingerprint_gate,

@@ -66,25 +66,46 @@ pub async fn build(
     embedded: Vec<Arc<dyn AgentClient>>,
     hooks: Hooks,
 ) -> Result<Coordinator, ServerError> {
-    let graph = Graph::load_dir(&config.migrations).map_err(|e| ServerError::Migrations(e.to_string()))?;
-    let (lock, store) = open_backend(&config.backend).await.map_err(|e| ServerError::Backend(e.to_string()))?;
+    let graph =
+        Graph::load_dir(&config.migrations).map_err(|e| ServerError::Migrations(e.to_string()))?;
+    let (lock, store) = open_backend(&config.backend)
+        .await
+        .map_err(|e| ServerError::Backend(e.to_string()))?;
     let mut agents = embedded;
     if let Some(path) = &config.fleet_file {
         let file = FleetFile::load(path).map_err(ServerError::Fleet)?;
         for a in file.agents {
-            let client = RemoteAgent::new(&a.id, &a.address, hooks.agent_request.clone()).map_err(ServerError::Fleet)?;
+            let client = RemoteAgent::new(&a.id, &a.address, hooks.agent_request.clone())
+                .map_err(ServerError::Fleet)?;
             agents.push(Arc::new(client));
         }
     }
-    let registry = Arc::new(Registry::new(agents, store.clone(), hooks.agent_request.clone(), config.registration_ttl));
+    let registry = Arc::new(Registry::new(
+        agents,
+        store.clone(),
+        hooks.agent_request.clone(),
+        config.registration_ttl,
+    ));
     let engine = Engine::new(Arc::new(graph), store, registry, config.engine.clone());
-    Ok(Coordinator { engine, lock, hooks })
+    Ok(Coordinator {
+        engine,
+        lock,
+        hooks,
+    })
 }
 
 /// Lead (or stand by) and serve the API on `listener` until `shutdown`; then stop the
 /// rollout work, release the lock and drain the server.
-pub async fn serve(coord: Coordinator, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let Coordinator { engine, lock, hooks } = coord;
+pub async fn serve(
+    coord: Coordinator,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let Coordinator {
+        engine,
+        lock,
+        hooks,
+    } = coord;
     let lead = tokio::spawn(engine.clone().lead(lock, shutdown.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -101,10 +122,9 @@ pub async fn serve(coord: Coordinator, listener: TcpListener, shutdown: Cancella
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServerError::Serve(e.to_string()))?;
-    let trace_of = hooks
-        .trace_of
-        .clone()
-        .unwrap_or_else(|| Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new())));
+    let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
+        Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
+    });
     let api = Api::new(engine.clone(), trace_of);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()

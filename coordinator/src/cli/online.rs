@@ -25,7 +25,13 @@ pub const EXIT_TIMEOUT: u8 = 5;
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// Coordinator gRPC address
-    #[arg(long, global = true, env = "FLOTILLA_COORDINATOR", default_value = "http://127.0.0.1:7600", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_COORDINATOR",
+        default_value = "http://127.0.0.1:7600",
+        value_name = "URL"
+    )]
     pub coordinator: String,
 }
 
@@ -63,7 +69,12 @@ pub struct SpecArgs {
     #[arg(long, default_value_t = 1, env = "FLOTILLA_CANARY")]
     pub canary: u32,
     /// Wave sizes after the canary, e.g. --wave 10% --wave 50% (the rest forms a last wave)
-    #[arg(long = "wave", value_name = "N|P%", env = "FLOTILLA_WAVES", value_delimiter = ',')]
+    #[arg(
+        long = "wave",
+        value_name = "N|P%",
+        env = "FLOTILLA_WAVES",
+        value_delimiter = ','
+    )]
     pub waves: Vec<String>,
     /// Targets migrated at once
     #[arg(long, default_value_t = 8, env = "FLOTILLA_MAX_PARALLEL")]
@@ -156,7 +167,11 @@ pub enum OnlineCommand {
         /// The dirty revision (default: the one the target reports)
         #[arg(long)]
         revision: Option<String>,
-        #[arg(long, conflicts_with = "not_applied", required_unless_present = "not_applied")]
+        #[arg(
+            long,
+            conflicts_with = "not_applied",
+            required_unless_present = "not_applied"
+        )]
         applied: bool,
         #[arg(long)]
         not_applied: bool,
@@ -227,7 +242,9 @@ pub enum RolloutCommand {
 /// Parse `500ms`, `90s`, `5m`, `1h` or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
@@ -254,13 +271,19 @@ fn rpc(e: tonic::Status) -> CliError {
 }
 
 /// Run an online command; returns the exit code.
-pub async fn run(cmd: OnlineCommand, global: &GlobalArgs, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+pub async fn run(
+    cmd: OnlineCommand,
+    global: &GlobalArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
     let json = global.output == OutputFormat::Json;
     match cmd {
         OnlineCommand::Plan { client, spec } => {
             let mut c = connect(&client.coordinator).await?;
             let resp = c
-                .plan(pb::PlanRequest { spec: Some(spec.spec()?.to_proto()) })
+                .plan(pb::PlanRequest {
+                    spec: Some(spec.spec()?.to_proto()),
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -272,15 +295,33 @@ pub async fn run(cmd: OnlineCommand, global: &GlobalArgs, out: &mut (dyn Write +
                     let steps = t
                         .steps
                         .iter()
-                        .map(|s| format!("{}{}", if s.direction == pb::Direction::Down as i32 { "-" } else { "+" }, s.revision))
+                        .map(|s| {
+                            format!(
+                                "{}{}",
+                                if s.direction == pb::Direction::Down as i32 {
+                                    "-"
+                                } else {
+                                    "+"
+                                },
+                                s.revision
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(" ");
                     rows.push(vec![
                         t.target_id.clone(),
                         t.agent_id.clone(),
                         dialect_name(t.dialect).into(),
-                        if steps.is_empty() && t.blocked_reason.is_empty() { "(at goal)".into() } else { steps },
-                        if t.blocked_reason.is_empty() { String::new() } else { format!("BLOCKED: {}", t.blocked_reason) },
+                        if steps.is_empty() && t.blocked_reason.is_empty() {
+                            "(at goal)".into()
+                        } else {
+                            steps
+                        },
+                        if t.blocked_reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!("BLOCKED: {}", t.blocked_reason)
+                        },
                     ]);
                 }
                 write_table(out, &rows)?;
@@ -291,7 +332,9 @@ pub async fn run(cmd: OnlineCommand, global: &GlobalArgs, out: &mut (dyn Write +
         OnlineCommand::Status { client, select } => {
             let mut c = connect(&client.coordinator).await?;
             let resp = c
-                .fleet_status(pb::FleetStatusRequest { selector: Some(select.selector()?.to_proto()) })
+                .fleet_status(pb::FleetStatusRequest {
+                    selector: Some(select.selector()?.to_proto()),
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
@@ -305,41 +348,91 @@ pub async fn run(cmd: OnlineCommand, global: &GlobalArgs, out: &mut (dyn Write +
         OnlineCommand::Validate { client, select } => {
             let mut c = connect(&client.coordinator).await?;
             let resp = c
-                .fleet_validate(pb::FleetValidateRequest { selector: Some(select.selector()?.to_proto()) })
+                .fleet_validate(pb::FleetValidateRequest {
+                    selector: Some(select.selector()?.to_proto()),
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            let drifting = resp.targets.iter().filter(|t| !t.issues.is_empty() || !t.error.is_empty()).count();
+            let drifting = resp
+                .targets
+                .iter()
+                .filter(|t| !t.issues.is_empty() || !t.error.is_empty())
+                .count();
             if json {
                 emit(out, &validate_json(&resp))?;
             } else {
-                writeln!(out, "{} targets in {} groups (revision, fingerprint):", resp.targets.len(), resp.groups.len()).map_err(CliError::Output)?;
+                writeln!(
+                    out,
+                    "{} targets in {} groups (revision, fingerprint):",
+                    resp.targets.len(),
+                    resp.groups.len()
+                )
+                .map_err(CliError::Output)?;
                 for g in &resp.groups {
-                    writeln!(out, "  {:<40} {}  {} targets: {}", g.heads, short(&g.fingerprint), g.target_ids.len(), abbreviate(&g.target_ids, 6)).map_err(CliError::Output)?;
+                    writeln!(
+                        out,
+                        "  {:<40} {}  {} targets: {}",
+                        g.heads,
+                        short(&g.fingerprint),
+                        g.target_ids.len(),
+                        abbreviate(&g.target_ids, 6)
+                    )
+                    .map_err(CliError::Output)?;
                 }
                 if drifting > 0 {
                     writeln!(out, "drift:").map_err(CliError::Output)?;
-                    for t in resp.targets.iter().filter(|t| !t.issues.is_empty() || !t.error.is_empty()) {
+                    for t in resp
+                        .targets
+                        .iter()
+                        .filter(|t| !t.issues.is_empty() || !t.error.is_empty())
+                    {
                         for i in &t.issues {
-                            writeln!(out, "  {}: {} {}", t.target_id, i.revision, i.message).map_err(CliError::Output)?;
+                            writeln!(out, "  {}: {} {}", t.target_id, i.revision, i.message)
+                                .map_err(CliError::Output)?;
                         }
                         if !t.error.is_empty() {
-                            writeln!(out, "  {}: {}", t.target_id, t.error).map_err(CliError::Output)?;
+                            writeln!(out, "  {}: {}", t.target_id, t.error)
+                                .map_err(CliError::Output)?;
                         }
                     }
                 } else {
                     writeln!(out, "no drift").map_err(CliError::Output)?;
                 }
             }
-            Ok(if drifting > 0 { super::EXIT_PROBLEMS } else { 0 })
+            Ok(if drifting > 0 {
+                super::EXIT_PROBLEMS
+            } else {
+                0
+            })
         }
         OnlineCommand::History { client, target } => {
             let mut c = connect(&client.coordinator).await?;
-            let t = c.history(pb::HistoryRequest { target_id: target }).await.map_err(rpc)?.into_inner().target.unwrap_or_default();
+            let t = c
+                .history(pb::HistoryRequest { target_id: target })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .target
+                .unwrap_or_default();
             if json {
-                emit(out, &json!({ "target": t.target_id, "history": t.history.iter().map(applied_json).collect::<Vec<_>>() }))?;
+                emit(
+                    out,
+                    &json!({ "target": t.target_id, "history": t.history.iter().map(applied_json).collect::<Vec<_>>() }),
+                )?;
             } else {
-                let mut rows = vec![row(&["ID", "REVISION", "DIR", "STATUS", "APPLIED AT (ms)", "DURATION", "ROLLOUT", "AGENT", "TOKEN", "CHECKSUM"])];
+                let mut rows = vec![row(&[
+                    "ID",
+                    "REVISION",
+                    "DIR",
+                    "STATUS",
+                    "APPLIED AT (ms)",
+                    "DURATION",
+                    "ROLLOUT",
+                    "AGENT",
+                    "TOKEN",
+                    "CHECKSUM",
+                ])];
                 for (i, h) in t.history.iter().enumerate() {
                     rows.push(vec![
                         (i + 1).to_string(),
@@ -358,48 +451,95 @@ pub async fn run(cmd: OnlineCommand, global: &GlobalArgs, out: &mut (dyn Write +
             }
             Ok(0)
         }
-        OnlineCommand::Stamp { client, target, revision } => {
+        OnlineCommand::Stamp {
+            client,
+            target,
+            revision,
+        } => {
             let mut c = connect(&client.coordinator).await?;
             let t = c
-                .stamp(pb::FleetStampRequest { target_id: target, revision, direction: 0 })
+                .stamp(pb::FleetStampRequest {
+                    target_id: target,
+                    revision,
+                    direction: 0,
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
             report_target(out, json, &t)?;
             Ok(0)
         }
-        OnlineCommand::Repair { client, target, revision, applied, not_applied: _ } => {
+        OnlineCommand::Repair {
+            client,
+            target,
+            revision,
+            applied,
+            not_applied: _,
+        } => {
             let mut c = connect(&client.coordinator).await?;
             let t = c
-                .repair(pb::FleetRepairRequest { target_id: target, revision: revision.unwrap_or_default(), applied })
+                .repair(pb::FleetRepairRequest {
+                    target_id: target,
+                    revision: revision.unwrap_or_default(),
+                    applied,
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner();
             report_target(out, json, &t)?;
             Ok(0)
         }
-        OnlineCommand::Wait { client, revision, select, timeout, interval } => {
-            wait(&client.coordinator, &revision, select.selector()?, timeout, interval, json, out).await
+        OnlineCommand::Wait {
+            client,
+            revision,
+            select,
+            timeout,
+            interval,
+        } => {
+            wait(
+                &client.coordinator,
+                &revision,
+                select.selector()?,
+                timeout,
+                interval,
+                json,
+                out,
+            )
+            .await
         }
     }
 }
 
-async fn rollout(cmd: RolloutCommand, json: bool, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+async fn rollout(
+    cmd: RolloutCommand,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
     match cmd {
         RolloutCommand::Start { client, spec, wait } => {
             let mut c = connect(&client.coordinator).await?;
-            let mut req = tonic::Request::new(pb::StartRolloutRequest { spec: Some(spec.spec()?.to_proto()) });
+            let mut req = tonic::Request::new(pb::StartRolloutRequest {
+                spec: Some(spec.spec()?.to_proto()),
+            });
             // This call starts the rollout's trace: its span is the root, the coordinator's
             // rollout span its child.
-            let span = tracing::info_span!("rpc", otel.name = "flotilla rollout start", otel.kind = "client");
+            let span = tracing::info_span!(
+                "rpc",
+                otel.name = "flotilla rollout start",
+                otel.kind = "client"
+            );
             span.in_scope(|| crate::telemetry::inject_current(req.metadata_mut()));
-            let r = tracing::Instrument::instrument(c.start_rollout(req), span).await.map_err(rpc)?.into_inner();
+            let r = tracing::Instrument::instrument(c.start_rollout(req), span)
+                .await
+                .map_err(rpc)?
+                .into_inner();
             if !wait {
                 report_rollout(out, json, &r)?;
                 return Ok(0);
             }
             if !json {
-                writeln!(out, "rollout {} started{}", r.id, trace_note(&r)).map_err(CliError::Output)?;
+                writeln!(out, "rollout {} started{}", r.id, trace_note(&r))
+                    .map_err(CliError::Output)?;
             }
             follow(&mut c, &r.id, json, out).await
         }
@@ -409,23 +549,45 @@ async fn rollout(cmd: RolloutCommand, json: bool, out: &mut (dyn Write + Send)) 
         }
         RolloutCommand::Get { client, id } => {
             let mut c = connect(&client.coordinator).await?;
-            let r = c.get_rollout(pb::GetRolloutRequest { id }).await.map_err(rpc)?.into_inner();
+            let r = c
+                .get_rollout(pb::GetRolloutRequest { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             report_rollout(out, json, &r)?;
             Ok(0)
         }
         RolloutCommand::List { client, limit } => {
             let mut c = connect(&client.coordinator).await?;
-            let resp = c.list_rollouts(pb::ListRolloutsRequest { limit }).await.map_err(rpc)?.into_inner();
+            let resp = c
+                .list_rollouts(pb::ListRolloutsRequest { limit })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             if json {
-                emit(out, &Value::Array(resp.rollouts.iter().map(rollout_json).collect()))?;
+                emit(
+                    out,
+                    &Value::Array(resp.rollouts.iter().map(rollout_json).collect()),
+                )?;
             } else {
-                let mut rows = vec![row(&["ID", "STATE", "GOAL", "WAVE", "CREATED (ms)", "MESSAGE"])];
+                let mut rows = vec![row(&[
+                    "ID",
+                    "STATE",
+                    "GOAL",
+                    "WAVE",
+                    "CREATED (ms)",
+                    "MESSAGE",
+                ])];
                 for r in &resp.rollouts {
                     rows.push(vec![
                         r.id.clone(),
                         state_name(r.state).into(),
                         r.spec.as_ref().map(|s| s.goal.clone()).unwrap_or_default(),
-                        format!("{}/{}", (r.current_wave + 1).min(r.wave_count), r.wave_count),
+                        format!(
+                            "{}/{}",
+                            (r.current_wave + 1).min(r.wave_count),
+                            r.wave_count
+                        ),
                         r.created_at_unix_ms.to_string(),
                         r.message.clone(),
                     ]);
@@ -435,17 +597,32 @@ async fn rollout(cmd: RolloutCommand, json: bool, out: &mut (dyn Write + Send)) 
             Ok(0)
         }
         RolloutCommand::Pause { client, id } => {
-            let r = connect(&client.coordinator).await?.pause_rollout(pb::RolloutControlRequest { id }).await.map_err(rpc)?.into_inner();
+            let r = connect(&client.coordinator)
+                .await?
+                .pause_rollout(pb::RolloutControlRequest { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             report_rollout(out, json, &r)?;
             Ok(0)
         }
         RolloutCommand::Resume { client, id } => {
-            let r = connect(&client.coordinator).await?.resume_rollout(pb::RolloutControlRequest { id }).await.map_err(rpc)?.into_inner();
+            let r = connect(&client.coordinator)
+                .await?
+                .resume_rollout(pb::RolloutControlRequest { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             report_rollout(out, json, &r)?;
             Ok(0)
         }
         RolloutCommand::Abort { client, id } => {
-            let r = connect(&client.coordinator).await?.abort_rollout(pb::RolloutControlRequest { id }).await.map_err(rpc)?.into_inner();
+            let r = connect(&client.coordinator)
+                .await?
+                .abort_rollout(pb::RolloutControlRequest { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             report_rollout(out, json, &r)?;
             Ok(0)
         }
@@ -454,8 +631,17 @@ async fn rollout(cmd: RolloutCommand, json: bool, out: &mut (dyn Write + Send)) 
 
 /// Follow a rollout to its end with live progress (bars on a terminal, lines otherwise);
 /// exit 0 when it succeeded (or completed within its failure budget), 4 otherwise.
-pub async fn follow(c: &mut CoordinatorServiceClient<Channel>, id: &str, json: bool, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
-    let mut stream = c.watch_rollout(pb::WatchRolloutRequest { id: id.to_owned() }).await.map_err(rpc)?.into_inner();
+pub async fn follow(
+    c: &mut CoordinatorServiceClient<Channel>,
+    id: &str,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
+    let mut stream = c
+        .watch_rollout(pb::WatchRolloutRequest { id: id.to_owned() })
+        .await
+        .map_err(rpc)?
+        .into_inner();
     let mut progress = super::progress::Progress::new(!json && std::io::stderr().is_terminal());
     let mut last: Option<pb::Rollout> = None;
     while let Some(ev) = stream.message().await.map_err(rpc)? {
@@ -466,7 +652,9 @@ pub async fn follow(c: &mut CoordinatorServiceClient<Channel>, id: &str, json: b
         last = Some(r);
     }
     progress.finish();
-    let r = last.ok_or_else(|| CliError::Refused(format!("rollout {id}: the watch ended without a state")))?;
+    let r = last.ok_or_else(|| {
+        CliError::Refused(format!("rollout {id}: the watch ended without a state"))
+    })?;
     report_rollout(out, json, &r)?;
     let state = RolloutState::from_proto(pb::RolloutState::try_from(r.state).unwrap_or_default());
     Ok(match state {
@@ -475,26 +663,53 @@ pub async fn follow(c: &mut CoordinatorServiceClient<Channel>, id: &str, json: b
     })
 }
 
-async fn wait(addr: &str, revision: &str, selector: Selector, timeout: Duration, interval: Duration, json: bool, out: &mut (dyn Write + Send)) -> Result<u8, CliError> {
+async fn wait(
+    addr: &str,
+    revision: &str,
+    selector: Selector,
+    timeout: Duration,
+    interval: Duration,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
     let deadline = Instant::now() + timeout;
     let mut last_missing: Vec<String>;
     loop {
         // The coordinator may not be up yet (init containers start with the app): retry.
         let attempt = async {
             let mut c = connect(addr).await?;
-            c.fleet_status(pb::FleetStatusRequest { selector: Some(selector.to_proto()) }).await.map_err(rpc).map(|r| r.into_inner())
+            c.fleet_status(pb::FleetStatusRequest {
+                selector: Some(selector.to_proto()),
+            })
+            .await
+            .map_err(rpc)
+            .map(|r| r.into_inner())
         }
         .await;
         match attempt {
             Ok(resp) => {
-                let wanted: Vec<String> = if revision == "head" { resp.graph_heads.clone() } else { vec![revision.to_owned()] };
+                let wanted: Vec<String> = if revision == "head" {
+                    resp.graph_heads.clone()
+                } else {
+                    vec![revision.to_owned()]
+                };
                 last_missing = resp
                     .targets
                     .iter()
                     .filter_map(|t| {
                         let s = t.status.as_ref()?;
-                        let ok = s.error.is_empty() && !s.dirty && wanted.iter().all(|w| s.applied.iter().any(|a| &a.revision == w));
-                        (!ok).then(|| if s.target_id.is_empty() { t.agent_id.clone() } else { s.target_id.clone() })
+                        let ok = s.error.is_empty()
+                            && !s.dirty
+                            && wanted
+                                .iter()
+                                .all(|w| s.applied.iter().any(|a| &a.revision == w));
+                        (!ok).then(|| {
+                            if s.target_id.is_empty() {
+                                t.agent_id.clone()
+                            } else {
+                                s.target_id.clone()
+                            }
+                        })
                     })
                     .collect();
                 if resp.targets.is_empty() {
@@ -502,9 +717,13 @@ async fn wait(addr: &str, revision: &str, selector: Selector, timeout: Duration,
                 }
                 if last_missing.is_empty() {
                     if json {
-                        emit(out, &json!({ "revision": revision, "ready": true, "targets": resp.targets.len() }))?;
+                        emit(
+                            out,
+                            &json!({ "revision": revision, "ready": true, "targets": resp.targets.len() }),
+                        )?;
                     } else {
-                        writeln!(out, "all {} targets have {revision}", resp.targets.len()).map_err(CliError::Output)?;
+                        writeln!(out, "all {} targets have {revision}", resp.targets.len())
+                            .map_err(CliError::Output)?;
                     }
                     return Ok(0);
                 }
@@ -513,9 +732,17 @@ async fn wait(addr: &str, revision: &str, selector: Selector, timeout: Duration,
         }
         if Instant::now() + interval > deadline {
             if json {
-                emit(out, &json!({ "revision": revision, "ready": false, "waiting_for": last_missing }))?;
+                emit(
+                    out,
+                    &json!({ "revision": revision, "ready": false, "waiting_for": last_missing }),
+                )?;
             } else {
-                writeln!(out, "timed out after {timeout:?} waiting for {revision} on: {}", abbreviate(&last_missing, 10)).map_err(CliError::Output)?;
+                writeln!(
+                    out,
+                    "timed out after {timeout:?} waiting for {revision} on: {}",
+                    abbreviate(&last_missing, 10)
+                )
+                .map_err(CliError::Output)?;
             }
             return Ok(EXIT_TIMEOUT);
         }
@@ -524,10 +751,18 @@ async fn wait(addr: &str, revision: &str, selector: Selector, timeout: Duration,
 }
 
 fn trace_note(r: &pb::Rollout) -> String {
-    if r.trace_id.is_empty() { String::new() } else { format!(" (trace {})", r.trace_id) }
+    if r.trace_id.is_empty() {
+        String::new()
+    } else {
+        format!(" (trace {})", r.trace_id)
+    }
 }
 
-fn report_rollout(out: &mut (dyn Write + Send), json: bool, r: &pb::Rollout) -> Result<(), CliError> {
+fn report_rollout(
+    out: &mut (dyn Write + Send),
+    json: bool,
+    r: &pb::Rollout,
+) -> Result<(), CliError> {
     if json {
         return emit(out, &rollout_json(r));
     }
@@ -536,7 +771,13 @@ fn report_rollout(out: &mut (dyn Write + Send), json: bool, r: &pb::Rollout) -> 
     if let Some(s) = &r.spec {
         writeln!(out, "  goal: {} ({})", s.goal, r.goal_revision).map_err(o)?;
     }
-    writeln!(out, "  wave: {}/{}", (r.current_wave + 1).min(r.wave_count), r.wave_count).map_err(o)?;
+    writeln!(
+        out,
+        "  wave: {}/{}",
+        (r.current_wave + 1).min(r.wave_count),
+        r.wave_count
+    )
+    .map_err(o)?;
     if !r.trace_id.is_empty() {
         writeln!(out, "  trace id: {}", r.trace_id).map_err(o)?;
     }
@@ -546,11 +787,26 @@ fn report_rollout(out: &mut (dyn Write + Send), json: bool, r: &pb::Rollout) -> 
         *counts.entry(target_state_name(t.state)).or_default() += 1;
     }
     if !counts.is_empty() {
-        let c = counts.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
+        let c = counts
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         writeln!(out, "  targets: {c}").map_err(o)?;
     }
-    for t in r.targets.iter().filter(|t| matches!(target_state_name(t.state), "failed" | "blocked")) {
-        writeln!(out, "  {} {}: {}", target_state_name(t.state), t.target_id, t.message).map_err(o)?;
+    for t in r
+        .targets
+        .iter()
+        .filter(|t| matches!(target_state_name(t.state), "failed" | "blocked"))
+    {
+        writeln!(
+            out,
+            "  {} {}: {}",
+            target_state_name(t.state),
+            t.target_id,
+            t.message
+        )
+        .map_err(o)?;
     }
     if !r.message.is_empty() {
         writeln!(out, "  {}", r.message).map_err(o)?;
@@ -558,11 +814,22 @@ fn report_rollout(out: &mut (dyn Write + Send), json: bool, r: &pb::Rollout) -> 
     Ok(())
 }
 
-fn report_target(out: &mut (dyn Write + Send), json: bool, t: &pb::TargetStatus) -> Result<(), CliError> {
+fn report_target(
+    out: &mut (dyn Write + Send),
+    json: bool,
+    t: &pb::TargetStatus,
+) -> Result<(), CliError> {
     if json {
         return emit(out, &target_status_json(t));
     }
-    writeln!(out, "{}: heads {} dirty {}", t.target_id, revision_of(t), t.dirty).map_err(CliError::Output)
+    writeln!(
+        out,
+        "{}: heads {} dirty {}",
+        t.target_id,
+        revision_of(t),
+        t.dirty
+    )
+    .map_err(CliError::Output)
 }
 
 pub(crate) fn emit(out: &mut (dyn Write + Send), v: &Value) -> Result<(), CliError> {
@@ -575,10 +842,19 @@ pub(crate) fn row(cells: &[&str]) -> Vec<String> {
 }
 
 /// Write rows as left-aligned columns.
-pub(crate) fn write_table(out: &mut (dyn Write + Send), rows: &[Vec<String>]) -> Result<(), CliError> {
+pub(crate) fn write_table(
+    out: &mut (dyn Write + Send),
+    rows: &[Vec<String>],
+) -> Result<(), CliError> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     for r in rows {
         let mut line = String::new();
@@ -594,26 +870,58 @@ pub(crate) fn write_table(out: &mut (dyn Write + Send), rows: &[Vec<String>]) ->
     Ok(())
 }
 
-pub(crate) fn write_fleet_table(out: &mut (dyn Write + Send), resp: &pb::FleetStatusResponse) -> Result<(), CliError> {
-    let mut rows = vec![row(&["TARGET", "AGENT", "DIALECT", "LABELS", "REVISION", "DIRTY", "DRIFT"])];
+pub(crate) fn write_fleet_table(
+    out: &mut (dyn Write + Send),
+    resp: &pb::FleetStatusResponse,
+) -> Result<(), CliError> {
+    let mut rows = vec![row(&[
+        "TARGET", "AGENT", "DIALECT", "LABELS", "REVISION", "DIRTY", "DRIFT",
+    ])];
     for t in &resp.targets {
         let Some(s) = &t.status else { continue };
-        let labels = s.labels.iter().collect::<BTreeMap<_, _>>().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let labels = s
+            .labels
+            .iter()
+            .collect::<BTreeMap<_, _>>()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
         rows.push(vec![
-            if s.target_id.is_empty() { "-".into() } else { s.target_id.clone() },
+            if s.target_id.is_empty() {
+                "-".into()
+            } else {
+                s.target_id.clone()
+            },
             t.agent_id.clone(),
             dialect_name(s.dialect).into(),
             labels,
-            if s.error.is_empty() { revision_of(s) } else { format!("ERROR: {}", s.error) },
-            if s.dirty { format!("yes ({})", s.dirty_revision) } else { "no".into() },
-            if t.drift.is_empty() { "-".into() } else { t.drift.join("; ") },
+            if s.error.is_empty() {
+                revision_of(s)
+            } else {
+                format!("ERROR: {}", s.error)
+            },
+            if s.dirty {
+                format!("yes ({})", s.dirty_revision)
+            } else {
+                "no".into()
+            },
+            if t.drift.is_empty() {
+                "-".into()
+            } else {
+                t.drift.join("; ")
+            },
         ]);
     }
     write_table(out, &rows)
 }
 
 fn revision_of(s: &pb::TargetStatus) -> String {
-    if s.heads.is_empty() { "base".into() } else { s.heads.join(",") }
+    if s.heads.is_empty() {
+        "base".into()
+    } else {
+        s.heads.join(",")
+    }
 }
 
 fn short(h: &str) -> &str {

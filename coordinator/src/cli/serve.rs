@@ -19,7 +19,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOTILLA_LISTEN", default_value = "127.0.0.1:7600")]
     pub listen: SocketAddr,
     /// etcd endpoints (comma-separated); none = the embedded file lock + SQLite state
-    #[arg(long = "etcd", env = "FLOTILLA_ETCD_ENDPOINTS", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long = "etcd",
+        env = "FLOTILLA_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub etcd: Vec<String>,
     /// Key prefix in etcd
     #[arg(long, env = "FLOTILLA_ETCD_PREFIX", default_value = DEFAULT_PREFIX)]
@@ -52,7 +57,12 @@ impl ServeArgs {
         CoordinatorConfig {
             migrations: global.migrations.clone(),
             backend: BackendConfig {
-                etcd_endpoints: self.etcd.iter().filter(|e| !e.trim().is_empty()).cloned().collect(),
+                etcd_endpoints: self
+                    .etcd
+                    .iter()
+                    .filter(|e| !e.trim().is_empty())
+                    .cloned()
+                    .collect(),
                 prefix: self.etcd_prefix.clone(),
                 lease_ttl: self.lease_ttl,
                 state_dir: self.state_dir.clone(),
@@ -60,7 +70,10 @@ impl ServeArgs {
             },
             fleet_file: self.fleet.clone(),
             registration_ttl: self.registration_ttl,
-            engine: EngineConfig { agent_attempts: self.agent_attempts.max(1), ..EngineConfig::default() },
+            engine: EngineConfig {
+                agent_attempts: self.agent_attempts.max(1),
+                ..EngineConfig::default()
+            },
         }
     }
 }
@@ -98,7 +111,9 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs, hooks: Hooks) -> Result<u
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| CliError::Refused(format!("cannot listen on {}: {e}", args.listen)))?;
-    let coord = build(&config, vec![], hooks).await.map_err(|e| CliError::Refused(e.to_string()))?;
+    let coord = build(&config, vec![], hooks)
+        .await
+        .map_err(|e| CliError::Refused(e.to_string()))?;
     tracing::info!(
         listen = %args.listen,
         backend = if config.backend.is_embedded() { "embedded" } else { "etcd" },
@@ -111,6 +126,8 @@ pub async fn run(args: ServeArgs, global: &GlobalArgs, hooks: Hooks) -> Result<u
         tracing::info!("shutting down: cancelling rollout work and releasing the lock");
         trigger.cancel();
     });
-    serve(coord, listener, shutdown).await.map_err(|e| CliError::Refused(e.to_string()))?;
+    serve(coord, listener, shutdown)
+        .await
+        .map_err(|e| CliError::Refused(e.to_string()))?;
     Ok(0)
 }

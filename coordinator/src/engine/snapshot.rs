@@ -24,7 +24,9 @@ pub struct FleetEntry {
 
 impl FleetEntry {
     pub fn dialect(&self) -> Option<Dialect> {
-        pb::Dialect::try_from(self.status.dialect).ok().and_then(Dialect::from_proto)
+        pb::Dialect::try_from(self.status.dialect)
+            .ok()
+            .and_then(Dialect::from_proto)
     }
 }
 
@@ -48,14 +50,23 @@ pub fn history_of(status: &pb::TargetStatus) -> TargetHistory {
         applied: status
             .applied
             .iter()
-            .map(|a| revision::AppliedRevision { revision: a.revision.clone(), checksum: a.checksum.clone() })
+            .map(|a| revision::AppliedRevision {
+                revision: a.revision.clone(),
+                checksum: a.checksum.clone(),
+            })
             .collect(),
         dirty: status.dirty.then(|| status.dirty_revision.clone()),
     }
 }
 
 /// Plan one target; a plan with down steps needs `allow_downgrade`.
-pub fn plan_target(graph: &Graph, status: &pb::TargetStatus, dialect: Option<Dialect>, goal: &Goal, allow_downgrade: bool) -> TargetPlanOutcome {
+pub fn plan_target(
+    graph: &Graph,
+    status: &pb::TargetStatus,
+    dialect: Option<Dialect>,
+    goal: &Goal,
+    allow_downgrade: bool,
+) -> TargetPlanOutcome {
     if !status.error.is_empty() {
         return TargetPlanOutcome::Blocked(format!("unreachable: {}", status.error));
     }
@@ -65,7 +76,11 @@ pub fn plan_target(graph: &Graph, status: &pb::TargetStatus, dialect: Option<Dia
     match revision::plan(graph, &history_of(status), goal, dialect) {
         Ok(plan) => {
             if !allow_downgrade && plan.steps.iter().any(|s| s.direction == Direction::Down) {
-                let downs = plan.steps.iter().filter(|s| s.direction == Direction::Down).count();
+                let downs = plan
+                    .steps
+                    .iter()
+                    .filter(|s| s.direction == Direction::Down)
+                    .count();
                 return TargetPlanOutcome::Blocked(format!(
                     "the goal is below the target's revisions ({downs} down steps); start a downgrade rollout with --allow-downgrade"
                 ));
@@ -91,7 +106,11 @@ impl Engine {
                     let agent = agent.clone();
                     async move {
                         agent
-                            .status(pb::StatusRequest { target_ids: vec![], include_history, fencing_token: token })
+                            .status(pb::StatusRequest {
+                                target_ids: vec![],
+                                include_history,
+                                fencing_token: token,
+                            })
                             .await
                     }
                 })
@@ -106,13 +125,19 @@ impl Engine {
             match res {
                 Ok(resp) => {
                     for status in resp.targets {
-                        snap.targets.push(FleetEntry { agent: agent.clone(), status });
+                        snap.targets.push(FleetEntry {
+                            agent: agent.clone(),
+                            status,
+                        });
                     }
                 }
-                Err(e) => snap.unreachable.push((agent.id().to_owned(), e.message().to_owned())),
+                Err(e) => snap
+                    .unreachable
+                    .push((agent.id().to_owned(), e.message().to_owned())),
             }
         }
-        snap.targets.sort_by(|a, b| a.status.target_id.cmp(&b.status.target_id));
+        snap.targets
+            .sort_by(|a, b| a.status.target_id.cmp(&b.status.target_id));
         Ok(snap)
     }
 
@@ -127,7 +152,11 @@ impl Engine {
     }
 
     /// Status of one target from its agent (which agent: found through the registry).
-    pub async fn target_status(&self, target_id: &str, include_history: bool) -> Result<FleetEntry, EngineError> {
+    pub async fn target_status(
+        &self,
+        target_id: &str,
+        include_history: bool,
+    ) -> Result<FleetEntry, EngineError> {
         let snap = self.snapshot(false).await?;
         let entry = snap
             .targets
@@ -139,7 +168,11 @@ impl Engine {
         }
         let resp = entry
             .agent
-            .status(pb::StatusRequest { target_ids: vec![target_id.to_owned()], include_history: true, fencing_token: self.term().map(|t| t.token).unwrap_or(0) })
+            .status(pb::StatusRequest {
+                target_ids: vec![target_id.to_owned()],
+                include_history: true,
+                fencing_token: self.term().map(|t| t.token).unwrap_or(0),
+            })
             .await
             .map_err(|e| EngineError::Unavailable(e.message().to_owned()))?;
         let status = resp
@@ -147,7 +180,10 @@ impl Engine {
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::NotFound(format!("target {target_id}")))?;
-        Ok(FleetEntry { agent: entry.agent, status })
+        Ok(FleetEntry {
+            agent: entry.agent,
+            status,
+        })
     }
 
     /// Backoff for retrying one agent.

@@ -52,7 +52,11 @@ impl Engine {
             };
             match outcome {
                 Attempt::Done => {
-                    rec.state = if rec.steps.is_empty() { TargetState::Skipped } else { TargetState::Succeeded };
+                    rec.state = if rec.steps.is_empty() {
+                        TargetState::Skipped
+                    } else {
+                        TargetState::Succeeded
+                    };
                     if rec.steps.is_empty() {
                         rec.message = "already at the goal".into();
                     }
@@ -80,7 +84,10 @@ impl Engine {
                     }
                     None => {
                         rec.state = TargetState::Failed;
-                        rec.message = format!("agent {} unreachable after {} attempts: {msg}", rec.agent_id, self.config.agent_attempts);
+                        rec.message = format!(
+                            "agent {} unreachable after {} attempts: {msg}",
+                            rec.agent_id, self.config.agent_attempts
+                        );
                     }
                 },
             }
@@ -98,27 +105,58 @@ impl Engine {
         goal: &Goal,
         rec: &mut TargetRecord,
     ) -> Result<Attempt, EngineError> {
-        let agent = match self.agents().await?.into_iter().find(|a| a.id() == rec.agent_id) {
+        let agent = match self
+            .agents()
+            .await?
+            .into_iter()
+            .find(|a| a.id() == rec.agent_id)
+        {
             Some(a) => a,
-            None => return Ok(Attempt::Rpc(format!("agent {} is not registered", rec.agent_id))),
+            None => {
+                return Ok(Attempt::Rpc(format!(
+                    "agent {} is not registered",
+                    rec.agent_id
+                )));
+            }
         };
         // Re-plan from the agent's own report: whatever committed before is not sent again.
         let status = match agent
-            .status(pb::StatusRequest { target_ids: vec![rec.target_id.clone()], include_history: false, fencing_token: term.token })
+            .status(pb::StatusRequest {
+                target_ids: vec![rec.target_id.clone()],
+                include_history: false,
+                fencing_token: term.token,
+            })
             .await
         {
             Ok(resp) => match resp.targets.into_iter().next() {
                 Some(s) => s,
-                None => return Ok(Attempt::Blocked(format!("agent {} no longer serves this target", rec.agent_id))),
+                None => {
+                    return Ok(Attempt::Blocked(format!(
+                        "agent {} no longer serves this target",
+                        rec.agent_id
+                    )));
+                }
             },
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
             Err(e) => return Ok(Attempt::StepFailed(format!("status: {}", e.message()))),
         };
         if !status.error.is_empty() {
-            return Ok(Attempt::Rpc(format!("target unreachable: {}", status.error)));
+            return Ok(Attempt::Rpc(format!(
+                "target unreachable: {}",
+                status.error
+            )));
         }
-        let entry = FleetEntry { agent: agent.clone(), status };
-        let steps = match plan_target(&self.graph, &entry.status, entry.dialect(), goal, rollout.spec.allow_downgrade) {
+        let entry = FleetEntry {
+            agent: agent.clone(),
+            status,
+        };
+        let steps = match plan_target(
+            &self.graph,
+            &entry.status,
+            entry.dialect(),
+            goal,
+            rollout.spec.allow_downgrade,
+        ) {
             TargetPlanOutcome::Steps(s) => s,
             TargetPlanOutcome::Blocked(why) => return Ok(Attempt::Blocked(why)),
         };
@@ -154,7 +192,13 @@ impl Engine {
         let mut stream = match agent.migrate(req).await {
             Ok(s) => s,
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
-            Err(e) => return Ok(Attempt::StepFailed(format!("{}: {}", rec.target_id, e.message()))),
+            Err(e) => {
+                return Ok(Attempt::StepFailed(format!(
+                    "{}: {}",
+                    rec.target_id,
+                    e.message()
+                )));
+            }
         };
         let mut failed: Option<String> = None;
         while let Some(item) = stream.next().await {
@@ -168,7 +212,10 @@ impl Engine {
                         }
                         Event::Retrying(r) => {
                             rec.retries += 1;
-                            rec.message = format!("retrying {} ({}): {}", ev.revision, r.error_class, r.error);
+                            rec.message = format!(
+                                "retrying {} ({}): {}",
+                                ev.revision, r.error_class, r.error
+                            );
                             self.put_target(term, &rollout.id, rec).await?;
                         }
                         Event::Succeeded(_) | Event::Skipped(_) => {
@@ -179,7 +226,9 @@ impl Engine {
                         Event::Failed(f) => {
                             let mut msg = f.message.clone();
                             if f.dirty {
-                                msg.push_str(" (target left dirty: inspect it, then run `flotilla repair`)");
+                                msg.push_str(
+                                    " (target left dirty: inspect it, then run `flotilla repair`)",
+                                );
                             } else if f.rolled_back {
                                 msg.push_str(" (rolled back: the target is as before the step)");
                             }

@@ -18,7 +18,11 @@ impl WaveSize {
     pub fn parse(s: &str) -> Result<WaveSize, String> {
         let s = s.trim();
         let w = if let Some(p) = s.strip_suffix('%') {
-            WaveSize::Percent(p.trim().parse().map_err(|_| format!("bad wave size {s:?}"))?)
+            WaveSize::Percent(
+                p.trim()
+                    .parse()
+                    .map_err(|_| format!("bad wave size {s:?}"))?,
+            )
         } else {
             WaveSize::Count(s.parse().map_err(|_| format!("bad wave size {s:?}"))?)
         };
@@ -70,13 +74,18 @@ impl Budget {
     pub fn parse(s: &str) -> Result<Budget, String> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
-            let p: u32 = p.trim().parse().map_err(|_| format!("bad failure budget {s:?}"))?;
+            let p: u32 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad failure budget {s:?}"))?;
             if p > 100 {
                 return Err(format!("failure budget {p}% is over 100%"));
             }
             Ok(Budget::Percent(p))
         } else {
-            Ok(Budget::Count(s.parse().map_err(|_| format!("bad failure budget {s:?}"))?))
+            Ok(Budget::Count(
+                s.parse().map_err(|_| format!("bad failure budget {s:?}"))?,
+            ))
         }
     }
 
@@ -152,16 +161,26 @@ mod tests {
     fn canary_then_waves_then_remainder() {
         let t: Vec<u32> = (0..20).collect();
         assert_eq!(sizes(&assign_waves(&t, 1, &[])), [1, 19]);
-        assert_eq!(sizes(&assign_waves(&t, 2, &[WaveSize::Count(5)])), [2, 5, 13]);
         assert_eq!(
-            sizes(&assign_waves(&t, 1, &[WaveSize::Percent(10), WaveSize::Percent(50)])),
+            sizes(&assign_waves(&t, 2, &[WaveSize::Count(5)])),
+            [2, 5, 13]
+        );
+        assert_eq!(
+            sizes(&assign_waves(
+                &t,
+                1,
+                &[WaveSize::Percent(10), WaveSize::Percent(50)]
+            )),
             [1, 2, 10, 7]
         );
         assert_eq!(sizes(&assign_waves(&t, 0, &[WaveSize::Count(100)])), [20]);
         assert_eq!(sizes(&assign_waves(&t[..1], 3, &[WaveSize::Count(2)])), [1]);
         assert!(assign_waves::<u32>(&[], 1, &[]).is_empty());
         // order is preserved
-        assert_eq!(assign_waves(&t[..4], 1, &[WaveSize::Count(2)]), vec![vec![0], vec![1, 2], vec![3]]);
+        assert_eq!(
+            assign_waves(&t[..4], 1, &[WaveSize::Count(2)]),
+            vec![vec![0], vec![1, 2], vec![3]]
+        );
     }
 
     #[test]

@@ -24,8 +24,19 @@ fn slow_two() -> Result<tempfile::TempDir> {
     let burn = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) \
                 SELECT count(*) FROM c;\nCREATE TABLE slow (id INTEGER PRIMARY KEY);";
     migrations(&[
-        ("0001_slow.sql", &revision("0001_slow", None, burn, "DROP TABLE slow;")),
-        ("0002_more.sql", &revision("0002_more", Some("0001_slow"), "CREATE TABLE more (id INTEGER PRIMARY KEY);", "DROP TABLE more;")),
+        (
+            "0001_slow.sql",
+            &revision("0001_slow", None, burn, "DROP TABLE slow;"),
+        ),
+        (
+            "0002_more.sql",
+            &revision(
+                "0002_more",
+                Some("0001_slow"),
+                "CREATE TABLE more (id INTEGER PRIMARY KEY);",
+                "DROP TABLE more;",
+            ),
+        ),
     ])
 }
 
@@ -43,7 +54,10 @@ impl Cluster {
         let etcd = Etcd::start().await?;
         let (tdir, all) = sqlite_targets("t", targets)?;
         let (a, b) = all.split_at(targets / 2);
-        let agents = vec![TestAgent::start("agent-a", a.to_vec()).await?, TestAgent::start("agent-b", b.to_vec()).await?];
+        let agents = vec![
+            TestAgent::start("agent-a", a.to_vec()).await?,
+            TestAgent::start("agent-b", b.to_vec()).await?,
+        ];
         Ok(Cluster {
             etcd,
             prefix: format!("/flotilla-ha-{}", uuid::Uuid::new_v4()),
@@ -61,9 +75,21 @@ impl Cluster {
         let ttl = format!("{TTL_SECS}s");
         let p = Subprocess::spawn(
             &[
-                "--migrations", path(self.migrations.path())?,
-                "coordinator", "--listen", &listen, "--etcd", &self.etcd.endpoint(),
-                "--etcd-prefix", &self.prefix, "--lease-ttl", &ttl, "--fleet", path(&fleet)?, "--id", name,
+                "--migrations",
+                path(self.migrations.path())?,
+                "coordinator",
+                "--listen",
+                &listen,
+                "--etcd",
+                &self.etcd.endpoint(),
+                "--etcd-prefix",
+                &self.prefix,
+                "--lease-ttl",
+                &ttl,
+                "--fleet",
+                path(&fleet)?,
+                "--id",
+                name,
             ],
             self.dir.path(),
             name,
@@ -86,60 +112,97 @@ fn path(p: &Path) -> Result<&str> {
 
 async fn client(addr: &str) -> Result<CoordinatorServiceClient<Channel>> {
     eventually("coordinator api up", Duration::from_secs(30), || async {
-        Ok(CoordinatorServiceClient::connect(addr.to_owned()).await.ok())
+        Ok(CoordinatorServiceClient::connect(addr.to_owned())
+            .await
+            .ok())
     })
     .await
 }
 
 /// Start the rollout on the process that leads (retrying while it is not leader yet).
 async fn start_rollout(c: &CoordinatorServiceClient<Channel>) -> Result<pb::Rollout> {
-    let spec = RolloutSpec { canary: 0, max_parallel: 1, ..spec("head") }.to_proto();
-    eventually("leader accepts the rollout", Duration::from_secs(30), || {
-        let mut c = c.clone();
-        let spec = spec.clone();
-        async move {
-            match c.start_rollout(pb::StartRolloutRequest { spec: Some(spec) }).await {
-                Ok(r) => Ok(Some(r.into_inner())),
-                Err(s) if s.message().contains("NOT_LEADER") => Ok(None),
-                Err(s) => bail!("start rollout: {s}"),
+    let spec = RolloutSpec {
+        canary: 0,
+        max_parallel: 1,
+        ..spec("head")
+    }
+    .to_proto();
+    eventually(
+        "leader accepts the rollout",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            let spec = spec.clone();
+            async move {
+                match c
+                    .start_rollout(pb::StartRolloutRequest { spec: Some(spec) })
+                    .await
+                {
+                    Ok(r) => Ok(Some(r.into_inner())),
+                    Err(s) if s.message().contains("NOT_LEADER") => Ok(None),
+                    Err(s) => bail!("start rollout: {s}"),
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
-async fn succeeded(c: &CoordinatorServiceClient<Channel>, id: &str, n: usize) -> Result<pb::Rollout> {
-    eventually(&format!("{n} targets succeeded"), Duration::from_secs(60), || {
-        let mut c = c.clone();
-        let id = id.to_owned();
-        async move {
-            let r = c.get_rollout(pb::GetRolloutRequest { id }).await?.into_inner();
-            Ok((targets_in(&r, pb::TargetState::Succeeded).len() >= n).then_some(r))
-        }
-    })
+async fn succeeded(
+    c: &CoordinatorServiceClient<Channel>,
+    id: &str,
+    n: usize,
+) -> Result<pb::Rollout> {
+    eventually(
+        &format!("{n} targets succeeded"),
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            let id = id.to_owned();
+            async move {
+                let r = c
+                    .get_rollout(pb::GetRolloutRequest { id })
+                    .await?
+                    .into_inner();
+                Ok((targets_in(&r, pb::TargetState::Succeeded).len() >= n).then_some(r))
+            }
+        },
+    )
     .await
 }
 
 /// Wait until the standby wrote the rollout with its own (larger) token.
-async fn taken_over(c: &CoordinatorServiceClient<Channel>, id: &str, old_token: u64) -> Result<pb::Rollout> {
-    eventually("standby takes over the rollout", Duration::from_secs(30), || {
-        let mut c = c.clone();
-        let id = id.to_owned();
-        async move {
-            let r = match c.get_rollout(pb::GetRolloutRequest { id }).await {
-                Ok(r) => r.into_inner(),
-                Err(_) => return Ok(None),
-            };
-            Ok((r.fencing_token > old_token).then_some(r))
-        }
-    })
+async fn taken_over(
+    c: &CoordinatorServiceClient<Channel>,
+    id: &str,
+    old_token: u64,
+) -> Result<pb::Rollout> {
+    eventually(
+        "standby takes over the rollout",
+        Duration::from_secs(30),
+        || {
+            let mut c = c.clone();
+            let id = id.to_owned();
+            async move {
+                let r = match c.get_rollout(pb::GetRolloutRequest { id }).await {
+                    Ok(r) => r.into_inner(),
+                    Err(_) => return Ok(None),
+                };
+                Ok((r.fencing_token > old_token).then_some(r))
+            }
+        },
+    )
     .await
 }
 
 fn assert_each_revision_once(h: &BTreeMap<String, pb::TargetStatus>) {
     for (id, st) in h {
         for rev in ["0001_slow", "0002_more"] {
-            let n = st.history.iter().filter(|r| r.revision == rev && r.status == "applied").count();
+            let n = st
+                .history
+                .iter()
+                .filter(|r| r.revision == rev && r.status == "applied")
+                .count();
             assert_eq!(n, 1, "{id}: {rev} applied {n} times: {:#?}", st.history);
         }
         assert!(!st.dirty, "{id} dirty");
@@ -169,7 +232,12 @@ async fn standby_takes_over_after_the_leader_is_killed() -> Result<()> {
     );
     let mut cb2 = cb.clone();
     let end = follow_to_end(&mut cb2, &r2.id).await?;
-    assert_eq!(state(&end), pb::RolloutState::Succeeded, "{end:#?}\n{}", b.log_text());
+    assert_eq!(
+        state(&end),
+        pb::RolloutState::Succeeded,
+        "{end:#?}\n{}",
+        b.log_text()
+    );
     assert_eq!(targets_in(&end, pb::TargetState::Succeeded).len(), 10);
     assert_each_revision_once(&cluster.histories().await?);
     Ok(())
@@ -191,15 +259,22 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
     signal(a.pid()?, "CONT")?;
 
     // The resumed leader notices it lost the lease and stops.
-    eventually("stale leader logs the loss", Duration::from_secs(20), || async {
-        Ok(a.log_text().contains("leadership lost").then_some(()))
-    })
+    eventually(
+        "stale leader logs the loss",
+        Duration::from_secs(20),
+        || async { Ok(a.log_text().contains("leadership lost").then_some(())) },
+    )
     .await
     .with_context(|| a.log_text())?;
 
     let mut cb2 = cb.clone();
     let end = follow_to_end(&mut cb2, &r.id).await?;
-    assert_eq!(state(&end), pb::RolloutState::Succeeded, "{end:#?}\n{}", b.log_text());
+    assert_eq!(
+        state(&end),
+        pb::RolloutState::Succeeded,
+        "{end:#?}\n{}",
+        b.log_text()
+    );
     assert!(end.fencing_token > stale);
     assert_each_revision_once(&cluster.histories().await?);
 
@@ -212,7 +287,15 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
         holder_id: "probe".into(),
     })
     .await?;
-    let put = store.write(stale, vec![WriteOp::Put { key: "rollouts/probe".into(), value: b"{}".to_vec() }]).await;
+    let put = store
+        .write(
+            stale,
+            vec![WriteOp::Put {
+                key: "rollouts/probe".into(),
+                value: b"{}".to_vec(),
+            }],
+        )
+        .await;
     assert!(matches!(put, Err(StoreError::Fenced { .. })), "{put:?}");
 
     // Every agent refuses a step carrying the stale token, and nothing changes.
@@ -251,7 +334,11 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
             let err = outcome.expect_err("a stale token must be refused");
             assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{id}: {err:?}");
         }
-        assert_eq!(agent.statuses(true).await?, before, "a refused step changed something");
+        assert_eq!(
+            agent.statuses(true).await?,
+            before,
+            "a refused step changed something"
+        );
     }
     Ok(())
 }

@@ -13,11 +13,19 @@ use crate::harness::*;
 
 async fn fleet_targets(coord: &TestCoordinator) -> Result<Vec<(String, String)>> {
     let mut c = coord.client().await?;
-    let resp = c.fleet_status(pb::FleetStatusRequest { selector: None }).await?.into_inner();
+    let resp = c
+        .fleet_status(pb::FleetStatusRequest { selector: None })
+        .await?
+        .into_inner();
     Ok(resp
         .targets
         .into_iter()
-        .map(|t| (t.agent_id, t.status.map(|s| s.target_id).unwrap_or_default()))
+        .map(|t| {
+            (
+                t.agent_id,
+                t.status.map(|s| s.target_id).unwrap_or_default(),
+            )
+        })
         .collect())
 }
 
@@ -30,7 +38,10 @@ async fn registered_agents_join_the_fleet_and_drop_out_when_they_stop() -> Resul
     assert!(fleet_targets(&coord).await?.is_empty());
 
     let stop = CancellationToken::new();
-    let config = RegisterConfig { coordinator: coord.address.clone(), advertise: agent.address.clone() };
+    let config = RegisterConfig {
+        coordinator: coord.address.clone(),
+        advertise: agent.address.clone(),
+    };
     let task = tokio::spawn(register::run(agent.agent.clone(), config, stop.clone()));
     eventually("agent registered", Duration::from_secs(20), || async {
         let t = fleet_targets(&coord).await?;
@@ -40,16 +51,23 @@ async fn registered_agents_join_the_fleet_and_drop_out_when_they_stop() -> Resul
 
     let r = coord.rollout(spec("head")).await?;
     assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
-    assert_eq!(targets_in(&r, pb::TargetState::Succeeded), ["reg01", "reg02"]);
+    assert_eq!(
+        targets_in(&r, pb::TargetState::Succeeded),
+        ["reg01", "reg02"]
+    );
     assert!(r.targets.iter().all(|t| t.agent_id == "agent-reg"));
 
     // Heartbeats keep it registered past the TTL (3s in the harness).
     let joined = Instant::now();
-    eventually("registration outlives one TTL", Duration::from_secs(20), || async {
-        let t = fleet_targets(&coord).await?;
-        anyhow::ensure!(t.len() == 2, "dropped out while heartbeating");
-        Ok((joined.elapsed() > Duration::from_secs(4)).then_some(()))
-    })
+    eventually(
+        "registration outlives one TTL",
+        Duration::from_secs(20),
+        || async {
+            let t = fleet_targets(&coord).await?;
+            anyhow::ensure!(t.len() == 2, "dropped out while heartbeating");
+            Ok((joined.elapsed() > Duration::from_secs(4)).then_some(()))
+        },
+    )
     .await?;
 
     stop.cancel();
@@ -59,6 +77,9 @@ async fn registered_agents_join_the_fleet_and_drop_out_when_they_stop() -> Resul
         Ok(fleet_targets(&coord).await?.is_empty().then_some(()))
     })
     .await?;
-    eprintln!("registration lapsed {:?} after the last heartbeat stopped (ttl 3s)", stopped.elapsed());
+    eprintln!(
+        "registration lapsed {:?} after the last heartbeat stopped (ttl 3s)",
+        stopped.elapsed()
+    );
     Ok(())
 }

@@ -17,21 +17,46 @@ use crate::harness::*;
 async fn mixed_fleet_rolls_to_head_over_etcd() -> Result<()> {
     let (pg, my, etcd) = tokio::try_join!(Postgres::start(), MariaDb::start(), Etcd::start())?;
     let pg_targets = vec![
-        target("pg_tenant_a", Dialect::Postgres, &pg.fresh_database().await?, &[("tier", "gold")]),
-        target("pg_tenant_b", Dialect::Postgres, &pg.fresh_database().await?, &[("tier", "silver")]),
+        target(
+            "pg_tenant_a",
+            Dialect::Postgres,
+            &pg.fresh_database().await?,
+            &[("tier", "gold")],
+        ),
+        target(
+            "pg_tenant_b",
+            Dialect::Postgres,
+            &pg.fresh_database().await?,
+            &[("tier", "silver")],
+        ),
     ];
     let my_targets = vec![
-        target("my_tenant_a", Dialect::Mysql, &my.fresh_database().await?, &[("tier", "gold")]),
-        target("my_tenant_b", Dialect::Mysql, &my.fresh_database().await?, &[("tier", "silver")]),
+        target(
+            "my_tenant_a",
+            Dialect::Mysql,
+            &my.fresh_database().await?,
+            &[("tier", "gold")],
+        ),
+        target(
+            "my_tenant_b",
+            Dialect::Mysql,
+            &my.fresh_database().await?,
+            &[("tier", "silver")],
+        ),
     ];
     let (_lite_dir, lite_targets) = sqlite_targets("lite_tenant_", 2)?;
     let a1 = TestAgent::start("agent-pg", pg_targets).await?;
     let a2 = TestAgent::start("agent-mariadb", my_targets).await?;
     let a3 = TestAgent::start("agent-sqlite", lite_targets).await?;
-    let coord = TestCoordinator::start(&repo_migrations(), &[&a1, &a2, &a3], Some(&etcd.endpoint())).await?;
+    let coord =
+        TestCoordinator::start(&repo_migrations(), &[&a1, &a2, &a3], Some(&etcd.endpoint()))
+            .await?;
 
     let r = coord
-        .rollout(RolloutSpec { waves: vec![WaveSize::Percent(50)], ..spec("head") })
+        .rollout(RolloutSpec {
+            waves: vec![WaveSize::Percent(50)],
+            ..spec("head")
+        })
         .await?;
     assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
     assert_eq!(targets_in(&r, pb::TargetState::Succeeded).len(), 6);
@@ -45,32 +70,67 @@ async fn mixed_fleet_rolls_to_head_over_etcd() -> Result<()> {
             assert_eq!(applied, all, "{id} is not at head");
             // every revision applied exactly once
             for rev in &all {
-                let n = st.history.iter().filter(|h| &h.revision == rev && h.status == "applied").count();
+                let n = st
+                    .history
+                    .iter()
+                    .filter(|h| &h.revision == rev && h.status == "applied")
+                    .count();
                 assert_eq!(n, 1, "{id}: {rev} applied {n} times");
             }
-            let sums: BTreeMap<String, String> =
-                st.applied.iter().map(|a| (a.revision.clone(), a.checksum.clone())).collect();
+            let sums: BTreeMap<String, String> = st
+                .applied
+                .iter()
+                .map(|a| (a.revision.clone(), a.checksum.clone()))
+                .collect();
             match checksums_by_dialect.get(&st.dialect) {
-                Some(other) => assert_eq!(&sums, other, "{id}: checksums differ from its dialect's others"),
+                Some(other) => assert_eq!(
+                    &sums, other,
+                    "{id}: checksums differ from its dialect's others"
+                ),
                 None => {
                     checksums_by_dialect.insert(st.dialect, sums);
                 }
             }
-            assert!(st.applied.iter().all(|a| a.fencing_token == r.fencing_token), "{id}: token");
+            assert!(
+                st.applied
+                    .iter()
+                    .all(|a| a.fencing_token == r.fencing_token),
+                "{id}: token"
+            );
         }
     }
     assert_eq!(checksums_by_dialect.len(), 3);
     // A second rollout finds the whole fleet at the goal from one Status per agent.
     let again = coord.rollout(spec("head")).await?;
     assert_eq!(state(&again), pb::RolloutState::Succeeded);
-    assert_eq!(targets_in(&again, pb::TargetState::Skipped).len(), 6, "{again:#?}");
+    assert_eq!(
+        targets_in(&again, pb::TargetState::Skipped).len(),
+        6,
+        "{again:#?}"
+    );
     Ok(())
 }
 
 fn failing_set() -> Result<tempfile::TempDir> {
     migrations(&[
-        ("0001_a.sql", &revision("0001_a", None, "CREATE TABLE a (id INTEGER PRIMARY KEY);", "DROP TABLE a;")),
-        ("0002_b.sql", &revision("0002_b", Some("0001_a"), "INSERT INTO missing_table VALUES (1);", "SELECT 1;")),
+        (
+            "0001_a.sql",
+            &revision(
+                "0001_a",
+                None,
+                "CREATE TABLE a (id INTEGER PRIMARY KEY);",
+                "DROP TABLE a;",
+            ),
+        ),
+        (
+            "0002_b.sql",
+            &revision(
+                "0002_b",
+                Some("0001_a"),
+                "INSERT INTO missing_table VALUES (1);",
+                "SELECT 1;",
+            ),
+        ),
     ])
 }
 
@@ -80,12 +140,21 @@ async fn a_failing_canary_halts_before_any_other_target_is_touched() -> Result<(
     let (_d, targets) = sqlite_targets("t", 6)?;
     let agent = TestAgent::start("agent", targets).await?;
     let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
-    let r = coord.rollout(RolloutSpec { failure_budget: Budget::Count(10), ..spec("head") }).await?;
+    let r = coord
+        .rollout(RolloutSpec {
+            failure_budget: Budget::Count(10),
+            ..spec("head")
+        })
+        .await?;
     assert_eq!(state(&r), pb::RolloutState::Halted, "{r:#?}");
     assert!(r.message.contains("canary failed"), "{}", r.message);
     assert_eq!(targets_in(&r, pb::TargetState::Failed), ["t01"]);
     let failed = r.targets.iter().find(|t| t.target_id == "t01").unwrap();
-    assert!(failed.message.contains("0002_b") && failed.message.contains("missing_table"), "{}", failed.message);
+    assert!(
+        failed.message.contains("0002_b") && failed.message.contains("missing_table"),
+        "{}",
+        failed.message
+    );
     let statuses = agent.statuses(true).await?;
     // The canary keeps 0001_a (committed) and nothing of 0002_b (rolled back).
     assert_eq!(applied(&statuses["t01"]), ["0001_a"]);
@@ -99,13 +168,31 @@ async fn a_failing_canary_halts_before_any_other_target_is_touched() -> Result<(
 /// 20 targets; t03 and t04 already hold a table the second revision creates, so it fails there.
 async fn budget_fleet() -> Result<(tempfile::TempDir, tempfile::TempDir, TestAgent)> {
     let dir = migrations(&[
-        ("0001_a.sql", &revision("0001_a", None, "CREATE TABLE a (id INTEGER PRIMARY KEY);", "DROP TABLE a;")),
-        ("0002_w.sql", &revision("0002_w", Some("0001_a"), "CREATE TABLE widgets (id INTEGER PRIMARY KEY);", "DROP TABLE widgets;")),
+        (
+            "0001_a.sql",
+            &revision(
+                "0001_a",
+                None,
+                "CREATE TABLE a (id INTEGER PRIMARY KEY);",
+                "DROP TABLE a;",
+            ),
+        ),
+        (
+            "0002_w.sql",
+            &revision(
+                "0002_w",
+                Some("0001_a"),
+                "CREATE TABLE widgets (id INTEGER PRIMARY KEY);",
+                "DROP TABLE widgets;",
+            ),
+        ),
     ])?;
     let (tdir, targets) = sqlite_targets("t", 20)?;
     for id in ["t03", "t04"] {
         let path = tdir.path().join(format!("{id}.db"));
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
         let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
         sqlx::Executor::execute(&mut conn, "CREATE TABLE widgets (x TEXT)").await?;
     }
@@ -118,7 +205,11 @@ async fn failures_within_the_budget_complete_and_are_reported() -> Result<()> {
     let (dir, _t, agent) = budget_fleet().await?;
     let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
     let r = coord
-        .rollout(RolloutSpec { failure_budget: Budget::Count(3), waves: vec![WaveSize::Count(5)], ..spec("head") })
+        .rollout(RolloutSpec {
+            failure_budget: Budget::Count(3),
+            waves: vec![WaveSize::Count(5)],
+            ..spec("head")
+        })
         .await?;
     assert_eq!(state(&r), pb::RolloutState::CompletedWithFailures, "{r:#?}");
     assert_eq!(targets_in(&r, pb::TargetState::Failed), ["t03", "t04"]);
@@ -132,16 +223,27 @@ async fn failures_over_the_budget_halt_the_rollout() -> Result<()> {
     let (dir, _t, agent) = budget_fleet().await?;
     let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
     let r = coord
-        .rollout(RolloutSpec { failure_budget: Budget::Count(1), waves: vec![WaveSize::Count(5)], ..spec("head") })
+        .rollout(RolloutSpec {
+            failure_budget: Budget::Count(1),
+            waves: vec![WaveSize::Count(5)],
+            ..spec("head")
+        })
         .await?;
     assert_eq!(state(&r), pb::RolloutState::Halted, "{r:#?}");
-    assert!(r.message.contains("failure budget exceeded"), "{}", r.message);
+    assert!(
+        r.message.contains("failure budget exceeded"),
+        "{}",
+        r.message
+    );
     assert_eq!(targets_in(&r, pb::TargetState::Failed), ["t03", "t04"]);
     // Waves after the one that broke the budget were never started.
     let statuses = agent.statuses(true).await?;
     for i in 7..=20 {
         let id = format!("t{i:02}");
-        assert!(statuses[&id].history.is_empty(), "{id} was touched after the halt");
+        assert!(
+            statuses[&id].history.is_empty(),
+            "{id} was touched after the halt"
+        );
         assert!(targets_in(&r, pb::TargetState::Pending).contains(&id));
     }
     Ok(())
@@ -151,7 +253,10 @@ async fn failures_over_the_budget_halt_the_rollout() -> Result<()> {
 fn slow_set() -> Result<tempfile::TempDir> {
     let burn = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) \
                 SELECT count(*) FROM c;\nCREATE TABLE slow (id INTEGER PRIMARY KEY);";
-    migrations(&[("0001_slow.sql", &revision("0001_slow", None, burn, "DROP TABLE slow;"))])
+    migrations(&[(
+        "0001_slow.sql",
+        &revision("0001_slow", None, burn, "DROP TABLE slow;"),
+    )])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,29 +268,49 @@ async fn pause_stops_new_targets_and_resume_finishes() -> Result<()> {
     let mut c = coord.client().await?;
     let r = c
         .start_rollout(pb::StartRolloutRequest {
-            spec: Some(RolloutSpec { canary: 0, max_parallel: 1, ..spec("head") }.to_proto()),
+            spec: Some(
+                RolloutSpec {
+                    canary: 0,
+                    max_parallel: 1,
+                    ..spec("head")
+                }
+                .to_proto(),
+            ),
         })
         .await?
         .into_inner();
-    c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() }).await?;
+    c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await?;
     // Paused, and the target in flight (if any) has finished.
     let paused = eventually("rollout paused and idle", Duration::from_secs(30), || {
         let mut c = c.clone();
         let id = r.id.clone();
         async move {
-            let r = c.get_rollout(pb::GetRolloutRequest { id }).await?.into_inner();
+            let r = c
+                .get_rollout(pb::GetRolloutRequest { id })
+                .await?
+                .into_inner();
             let idle = targets_in(&r, pb::TargetState::Running).is_empty();
             Ok((state(&r) == pb::RolloutState::Paused && idle).then_some(r))
         }
     })
     .await?;
     let done = targets_in(&paused, pb::TargetState::Succeeded).len();
-    assert!(done < 8, "pause came too late to observe: {done} targets done");
+    assert!(
+        done < 8,
+        "pause came too late to observe: {done} targets done"
+    );
     // What the agents report matches: nothing beyond the finished targets was touched.
-    let touched = agent.statuses(false).await?.values().filter(|s| !s.applied.is_empty()).count();
+    let touched = agent
+        .statuses(false)
+        .await?
+        .values()
+        .filter(|s| !s.applied.is_empty())
+        .count();
     assert_eq!(touched, done);
 
-    c.resume_rollout(pb::RolloutControlRequest { id: r.id.clone() }).await?;
+    c.resume_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await?;
     let end = follow_to_end(&mut c, &r.id).await?;
     assert_eq!(state(&end), pb::RolloutState::Succeeded, "{end:#?}");
     assert_eq!(targets_in(&end, pb::TargetState::Succeeded).len(), 8);
@@ -201,19 +326,31 @@ async fn abort_ends_cleanly_and_leaves_the_rest_untouched() -> Result<()> {
     let mut c = coord.client().await?;
     let r = c
         .start_rollout(pb::StartRolloutRequest {
-            spec: Some(RolloutSpec { canary: 0, max_parallel: 1, ..spec("head") }.to_proto()),
+            spec: Some(
+                RolloutSpec {
+                    canary: 0,
+                    max_parallel: 1,
+                    ..spec("head")
+                }
+                .to_proto(),
+            ),
         })
         .await?
         .into_inner();
-    c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() }).await?;
-    c.abort_rollout(pb::RolloutControlRequest { id: r.id.clone() }).await?;
+    c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await?;
+    c.abort_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await?;
     let end = follow_to_end(&mut c, &r.id).await?;
     assert_eq!(state(&end), pb::RolloutState::Aborted, "{end:#?}");
     let skipped = targets_in(&end, pb::TargetState::Skipped);
     assert!(!skipped.is_empty(), "abort came too late: {end:#?}");
     let statuses = agent.statuses(true).await?;
     for id in &skipped {
-        assert!(statuses[id].history.is_empty(), "{id} was touched after abort");
+        assert!(
+            statuses[id].history.is_empty(),
+            "{id} was touched after abort"
+        );
     }
     // No target is left half-way: each is at base or at the goal, none dirty or running.
     assert!(targets_in(&end, pb::TargetState::Running).is_empty());
@@ -229,22 +366,39 @@ async fn an_edited_applied_revision_blocks_only_that_target() -> Result<()> {
     let (tdir, targets) = sqlite_targets("t", 4)?;
     let agent = TestAgent::start("agent", targets).await?;
     let coord = TestCoordinator::start(&repo_migrations(), &[&agent], None).await?;
-    let first = coord.rollout(RolloutSpec { allow_downgrade: false, ..spec("0002_users") }).await?;
+    let first = coord
+        .rollout(RolloutSpec {
+            allow_downgrade: false,
+            ..spec("0002_users")
+        })
+        .await?;
     assert_eq!(state(&first), pb::RolloutState::Succeeded, "{first:#?}");
     // Someone edited 0001 on t02 after it was applied: its recorded checksum no longer matches.
     let path = tdir.path().join("t02.db");
     let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&path);
     let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
-    sqlx::Executor::execute(&mut conn, "UPDATE flotilla_history SET checksum = 'abc' WHERE revision = '0001_tenants'").await?;
+    sqlx::Executor::execute(
+        &mut conn,
+        "UPDATE flotilla_history SET checksum = 'abc' WHERE revision = '0001_tenants'",
+    )
+    .await?;
     let before = agent.statuses(true).await?["t02"].history.len();
 
     let r = coord.rollout(spec("head")).await?;
     assert_eq!(targets_in(&r, pb::TargetState::Blocked), ["t02"], "{r:#?}");
     let blocked = r.targets.iter().find(|t| t.target_id == "t02").unwrap();
-    assert!(blocked.message.contains("0001_tenants") && blocked.message.contains("checksum"), "{}", blocked.message);
+    assert!(
+        blocked.message.contains("0001_tenants") && blocked.message.contains("checksum"),
+        "{}",
+        blocked.message
+    );
     assert_eq!(targets_in(&r, pb::TargetState::Succeeded).len(), 3);
     assert_eq!(state(&r), pb::RolloutState::Succeeded);
-    assert_eq!(agent.statuses(true).await?["t02"].history.len(), before, "t02 was touched");
+    assert_eq!(
+        agent.statuses(true).await?["t02"].history.len(),
+        before,
+        "t02 was touched"
+    );
     Ok(())
 }
 
@@ -253,18 +407,35 @@ async fn a_downgrade_rollout_takes_the_fleet_back() -> Result<()> {
     let (_t, targets) = sqlite_targets("t", 4)?;
     let agent = TestAgent::start("agent", targets).await?;
     let coord = TestCoordinator::start(&repo_migrations(), &[&agent], None).await?;
-    assert_eq!(state(&coord.rollout(spec("head")).await?), pb::RolloutState::Succeeded);
+    assert_eq!(
+        state(&coord.rollout(spec("head")).await?),
+        pb::RolloutState::Succeeded
+    );
     // Without --allow-downgrade the targets are blocked, not touched.
     let refused = coord.rollout(spec("0005_audit_logs")).await?;
-    assert_eq!(targets_in(&refused, pb::TargetState::Blocked).len(), 4, "{refused:#?}");
-    let r = coord.rollout(RolloutSpec { allow_downgrade: true, ..spec("0005_audit_logs") }).await?;
+    assert_eq!(
+        targets_in(&refused, pb::TargetState::Blocked).len(),
+        4,
+        "{refused:#?}"
+    );
+    let r = coord
+        .rollout(RolloutSpec {
+            allow_downgrade: true,
+            ..spec("0005_audit_logs")
+        })
+        .await?;
     assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
     let graph = Graph::load_dir(&repo_migrations())?;
     let want: BTreeSet<String> = graph.ancestors("0005_audit_logs").into_iter().collect();
     for (id, st) in agent.statuses(true).await? {
         let have: BTreeSet<String> = applied(&st).into_iter().collect();
         assert_eq!(have, want, "{id}");
-        assert!(st.history.iter().any(|h| h.direction == pb::Direction::Down as i32), "{id} has no down rows");
+        assert!(
+            st.history
+                .iter()
+                .any(|h| h.direction == pb::Direction::Down as i32),
+            "{id} has no down rows"
+        );
     }
     Ok(())
 }
