@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use flotilla_agent::config::{LockConfig, RetryConfig};
 use flotilla_agent::{Agent, AgentConfig, Dialect, Secret, TargetConfig};
 use flotilla_coordinator::backend::BackendConfig;
-use flotilla_coordinator::engine::{Engine, EngineConfig};
+use flotilla_coordinator::engine::EngineConfig;
 use flotilla_coordinator::rollout::RolloutSpec;
 use flotilla_coordinator::server::{CoordinatorConfig, Hooks, build, serve};
 use flotilla_proto as pb;
@@ -183,7 +183,6 @@ pub(crate) fn fleet_file(dir: &Path, agents: &[&TestAgent]) -> Result<PathBuf> {
 /// A coordinator running in this process (library), serving on 127.0.0.1:0.
 pub(crate) struct TestCoordinator {
     pub(crate) address: String,
-    pub(crate) engine: Arc<Engine>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -232,7 +231,6 @@ impl TestCoordinator {
             .context("the test coordinator did not take the lock")?;
         Ok(TestCoordinator {
             address,
-            engine,
             shutdown,
             handle: Some(handle),
             _dir: dir,
