@@ -2,7 +2,8 @@
 # Installs, on Debian, what Flotilla needs and the machine lacks; installs nothing twice.
 #   scripts/install-deps.sh           build needs: protoc (etcd-client's build script)
 #   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
-#                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool
+#                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
+#                                     strace (observability test: no connections without OTEL_*)
 set -euo pipefail
 
 want_test=0
@@ -22,6 +23,7 @@ if [ "$want_test" = 1 ]; then
   have mariadb || apt_pkgs+=(mariadb-client)
   have sqlite3 || apt_pkgs+=(sqlite3)
   have promtool || apt_pkgs+=(prometheus)
+  have strace || apt_pkgs+=(strace)
   have setpriv || apt_pkgs+=(util-linux)
 fi
 

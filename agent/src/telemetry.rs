@@ -178,6 +178,8 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with_target("flotilla_coordinator", LevelFilter::INFO)
         .with_target("flotilla", LevelFilter::INFO);
     let otel = tracing_opentelemetry::layer()
+        // Span fields named `target` (the database target) are ours, not the module path.
+        .with_target(false)
         .with_tracer(tracer)
         .with_filter(otel_filter);
     let dispatch = DispatchSlot::default();

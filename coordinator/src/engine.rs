@@ -192,7 +192,8 @@ impl Engine {
             self.term.send_replace(Some(term.clone()));
             // Announce the new token to every agent (one Status each): from now on they
             // refuse the previous leader's steps on every target, touched or not.
-            match self.snapshot(false).await {
+            let announce = tracing::info_span!("announce_token", token = term.token);
+            match tracing::Instrument::instrument(self.snapshot(false), announce).await {
                 Ok(snap) => {
                     for (agent, err) in &snap.unreachable {
                         tracing::warn!(agent = %agent, "cannot announce the new fencing token: {err}");

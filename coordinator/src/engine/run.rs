@@ -15,8 +15,7 @@ use flotilla_proto as pb;
 
 use crate::revision::Goal;
 use crate::rollout::{
-    RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves, rollout_key,
-    target_key,
+    RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves, rollout_key, target_key,
 };
 use crate::store::WriteOp;
 
@@ -66,7 +65,16 @@ impl Engine {
     pub(crate) async fn run(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
         let (rec, _) = self.get(id).await?;
         let span = crate::telemetry::rollout_span(id, term.token, &rec.traceparent);
-        tracing::Instrument::instrument(self.run_rollout(id, term), span).await
+        let engine = self.clone();
+        let run = async move {
+            let result = engine.clone().run_rollout(id, term).await;
+            // The fleet gauges, from the agents' reports now the rollout ended.
+            if !term.cancel.is_cancelled() {
+                crate::metrics::refresh_fleet(&engine).await;
+            }
+            result
+        };
+        tracing::Instrument::instrument(run, span).await
     }
 
     async fn run_rollout(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
@@ -82,19 +90,24 @@ impl Engine {
             );
             return self.finish(term, &mut rec, RolloutState::Halted, why).await;
         }
-        let goal: Goal = rec
-            .spec
-            .goal
-            .parse()
-            .map_err(|e| EngineError::InvalidArgument(format!("goal {:?}: {e}", rec.spec.goal)))?;
+        let goal: Goal =
+            rec.spec.goal.parse().map_err(|e| {
+                EngineError::InvalidArgument(format!("goal {:?}: {e}", rec.spec.goal))
+            })?;
         if !rec.planned {
             self.plan_rollout(term, &mut rec, &goal).await?;
         }
         let (_, targets) = self.get(id).await?;
-        let mut targets: BTreeMap<String, TargetRecord> =
-            targets.into_iter().map(|t| (t.target_id.clone(), t)).collect();
+        let mut targets: BTreeMap<String, TargetRecord> = targets
+            .into_iter()
+            .map(|t| (t.target_id.clone(), t))
+            .collect();
         crate::metrics::set_rollout_targets(targets.values());
-        let initial = if rec.state == RolloutState::Paused { Control::Pause } else { Control::Run };
+        let initial = if rec.state == RolloutState::Paused {
+            Control::Pause
+        } else {
+            Control::Run
+        };
         let mut control = self.control(id, initial);
         let eligible = targets
             .values()
@@ -110,25 +123,43 @@ impl Engine {
             }
             let wave_span = tracing::info_span!("wave", wave);
             let end = tracing::Instrument::instrument(
-                self.run_wave(term, &mut rec, &goal, wave, &mut targets, &mut control, allowed),
+                self.run_wave(
+                    term,
+                    &mut rec,
+                    &goal,
+                    wave,
+                    &mut targets,
+                    &mut control,
+                    allowed,
+                ),
                 wave_span,
             )
             .await?;
             match end {
                 WaveEnd::Completed => {}
                 WaveEnd::Aborted => {
-                    for t in targets.values_mut().filter(|t| t.state == TargetState::Pending) {
+                    for t in targets
+                        .values_mut()
+                        .filter(|t| t.state == TargetState::Pending)
+                    {
                         t.state = TargetState::Skipped;
                         t.message = "rollout aborted".into();
                         self.put_target(term, id, t).await?;
                     }
                     return self
-                        .finish(term, &mut rec, RolloutState::Aborted, "aborted by request".into())
+                        .finish(
+                            term,
+                            &mut rec,
+                            RolloutState::Aborted,
+                            "aborted by request".into(),
+                        )
                         .await;
                 }
             }
-            let failed: Vec<&TargetRecord> =
-                targets.values().filter(|t| t.state == TargetState::Failed).collect();
+            let failed: Vec<&TargetRecord> = targets
+                .values()
+                .filter(|t| t.state == TargetState::Failed)
+                .collect();
             if wave == 0 && rec.spec.canary > 0 && failed.iter().any(|t| t.wave == 0) {
                 let why = failed
                     .iter()
@@ -137,16 +168,26 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join("; ");
                 return self
-                    .finish(term, &mut rec, RolloutState::Halted, format!("canary failed, no other target touched: {why}"))
+                    .finish(
+                        term,
+                        &mut rec,
+                        RolloutState::Halted,
+                        format!("canary failed, no other target touched: {why}"),
+                    )
                     .await;
             }
             if failed.len() > allowed {
                 return self
-                    .finish(term, &mut rec, RolloutState::Halted, format!(
-                        "failure budget exceeded: {} targets failed, {} allowed",
-                        failed.len(),
-                        allowed
-                    ))
+                    .finish(
+                        term,
+                        &mut rec,
+                        RolloutState::Halted,
+                        format!(
+                            "failure budget exceeded: {} targets failed, {} allowed",
+                            failed.len(),
+                            allowed
+                        ),
+                    )
                     .await;
             }
             if rec.spec.fingerprint_gate
@@ -156,22 +197,46 @@ impl Engine {
             }
             wave += 1;
         }
-        let failed = targets.values().filter(|t| t.state == TargetState::Failed).count();
-        let blocked = targets.values().filter(|t| t.state == TargetState::Blocked).count();
-        let succeeded = targets.values().filter(|t| t.state == TargetState::Succeeded).count();
-        let skipped = targets.values().filter(|t| t.state == TargetState::Skipped).count();
+        let failed = targets
+            .values()
+            .filter(|t| t.state == TargetState::Failed)
+            .count();
+        let blocked = targets
+            .values()
+            .filter(|t| t.state == TargetState::Blocked)
+            .count();
+        let succeeded = targets
+            .values()
+            .filter(|t| t.state == TargetState::Succeeded)
+            .count();
+        let skipped = targets
+            .values()
+            .filter(|t| t.state == TargetState::Skipped)
+            .count();
         let mut summary = format!("{succeeded} migrated, {skipped} already at the goal");
         if failed > 0 {
-            summary.push_str(&format!(", {failed} failed (within the budget of {allowed})"));
+            summary.push_str(&format!(
+                ", {failed} failed (within the budget of {allowed})"
+            ));
         }
         if blocked > 0 {
             summary.push_str(&format!(", {blocked} blocked"));
         }
-        let state = if failed > 0 { RolloutState::CompletedWithFailures } else { RolloutState::Succeeded };
+        let state = if failed > 0 {
+            RolloutState::CompletedWithFailures
+        } else {
+            RolloutState::Succeeded
+        };
         self.finish(term, &mut rec, state, summary).await
     }
 
-    async fn finish(&self, term: &Term, rec: &mut RolloutRecord, state: RolloutState, message: String) -> Result<(), EngineError> {
+    async fn finish(
+        &self,
+        term: &Term,
+        rec: &mut RolloutRecord,
+        state: RolloutState,
+        message: String,
+    ) -> Result<(), EngineError> {
         tracing::info!(rollout = %rec.id, state = state.as_str(), "{message}");
         rec.state = state;
         rec.message = message;
@@ -182,10 +247,20 @@ impl Engine {
 
     /// Plan every selected target and write the target records, then mark the rollout
     /// planned. A crash before the last write re-plans from scratch (nothing ran yet).
-    async fn plan_rollout(&self, term: &Term, rec: &mut RolloutRecord, goal: &Goal) -> Result<(), EngineError> {
+    async fn plan_rollout(
+        &self,
+        term: &Term,
+        rec: &mut RolloutRecord,
+        goal: &Goal,
+    ) -> Result<(), EngineError> {
         let snap = self.select(&rec.spec.selector).await?;
         if !snap.unreachable.is_empty() {
-            let list = snap.unreachable.iter().map(|(a, e)| format!("{a} ({e})")).collect::<Vec<_>>().join(", ");
+            let list = snap
+                .unreachable
+                .iter()
+                .map(|(a, e)| format!("{a} ({e})"))
+                .collect::<Vec<_>>()
+                .join(", ");
             tracing::warn!(rollout = %rec.id, "agents unreachable while planning, their targets are left out: {list}");
         }
         let mut runnable = Vec::new();
@@ -206,7 +281,13 @@ impl Engine {
                 message: String::new(),
                 fingerprint: String::new(),
             };
-            match plan_target(&self.graph, &entry.status, entry.dialect(), goal, rec.spec.allow_downgrade) {
+            match plan_target(
+                &self.graph,
+                &entry.status,
+                entry.dialect(),
+                goal,
+                rec.spec.allow_downgrade,
+            ) {
                 TargetPlanOutcome::Blocked(why) => {
                     t.state = TargetState::Blocked;
                     t.message = why;
@@ -227,7 +308,11 @@ impl Engine {
                             transactional: s.transactional,
                         })
                         .collect();
-                    let canary = entry.status.labels.get("flotilla.io/canary").is_some_and(|v| v == "true");
+                    let canary = entry
+                        .status
+                        .labels
+                        .get("flotilla.io/canary")
+                        .is_some_and(|v| v == "true");
                     runnable.push((!canary, t));
                 }
             }
@@ -248,7 +333,10 @@ impl Engine {
                 .iter()
                 .map(|t| {
                     serde_json::to_vec(t)
-                        .map(|value| WriteOp::Put { key: target_key(&rec.id, &t.target_id), value })
+                        .map(|value| WriteOp::Put {
+                            key: target_key(&rec.id, &t.target_id),
+                            value,
+                        })
                         .map_err(|e| EngineError::Store(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -268,11 +356,24 @@ impl Engine {
             "{} targets to migrate in {} waves, {} already at the goal, {} blocked",
             runnable.len(),
             waves.len(),
-            records.iter().filter(|t| t.state == TargetState::Skipped).count(),
-            records.iter().filter(|t| t.state == TargetState::Blocked).count()
+            records
+                .iter()
+                .filter(|t| t.state == TargetState::Skipped)
+                .count(),
+            records
+                .iter()
+                .filter(|t| t.state == TargetState::Blocked)
+                .count()
         );
         let value = serde_json::to_vec(&*rec).map_err(|e| EngineError::Store(e.to_string()))?;
-        self.write(term, vec![WriteOp::Put { key: rollout_key(&rec.id), value }]).await?;
+        self.write(
+            term,
+            vec![WriteOp::Put {
+                key: rollout_key(&rec.id),
+                value,
+            }],
+        )
+        .await?;
         self.notify(&rec.id);
         Ok(())
     }
@@ -294,37 +395,56 @@ impl Engine {
     ) -> Result<WaveEnd, EngineError> {
         let global = Arc::new(Semaphore::new(rec.spec.max_parallel.max(1) as usize));
         let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
-        let already_failed = targets.values().filter(|t| t.state == TargetState::Failed).count();
+        let already_failed = targets
+            .values()
+            .filter(|t| t.state == TargetState::Failed)
+            .count();
         let limits = Arc::new(Limits {
             failed: AtomicUsize::new(already_failed),
-            allowed: if wave == 0 && rec.spec.canary > 0 { 0 } else { allowed },
+            allowed: if wave == 0 && rec.spec.canary > 0 {
+                0
+            } else {
+                allowed
+            },
         });
         let snapshot = rec.clone();
         // A pause may have arrived before this wave subscribed to changes.
         self.sync_paused(term, rec, control).await?;
         let mut running = FuturesUnordered::new();
-        for t in targets
-            .values()
-            .filter(|t| t.wave == wave && matches!(t.state, TargetState::Pending | TargetState::Running))
-        {
+        for t in targets.values().filter(|t| {
+            t.wave == wave && matches!(t.state, TargetState::Pending | TargetState::Running)
+        }) {
             let host = (rec.spec.max_parallel_per_host > 0).then(|| {
                 hosts
                     .entry(t.host.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(rec.spec.max_parallel_per_host as usize)))
+                    .or_insert_with(|| {
+                        Arc::new(Semaphore::new(rec.spec.max_parallel_per_host as usize))
+                    })
                     .clone()
             });
             let engine = self.clone();
-            let (term, rollout, goal, t) = (term.clone(), snapshot.clone(), goal.clone(), t.clone());
+            let (term, rollout, goal, t) =
+                (term.clone(), snapshot.clone(), goal.clone(), t.clone());
             let (global, control, limits) = (global.clone(), control.clone(), limits.clone());
             let span = tracing::Span::current();
             running.push(self.tasks.spawn(tracing::Instrument::instrument(
                 async move {
                     let _host = match host {
-                        Some(h) => Some(h.acquire_owned().await.map_err(|_| EngineError::Fenced(term.token))?),
+                        Some(h) => Some(
+                            h.acquire_owned()
+                                .await
+                                .map_err(|_| EngineError::Fenced(term.token))?,
+                        ),
                         None => None,
                     };
-                    let _global = global.acquire_owned().await.map_err(|_| EngineError::Fenced(term.token))?;
-                    if !wait_runnable(control).await || limits.exceeded() || term.cancel.is_cancelled() {
+                    let _global = global
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| EngineError::Fenced(term.token))?;
+                    if !wait_runnable(control).await
+                        || limits.exceeded()
+                        || term.cancel.is_cancelled()
+                    {
                         return Ok(t);
                     }
                     let t = engine.run_target(&term, &rollout, &goal, t).await?;
@@ -360,10 +480,19 @@ impl Engine {
     }
 
     /// Persist Paused/Running to match the requested control.
-    async fn sync_paused(&self, term: &Term, rec: &mut RolloutRecord, control: &mut watch::Receiver<Control>) -> Result<(), EngineError> {
+    async fn sync_paused(
+        &self,
+        term: &Term,
+        rec: &mut RolloutRecord,
+        control: &mut watch::Receiver<Control>,
+    ) -> Result<(), EngineError> {
         let paused = *control.borrow_and_update() == Control::Pause;
         if paused != (rec.state == RolloutState::Paused) {
-            rec.state = if paused { RolloutState::Paused } else { RolloutState::Running };
+            rec.state = if paused {
+                RolloutState::Paused
+            } else {
+                RolloutState::Running
+            };
             rec.message = if paused {
                 "paused: running targets finish, no new target starts".into()
             } else {
@@ -386,7 +515,9 @@ impl Engine {
     ) -> Result<Option<String>, EngineError> {
         let ids: Vec<String> = targets
             .values()
-            .filter(|t| t.wave == wave && t.state == TargetState::Succeeded && t.fingerprint.is_empty())
+            .filter(|t| {
+                t.wave == wave && t.state == TargetState::Succeeded && t.fingerprint.is_empty()
+            })
             .map(|t| t.target_id.clone())
             .collect();
         if ids.is_empty() {
@@ -395,16 +526,30 @@ impl Engine {
         let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for id in &ids {
             if let Some(t) = targets.get(id) {
-                by_agent.entry(t.agent_id.clone()).or_default().push(id.clone());
+                by_agent
+                    .entry(t.agent_id.clone())
+                    .or_default()
+                    .push(id.clone());
             }
         }
         let agents = self.agents().await?;
         for (agent_id, ids) in by_agent {
-            let Some(agent) = agents.iter().find(|a| a.id() == agent_id) else { continue };
+            let Some(agent) = agents.iter().find(|a| a.id() == agent_id) else {
+                continue;
+            };
             let resp = agent
-                .validate(pb::ValidateRequest { target_ids: ids, expected: vec![], skip_fingerprint: false })
+                .validate(pb::ValidateRequest {
+                    target_ids: ids,
+                    expected: vec![],
+                    skip_fingerprint: false,
+                })
                 .await
-                .map_err(|e| EngineError::Unavailable(format!("fingerprint gate: agent {agent_id}: {}", e.message())))?;
+                .map_err(|e| {
+                    EngineError::Unavailable(format!(
+                        "fingerprint gate: agent {agent_id}: {}",
+                        e.message()
+                    ))
+                })?;
             for v in resp.targets {
                 if let Some(t) = targets.get_mut(&v.target_id) {
                     t.fingerprint = v.fingerprint.clone();

@@ -12,3 +12,4 @@ mod revision_cli;
 mod revision_parse;
 mod revision_plan;
 mod revision_prop;
+mod observability;
