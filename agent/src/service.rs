@@ -87,12 +87,20 @@ impl AgentService for AgentGrpc {
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let span = server_span!(req, "Status");
-        self.agent.status(req.into_inner()).instrument(span).await.map(Response::new)
+        self.agent
+            .status(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 
     async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
         let span = server_span!(req, "Stamp", target = %req.get_ref().target_id);
-        self.agent.stamp(req.into_inner()).instrument(span).await.map(Response::new)
+        self.agent
+            .stamp(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 
     async fn repair(
@@ -100,7 +108,11 @@ impl AgentService for AgentGrpc {
         req: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
         let span = server_span!(req, "Repair", target = %req.get_ref().target_id, revision = %req.get_ref().revision);
-        self.agent.repair(req.into_inner()).instrument(span).await.map(Response::new)
+        self.agent
+            .repair(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
     }
 }
 
