@@ -337,7 +337,8 @@ impl Agent {
     pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
         check::target_ids("target_ids", &req.target_ids)?;
         // A leader announces its token; lower tokens are refused from now on.
-        self.fence_seen.fetch_max(req.fencing_token, std::sync::atomic::Ordering::SeqCst);
+        self.fence_seen
+            .fetch_max(req.fencing_token, std::sync::atomic::Ordering::SeqCst);
         let targets = self.select(&req.target_ids).await?;
         let timeout = self.config.status.timeout;
         let include_history = req.include_history;

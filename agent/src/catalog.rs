@@ -76,15 +76,30 @@ mod tests {
     use super::*;
 
     fn col(n: &str, t: &str) -> Column {
-        Column { name: n.into(), data_type: t.into(), nullable: true, default: None }
+        Column {
+            name: n.into(),
+            data_type: t.into(),
+            nullable: true,
+            default: None,
+        }
     }
 
     #[test]
     fn fingerprint_ignores_order_but_not_content() {
         let a = Catalog {
             tables: vec![
-                Table { name: "t1".into(), columns: vec![col("a", "int"), col("b", "text")], indexes: vec![], constraints: vec![] },
-                Table { name: "t2".into(), columns: vec![col("x", "int")], indexes: vec![], constraints: vec![] },
+                Table {
+                    name: "t1".into(),
+                    columns: vec![col("a", "int"), col("b", "text")],
+                    indexes: vec![],
+                    constraints: vec![],
+                },
+                Table {
+                    name: "t2".into(),
+                    columns: vec![col("x", "int")],
+                    indexes: vec![],
+                    constraints: vec![],
+                },
             ],
         };
         let mut b = a.clone();
@@ -99,7 +114,12 @@ mod tests {
     fn own_tables_are_excluded() {
         let a = Catalog::default();
         let b = Catalog {
-            tables: vec![Table { name: "flotilla_history".into(), columns: vec![], indexes: vec![], constraints: vec![] }],
+            tables: vec![Table {
+                name: "flotilla_history".into(),
+                columns: vec![],
+                indexes: vec![],
+                constraints: vec![],
+            }],
         };
         assert_eq!(a.fingerprint(), b.fingerprint());
     }

@@ -1,10 +1,10 @@
 //! Agent integration tests: one test binary, one module per area.
 
+mod discovery;
 mod drivers;
-mod support;
-mod migrate;
+mod fault;
 mod grpc;
 mod locking;
+mod migrate;
+mod support;
 mod validate;
-mod fault;
-mod discovery;
