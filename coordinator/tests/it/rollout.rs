@@ -439,3 +439,92 @@ async fn a_downgrade_rollout_takes_the_fleet_back() -> Result<()> {
     }
     Ok(())
 }
+
+/// (start, end) of each target's applied step, from the agent's history (applied_at is the
+/// end, duration_ms the step's own time).
+async fn step_intervals(agent: &TestAgent) -> Result<Vec<(i64, i64)>> {
+    let mut v: Vec<(i64, i64)> = agent
+        .statuses(true)
+        .await?
+        .values()
+        .flat_map(|s| s.history.iter())
+        .filter(|h| h.status == "applied")
+        .map(|h| {
+            (
+                h.applied_at_unix_ms - h.duration_ms as i64,
+                h.applied_at_unix_ms,
+            )
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn overlapping(v: &[(i64, i64)]) -> usize {
+    // allow 5 ms for clock granularity between one step's end and the next one's start
+    v.windows(2).filter(|w| w[1].0 + 5 < w[0].1).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_parallel_per_host_serializes_targets_on_one_server() -> Result<()> {
+    let pg = Postgres::start().await?;
+    let dir = migrations(&[(
+        "0001_slow.sql",
+        &revision(
+            "0001_slow",
+            None,
+            "SELECT pg_sleep(0.3);\nCREATE TABLE s (id INT);",
+            "DROP TABLE s;",
+        ),
+    )])?;
+    let mut limited = Vec::new();
+    let mut free = Vec::new();
+    for i in 1..=4 {
+        limited.push(target(
+            &format!("a{i}"),
+            Dialect::Postgres,
+            &pg.fresh_database().await?,
+            &[],
+        ));
+        free.push(target(
+            &format!("b{i}"),
+            Dialect::Postgres,
+            &pg.fresh_database().await?,
+            &[],
+        ));
+    }
+    // One host, at most one target at a time on it: the four steps never overlap.
+    let agent = TestAgent::start("agent-a", limited).await?;
+    let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
+    let r = coord
+        .rollout(RolloutSpec {
+            canary: 0,
+            max_parallel: 4,
+            max_parallel_per_host: 1,
+            ..spec("head")
+        })
+        .await?;
+    assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
+    let v = step_intervals(&agent).await?;
+    assert_eq!(v.len(), 4);
+    assert_eq!(overlapping(&v), 0, "steps overlapped on one host: {v:?}");
+    drop(coord);
+
+    // Without the per-host limit the same fleet runs them side by side.
+    let agent = TestAgent::start("agent-b", free).await?;
+    let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
+    let r = coord
+        .rollout(RolloutSpec {
+            canary: 0,
+            max_parallel: 4,
+            ..spec("head")
+        })
+        .await?;
+    assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
+    let v = step_intervals(&agent).await?;
+    assert!(
+        overlapping(&v) > 0,
+        "expected parallel steps without a per-host limit: {v:?}"
+    );
+    Ok(())
+}
