@@ -101,8 +101,9 @@ impl Progress {
 
     pub fn finish(&mut self) {
         if let Some((_, all, wave)) = self.bars.take() {
+            // The report that follows repeats the final counts: leave a clean line for it.
             wave.finish_and_clear();
-            all.finish();
+            all.finish_and_clear();
         }
     }
 }
