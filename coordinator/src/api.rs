@@ -13,7 +13,7 @@ use flotilla_agent::{Dialect, Direction};
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_server::CoordinatorService;
 
-use crate::engine::{Engine, EngineError, FleetEntry};
+use crate::engine::{Control, Engine, EngineError, FleetEntry};
 use crate::registry::Registration;
 use crate::revision::Goal;
 use crate::rollout::{RolloutSpec, Selector};
@@ -39,6 +39,16 @@ pub struct Api {
 impl Api {
     pub fn new(engine: Arc<Engine>, trace_of: crate::server::TraceOf) -> Api {
         Api { engine, trace_of }
+    }
+
+    /// Pause, resume or abort, then the rollout as it now stands.
+    async fn control(&self, id: String, c: Control) -> Result<Response<pb::Rollout>, Status> {
+        check_id("rollout id", &id)?;
+        self.engine
+            .control_rollout(&id, c)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(self.rollout(&id).await?))
     }
 
     async fn rollout(&self, id: &str) -> Result<pb::Rollout, Status> {
@@ -197,27 +207,21 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let id = req.into_inner().id;
-        self.engine.pause(&id).await.map_err(status_of)?;
-        Ok(Response::new(self.rollout(&id).await?))
+        self.control(req.into_inner().id, Control::Pause).await
     }
 
     async fn resume_rollout(
         &self,
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let id = req.into_inner().id;
-        self.engine.resume(&id).await.map_err(status_of)?;
-        Ok(Response::new(self.rollout(&id).await?))
+        self.control(req.into_inner().id, Control::Run).await
     }
 
     async fn abort_rollout(
         &self,
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let id = req.into_inner().id;
-        self.engine.abort(&id).await.map_err(status_of)?;
-        Ok(Response::new(self.rollout(&id).await?))
+        self.control(req.into_inner().id, Control::Abort).await
     }
 
     async fn fleet_status(

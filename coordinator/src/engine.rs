@@ -62,7 +62,7 @@ impl From<StoreError> for EngineError {
 
 /// What the user asked a running rollout to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Control {
+pub enum Control {
     Run,
     Pause,
     Abort,
@@ -424,7 +424,7 @@ impl Engine {
     }
 
     /// Pause, resume or abort a rollout (leader only).
-    pub(crate) async fn control_rollout(
+    pub async fn control_rollout(
         &self,
         id: &str,
         c: Control,
@@ -443,18 +443,6 @@ impl Engine {
             )));
         }
         Ok(rec)
-    }
-
-    pub async fn pause(&self, id: &str) -> Result<RolloutRecord, EngineError> {
-        self.control_rollout(id, Control::Pause).await
-    }
-
-    pub async fn resume(&self, id: &str) -> Result<RolloutRecord, EngineError> {
-        self.control_rollout(id, Control::Run).await
-    }
-
-    pub async fn abort(&self, id: &str) -> Result<RolloutRecord, EngineError> {
-        self.control_rollout(id, Control::Abort).await
     }
 
     /// All agents, for status/validate fan-out.

@@ -15,7 +15,7 @@ use flotilla_proto as pb;
 
 use crate::revision::Goal;
 use crate::rollout::{
-    RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves, rollout_key, target_key,
+    RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves, target_key,
 };
 use crate::store::WriteOp;
 
@@ -365,17 +365,7 @@ impl Engine {
                 .filter(|t| t.state == TargetState::Blocked)
                 .count()
         );
-        let value = serde_json::to_vec(&*rec).map_err(|e| EngineError::Store(e.to_string()))?;
-        self.write(
-            term,
-            vec![WriteOp::Put {
-                key: rollout_key(&rec.id),
-                value,
-            }],
-        )
-        .await?;
-        self.notify(&rec.id);
-        Ok(())
+        self.put_rollout(term, rec).await
     }
 
     /// Run the pending targets of one wave: one task per target, each waiting for a permit
