@@ -168,11 +168,19 @@ impl Drop for TestAgent {
 
 /// A static fleet file listing the agents.
 pub(crate) fn fleet_file(dir: &Path, agents: &[&TestAgent]) -> Result<PathBuf> {
+    let entries: Vec<(String, String)> = agents
+        .iter()
+        .map(|a| (a.id.clone(), a.address.clone()))
+        .collect();
+    fleet_file_of(dir, &entries)
+}
+
+/// A static fleet file from `(agent id, address)` pairs (e.g. an address behind a proxy).
+pub(crate) fn fleet_file_of(dir: &Path, agents: &[(String, String)]) -> Result<PathBuf> {
     let mut text = String::new();
-    for a in agents {
+    for (id, address) in agents {
         text.push_str(&format!(
-            "[[agents]]\nid = \"{}\"\naddress = \"{}\"\n\n",
-            a.id, a.address
+            "[[agents]]\nid = \"{id}\"\naddress = \"{address}\"\n\n"
         ));
     }
     let path = dir.join("fleet.toml");
@@ -195,8 +203,21 @@ impl TestCoordinator {
         agents: &[&TestAgent],
         etcd: Option<&str>,
     ) -> Result<TestCoordinator> {
+        let entries: Vec<(String, String)> = agents
+            .iter()
+            .map(|a| (a.id.clone(), a.address.clone()))
+            .collect();
+        Self::start_with(migrations, &entries, etcd).await
+    }
+
+    /// Like `start`, with the fleet given as `(agent id, address)` pairs.
+    pub(crate) async fn start_with(
+        migrations: &Path,
+        agents: &[(String, String)],
+        etcd: Option<&str>,
+    ) -> Result<TestCoordinator> {
         let dir = tempfile::tempdir()?;
-        let fleet = fleet_file(dir.path(), agents)?;
+        let fleet = fleet_file_of(dir.path(), agents)?;
         let config = CoordinatorConfig {
             migrations: migrations.to_owned(),
             backend: BackendConfig {
@@ -209,8 +230,8 @@ impl TestCoordinator {
             fleet_file: Some(fleet),
             registration_ttl: Duration::from_secs(3),
             engine: EngineConfig {
-                agent_attempts: 3,
-                agent_backoff_min: Duration::from_millis(50),
+                agent_attempts: 6,
+                agent_backoff_min: Duration::from_millis(100),
                 agent_backoff_max: Duration::from_millis(500),
                 lock_retry: Duration::from_millis(200),
             },

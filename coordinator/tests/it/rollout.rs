@@ -528,3 +528,83 @@ async fn max_parallel_per_host_serializes_targets_on_one_server() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_agent_is_retried_before_its_targets_fail() -> Result<()> {
+    let (_ta, a_targets) = sqlite_targets("a", 1)?;
+    let (_tb, b_targets) = sqlite_targets("b", 2)?;
+    let agent_a = TestAgent::start("agent-a", a_targets).await?;
+    let agent_b = TestAgent::start("agent-b", b_targets).await?;
+    let b_addr: std::net::SocketAddr = agent_b.address.trim_start_matches("http://").parse()?;
+    let proxy = flotilla_testkit::FaultProxy::start(b_addr).await?;
+    let fleet = vec![
+        (agent_a.id.clone(), agent_a.address.clone()),
+        (agent_b.id.clone(), format!("http://{}", proxy.addr())),
+    ];
+    let coord = TestCoordinator::start_with(&repo_migrations(), &fleet, None).await?;
+    let mut c = coord.client().await?;
+    // Canary a01 on agent-a, then agent-b's two targets in the next wave.
+    let r = c
+        .start_rollout(pb::StartRolloutRequest {
+            spec: Some(spec("head").to_proto()),
+        })
+        .await?
+        .into_inner();
+    c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await?;
+    eventually(
+        "rollout planned and paused",
+        Duration::from_secs(20),
+        || {
+            let mut c = c.clone();
+            let id = r.id.clone();
+            async move {
+                let r = c
+                    .get_rollout(pb::GetRolloutRequest { id })
+                    .await?
+                    .into_inner();
+                Ok((state(&r) == pb::RolloutState::Paused && r.wave_count == 2).then_some(()))
+            }
+        },
+    )
+    .await?;
+    // agent-b becomes unreachable: open connections cut, new ones refused.
+    proxy.set_refusing(true);
+    proxy.cut_all();
+    c.resume_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await?;
+    eventually(
+        "a retry against the unreachable agent",
+        Duration::from_secs(20),
+        || {
+            let mut c = c.clone();
+            let id = r.id.clone();
+            async move {
+                let r = c
+                    .get_rollout(pb::GetRolloutRequest { id })
+                    .await?
+                    .into_inner();
+                Ok(r.targets
+                    .iter()
+                    .any(|t| t.agent_id == "agent-b" && t.retries > 0)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    proxy.set_refusing(false);
+    let end = follow_to_end(&mut c, &r.id).await?;
+    assert_eq!(state(&end), pb::RolloutState::Succeeded, "{end:#?}");
+    assert_eq!(targets_in(&end, pb::TargetState::Succeeded).len(), 3);
+    assert!(
+        end.targets
+            .iter()
+            .filter(|t| t.agent_id == "agent-b")
+            .any(|t| t.retries > 0)
+    );
+    for (id, st) in agent_b.statuses(true).await? {
+        let n = st.history.iter().filter(|h| h.status == "applied").count();
+        assert_eq!(n, 10, "{id}: each revision exactly once");
+    }
+    Ok(())
+}
