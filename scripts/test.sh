@@ -5,3 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
 cargo test --workspace --locked "$@"
+# The Helm chart: helm lint + kubernetes-validate of every ci values file (tools from npm/PyPI).
+bash scripts/check-helm.sh

