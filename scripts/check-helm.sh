@@ -4,6 +4,7 @@
 #   - `helm template` of every ci values file, validated by kubernetes-validate --strict
 #     against the schemas of several Kubernetes versions (unknown fields, wrong types and
 #     missing required fields fail);
+#   - NOTES.txt renders (with the init-container snippet) for every ci values file;
 #   - the chart's own guards (embedded mode with 2 replicas must be refused);
 #   - the rollout goal the chart computes from migrations.files, for the repo's migrations/,
 #     equals `flotilla heads` (when target/debug/flotilla is built).
@@ -134,6 +135,18 @@ for f in "${values[@]}"; do
         die "helm template -f $f failed: $(cat "$TMP/err")"
     validate "$TMP/$name.yaml" "$f"
 done
+
+# NOTES.txt renders (helm template skips it): a copy of the chart renders it through tpl.
+cp -r "$CHART" "$TMP/notes-chart"
+cp "$CHART/templates/NOTES.txt" "$TMP/notes-chart/notes.txt"
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ tpl (.Files.Get "notes.txt") . | quote }}\n' \
+    >"$TMP/notes-chart/templates/zz-notes.yaml"
+for f in "${values[@]}"; do
+    "$HELM" template flotilla "$TMP/notes-chart" -f "$f" --show-only templates/zz-notes.yaml \
+        >"$TMP/notes.yaml" 2>"$TMP/err" || die "NOTES.txt does not render with $f: $(cat "$TMP/err")"
+    grep -q 'wait-for-schema' "$TMP/notes.yaml" || die "NOTES.txt with $f lacks the init-container snippet"
+done
+ok "NOTES.txt renders with every ci values file, with the init-container snippet"
 
 # The default values render and validate too (no agents, embedded coordinator).
 "$HELM" template flotilla "$CHART" >"$TMP/defaults.yaml" 2>"$TMP/err" ||
