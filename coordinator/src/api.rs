@@ -517,12 +517,23 @@ fn watch_stream(
         {
             return;
         }
+        // At most one read of the rollout per interval, however many targets changed:
+        // reading is O(targets), updates arrive per step.
+        const MIN_GAP: Duration = Duration::from_millis(100);
+        let mut last_read = tokio::time::Instant::now();
         while !is_done(&last) {
             tokio::select! {
                 _ = tx.closed() => return,
                 _ = updates.recv() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+            tokio::time::sleep_until(last_read + MIN_GAP).await;
+            while !matches!(
+                updates.try_recv(),
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                    | tokio::sync::broadcast::error::TryRecvError::Closed)
+            ) {}
+            last_read = tokio::time::Instant::now();
             match engine.get(&id).await {
                 Ok((rec, targets)) => {
                     let now = rec.to_proto(&targets);

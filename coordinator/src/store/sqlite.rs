@@ -55,7 +55,10 @@ pub(crate) async fn open_pool(path: &Path) -> Result<SqlitePool, sqlx::Error> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Full)
+        // NORMAL in WAL mode survives a process crash; a power cut can lose the last few
+        // transitions, which resumption tolerates: every target is re-planned from its
+        // agent's own report, and the agents' history tables are the record of what ran.
+        .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true);
     let pool = SqlitePoolOptions::new()
