@@ -95,10 +95,7 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::PlanResponse>, Status> {
         let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
             .map_err(Status::invalid_argument)?;
-        let goal: Goal = spec
-            .goal
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("goal {:?}: {e}", spec.goal)))?;
+        let goal: Goal = self.engine.goal(&spec.goal).map_err(status_of)?;
         let snap = self
             .engine
             .select(&spec.selector)

@@ -315,6 +315,22 @@ impl Engine {
         Ok(out)
     }
 
+    /// Parse a goal and check it names something in the graph: an unknown revision is
+    /// refused up front instead of blocking every target.
+    pub fn goal(&self, goal: &str) -> Result<crate::revision::Goal, EngineError> {
+        let parsed: crate::revision::Goal = goal
+            .parse()
+            .map_err(|e| EngineError::InvalidArgument(format!("goal {goal:?}: {e}")))?;
+        if let crate::revision::Goal::Revision(id) = &parsed
+            && !self.graph.contains(id)
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "goal {goal:?}: no such revision in the migrations (see `flotilla revisions`)"
+            )));
+        }
+        Ok(parsed)
+    }
+
     /// Start a rollout (leader only). Refused while another rollout is active.
     pub async fn start(
         self: &Arc<Self>,
@@ -323,9 +339,7 @@ impl Engine {
         trace_id: String,
     ) -> Result<RolloutRecord, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
-        spec.goal
-            .parse::<crate::revision::Goal>()
-            .map_err(|e| EngineError::InvalidArgument(format!("goal {:?}: {e}", spec.goal)))?;
+        self.goal(&spec.goal)?;
         if let Some(active) = self
             .list()
             .await?

@@ -608,3 +608,40 @@ async fn an_unreachable_agent_is_retried_before_its_targets_fail() -> Result<()>
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_goal_is_refused_before_anything_starts() -> Result<()> {
+    let (_t, targets) = sqlite_targets("t", 2)?;
+    let agent = TestAgent::start("agent", targets).await?;
+    let coord = TestCoordinator::start(&repo_migrations(), &[&agent], None).await?;
+    let mut c = coord.client().await?;
+    let spec = Some(spec("9999_no_such_revision").to_proto());
+    let err = c
+        .start_rollout(pb::StartRolloutRequest { spec: spec.clone() })
+        .await
+        .expect_err("an unknown goal must be refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("no such revision"),
+        "{}",
+        err.message()
+    );
+    let err = c
+        .plan(pb::PlanRequest { spec })
+        .await
+        .expect_err("plan too");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let list = c
+        .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
+        .await?
+        .into_inner();
+    assert!(list.rollouts.is_empty(), "{list:?}");
+    assert!(
+        agent
+            .statuses(true)
+            .await?
+            .values()
+            .all(|s| s.history.is_empty())
+    );
+    Ok(())
+}
