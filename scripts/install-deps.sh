@@ -3,8 +3,8 @@
 #   scripts/install-deps.sh           build needs: protoc (etcd-client's build script)
 #   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
 #                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
-#                                     strace, and npm/pip for the Helm chart check,
-#                                     strace (observability test: no connections without OTEL_*)
+#                                     strace (observability test: no connections without
+#                                     OTEL_*), npm and pip (the Helm chart check)
 set -euo pipefail
 
 want_test=0
