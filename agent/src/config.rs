@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::tls::{ClientTls, ServerTls, TlsError};
 use crate::types::{Dialect, Secret};
 
 /// Longest accepted target id.
@@ -23,6 +24,8 @@ pub enum ConfigError {
     Read { path: PathBuf, message: String },
     #[error("config: {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Tls(#[from] TlsError),
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -70,6 +73,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Largest accepted gRPC message (a Migrate request with its SQL).
     pub max_message_bytes: usize,
+    /// TLS identity (and client CA for mTLS); `None` = plaintext, which `serve` allows on
+    /// loopback addresses only unless `plaintext` is set (`tls::check_listen`).
+    pub tls: Option<ServerTls>,
+    /// Plaintext on a non-loopback address was asked for explicitly (`--plaintext`).
+    pub plaintext: bool,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +86,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
             shutdown_grace: Duration::from_secs(30),
             max_message_bytes: 64 * 1024 * 1024,
+            tls: None,
+            plaintext: false,
         }
     }
 }
@@ -340,9 +350,57 @@ pub struct Args {
     /// Register with this coordinator (gRPC URL) and heartbeat; off when unset (static fleet file).
     #[arg(long, env = "FLOTILLA_COORDINATOR")]
     pub coordinator: Option<String>,
-    /// This agent's gRPC URL as the coordinator reaches it (default: http://<listen address>).
+    /// This agent's gRPC URL as the coordinator reaches it (default: http(s)://<listen address>).
     #[arg(long, env = "FLOTILLA_ADVERTISE_ADDRESS", requires = "coordinator")]
     pub advertise_address: Option<String>,
+    /// Serve TLS with this certificate chain (PEM); also the client certificate presented to
+    /// the coordinator when registering.
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA (PEM) that the coordinator's certificate must chain to, for --coordinator https://...
+    /// (default: the webpki roots).
+    #[arg(long, env = "FLOTILLA_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against (default: the URL's host).
+    #[arg(long, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+    /// Serve plaintext gRPC on a non-loopback address (without TLS that is refused).
+    #[arg(long, env = "FLOTILLA_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub plaintext: bool,
+}
+
+impl Args {
+    /// TLS for the registration link to `--coordinator`: `--tls-ca`, `--tls-domain`, and the
+    /// agent's own certificate (`--tls-cert`/`--tls-key`) as its client certificate.
+    pub fn coordinator_tls(&self) -> Result<ClientTls, ConfigError> {
+        Ok(ClientTls::load(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_domain.as_deref(),
+        )?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -384,6 +442,12 @@ impl Args {
         if let Some(v) = self.shutdown_grace_ms {
             cfg.server.shutdown_grace = ms(v);
         }
+        cfg.server.tls = ServerTls::from_files(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )?;
+        cfg.server.plaintext = self.plaintext;
         for (i, spec) in self.targets.iter().enumerate() {
             let field = format!("--target[{i}]");
             let Some((id, url)) = spec.split_once('=') else {

@@ -11,6 +11,7 @@ pub mod register;
 pub mod service;
 mod target;
 pub mod telemetry;
+pub mod tls;
 pub mod types;
 
 pub use agent::{Agent, EventStream};

@@ -34,21 +34,32 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     let config = AgentConfig::load(args)?;
     let listen = config.server.listen;
+    // Checked before anything starts: no TLS on a non-loopback address needs --plaintext.
+    let server = &config.server;
+    flotilla_agent::tls::check_listen(listen, server.tls.as_ref(), server.plaintext)?;
+    let scheme = if server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let registration = match &args.coordinator {
+        Some(coordinator) => Some(RegisterConfig {
+            coordinator: coordinator.clone(),
+            advertise: args
+                .advertise_address
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{listen}")),
+            tls: args.coordinator_tls()?,
+        }),
+        None => None,
+    };
     let agent = Arc::new(Agent::new(config).await.context("starting the agent")?);
     tracing::info!(targets = ?agent.target_ids().await, "targets");
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let stop_registering = tokio_util::sync::CancellationToken::new();
-    if let Some(coordinator) = &args.coordinator {
-        let advertise = args
-            .advertise_address
-            .clone()
-            .unwrap_or_else(|| format!("http://{listen}"));
-        let config = RegisterConfig {
-            coordinator: coordinator.clone(),
-            advertise,
-        };
+    if let Some(config) = registration {
         let (agent, cancel) = (agent.clone(), stop_registering.clone());
         tokio::spawn(async move {
             if let Err(e) = register::run(agent, config, cancel).await {

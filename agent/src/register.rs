@@ -2,32 +2,36 @@
 //! target with dialect, labels and host), then `Heartbeat` at the interval the coordinator
 //! asks for; register again when the coordinator has forgotten the agent (its registration
 //! lease lapsed). Unreachable coordinators are retried with backoff; the agent keeps serving.
+//! An `https://` coordinator is reached over TLS (`RegisterConfig::tls`: CA, client
+//! certificate for mTLS, verification name).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 
 use crate::Agent;
+use crate::tls::{ClientTls, TlsError};
 
 /// Where to register and what address the coordinator should dial back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RegisterConfig {
     /// Coordinator gRPC URL, e.g. `http://flotilla-coordinator:7600`.
     pub coordinator: String,
     /// This agent's gRPC URL as the coordinator reaches it, e.g. `http://10.0.0.5:7400`.
     pub advertise: String,
+    /// How to reach an `https://` coordinator (default: webpki roots, no client certificate).
+    pub tls: ClientTls,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("bad coordinator address {0:?}: {1}")]
-    Address(String, String),
+    #[error("coordinator address: {0}")]
+    Address(#[from] TlsError),
     #[error("advertised address {0:?} must be an http:// or https:// URL")]
     Advertise(String),
 }
@@ -74,9 +78,16 @@ pub async fn run(
     if !(config.advertise.starts_with("http://") || config.advertise.starts_with("https://")) {
         return Err(RegisterError::Advertise(config.advertise));
     }
-    let endpoint = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|e| RegisterError::Address(config.coordinator.clone(), e.to_string()))?
+    let endpoint = config
+        .tls
+        .endpoint(&config.coordinator)?
         .connect_timeout(Duration::from_secs(5));
+    let transport = if config.coordinator.starts_with("https://") {
+        config.tls.describe()
+    } else {
+        "plaintext".to_owned()
+    };
+    tracing::info!(coordinator = %config.coordinator, %transport, "registering with the coordinator");
     let mut client = CoordinatorServiceClient::new(endpoint.connect_lazy());
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))

@@ -1,6 +1,8 @@
 //! The gRPC server: `flotilla.v1.AgentService` as a thin wrapper over [`Agent`], plus gRPC
 //! health checking (SERVING) and reflection (v1 and v1alpha, so grpcurl works), and
-//! [`serve`], which runs them on a given listener until a given shutdown future resolves.
+//! [`serve`], which runs them on a given listener until a given shutdown future resolves,
+//! over TLS or mTLS when `server.tls` is set (plaintext only on loopback or with
+//! `server.plaintext`, see `tls::check_listen`).
 //!
 //! Errors become statuses in exactly one place, `AgentError::to_status` (`error.rs`).
 
@@ -28,6 +30,10 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("grpc server: cannot read the listener's address: {0}")]
+    Listener(#[source] std::io::Error),
 }
 
 /// `AgentService` over an [`Agent`].
@@ -139,8 +145,24 @@ pub async fn serve(
     let service = AgentServiceServer::new(AgentGrpc::new(agent.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let addr = listener.local_addr().ok();
-    tracing::info!(agent_id = %agent.agent_id(), addr = ?addr, "agent serving");
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let server = &agent.config().server;
+    let mode = crate::tls::check_listen(addr, server.tls.as_ref(), server.plaintext)?;
+    let mut builder = match &server.tls {
+        Some(tls) => tls.server()?,
+        None => tonic::transport::Server::builder(),
+    };
+    if mode == crate::tls::TransportMode::PlaintextExplicit {
+        tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address (--plaintext)");
+    }
+    tracing::info!(
+        agent_id = %agent.agent_id(),
+        %addr,
+        transport = %mode,
+        cert = ?server.tls.as_ref().map(|t| t.cert_path()),
+        client_ca = ?server.tls.as_ref().and_then(|t| t.client_ca_path()),
+        "agent serving"
+    );
 
     let token = agent.shutdown_token();
     let signal = async move {
@@ -154,7 +176,7 @@ pub async fn serve(
             .await;
         token.cancel();
     };
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

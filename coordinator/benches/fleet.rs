@@ -189,6 +189,7 @@ async fn bench_rollout(dir: &Path, tenants: usize) -> Result<serde_json::Value> 
         fleet_file: None,
         registration_ttl: Duration::from_secs(15),
         engine: EngineConfig::default(),
+        tls: Default::default(),
     };
     let coord = build(&config, embedded, Hooks::default()).await?;
     let engine = coord.engine.clone();

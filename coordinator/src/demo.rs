@@ -133,6 +133,7 @@ pub async fn run(
         fleet_file: None,
         registration_ttl: Duration::from_secs(15),
         engine: EngineConfig::default(),
+        tls: Default::default(),
     };
     let coord = build(&config, embedded, hooks)
         .await

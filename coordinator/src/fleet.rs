@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+use flotilla_agent::tls::ClientTls;
 use flotilla_proto as pb;
 use flotilla_proto::agent_service_client::AgentServiceClient;
 use flotilla_proto::agent_service_server::AgentService;
@@ -42,7 +43,8 @@ fn request<T>(msg: T, hook: &Option<RequestHook>) -> Request<T> {
     r
 }
 
-/// An agent reached over gRPC. The channel connects lazily and reconnects by itself.
+/// An agent reached over gRPC (TLS for `https://` addresses, per the coordinator's
+/// `ClientTls`). The channel connects lazily and reconnects by itself.
 pub struct RemoteAgent {
     id: String,
     address: String,
@@ -51,10 +53,17 @@ pub struct RemoteAgent {
 }
 
 impl RemoteAgent {
-    /// `address` like `http://127.0.0.1:7700`. Fails only for a malformed address.
-    pub fn new(id: &str, address: &str, hook: Option<RequestHook>) -> Result<RemoteAgent, String> {
-        let endpoint = Endpoint::from_shared(address.to_owned())
-            .map_err(|e| format!("agent {id}: bad address {address:?}: {e}"))?
+    /// `address` like `https://10.0.0.5:7400`. Fails for a malformed address, or an
+    /// `http://` one while a TLS CA is configured.
+    pub fn new(
+        id: &str,
+        address: &str,
+        hook: Option<RequestHook>,
+        tls: &ClientTls,
+    ) -> Result<RemoteAgent, String> {
+        let endpoint = tls
+            .endpoint(address)
+            .map_err(|e| format!("agent {id}: {e}"))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

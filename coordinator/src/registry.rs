@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use flotilla_agent::tls::ClientTls;
+
 use crate::fleet::{AgentClient, RemoteAgent, RequestHook};
 use crate::store::StateStore;
 
@@ -57,6 +59,8 @@ pub struct Registry {
     fixed: Vec<Arc<dyn AgentClient>>,
     store: Arc<dyn StateStore>,
     hook: Option<RequestHook>,
+    /// How registered agents are dialed (TLS for `https://` addresses).
+    tls: ClientTls,
     /// Clients for registered agents, reused while the address stays the same.
     dynamic: Mutex<BTreeMap<String, Arc<dyn AgentClient>>>,
     pub ttl: Duration,
@@ -67,12 +71,14 @@ impl Registry {
         fixed: Vec<Arc<dyn AgentClient>>,
         store: Arc<dyn StateStore>,
         hook: Option<RequestHook>,
+        tls: ClientTls,
         ttl: Duration,
     ) -> Registry {
         Registry {
             fixed,
             store,
             hook,
+            tls,
             dynamic: Mutex::new(BTreeMap::new()),
             ttl,
         }
@@ -136,7 +142,7 @@ impl Registry {
             }
             let client = match dynamic.get(&reg.id) {
                 Some(c) if c.address() == reg.address => c.clone(),
-                _ => match RemoteAgent::new(&reg.id, &reg.address, self.hook.clone()) {
+                _ => match RemoteAgent::new(&reg.id, &reg.address, self.hook.clone(), &self.tls) {
                     Ok(c) => Arc::new(c) as Arc<dyn AgentClient>,
                     Err(e) => {
                         tracing::warn!(agent = %reg.id, "skipping registration: {e}");

@@ -1,6 +1,7 @@
 //! Running a coordinator: load the revision graph, open the backend (etcd or embedded),
 //! build the registry and engine, lead while holding the lock, and serve the gRPC API
-//! (plus health and reflection) on a listener the caller passes in.
+//! (plus health and reflection) on a listener the caller passes in, over TLS or mTLS when
+//! configured ([`TlsConfig`]; plaintext only on loopback or when asked for).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use flotilla_agent::tls::{ClientTls, ServerTls, TransportMode, check_listen};
 use flotilla_proto::coordinator_service_server::CoordinatorServiceServer;
 
 use crate::api::Api;
@@ -27,6 +29,19 @@ pub struct CoordinatorConfig {
     /// How long an agent registration lives without a heartbeat.
     pub registration_ttl: Duration,
     pub engine: EngineConfig,
+    pub tls: TlsConfig,
+}
+
+/// Transport security of the API server and of the connections to agents.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// The API's TLS identity (and client CA = mTLS); `None` = plaintext, which `serve`
+    /// allows on loopback addresses only unless `plaintext` is set.
+    pub server: Option<ServerTls>,
+    /// Plaintext on a non-loopback address was asked for explicitly (`--plaintext`).
+    pub plaintext: bool,
+    /// How agents are dialed: CA, client certificate (mTLS), verification name.
+    pub agents: ClientTls,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +54,8 @@ pub enum ServerError {
     Fleet(String),
     #[error("grpc server: {0}")]
     Serve(String),
+    #[error(transparent)]
+    Tls(#[from] flotilla_agent::tls::TlsError),
 }
 
 /// Extracts (traceparent, trace id) for a new rollout from the StartRollout call's metadata.
@@ -58,6 +75,7 @@ pub struct Coordinator {
     pub engine: Arc<Engine>,
     lock: Arc<dyn crate::lock::FleetLock>,
     hooks: Hooks,
+    tls: TlsConfig,
 }
 
 /// Load the graph, open the backend and build the engine. `embedded` agents run in-process.
@@ -75,8 +93,13 @@ pub async fn build(
     if let Some(path) = &config.fleet_file {
         let file = FleetFile::load(path).map_err(ServerError::Fleet)?;
         for a in file.agents {
-            let client = RemoteAgent::new(&a.id, &a.address, hooks.agent_request.clone())
-                .map_err(ServerError::Fleet)?;
+            let client = RemoteAgent::new(
+                &a.id,
+                &a.address,
+                hooks.agent_request.clone(),
+                &config.tls.agents,
+            )
+            .map_err(ServerError::Fleet)?;
             agents.push(Arc::new(client));
         }
     }
@@ -84,6 +107,7 @@ pub async fn build(
         agents,
         store.clone(),
         hooks.agent_request.clone(),
+        config.tls.agents.clone(),
         config.registration_ttl,
     ));
     let engine = Engine::new(Arc::new(graph), store, registry, config.engine.clone());
@@ -91,6 +115,7 @@ pub async fn build(
         engine,
         lock,
         hooks,
+        tls: config.tls.clone(),
     })
 }
 
@@ -105,7 +130,27 @@ pub async fn serve(
         engine,
         lock,
         hooks,
+        tls,
     } = coord;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Serve(format!("cannot read the listener's address: {e}")))?;
+    let mode = check_listen(addr, tls.server.as_ref(), tls.plaintext)?;
+    let mut builder = match &tls.server {
+        Some(server) => server.server()?,
+        None => tonic::transport::Server::builder(),
+    };
+    if mode == TransportMode::PlaintextExplicit {
+        tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address (--plaintext)");
+    }
+    tracing::info!(
+        %addr,
+        transport = %mode,
+        cert = ?tls.server.as_ref().map(|t| t.cert_path()),
+        client_ca = ?tls.server.as_ref().and_then(|t| t.client_ca_path()),
+        agents_https = %tls.agents.describe(),
+        "coordinator API transport"
+    );
     let lead = tokio::spawn(engine.clone().lead(lock, shutdown.clone()));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -127,7 +172,7 @@ pub async fn serve(
     });
     let api = Api::new(engine.clone(), trace_of);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use flotilla_agent::tls::ClientTls;
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 
@@ -21,10 +23,10 @@ pub const EXIT_ROLLOUT_FAILED: u8 = 4;
 /// Exit code: `flotilla wait` timed out before the targets reached the revision.
 pub const EXIT_TIMEOUT: u8 = 5;
 
-/// How to reach the coordinator.
+/// How to reach the coordinator: `https://` URLs use TLS.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Coordinator gRPC address
+    /// Coordinator gRPC address (https:// for TLS)
     #[arg(
         long,
         global = true,
@@ -33,6 +35,48 @@ pub struct ClientArgs {
         value_name = "URL"
     )]
     pub coordinator: String,
+    /// CA (PEM) the coordinator's certificate must chain to (default: the webpki roots)
+    #[arg(long, global = true, env = "FLOTILLA_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a coordinator that requires one (mTLS)
+    #[arg(long, global = true, env = "FLOTILLA_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM)
+    #[arg(long, global = true, env = "FLOTILLA_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against (default: the URL's host)
+    #[arg(long, global = true, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+}
+
+impl ClientArgs {
+    /// The TLS settings, files read and checked. TLS flags with an `http://` coordinator are
+    /// refused rather than silently ignored.
+    pub fn tls(&self) -> Result<ClientTls, CliError> {
+        let any = self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_domain.is_some();
+        if any && !self.coordinator.starts_with("https://") {
+            return Err(CliError::Refused(format!(
+                "--coordinator {} is not an https:// URL, but TLS flags are set (--tls-*): \
+                 use https://, or drop the TLS flags",
+                self.coordinator
+            )));
+        }
+        ClientTls::load(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_domain.as_deref(),
+        )
+        .map_err(|e| CliError::Refused(e.to_string()))
+    }
+
+    /// Connect to the coordinator these flags name.
+    pub async fn connect(&self) -> Result<CoordinatorServiceClient<Channel>, CliError> {
+        connect_with(&self.coordinator, &self.tls()?).await
+    }
 }
 
 /// Which targets: `--selector tier=gold,region=eu` and/or `--target ID` (repeatable).
@@ -255,15 +299,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// Connect to the coordinator.
+/// Connect to the coordinator with default TLS settings (webpki roots for `https://`).
 pub async fn connect(addr: &str) -> Result<CoordinatorServiceClient<Channel>, CliError> {
-    let endpoint = Endpoint::from_shared(addr.to_owned())
-        .map_err(|e| CliError::Refused(format!("bad coordinator address {addr:?}: {e}")))?
+    connect_with(addr, &ClientTls::default()).await
+}
+
+/// Connect to the coordinator: TLS per `tls` for `https://`, plaintext for `http://`.
+pub async fn connect_with(
+    addr: &str,
+    tls: &ClientTls,
+) -> Result<CoordinatorServiceClient<Channel>, CliError> {
+    let endpoint = tls
+        .endpoint(addr)
+        .map_err(|e| CliError::Refused(format!("coordinator: {e}")))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint.connect().await.map_err(|e| {
-        CliError::Refused(format!("cannot reach the coordinator at {addr}: {e}; is `flotilla coordinator` running? (set --coordinator or FLOTILLA_COORDINATOR)"))
+        CliError::Refused(format!("cannot reach the coordinator at {addr}: {}; is `flotilla coordinator` running? (set --coordinator or FLOTILLA_COORDINATOR; for TLS see --tls-ca, --tls-cert, --tls-key)", error_chain(&e)))
     })?;
     Ok(CoordinatorServiceClient::new(channel).max_decoding_message_size(256 << 20))
+}
+
+/// An error with its causes: a refused TLS handshake is only explained by the innermost one.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn rpc(e: tonic::Status) -> CliError {
@@ -279,7 +344,7 @@ pub async fn run(
     let json = global.output == OutputFormat::Json;
     match cmd {
         OnlineCommand::Plan { client, spec } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let resp = c
                 .plan(pb::PlanRequest {
                     spec: Some(spec.spec()?.to_proto()),
@@ -330,7 +395,7 @@ pub async fn run(
         }
         OnlineCommand::Rollout(cmd) => rollout(cmd, json, out).await,
         OnlineCommand::Status { client, select } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let resp = c
                 .fleet_status(pb::FleetStatusRequest {
                     selector: Some(select.selector()?.to_proto()),
@@ -346,7 +411,7 @@ pub async fn run(
             Ok(0)
         }
         OnlineCommand::Validate { client, select } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let resp = c
                 .fleet_validate(pb::FleetValidateRequest {
                     selector: Some(select.selector()?.to_proto()),
@@ -407,7 +472,7 @@ pub async fn run(
             })
         }
         OnlineCommand::History { client, target } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let t = c
                 .history(pb::HistoryRequest { target_id: target })
                 .await
@@ -456,7 +521,7 @@ pub async fn run(
             target,
             revision,
         } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let t = c
                 .stamp(pb::FleetStampRequest {
                     target_id: target,
@@ -476,7 +541,7 @@ pub async fn run(
             applied,
             not_applied: _,
         } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let t = c
                 .repair(pb::FleetRepairRequest {
                     target_id: target,
@@ -497,7 +562,7 @@ pub async fn run(
             interval,
         } => {
             wait(
-                &client.coordinator,
+                &client,
                 &revision,
                 select.selector()?,
                 timeout,
@@ -517,7 +582,7 @@ async fn rollout(
 ) -> Result<u8, CliError> {
     match cmd {
         RolloutCommand::Start { client, spec, wait } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let mut req = tonic::Request::new(pb::StartRolloutRequest {
                 spec: Some(spec.spec()?.to_proto()),
             });
@@ -544,11 +609,11 @@ async fn rollout(
             follow(&mut c, &r.id, json, out).await
         }
         RolloutCommand::Watch { client, id } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             follow(&mut c, &id, json, out).await
         }
         RolloutCommand::Get { client, id } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let r = c
                 .get_rollout(pb::GetRolloutRequest { id })
                 .await
@@ -558,7 +623,7 @@ async fn rollout(
             Ok(0)
         }
         RolloutCommand::List { client, limit } => {
-            let mut c = connect(&client.coordinator).await?;
+            let mut c = client.connect().await?;
             let resp = c
                 .list_rollouts(pb::ListRolloutsRequest { limit })
                 .await
@@ -597,7 +662,8 @@ async fn rollout(
             Ok(0)
         }
         RolloutCommand::Pause { client, id } => {
-            let r = connect(&client.coordinator)
+            let r = client
+                .connect()
                 .await?
                 .pause_rollout(pb::RolloutControlRequest { id })
                 .await
@@ -607,7 +673,8 @@ async fn rollout(
             Ok(0)
         }
         RolloutCommand::Resume { client, id } => {
-            let r = connect(&client.coordinator)
+            let r = client
+                .connect()
                 .await?
                 .resume_rollout(pb::RolloutControlRequest { id })
                 .await
@@ -617,7 +684,8 @@ async fn rollout(
             Ok(0)
         }
         RolloutCommand::Abort { client, id } => {
-            let r = connect(&client.coordinator)
+            let r = client
+                .connect()
                 .await?
                 .abort_rollout(pb::RolloutControlRequest { id })
                 .await
@@ -664,7 +732,7 @@ pub async fn follow(
 }
 
 async fn wait(
-    addr: &str,
+    client: &ClientArgs,
     revision: &str,
     selector: Selector,
     timeout: Duration,
@@ -672,12 +740,14 @@ async fn wait(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
+    // Bad TLS settings are not worth retrying: fail before the loop.
+    let tls = client.tls()?;
     let deadline = Instant::now() + timeout;
     let mut last_missing: Vec<String>;
     loop {
         // The coordinator may not be up yet (init containers start with the app): retry.
         let attempt = async {
-            let mut c = connect(addr).await?;
+            let mut c = connect_with(&client.coordinator, &tls).await?;
             c.fleet_status(pb::FleetStatusRequest {
                 selector: Some(selector.to_proto()),
             })

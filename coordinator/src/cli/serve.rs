@@ -1,17 +1,21 @@
 //! `flotilla coordinator`: serve the coordinator (lead or stand by) until SIGTERM/SIGINT.
+//! TLS: `--tls-cert`/`--tls-key` (+ `--tls-client-ca` for mTLS) for the API; the same
+//! certificate is the client certificate for agents, verified with `--tls-ca`. Without TLS a
+//! non-loopback `--listen` needs `--plaintext`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use flotilla_agent::tls::{ClientTls, ServerTls, check_listen};
 use tokio_util::sync::CancellationToken;
 
 use super::online::parse_duration;
 use super::{CliError, GlobalArgs};
 use crate::backend::{BackendConfig, DEFAULT_PREFIX, default_holder_id};
 use crate::engine::EngineConfig;
-use crate::server::{CoordinatorConfig, Hooks, build, serve};
+use crate::server::{CoordinatorConfig, Hooks, TlsConfig, build, serve};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -50,11 +54,67 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the API over TLS with this certificate chain (PEM); also the client certificate
+    /// presented to agents
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM)
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require API clients (CLI, registering agents) to present a certificate signed by this
+    /// CA (PEM): mutual TLS
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA (PEM) that agents' certificates must chain to, for https:// agent addresses
+    /// (default: the webpki roots)
+    #[arg(long, env = "FLOTILLA_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify agents' certificates against (default: each address's host)
+    #[arg(long, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+    /// Serve plaintext gRPC on a non-loopback address (without TLS that is refused)
+    #[arg(long, env = "FLOTILLA_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub plaintext: bool,
 }
 
 impl ServeArgs {
-    pub fn config(&self, global: &GlobalArgs) -> CoordinatorConfig {
-        CoordinatorConfig {
+    /// The validated config; TLS files are read and checked here.
+    pub fn config(&self, global: &GlobalArgs) -> Result<CoordinatorConfig, CliError> {
+        let tls = TlsConfig {
+            server: ServerTls::from_files(
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+                self.tls_client_ca.as_deref(),
+            )
+            .map_err(|e| CliError::Refused(e.to_string()))?,
+            plaintext: self.plaintext,
+            agents: ClientTls::load(
+                self.tls_ca.as_deref(),
+                self.tls_cert.as_deref(),
+                self.tls_key.as_deref(),
+                self.tls_domain.as_deref(),
+            )
+            .map_err(|e| CliError::Refused(e.to_string()))?,
+        };
+        // Refuse a plaintext non-loopback listener before touching the backend.
+        check_listen(self.listen, tls.server.as_ref(), tls.plaintext)
+            .map_err(|e| CliError::Refused(e.to_string()))?;
+        Ok(CoordinatorConfig {
             migrations: global.migrations.clone(),
             backend: BackendConfig {
                 etcd_endpoints: self
@@ -74,7 +134,8 @@ impl ServeArgs {
                 agent_attempts: self.agent_attempts.max(1),
                 ..EngineConfig::default()
             },
-        }
+            tls,
+        })
     }
 }
 
@@ -102,7 +163,7 @@ pub async fn shutdown_signal() {
 }
 
 pub async fn run(args: ServeArgs, global: &GlobalArgs, hooks: Hooks) -> Result<u8, CliError> {
-    let config = args.config(global);
+    let config = args.config(global)?;
     if let Some(addr) = args.metrics_addr {
         crate::telemetry::install_metrics(addr).map_err(|e| CliError::Refused(e.to_string()))?;
         crate::metrics::describe();

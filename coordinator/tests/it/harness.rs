@@ -235,6 +235,7 @@ impl TestCoordinator {
                 agent_backoff_max: Duration::from_millis(500),
                 lock_retry: Duration::from_millis(200),
             },
+            tls: Default::default(),
         };
         let coord = build(&config, vec![], Hooks::default()).await?;
         let engine = coord.engine.clone();

@@ -41,6 +41,7 @@ async fn registered_agents_join_the_fleet_and_drop_out_when_they_stop() -> Resul
     let config = RegisterConfig {
         coordinator: coord.address.clone(),
         advertise: agent.address.clone(),
+        ..RegisterConfig::default()
     };
     let task = tokio::spawn(register::run(agent.agent.clone(), config, stop.clone()));
     eventually("agent registered", Duration::from_secs(20), || async {
