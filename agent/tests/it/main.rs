@@ -7,4 +7,5 @@ mod grpc;
 mod locking;
 mod migrate;
 mod support;
+mod tls;
 mod validate;

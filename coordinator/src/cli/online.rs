@@ -332,7 +332,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn rpc(e: tonic::Status) -> CliError {
-    CliError::Refused(format!("{} ({:?})", e.message(), e.code()))
+    // A transport failure (e.g. the server refused our certificate after the handshake)
+    // keeps its explanation in the status's source.
+    let cause = std::error::Error::source(&e)
+        .map(|c| format!(": {}", error_chain(c)))
+        .unwrap_or_default();
+    CliError::Refused(format!("{}{cause} ({:?})", e.message(), e.code()))
 }
 
 /// Run an online command; returns the exit code.

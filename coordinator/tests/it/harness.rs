@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use flotilla_agent::config::{LockConfig, RetryConfig};
+use flotilla_agent::tls::ServerTls;
 use flotilla_agent::{Agent, AgentConfig, Dialect, Secret, TargetConfig};
 use flotilla_coordinator::backend::BackendConfig;
 use flotilla_coordinator::engine::EngineConfig;
@@ -85,7 +86,7 @@ pub(crate) fn sqlite_targets(
     Ok((dir, targets))
 }
 
-/// An agent serving its targets over gRPC on 127.0.0.1:0.
+/// An agent serving its targets over gRPC on 127.0.0.1:0 (`https://` with `start_tls`).
 pub(crate) struct TestAgent {
     pub(crate) id: String,
     pub(crate) address: String,
@@ -96,7 +97,25 @@ pub(crate) struct TestAgent {
 
 impl TestAgent {
     pub(crate) async fn start(id: &str, targets: Vec<TargetConfig>) -> Result<TestAgent> {
-        let config = AgentConfig {
+        Self::start_with(id, targets, None).await
+    }
+
+    /// An agent serving TLS (mTLS when `tls` has a client CA) at `https://127.0.0.1:PORT`.
+    pub(crate) async fn start_tls(
+        id: &str,
+        targets: Vec<TargetConfig>,
+        tls: ServerTls,
+    ) -> Result<TestAgent> {
+        Self::start_with(id, targets, Some(tls)).await
+    }
+
+    async fn start_with(
+        id: &str,
+        targets: Vec<TargetConfig>,
+        tls: Option<ServerTls>,
+    ) -> Result<TestAgent> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut config = AgentConfig {
             agent_id: id.into(),
             targets,
             retry: RetryConfig {
@@ -111,9 +130,10 @@ impl TestAgent {
             },
             ..AgentConfig::default()
         };
+        config.server.tls = tls;
         let agent = Arc::new(Agent::new(config).await.context("agent config")?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = format!("http://{}", listener.local_addr()?);
+        let address = format!("{scheme}://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let a = agent.clone();

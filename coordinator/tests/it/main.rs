@@ -13,3 +13,4 @@ mod revision_plan;
 mod revision_prop;
 mod rollout;
 mod store;
+mod tls;
