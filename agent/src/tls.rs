@@ -504,6 +504,30 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_does_not_match_its_certificate_is_refused() -> anyhow::Result<()> {
+        let pki = flotilla_testkit::Pki::new("mismatch")?;
+        let (a, b) = (pki.leaf("a")?, pki.leaf("b")?);
+        assert!(ServerTls::load(&a.cert, &a.key, Some(pki.ca())).is_ok());
+        let server = ServerTls::load(&a.cert, &b.key, None).map(|_| ());
+        let client = ClientTls::load(None, Some(&a.cert), Some(&b.key), None).map(|_| ());
+        for err in [server, client] {
+            let msg = err.as_ref().map_err(ToString::to_string);
+            assert!(
+                matches!(&msg, Err(m) if m.contains("a.pem") && m.contains("b-key.pem")),
+                "{msg:?}"
+            );
+        }
+        // A CA file holding a key instead of a certificate is named.
+        let ca = ClientTls::load(Some(&a.key), None, None, None).map(|_| ());
+        let msg = ca.map_err(|e| e.to_string());
+        assert!(
+            matches!(&msg, Err(m) if m.contains("a-key.pem") && !m.contains("PRIVATE")),
+            "{msg:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn urls() {
         let plain = ClientTls::default();
         assert!(plain.endpoint("http://127.0.0.1:7600").is_ok());
