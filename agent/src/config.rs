@@ -353,53 +353,15 @@ pub struct Args {
     /// This agent's gRPC URL as the coordinator reaches it (default: http(s)://<listen address>).
     #[arg(long, env = "FLOTILLA_ADVERTISE_ADDRESS", requires = "coordinator")]
     pub advertise_address: Option<String>,
-    /// Serve TLS with this certificate chain (PEM); also the client certificate presented to
-    /// the coordinator when registering.
-    #[arg(
-        long,
-        env = "FLOTILLA_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "FLOTILLA_TLS_KEY",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this CA (PEM): mutual TLS.
-    #[arg(
-        long,
-        env = "FLOTILLA_TLS_CLIENT_CA",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
-    pub tls_client_ca: Option<PathBuf>,
-    /// CA (PEM) that the coordinator's certificate must chain to, for --coordinator https://...
-    /// (default: the webpki roots).
-    #[arg(long, env = "FLOTILLA_TLS_CA", value_name = "PEM")]
-    pub tls_ca: Option<PathBuf>,
-    /// Name to verify the coordinator's certificate against (default: the URL's host).
-    #[arg(long, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
-    pub tls_domain: Option<String>,
-    /// Serve plaintext gRPC on a non-loopback address (without TLS that is refused).
-    #[arg(long, env = "FLOTILLA_PLAINTEXT", conflicts_with = "tls_cert")]
-    pub plaintext: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::PeerTlsArgs,
 }
 
 impl Args {
     /// TLS for the registration link to `--coordinator`: `--tls-ca`, `--tls-domain`, and the
     /// agent's own certificate (`--tls-cert`/`--tls-key`) as its client certificate.
     pub fn coordinator_tls(&self) -> Result<ClientTls, ConfigError> {
-        Ok(ClientTls::load(
-            self.tls_ca.as_deref(),
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            self.tls_domain.as_deref(),
-        )?)
+        Ok(self.tls.client()?)
     }
 }
 
@@ -442,12 +404,8 @@ impl Args {
         if let Some(v) = self.shutdown_grace_ms {
             cfg.server.shutdown_grace = ms(v);
         }
-        cfg.server.tls = ServerTls::from_files(
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
-            self.tls_client_ca.as_deref(),
-        )?;
-        cfg.server.plaintext = self.plaintext;
+        cfg.server.tls = self.tls.server()?;
+        cfg.server.plaintext = self.tls.plaintext;
         for (i, spec) in self.targets.iter().enumerate() {
             let field = format!("--target[{i}]");
             let Some((id, url)) = spec.split_once('=') else {

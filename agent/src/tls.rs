@@ -194,6 +194,70 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The TLS flags of both servers (`flotilla coordinator`, `flotilla-agent`): their own
+/// identity (served, and presented as the client certificate when they dial the other side),
+/// client verification (mTLS), and how to verify the peer they dial.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PeerTlsArgs {
+    /// Serve TLS with this certificate chain (PEM); also the client certificate presented to
+    /// the peer this process dials (agents for the coordinator, the coordinator for an agent)
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert (PEM)
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM): mutual TLS
+    #[arg(
+        long,
+        env = "FLOTILLA_TLS_CLIENT_CA",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CA (PEM) the dialed peer's certificate must chain to, for https:// addresses (default:
+    /// the webpki roots)
+    #[arg(long, env = "FLOTILLA_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify the dialed peer's certificate against (default: the address's host)
+    #[arg(long, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
+    pub tls_domain: Option<String>,
+    /// Serve plaintext gRPC on a non-loopback address (without TLS that is refused)
+    #[arg(long, env = "FLOTILLA_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub plaintext: bool,
+}
+
+impl PeerTlsArgs {
+    /// The serving side, read and checked from the files.
+    pub fn server(&self) -> Result<Option<ServerTls>, TlsError> {
+        ServerTls::from_files(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )
+    }
+
+    /// The dialing side: `--tls-ca`, `--tls-domain`, and the own certificate as client
+    /// certificate.
+    pub fn client(&self) -> Result<ClientTls, TlsError> {
+        ClientTls::load(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_domain.as_deref(),
+        )
+    }
+}
+
 /// A server's TLS identity, and the CA its clients' certificates must chain to (mTLS).
 #[derive(Clone)]
 pub struct ServerTls {

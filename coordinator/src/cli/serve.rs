@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use flotilla_agent::tls::{ClientTls, ServerTls, check_listen};
+use flotilla_agent::tls::check_listen;
 use tokio_util::sync::CancellationToken;
 
 use super::online::parse_duration;
@@ -54,62 +54,23 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
-    /// Serve the API over TLS with this certificate chain (PEM); also the client certificate
-    /// presented to agents
-    #[arg(
-        long,
-        env = "FLOTILLA_TLS_CERT",
-        value_name = "PEM",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key of --tls-cert (PEM)
-    #[arg(
-        long,
-        env = "FLOTILLA_TLS_KEY",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// Require API clients (CLI, registering agents) to present a certificate signed by this
-    /// CA (PEM): mutual TLS
-    #[arg(
-        long,
-        env = "FLOTILLA_TLS_CLIENT_CA",
-        value_name = "PEM",
-        requires = "tls_cert"
-    )]
-    pub tls_client_ca: Option<PathBuf>,
-    /// CA (PEM) that agents' certificates must chain to, for https:// agent addresses
-    /// (default: the webpki roots)
-    #[arg(long, env = "FLOTILLA_TLS_CA", value_name = "PEM")]
-    pub tls_ca: Option<PathBuf>,
-    /// Name to verify agents' certificates against (default: each address's host)
-    #[arg(long, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
-    pub tls_domain: Option<String>,
-    /// Serve plaintext gRPC on a non-loopback address (without TLS that is refused)
-    #[arg(long, env = "FLOTILLA_PLAINTEXT", conflicts_with = "tls_cert")]
-    pub plaintext: bool,
+    #[command(flatten)]
+    pub tls: flotilla_agent::tls::PeerTlsArgs,
 }
 
 impl ServeArgs {
     /// The validated config; TLS files are read and checked here.
     pub fn config(&self, global: &GlobalArgs) -> Result<CoordinatorConfig, CliError> {
         let tls = TlsConfig {
-            server: ServerTls::from_files(
-                self.tls_cert.as_deref(),
-                self.tls_key.as_deref(),
-                self.tls_client_ca.as_deref(),
-            )
-            .map_err(|e| CliError::Refused(e.to_string()))?,
-            plaintext: self.plaintext,
-            agents: ClientTls::load(
-                self.tls_ca.as_deref(),
-                self.tls_cert.as_deref(),
-                self.tls_key.as_deref(),
-                self.tls_domain.as_deref(),
-            )
-            .map_err(|e| CliError::Refused(e.to_string()))?,
+            server: self
+                .tls
+                .server()
+                .map_err(|e| CliError::Refused(e.to_string()))?,
+            plaintext: self.tls.plaintext,
+            agents: self
+                .tls
+                .client()
+                .map_err(|e| CliError::Refused(e.to_string()))?,
         };
         // Refuse a plaintext non-loopback listener before touching the backend.
         check_listen(self.listen, tls.server.as_ref(), tls.plaintext)
