@@ -350,10 +350,7 @@ impl CoordinatorService for Api {
         let dialect = e
             .dialect()
             .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
-        let goal: Goal = req
-            .revision
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("revision: {e}")))?;
+        let goal: Goal = self.engine.goal(&req.revision).map_err(status_of)?;
         let plan = crate::revision::plan(
             self.engine.graph(),
             &crate::engine::snapshot::history_of(&e.status),
