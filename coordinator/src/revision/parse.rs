@@ -26,10 +26,15 @@ mod error;
 
 pub use error::{ParseError, ParseErrorKind, ParseErrors};
 
+/// `checksum("")`, for a dialect without an up section (validation prevents it).
+const EMPTY_CHECKSUM: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// One section body and the line of its marker (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Section {
     pub(crate) sql: String,
+    /// `checksum(sql)`, computed once at parse time (planning compares it per target).
+    pub(crate) checksum: String,
     /// Line of the marker.
     pub(crate) line: usize,
     /// Line of the first line of `sql`.
@@ -88,11 +93,23 @@ impl Revision {
 
     /// `checksum(up_sql(d))`: what a target records when it applies this revision.
     pub fn up_checksum(&self, d: Dialect) -> String {
-        checksum(self.up_sql(d))
+        self.up_checksum_ref(d).to_owned()
+    }
+
+    /// `up_checksum` without the copy.
+    pub fn up_checksum_ref(&self, d: Dialect) -> &str {
+        self.up
+            .for_dialect(d)
+            .map_or(EMPTY_CHECKSUM, |s| s.checksum.as_str())
     }
 
     pub fn down_checksum(&self, d: Dialect) -> Option<String> {
-        self.down_sql(d).map(checksum)
+        self.down_checksum_ref(d).map(str::to_owned)
+    }
+
+    /// `down_checksum` without the copy.
+    pub fn down_checksum_ref(&self, d: Dialect) -> Option<&str> {
+        self.down.for_dialect(d).map(|s| s.checksum.as_str())
     }
 
     /// True when every dialect has a down section.
@@ -312,6 +329,7 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         let end = markers.get(k + 1).map_or(lines.len(), |(j, _)| *j);
         let (sql, skipped) = section_text(&lines[i + 1..end]);
         let section = Section {
+            checksum: checksum(&sql),
             sql,
             line: i + 1,
             text_line: i + 2 + skipped,
@@ -439,6 +457,11 @@ fn io_error(path: &Path, e: &std::io::Error, root: &Path) -> ParseError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_checksum_constant_is_the_checksum_of_nothing() {
+        assert_eq!(EMPTY_CHECKSUM, checksum(""));
+    }
 
     fn parse(text: &str) -> Result<Revision, Vec<String>> {
         parse_file(Path::new("m.sql"), text.as_bytes())

@@ -185,11 +185,11 @@ pub fn plan(
                 revision: a.revision.clone(),
             });
         };
-        let expected = r.up_checksum(dialect);
+        let expected = r.up_checksum_ref(dialect);
         if expected != a.checksum {
             return Err(Blocked::ChecksumMismatch {
                 revision: a.revision.clone(),
-                expected,
+                expected: expected.to_owned(),
                 found: a.checksum.clone(),
             });
         }
@@ -266,24 +266,28 @@ pub fn plan(
     let mut steps = Vec::with_capacity(moves.len());
     let mut state: BTreeSet<&str> = applied;
     for (r, direction) in moves {
-        let sql = match direction {
+        let (sql, checksum) = match direction {
             Direction::Up => {
                 state.insert(r.id.as_str());
-                r.up_sql(dialect)
+                (r.up_sql(dialect), r.up_checksum_ref(dialect))
             }
             Direction::Down => {
                 state.remove(r.id.as_str());
-                r.down_sql(dialect).ok_or_else(|| Blocked::Irreversible {
+                let irreversible = || Blocked::Irreversible {
                     revision: r.id.clone(),
                     dialect,
-                })?
+                };
+                (
+                    r.down_sql(dialect).ok_or_else(irreversible)?,
+                    r.down_checksum_ref(dialect).ok_or_else(irreversible)?,
+                )
             }
         };
         steps.push(PlannedStep {
             revision: r.id.clone(),
             direction,
             sql: sql.to_owned(),
-            checksum: flotilla_agent::checksum(sql),
+            checksum: checksum.to_owned(),
             transactional: r.transactional,
         });
     }
