@@ -7,10 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use flotilla_agent::{Dialect, Direction};
 use flotilla_proto as pb;
+use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 use flotilla_proto::coordinator_service_server::CoordinatorService;
 
 use crate::engine::{Control, Engine, EngineError, FleetEntry};
@@ -30,15 +32,74 @@ pub fn status_of(e: EngineError) -> Status {
     }
 }
 
+/// Metadata key marking a call a standby forwarded: the receiver never forwards it again.
+const FORWARDED: &str = "x-flotilla-forwarded";
+
+/// A write call for the leader, as a standby re-sends it: the message, the caller's trace
+/// context, and the forwarded mark.
+fn forwarded<T>(req: Request<T>) -> Request<T> {
+    let md = req.metadata().clone();
+    let mut out = Request::new(req.into_inner());
+    for key in ["traceparent", "tracestate"] {
+        if let Some(v) = md.get(key) {
+            out.metadata_mut().insert(key, v.clone());
+        }
+    }
+    out.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    out
+}
+
 pub struct Api {
     engine: Arc<Engine>,
     /// Extracts the caller's trace context: (traceparent, trace id) for a new rollout.
     trace_of: crate::server::TraceOf,
+    /// How a standby dials the leader to forward write calls.
+    leader_tls: flotilla_agent::tls::ClientTls,
 }
 
 impl Api {
-    pub fn new(engine: Arc<Engine>, trace_of: crate::server::TraceOf) -> Api {
-        Api { engine, trace_of }
+    pub fn new(
+        engine: Arc<Engine>,
+        trace_of: crate::server::TraceOf,
+        leader_tls: flotilla_agent::tls::ClientTls,
+    ) -> Api {
+        Api {
+            engine,
+            trace_of,
+            leader_tls,
+        }
+    }
+
+    /// On a standby, a client for the leader (write calls are forwarded there, one hop
+    /// only); `None` when this coordinator leads and handles the call itself.
+    async fn leader(
+        &self,
+        md: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<CoordinatorServiceClient<Channel>>, Status> {
+        if self.engine.term().is_some() {
+            return Ok(None);
+        }
+        let not_leader = || status_of(EngineError::NotLeader);
+        if md.contains_key(FORWARDED) {
+            return Err(not_leader());
+        }
+        let Some(address) = self.engine.leader_address().await else {
+            return Err(not_leader());
+        };
+        let endpoint = self
+            .leader_tls
+            .endpoint(&address)
+            .map_err(|e| {
+                Status::unavailable(format!("NOT_LEADER: leader address {address:?}: {e}"))
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect().await.map_err(|e| {
+            Status::unavailable(format!(
+                "NOT_LEADER: this coordinator is a standby and the leader at {address} is unreachable ({e}); retry"
+            ))
+        })?;
+        Ok(Some(CoordinatorServiceClient::new(channel)))
     }
 
     /// Pause, resume or abort, then the rollout as it now stands.
@@ -149,6 +210,9 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::StartRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.start_rollout(forwarded(req)).await;
+        }
         let (traceparent, trace_id) = (self.trace_of)(req.metadata());
         let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
             .map_err(Status::invalid_argument)?;
@@ -204,6 +268,9 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.pause_rollout(forwarded(req)).await;
+        }
         self.control(req.into_inner().id, Control::Pause).await
     }
 
@@ -211,6 +278,9 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.resume_rollout(forwarded(req)).await;
+        }
         self.control(req.into_inner().id, Control::Run).await
     }
 
@@ -218,6 +288,9 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::RolloutControlRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.abort_rollout(forwarded(req)).await;
+        }
         self.control(req.into_inner().id, Control::Abort).await
     }
 
@@ -336,6 +409,9 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::FleetStampRequest>,
     ) -> Result<Response<pb::TargetStatus>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.stamp(forwarded(req)).await;
+        }
         let req = req.into_inner();
         check_id("target id", &req.target_id)?;
         let term = self
@@ -401,6 +477,9 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::FleetRepairRequest>,
     ) -> Result<Response<pb::TargetStatus>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.repair(forwarded(req)).await;
+        }
         let req = req.into_inner();
         check_id("target id", &req.target_id)?;
         let term = self

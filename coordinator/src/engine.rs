@@ -30,6 +30,9 @@ mod target;
 
 pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
 
+/// Store key holding the current leader's API address (`{"address", "token"}`).
+pub const LEADER_KEY: &str = "leader";
+
 /// Engine errors, mapped to gRPC codes in one place (`api.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -84,6 +87,9 @@ pub struct EngineConfig {
     pub agent_backoff_max: Duration,
     /// Delay between attempts to take the lock after an error.
     pub lock_retry: Duration,
+    /// This coordinator's API address as other coordinators reach it. The leader records it
+    /// (fenced) so standbys can forward write calls; `None`: standbys answer NOT_LEADER.
+    pub advertise: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +99,7 @@ impl Default for EngineConfig {
             agent_backoff_min: Duration::from_millis(200),
             agent_backoff_max: Duration::from_secs(5),
             lock_retry: Duration::from_secs(1),
+            advertise: None,
         }
     }
 }
@@ -143,6 +150,14 @@ impl Engine {
             .filter(|t| !t.cancel.is_cancelled())
     }
 
+    /// The API address the current leader recorded, unless it is this coordinator's own.
+    pub async fn leader_address(&self) -> Option<String> {
+        let raw = self.store.get(LEADER_KEY).await.ok()??;
+        let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        let address = v.get("address")?.as_str()?.to_owned();
+        (self.config.advertise.as_deref() != Some(address.as_str())).then_some(address)
+    }
+
     /// Resolves once this coordinator leads.
     pub async fn wait_leader(&self) -> Term {
         let mut rx = self.term.subscribe();
@@ -190,6 +205,17 @@ impl Engine {
             metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(1);
             metrics::gauge!("flotilla_coordinator_lock_held").set(1.0);
             self.term.send_replace(Some(term.clone()));
+            // Record where the leader is, for standbys to forward write calls to.
+            if let Some(address) = &self.config.advertise {
+                let value = serde_json::json!({ "address": address, "token": term.token });
+                let op = WriteOp::Put {
+                    key: LEADER_KEY.into(),
+                    value: value.to_string().into_bytes(),
+                };
+                if let Err(e) = self.write(&term, vec![op]).await {
+                    tracing::warn!("cannot record the leader's address: {e}");
+                }
+            }
             // Announce the new token to every agent (one Status each): from now on they
             // refuse the previous leader's steps on every target, touched or not.
             let announce = tracing::info_span!("announce_token", token = term.token);

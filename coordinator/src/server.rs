@@ -170,7 +170,7 @@ pub async fn serve(
     let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });
-    let api = Api::new(engine.clone(), trace_of);
+    let api = Api::new(engine.clone(), trace_of, tls.agents.clone());
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = builder
         .add_service(health_service)

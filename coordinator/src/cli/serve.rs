@@ -48,6 +48,15 @@ pub struct ServeArgs {
     /// This coordinator's id in the lock (default: host name and pid)
     #[arg(long, env = "FLOTILLA_ID")]
     pub id: Option<String>,
+    /// The API address other coordinators reach this one at (e.g. http://10.0.0.7:7600); the
+    /// leader records it so standbys forward write calls to it. Default: the --listen
+    /// address unless it is 0.0.0.0/[::] (then standbys answer NOT_LEADER)
+    #[arg(
+        long,
+        env = "FLOTILLA_COORDINATOR_ADVERTISE_ADDRESS",
+        value_name = "URL"
+    )]
+    pub advertise_address: Option<String>,
     /// Attempts per target while its agent cannot be reached
     #[arg(long, env = "FLOTILLA_AGENT_ATTEMPTS", default_value_t = 5)]
     pub agent_attempts: u32,
@@ -93,6 +102,15 @@ impl ServeArgs {
             registration_ttl: self.registration_ttl,
             engine: EngineConfig {
                 agent_attempts: self.agent_attempts.max(1),
+                advertise: self.advertise_address.clone().or_else(|| {
+                    let scheme = if tls.server.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    };
+                    (!self.listen.ip().is_unspecified())
+                        .then(|| format!("{scheme}://{}", self.listen))
+                }),
                 ..EngineConfig::default()
             },
             tls,

@@ -342,3 +342,67 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_forwards_write_calls_to_the_leader() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let (_t, targets) = sqlite_targets("t", 3)?;
+    let agent = TestAgent::start("agent", targets).await?;
+    let fleet = vec![(agent.id.clone(), agent.address.clone())];
+    let prefix = format!("/flotilla-fwd-{}", uuid::Uuid::new_v4());
+    let endpoint = etcd.endpoint();
+    let leader =
+        TestCoordinator::start_opts(&repo_migrations(), &fleet, Some(&endpoint), &prefix, true)
+            .await?;
+    let standby =
+        TestCoordinator::start_opts(&repo_migrations(), &fleet, Some(&endpoint), &prefix, false)
+            .await?;
+    assert!(standby.engine.term().is_none(), "two leaders");
+    eventually(
+        "the standby knows the leader's address",
+        Duration::from_secs(10),
+        || async {
+            Ok(standby
+                .engine
+                .leader_address()
+                .await
+                .filter(|a| a == &leader.address))
+        },
+    )
+    .await?;
+
+    // StartRollout sent to the standby runs on the leader; the standby can watch it too.
+    let mut c = CoordinatorServiceClient::connect(standby.address.clone()).await?;
+    let r = c
+        .start_rollout(pb::StartRolloutRequest {
+            spec: Some(spec("head").to_proto()),
+        })
+        .await?
+        .into_inner();
+    let end = follow_to_end(&mut c, &r.id).await?;
+    assert_eq!(state(&end), pb::RolloutState::Succeeded, "{end:#?}");
+    assert_eq!(targets_in(&end, pb::TargetState::Succeeded).len(), 3);
+    assert!(standby.engine.term().is_none());
+
+    // Control calls are forwarded as well: the leader's own answer comes back (a standby
+    // would have said NOT_LEADER).
+    let err = c
+        .pause_rollout(pb::RolloutControlRequest { id: r.id.clone() })
+        .await
+        .expect_err("the rollout already ended");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("already ended"), "{}", err.message());
+
+    // One hop only: a call that was already forwarded is not forwarded again.
+    let mut req = tonic::Request::new(pb::StartRolloutRequest {
+        spec: Some(spec("head").to_proto()),
+    });
+    req.metadata_mut().insert(
+        "x-flotilla-forwarded",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    let err = c.start_rollout(req).await.expect_err("not forwarded twice");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("NOT_LEADER"), "{}", err.message());
+    Ok(())
+}

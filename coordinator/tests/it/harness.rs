@@ -13,7 +13,7 @@ use flotilla_agent::config::{LockConfig, RetryConfig};
 use flotilla_agent::tls::ServerTls;
 use flotilla_agent::{Agent, AgentConfig, Dialect, Secret, TargetConfig};
 use flotilla_coordinator::backend::BackendConfig;
-use flotilla_coordinator::engine::EngineConfig;
+use flotilla_coordinator::engine::{Engine, EngineConfig};
 use flotilla_coordinator::rollout::RolloutSpec;
 use flotilla_coordinator::server::{CoordinatorConfig, Hooks, build, serve};
 use flotilla_proto as pb;
@@ -211,6 +211,7 @@ pub(crate) fn fleet_file_of(dir: &Path, agents: &[(String, String)]) -> Result<P
 /// A coordinator running in this process (library), serving on 127.0.0.1:0.
 pub(crate) struct TestCoordinator {
     pub(crate) address: String,
+    pub(crate) engine: Arc<Engine>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -236,16 +237,32 @@ impl TestCoordinator {
         agents: &[(String, String)],
         etcd: Option<&str>,
     ) -> Result<TestCoordinator> {
+        let prefix = format!("/flotilla-test-{}", uuid::Uuid::new_v4());
+        Self::start_opts(migrations, agents, etcd, &prefix, true).await
+    }
+
+    /// The general form: `prefix` shared by coordinators of one etcd-backed fleet; with
+    /// `wait_leader` false the coordinator may start as a standby. Each advertises its
+    /// address (standbys forward write calls to the leader).
+    pub(crate) async fn start_opts(
+        migrations: &Path,
+        agents: &[(String, String)],
+        etcd: Option<&str>,
+        prefix: &str,
+        wait_leader: bool,
+    ) -> Result<TestCoordinator> {
         let dir = tempfile::tempdir()?;
         let fleet = fleet_file_of(dir.path(), agents)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = format!("http://{}", listener.local_addr()?);
         let config = CoordinatorConfig {
             migrations: migrations.to_owned(),
             backend: BackendConfig {
                 etcd_endpoints: etcd.map(|e| vec![e.to_owned()]).unwrap_or_default(),
-                prefix: format!("/flotilla-test-{}", uuid::Uuid::new_v4()),
+                prefix: prefix.to_owned(),
                 lease_ttl: Duration::from_secs(5),
                 state_dir: dir.path().join("state"),
-                holder_id: "test-coordinator".into(),
+                holder_id: format!("test-coordinator-{}", uuid::Uuid::new_v4()),
             },
             fleet_file: Some(fleet),
             registration_ttl: Duration::from_secs(3),
@@ -254,13 +271,12 @@ impl TestCoordinator {
                 agent_backoff_min: Duration::from_millis(100),
                 agent_backoff_max: Duration::from_millis(500),
                 lock_retry: Duration::from_millis(200),
+                advertise: Some(address.clone()),
             },
             tls: Default::default(),
         };
         let coord = build(&config, vec![], Hooks::default()).await?;
         let engine = coord.engine.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = format!("http://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let handle = tokio::spawn(async move {
@@ -268,11 +284,14 @@ impl TestCoordinator {
                 eprintln!("coordinator server: {e}");
             }
         });
-        tokio::time::timeout(Duration::from_secs(20), engine.wait_leader())
-            .await
-            .context("the test coordinator did not take the lock")?;
+        if wait_leader {
+            tokio::time::timeout(Duration::from_secs(20), engine.wait_leader())
+                .await
+                .context("the test coordinator did not take the lock")?;
+        }
         Ok(TestCoordinator {
             address,
+            engine,
             shutdown,
             handle: Some(handle),
             _dir: dir,
