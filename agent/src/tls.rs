@@ -182,8 +182,9 @@ fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
     }
 }
 
-/// An error's message with its causes (tonic wraps rustls errors as sources).
-fn chain(e: &dyn std::error::Error) -> String {
+/// An error's message with its causes (tonic wraps rustls errors as sources; a refused
+/// handshake is only explained by the innermost one).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -317,7 +318,7 @@ impl ServerTls {
             invalid(
                 "certificate",
                 cert,
-                format!("with key {}: {}", key.display(), chain(&e)),
+                format!("with key {}: {}", key.display(), error_chain(&e)),
             )
         })?;
         Ok(tls)
@@ -361,7 +362,7 @@ impl ServerTls {
             invalid(
                 "certificate",
                 &self.cert_path,
-                format!("cannot serve TLS: {}", chain(&e)),
+                format!("cannot serve TLS: {}", error_chain(&e)),
             )
         })
     }
@@ -481,7 +482,7 @@ impl ClientTls {
         if let Some(d) = &self.domain {
             cfg = cfg.domain_name(d.clone());
         }
-        endpoint.tls_config(cfg).map_err(|e| chain(&e))
+        endpoint.tls_config(cfg).map_err(|e| error_chain(&e))
     }
 
     /// An endpoint for `url`: TLS for `https://`, plaintext for `http://` (refused when a CA
@@ -491,7 +492,8 @@ impl ClientTls {
             url: url.to_owned(),
             message,
         };
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| address(chain(&e)))?;
+        let endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|e| address(error_chain(&e)))?;
         if url.starts_with("https://") {
             self.tls_endpoint(endpoint).map_err(address)
         } else if url.starts_with("http://") {

@@ -112,6 +112,25 @@ impl Api {
         Ok(Response::new(self.rollout(&id).await?))
     }
 
+    /// For an operator call on one target (stamp, repair): this leader's term and the
+    /// target as its agent reports it.
+    async fn leader_target(
+        &self,
+        target_id: &str,
+    ) -> Result<(crate::engine::Term, FleetEntry), Status> {
+        check_id("target id", target_id)?;
+        let term = self
+            .engine
+            .term()
+            .ok_or_else(|| status_of(EngineError::NotLeader))?;
+        let entry = self
+            .engine
+            .target_status(target_id, false)
+            .await
+            .map_err(status_of)?;
+        Ok((term, entry))
+    }
+
     async fn rollout(&self, id: &str) -> Result<pb::Rollout, Status> {
         let (rec, targets) = self.engine.get(id).await.map_err(status_of)?;
         Ok(rec.to_proto(&targets))
@@ -413,16 +432,7 @@ impl CoordinatorService for Api {
             return leader.stamp(forwarded(req)).await;
         }
         let req = req.into_inner();
-        check_id("target id", &req.target_id)?;
-        let term = self
-            .engine
-            .term()
-            .ok_or_else(|| status_of(EngineError::NotLeader))?;
-        let e = self
-            .engine
-            .target_status(&req.target_id, false)
-            .await
-            .map_err(status_of)?;
+        let (term, e) = self.leader_target(&req.target_id).await?;
         let dialect = e
             .dialect()
             .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
@@ -481,16 +491,7 @@ impl CoordinatorService for Api {
             return leader.repair(forwarded(req)).await;
         }
         let req = req.into_inner();
-        check_id("target id", &req.target_id)?;
-        let term = self
-            .engine
-            .term()
-            .ok_or_else(|| status_of(EngineError::NotLeader))?;
-        let e = self
-            .engine
-            .target_status(&req.target_id, false)
-            .await
-            .map_err(status_of)?;
+        let (term, e) = self.leader_target(&req.target_id).await?;
         let revision = if req.revision.is_empty() {
             e.status.dirty_revision.clone()
         } else {

@@ -203,15 +203,7 @@ fn revisions(g: &Graph, json: bool) -> Result<String, CliError> {
         if heads.contains(&r.id.as_str()) {
             marks.push("head");
         }
-        if r.is_merge() {
-            marks.push("merge");
-        }
-        if !r.is_reversible() {
-            marks.push("irreversible");
-        }
-        if !r.transactional {
-            marks.push("non-transactional");
-        }
+        marks.extend(tree::kind_marks(r));
         let marks = if marks.is_empty() {
             String::new()
         } else {

@@ -15,6 +15,8 @@ use flotilla_agent::tls::ClientTls;
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 
+use flotilla_agent::tls::error_chain;
+
 use super::{CliError, GlobalArgs, OutputFormat};
 use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 
@@ -317,18 +319,6 @@ pub async fn connect_with(
         CliError::Refused(format!("cannot reach the coordinator at {addr}: {}; is `flotilla coordinator` running? (set --coordinator or FLOTILLA_COORDINATOR; for TLS see --tls-ca, --tls-cert, --tls-key)", error_chain(&e)))
     })?;
     Ok(CoordinatorServiceClient::new(channel).max_decoding_message_size(256 << 20))
-}
-
-/// An error with its causes: a refused TLS handshake is only explained by the innermost one.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn rpc(e: tonic::Status) -> CliError {

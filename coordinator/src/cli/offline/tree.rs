@@ -120,6 +120,18 @@ fn connector(
     s
 }
 
+/// What kind of revision it is, as shown after its id: merge, irreversible,
+/// non-transactional.
+pub(super) fn kind_marks(r: &Revision) -> impl Iterator<Item = &'static str> {
+    [
+        (r.is_merge(), "merge"),
+        (!r.is_reversible(), "irreversible"),
+        (!r.transactional, "non-transactional"),
+    ]
+    .into_iter()
+    .filter_map(|(on, mark)| on.then_some(mark))
+}
+
 fn label(r: &Revision, head: bool) -> String {
     let mut marks = Vec::new();
     if head {
@@ -128,15 +140,7 @@ fn label(r: &Revision, head: bool) -> String {
     if r.parents.is_empty() {
         marks.push("root");
     }
-    if r.is_merge() {
-        marks.push("merge");
-    }
-    if !r.is_reversible() {
-        marks.push("irreversible");
-    }
-    if !r.transactional {
-        marks.push("non-transactional");
-    }
+    marks.extend(kind_marks(r));
     let mut s = r.id.clone();
     if !marks.is_empty() {
         s.push_str(&format!(" ({})", marks.join(", ")));
