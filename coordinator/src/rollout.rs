@@ -95,6 +95,9 @@ pub struct RolloutSpec {
     pub failure_budget: Budget,
     pub fingerprint_gate: bool,
     pub allow_downgrade: bool,
+    /// One transaction per step (default: one per run of transactional steps per target).
+    #[serde(default)]
+    pub transaction_per_step: bool,
 }
 
 impl Default for RolloutSpec {
@@ -109,6 +112,7 @@ impl Default for RolloutSpec {
             failure_budget: Budget::Count(0),
             fingerprint_gate: true,
             allow_downgrade: false,
+            transaction_per_step: false,
         }
     }
 }
@@ -125,6 +129,7 @@ impl RolloutSpec {
             failure_budget: Some(self.failure_budget.to_proto()),
             fingerprint_gate: self.fingerprint_gate,
             allow_downgrade: self.allow_downgrade,
+            transaction_per_step: self.transaction_per_step,
         }
     }
 
@@ -164,6 +169,7 @@ impl RolloutSpec {
             failure_budget,
             fingerprint_gate: p.fingerprint_gate,
             allow_downgrade: p.allow_downgrade,
+            transaction_per_step: p.transaction_per_step,
         })
     }
 }
@@ -298,6 +304,10 @@ pub struct TargetRecord {
     pub retries: u32,
     pub message: String,
     pub fingerprint: String,
+    /// The state digest (`flotilla_agent::history::state_digest`) `steps` were planned from;
+    /// sent as the Migrate precondition so a stale plan is refused instead of re-read first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub planned_from: String,
 }
 
 impl TargetRecord {

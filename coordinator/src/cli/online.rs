@@ -137,6 +137,10 @@ pub struct SpecArgs {
     /// Allow down steps (implied by --to base and --to -N)
     #[arg(long, env = "FLOTILLA_ALLOW_DOWNGRADE")]
     pub allow_downgrade: bool,
+    /// One transaction per step, instead of one per target for consecutive transactional
+    /// steps (where a failing step also rolls back the steps before it)
+    #[arg(long, env = "FLOTILLA_TRANSACTION_PER_STEP")]
+    pub transaction_per_step: bool,
 }
 
 impl SpecArgs {
@@ -158,6 +162,7 @@ impl SpecArgs {
             failure_budget: Budget::parse(&self.failure_budget).map_err(CliError::Refused)?,
             fingerprint_gate: !self.no_fingerprint_gate,
             allow_downgrade: self.allow_downgrade || implied_down,
+            transaction_per_step: self.transaction_per_step,
         })
     }
 }
