@@ -259,14 +259,8 @@ impl Executor {
                 );
                 self.run_step(&mut link, step, &ctx).instrument(span).await
             } else {
-                let span = tracing::info_span!(
-                    "step",
-                    target = %self.target.id,
-                    revision = %step.spec.revision,
-                    direction = %step.spec.direction,
-                    steps = unit.len(),
-                );
-                self.run_group(&mut link, unit).instrument(span).await
+                // Each step of the run gets its own `step` span (opened as it starts).
+                self.run_group(&mut link, unit).await
             };
             if let Err(e) = outcome {
                 result = Err(e);

@@ -25,7 +25,45 @@ use crate::history::TargetState;
 struct Started<'a> {
     exec: &'a Executor,
     ctxs: Vec<&'a EventCtx>,
+    /// Index in the unit of each step the driver runs.
+    todo: &'a [usize],
+    unit: &'a [PlannedStep],
     attempt: u32,
+    spans: &'a StepSpans,
+}
+
+/// One `step` span per step of the unit, opened when the step first starts and closed when a
+/// later step starts (or the unit ends): each step of a shared transaction is its own span in
+/// the trace, and a retried step keeps the span it had (its retry events are on it).
+struct StepSpans(std::sync::Mutex<(Vec<Option<tracing::Span>>, Vec<bool>)>);
+
+impl StepSpans {
+    fn new(n: usize) -> Self {
+        StepSpans(std::sync::Mutex::new((vec![None; n], vec![false; n])))
+    }
+
+    fn start(&self, exec: &Executor, index: usize, step: &PlannedStep) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (spans, created) = &mut *g;
+        for s in spans.iter_mut().take(index) {
+            *s = None;
+        }
+        if !created[index] {
+            created[index] = true;
+            spans[index] = Some(tracing::info_span!(
+                "step",
+                target = %exec.target.id,
+                revision = %step.spec.revision,
+                direction = %step.spec.direction,
+            ));
+        }
+    }
+
+    /// The span of step `index`, while it is open.
+    fn get(&self, index: usize) -> Option<tracing::Span> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.0.get(index).cloned().flatten()
+    }
 }
 
 #[async_trait]
@@ -33,6 +71,9 @@ impl StepObserver for Started<'_> {
     async fn started(&self, index: usize) -> bool {
         if index > 0 && (self.exec.cancel.is_cancelled() || self.exec.sink.is_closed()) {
             return false;
+        }
+        if let Some(&u) = self.todo.get(index) {
+            self.spans.start(self.exec, u, &self.unit[u]);
         }
         if let Some(ctx) = self.ctxs.get(index) {
             ctx.emit(Event::Started(StepStarted {
@@ -68,6 +109,7 @@ impl Executor {
         let started = Instant::now();
         let mut delays = self.retry.delays();
         let mut attempt = 0u32;
+        let spans = StepSpans::new(unit.len());
         let mut carry = Carry {
             sent: false,
             reported: vec![false; unit.len()],
@@ -75,7 +117,7 @@ impl Executor {
         loop {
             attempt += 1;
             let (index, failure, todo) = match self
-                .group_attempt(link, unit, &ctxs, attempt, &mut carry)
+                .group_attempt(link, unit, &ctxs, attempt, &mut carry, &spans)
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -105,7 +147,8 @@ impl Executor {
                     };
                     metrics::counter!("flotilla_agent_retries_total", "dialect" => self.target.dialect.as_str(), "error_class" => class.as_str())
                         .increment(1);
-                    tracing::warn!(attempt, delay_ms = millis(delay), error_class = %class, error = %message, "transient error; retrying");
+                    let span = spans.get(index).unwrap_or_else(tracing::Span::current);
+                    span.in_scope(|| tracing::warn!(attempt, delay_ms = millis(delay), error_class = %class, error = %message, "transient error; retrying"));
                     ctx.emit(Event::Retrying(StepRetrying {
                         attempt,
                         delay_ms: millis(delay),
@@ -153,6 +196,7 @@ impl Executor {
         ctxs: &[EventCtx],
         attempt: u32,
         carry: &mut Carry,
+        spans: &StepSpans,
     ) -> Result<(), (usize, Failure, Vec<usize>)> {
         let (session, state) = self
             .state(link, &ctxs[0])
@@ -203,10 +247,14 @@ impl Executor {
         let observer = Started {
             exec: self,
             ctxs: todo.iter().map(|&i| &ctxs[i]).collect(),
+            todo: &todo,
+            unit,
             attempt,
+            spans,
         };
         carry.sent = true;
-        match session.apply_group(&specs, &self.meta, &observer).await {
+        let applied = session.apply_group(&specs, &self.meta, &observer).await;
+        match applied {
             Ok(rows) => {
                 for (&i, row) in todo.iter().zip(&rows) {
                     let duration = Duration::from_millis(row.duration_ms);
