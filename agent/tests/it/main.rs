@@ -4,6 +4,7 @@ mod discovery;
 mod drivers;
 mod fault;
 mod grpc;
+mod hostile;
 mod locking;
 mod migrate;
 mod support;
