@@ -5,6 +5,7 @@ mod drivers;
 mod fault;
 mod grpc;
 mod hostile;
+mod hostile_prop;
 mod locking;
 mod migrate;
 mod support;
