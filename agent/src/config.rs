@@ -822,6 +822,40 @@ mod tests {
     }
 
     #[test]
+    fn fence_ttl_and_agent_id_limits() {
+        let args = Args {
+            fence_announcement_ttl_ms: Some(1500),
+            ..Args::default()
+        };
+        let mut cfg = AgentConfig::default();
+        assert!(args.apply(&mut cfg).is_ok());
+        assert_eq!(cfg.fence.announcement_ttl, Duration::from_millis(1500));
+        let raw = RawConfig::parse("[fence]\nannouncement_ttl_ms = 0\n")
+            .and_then(|raw| raw.into_config(&|_| None));
+        let err = raw
+            .and_then(|cfg| cfg.validate())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("fence.announcement_ttl_ms")),
+            "{err:?}"
+        );
+        // agent_id is stored in VARCHAR(128) history columns.
+        for (id, ok) in [
+            ("a".repeat(128), true),
+            ("a".repeat(129), false),
+            ("a b".into(), false),
+        ] {
+            let cfg = AgentConfig {
+                agent_id: id.clone(),
+                ..AgentConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{id:?}");
+        }
+    }
+
+    #[test]
     fn flags_override_file() {
         let args = Args {
             targets: vec!["x=sqlite:///tmp/x.db".into()],
