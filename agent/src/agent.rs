@@ -25,6 +25,7 @@ use crate::error::AgentError;
 use crate::executor::{
     EventSink, Executor, Locker, PlannedStep, driver_error, needs_dirty_protocol,
 };
+use crate::fence::FenceMemory;
 use crate::history::{HistoryRow, TargetState};
 use crate::service::validate as check;
 use crate::target::{Target, Targets};
@@ -42,10 +43,10 @@ pub struct Agent {
     targets: Targets,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// The highest fencing token any caller has presented (Status announces it). Requests
-    /// with a lower one are refused for every target, including targets whose own fence row
-    /// has not seen the newer token yet.
-    fence_seen: std::sync::atomic::AtomicU64,
+    /// The agent-wide fence: tokens some target committed, and fresh announcements (Status).
+    /// Requests with a lower token are refused for every target, including targets whose own
+    /// fence row has not seen the newer token yet. See `fence.rs`.
+    fence: Arc<FenceMemory>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -189,6 +190,7 @@ impl Agent {
     /// Validate the config, open the drivers and run the first discovery scan.
     pub async fn new(config: AgentConfig) -> Result<Agent, AgentError> {
         config.validate()?;
+        let fence = Arc::new(FenceMemory::new(config.fence.announcement_ttl));
         let targets = Targets::new(
             config.targets.clone(),
             config.discovery.sources.clone(),
@@ -200,23 +202,20 @@ impl Agent {
             targets,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            fence_seen: std::sync::atomic::AtomicU64::new(0),
+            fence,
         })
     }
 
-    /// Refuse a token lower than the highest seen (FAILED_PRECONDITION), else remember it.
+    /// Refuse a token lower than the agent-wide fence (FAILED_PRECONDITION). Remembers
+    /// nothing: a token is remembered only once a target committed it.
     fn check_fence(&self, target: &str, token: u64) -> Result<(), Status> {
-        use std::sync::atomic::Ordering;
-        let seen = self.fence_seen.fetch_max(token, Ordering::SeqCst);
-        if token < seen {
-            return Err(AgentError::StaleToken {
-                target: target.to_owned(),
-                offered: token,
-                current: seen,
-            }
-            .to_status());
-        }
-        Ok(())
+        self.fence.check(target, token).map_err(|e| e.to_status())
+    }
+
+    /// The lowest fencing token this agent accepts right now, for any target: the highest
+    /// token one of its targets committed, or a fresh announcement if higher.
+    pub fn fence_floor(&self) -> u64 {
+        self.fence.floor()
     }
 
     pub fn agent_id(&self) -> &str {
@@ -288,6 +287,8 @@ impl Agent {
             ms => Duration::from_millis(u64::from(ms)),
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let fence = self.fence.clone();
+        let token = req.fencing_token;
         let span = tracing::info_span!(
             "migrate",
             target = %target.id,
@@ -314,7 +315,17 @@ impl Agent {
             }
             .instrument(span),
         );
-        Ok(Box::pin(ReceiverStream::new(rx)))
+        // A succeeded step committed the token with the target's fence row.
+        let events = ReceiverStream::new(rx).inspect(move |ev| {
+            if let Ok(StepEvent {
+                event: Some(flotilla_proto::step_event::Event::Succeeded(_)),
+                ..
+            }) = ev
+            {
+                fence.accepted(token);
+            }
+        });
+        Ok(Box::pin(events))
     }
 
     /// The targets a request names (all when empty), rescanning discovery when all are asked.
@@ -333,17 +344,20 @@ impl Agent {
     /// The state of every target (or those asked for), queried concurrently; a target that
     /// cannot be read gets `error` set instead of failing the call.
     pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
-        check::target_ids("target_ids", &req.target_ids)?;
-        // A leader announces its token; lower tokens are refused from now on.
-        self.fence_seen
-            .fetch_max(req.fencing_token, std::sync::atomic::Ordering::SeqCst);
+        check::status_request(&req)?;
+        // A leader announces its token: lower tokens are refused while it is fresh.
+        self.fence.announce(req.fencing_token);
         let targets = self.select(&req.target_ids).await?;
         let timeout = self.config.status.timeout;
         let include_history = req.include_history;
         let targets = futures::stream::iter(targets)
             .map(|t| async move {
                 match tokio::time::timeout(timeout, read_target(&t)).await {
-                    Ok(Ok(state)) => target_status(&t, &state, include_history),
+                    Ok(Ok(state)) => {
+                        // What a fence row holds was committed: it binds for every target.
+                        self.fence.accepted(state.fence_token);
+                        target_status(&t, &state, include_history)
+                    }
                     Ok(Err(e)) => TargetStatus {
                         error: e.to_string(),
                         ..empty_status(&t)
@@ -454,6 +468,7 @@ impl Agent {
         Self::release(session).await;
         drop(guard);
         let status = res?;
+        self.fence.accepted(status.fence_token);
         tracing::info!(target = %target.id, revisions = pairs.len(), %direction, "stamped");
         Ok(StampResponse {
             target: Some(target_status(&target, &status, false)),
@@ -478,6 +493,7 @@ impl Agent {
         Self::release(session).await;
         drop(guard);
         let status = res?;
+        self.fence.accepted(status.fence_token);
         tracing::info!(target = %target.id, revision = %req.revision, applied = req.applied, "repaired");
         Ok(RepairResponse {
             target: Some(target_status(&target, &status, false)),

@@ -14,6 +14,8 @@ use crate::types::{Dialect, Secret};
 
 /// Longest accepted target id.
 pub const MAX_TARGET_ID_LEN: usize = 256;
+/// Longest agent id: `flotilla_history.agent_id` is VARCHAR(128) on every dialect.
+pub const MAX_AGENT_ID_LEN: usize = 128;
 
 /// A configuration error names the offending field (`targets[1].dialect`) or file.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,7 @@ pub struct AgentConfig {
     /// Targets found by pattern at startup and on refresh.
     pub discovery: DiscoveryConfig,
     pub status: StatusConfig,
+    pub fence: FenceConfig,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +64,7 @@ impl Default for AgentConfig {
             targets: Vec::new(),
             discovery: DiscoveryConfig::default(),
             status: StatusConfig::default(),
+            fence: FenceConfig::default(),
         }
     }
 }
@@ -150,6 +154,22 @@ impl Default for StatusConfig {
     }
 }
 
+/// The agent-wide fence memory (`fence.rs`).
+#[derive(Debug, Clone)]
+pub struct FenceConfig {
+    /// How long a token announced with `Status` keeps refusing lower tokens on every target
+    /// after it was last announced (tokens a target committed bind for good).
+    pub announcement_ttl: Duration,
+}
+
+impl Default for FenceConfig {
+    fn default() -> Self {
+        FenceConfig {
+            announcement_ttl: Duration::from_secs(120),
+        }
+    }
+}
+
 /// One target database (or SQLite file).
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
@@ -204,6 +224,11 @@ pub fn is_valid_target_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b':'))
 }
 
+/// True for a usable agent id: 1..=128 of `[A-Za-z0-9_.:-]`.
+pub fn is_valid_agent_id(id: &str) -> bool {
+    id.len() <= MAX_AGENT_ID_LEN && is_valid_target_id(id)
+}
+
 /// The dialect a database URL's scheme names.
 pub fn dialect_of_url(url: &str) -> Option<Dialect> {
     let scheme = url.split_once(':')?.0;
@@ -213,8 +238,18 @@ pub fn dialect_of_url(url: &str) -> Option<Dialect> {
 impl AgentConfig {
     /// Check what `Default` + code or the raw layer produced.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.agent_id.is_empty() || self.agent_id.len() > MAX_TARGET_ID_LEN {
-            return Err(invalid("agent_id", "must be 1 to 256 characters"));
+        if !is_valid_agent_id(&self.agent_id) {
+            return Err(invalid(
+                "agent_id",
+                format!(
+                    "{:?} is not 1 to {MAX_AGENT_ID_LEN} characters of [A-Za-z0-9_.:-] (it is \
+                     stored in every history row)",
+                    self.agent_id
+                ),
+            ));
+        }
+        if self.fence.announcement_ttl.is_zero() {
+            return Err(invalid("fence.announcement_ttl_ms", "must be > 0"));
         }
         let r = &self.retry;
         if r.max_attempts == 0 {
@@ -341,6 +376,9 @@ pub struct Args {
     /// How long shutdown waits for the step in flight, in milliseconds.
     #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// How long a token announced with Status refuses lower tokens, in milliseconds.
+    #[arg(long, env = "FLOTILLA_FENCE_ANNOUNCEMENT_TTL_MS")]
+    pub fence_announcement_ttl_ms: Option<u64>,
     /// Log format.
     #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -404,6 +442,9 @@ impl Args {
         if let Some(v) = self.shutdown_grace_ms {
             cfg.server.shutdown_grace = ms(v);
         }
+        if let Some(v) = self.fence_announcement_ttl_ms {
+            cfg.fence.announcement_ttl = ms(v);
+        }
         cfg.server.tls = self.tls.server()?;
         cfg.server.plaintext = self.tls.plaintext;
         for (i, spec) in self.targets.iter().enumerate() {
@@ -444,6 +485,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub discovery: RawDiscovery,
     #[serde(default)]
+    pub fence: RawFence,
+    #[serde(default)]
     pub targets: Vec<RawTarget>,
     #[serde(default)]
     pub discover: Vec<RawDiscover>,
@@ -478,6 +521,12 @@ pub struct RawLock {
 pub struct RawStatus {
     pub concurrency: Option<usize>,
     pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFence {
+    pub announcement_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -614,6 +663,9 @@ impl RawConfig {
         }
         if let Some(v) = self.discovery.refresh_interval_ms {
             cfg.discovery.refresh_interval = ms(v);
+        }
+        if let Some(v) = self.fence.announcement_ttl_ms {
+            cfg.fence.announcement_ttl = ms(v);
         }
         for (i, t) in self.targets.into_iter().enumerate() {
             let f = |k: &str| format!("targets[{i}].{k}");
@@ -767,6 +819,40 @@ mod tests {
             matches!(&cfg, Ok(c) if c.targets.len() == 2 && c.discovery.sources.len() == 2),
             "{cfg:?}"
         );
+    }
+
+    #[test]
+    fn fence_ttl_and_agent_id_limits() {
+        let args = Args {
+            fence_announcement_ttl_ms: Some(1500),
+            ..Args::default()
+        };
+        let mut cfg = AgentConfig::default();
+        assert!(args.apply(&mut cfg).is_ok());
+        assert_eq!(cfg.fence.announcement_ttl, Duration::from_millis(1500));
+        let raw = RawConfig::parse("[fence]\nannouncement_ttl_ms = 0\n")
+            .and_then(|raw| raw.into_config(&|_| None));
+        let err = raw
+            .and_then(|cfg| cfg.validate())
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("fence.announcement_ttl_ms")),
+            "{err:?}"
+        );
+        // agent_id is stored in VARCHAR(128) history columns.
+        for (id, ok) in [
+            ("a".repeat(128), true),
+            ("a".repeat(129), false),
+            ("a b".into(), false),
+        ] {
+            let cfg = AgentConfig {
+                agent_id: id.clone(),
+                ..AgentConfig::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{id:?}");
+        }
     }
 
     #[test]

@@ -91,8 +91,9 @@ pub enum AgentError {
         requested: String,
     },
     #[error(
-        "target {target}: stale fencing token {offered}: the target has already accepted token \
-         {current}; another coordinator holds the lock"
+        "target {target}: stale fencing token {offered}: token {current} was already accepted \
+         or announced; another coordinator holds the lock (if none holds {current}, see README \
+         \"Recovering from a poisoned fencing token\")"
     )]
     StaleToken {
         target: String,

@@ -1,11 +1,13 @@
 //! The gRPC server: `flotilla.v1.AgentService` as a thin wrapper over [`Agent`], plus gRPC
-//! health checking (SERVING) and reflection (v1 and v1alpha, so grpcurl works), and
+//! health checking (SERVING) and reflection (v1 and v1alpha, so grpcurl works; it lists only
+//! the services served, `service/reflection.rs`), and
 //! [`serve`], which runs them on a given listener until a given shutdown future resolves,
 //! over TLS or mTLS when `server.tls` is set (plaintext only on loopback or with
 //! `server.plaintext`, see `tls::check_listen`).
 //!
 //! Errors become statuses in exactly one place, `AgentError::to_status` (`error.rs`).
 
+pub mod reflection;
 pub mod validate;
 
 use std::future::Future;
@@ -133,14 +135,8 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentGrpc>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let (reflection_v1, reflection_v1alpha) =
+        reflection::serving(<AgentServiceServer<AgentGrpc> as tonic::server::NamedService>::NAME)?;
     let max = agent.config().server.max_message_bytes;
     let service = AgentServiceServer::new(AgentGrpc::new(agent.clone()))
         .max_decoding_message_size(max)

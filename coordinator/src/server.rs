@@ -157,16 +157,11 @@ pub async fn serve(
     health_reporter
         .set_serving::<CoordinatorServiceServer<Api>>()
         .await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServerError::Serve(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| ServerError::Serve(e.to_string()))?;
+    // Reflection lists only what this server serves (not the agent's service).
+    let (reflection_v1, reflection_v1alpha) = flotilla_agent::service::reflection::serving(
+        <CoordinatorServiceServer<Api> as tonic::server::NamedService>::NAME,
+    )
+    .map_err(|e| ServerError::Serve(e.to_string()))?;
     let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });

@@ -2,7 +2,7 @@
 //! Failures are `AgentError::InvalidRequest` (INVALID_ARGUMENT) naming the field, or
 //! `ChecksumMismatch` when a step's SQL does not hash to its declared checksum.
 
-use flotilla_proto::{MigrateRequest, RepairRequest, StampRequest, ValidateRequest};
+use flotilla_proto::{MigrateRequest, RepairRequest, StampRequest, StatusRequest, ValidateRequest};
 
 use crate::config::{MAX_TARGET_ID_LEN, is_valid_target_id};
 use crate::driver::StepSpec;
@@ -15,8 +15,11 @@ pub const MAX_STEPS: usize = 10_000;
 pub const MAX_SQL_BYTES: usize = 16 * 1024 * 1024;
 /// Most target ids or expected revisions in one request.
 pub const MAX_LIST: usize = 100_000;
-/// Longest rollout id.
-pub const MAX_ROLLOUT_ID_LEN: usize = 256;
+/// Longest rollout id: `flotilla_history.rollout_id` is VARCHAR(128) on every dialect.
+pub const MAX_ROLLOUT_ID_LEN: usize = 128;
+/// Highest fencing token: tokens are stored in signed BIGINT columns (`flotilla_fence.token`,
+/// `flotilla_history.fencing_token`) on every dialect, and etcd revisions are int64 too.
+pub const MAX_FENCING_TOKEN: u64 = i64::MAX as u64;
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> AgentError {
     AgentError::invalid(field, message)
@@ -64,14 +67,42 @@ fn fencing_token(token: u64) -> Result<(), AgentError> {
             "must be > 0 (the coordinator's lock token)",
         ));
     }
+    announced_token(token)
+}
+
+/// A token that may be 0 (Status: "not a leader"), else a storable one.
+fn announced_token(token: u64) -> Result<(), AgentError> {
+    if token > MAX_FENCING_TOKEN {
+        return Err(invalid(
+            "fencing_token",
+            format!(
+                "{token} is above {MAX_FENCING_TOKEN} (2^63-1), the largest token a database \
+                 fence column holds; send the coordinator's lock token"
+            ),
+        ));
+    }
     Ok(())
 }
 
+/// True for a storable rollout id: empty, or up to 128 of `[A-Za-z0-9_.:-]` (ASCII, so the
+/// length is the same in bytes and characters, whatever the column's character set).
+pub fn is_valid_rollout_id(id: &str) -> bool {
+    id.len() <= MAX_ROLLOUT_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
 fn rollout_id(id: &str) -> Result<(), AgentError> {
-    if id.len() > MAX_ROLLOUT_ID_LEN {
+    if !is_valid_rollout_id(id) {
+        let shown: String = id.chars().take(64).collect();
         return Err(invalid(
             "rollout_id",
-            format!("longer than {MAX_ROLLOUT_ID_LEN} bytes"),
+            format!(
+                "{shown:?} ({} bytes) is not a rollout id (at most {MAX_ROLLOUT_ID_LEN} \
+                 characters of [A-Za-z0-9_.:-])",
+                id.len()
+            ),
         ));
     }
     Ok(())
@@ -82,6 +113,12 @@ fn direction(field: &str, raw: i32) -> Result<Direction, AgentError> {
         .ok()
         .and_then(Direction::from_proto)
         .ok_or_else(|| invalid(field, "must be DIRECTION_UP or DIRECTION_DOWN"))
+}
+
+/// A Status request: its target ids and the announced token (0 or a storable token).
+pub(crate) fn status_request(req: &StatusRequest) -> Result<(), AgentError> {
+    target_ids("target_ids", &req.target_ids)?;
+    announced_token(req.fencing_token)
 }
 
 pub(crate) fn target_ids(field: &str, ids: &[String]) -> Result<(), AgentError> {
@@ -252,6 +289,20 @@ mod tests {
         let mut r = req(vec![step("a", "x")]);
         r.fencing_token = 0;
         assert_eq!(field_of(migrate_request(&r)), "fencing_token");
+        r.fencing_token = MAX_FENCING_TOKEN + 1;
+        assert_eq!(field_of(migrate_request(&r)), "fencing_token");
+        r.fencing_token = u64::MAX;
+        assert_eq!(field_of(migrate_request(&r)), "fencing_token");
+        r.fencing_token = MAX_FENCING_TOKEN;
+        assert_eq!(field_of(migrate_request(&r)), "ok");
+        r.rollout_id = "r".repeat(MAX_ROLLOUT_ID_LEN);
+        assert_eq!(field_of(migrate_request(&r)), "ok");
+        r.rollout_id = "r".repeat(MAX_ROLLOUT_ID_LEN + 1);
+        assert_eq!(field_of(migrate_request(&r)), "rollout_id");
+        r.rollout_id = "é".into();
+        assert_eq!(field_of(migrate_request(&r)), "rollout_id");
+        r.rollout_id = String::new();
+        assert_eq!(field_of(migrate_request(&r)), "ok");
         r.fencing_token = 1;
         r.target_id = "t".repeat(MAX_TARGET_ID_LEN + 1);
         assert_eq!(field_of(migrate_request(&r)), "target_id");

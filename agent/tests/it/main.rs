@@ -4,6 +4,8 @@ mod discovery;
 mod drivers;
 mod fault;
 mod grpc;
+mod hostile;
+mod hostile_prop;
 mod locking;
 mod migrate;
 mod support;

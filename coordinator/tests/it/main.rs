@@ -5,6 +5,7 @@ mod ha;
 mod harness;
 mod lock;
 mod observability;
+mod reflection;
 mod registry;
 mod revision_apply;
 mod revision_cli;
