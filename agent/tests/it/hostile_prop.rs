@@ -128,14 +128,25 @@ fn expected() -> impl Strategy<Value = ExpectedRevision> {
 
 fn request() -> impl Strategy<Value = Req> {
     prop_oneof![
-        5 => (target_id(), rollout_id(), token(), proptest::collection::vec(step(), 0..3))
-            .prop_map(|(target_id, rollout_id, fencing_token, steps)| Req::Migrate(MigrateRequest {
-                target_id,
-                rollout_id,
-                fencing_token,
-                steps,
-                lock_wait_ms: 0,
-            })),
+        5 => (
+            target_id(),
+            rollout_id(),
+            token(),
+            proptest::collection::vec(step(), 0..3),
+            prop_oneof![2 => Just(String::new()), 1 => hex64(), 1 => "[a-z]{0,5}"],
+            any::<bool>(),
+        )
+            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step)| {
+                Req::Migrate(MigrateRequest {
+                    target_id,
+                    rollout_id,
+                    fencing_token,
+                    steps,
+                    lock_wait_ms: 0,
+                    expected_state,
+                    transaction_per_step,
+                })
+            }),
         2 => (target_id(), token(), proptest::collection::vec(expected(), 0..3), direction(), rollout_id())
             .prop_map(|(target_id, fencing_token, revisions, direction, rollout_id)| Req::Stamp(StampRequest {
                 target_id,
