@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::procs::{Bins, Service, args, run};
+use crate::procs::{Bins, Profile, Service, args, run};
 
 /// An agent and a coordinator serving it.
 pub(crate) struct Fleet {
@@ -16,6 +16,8 @@ pub(crate) struct Fleet {
     pub(crate) coordinator: Service,
     bins: Bins,
     migrations: PathBuf,
+    /// Record a `perf` profile of both processes during each rollout into this dir.
+    profile_dir: Option<PathBuf>,
 }
 
 /// One `flotilla rollout start --wait`, timed, with the CPU each process spent on it.
@@ -83,6 +85,7 @@ impl Fleet {
             coordinator,
             bins: bins.clone(),
             migrations: migrations.to_owned(),
+            profile_dir: bins.profile_dir.clone(),
         })
     }
 
@@ -99,9 +102,10 @@ impl Fleet {
     }
 
     /// `flotilla rollout start --to head --canary 0 --max-parallel P --wait`; the rollout
-    /// must succeed with `expect_steps` steps in all.
+    /// must succeed with `expect_steps` steps in all. `label` names its profile, if any.
     pub(crate) async fn rollout(
         &self,
+        label: &str,
         max_parallel: u32,
         expect_steps: usize,
     ) -> Result<RolloutRun> {
@@ -117,9 +121,18 @@ impl Fleet {
             &mp,
             "--wait",
         ]);
+        let perf = match &self.profile_dir {
+            Some(dir) => Some(
+                Profile::start(dir, label, &[self.coordinator.pid()?, self.agent.pid()?]).await?,
+            ),
+            None => None,
+        };
         let (c0, a0) = (self.coordinator.cpu_seconds()?, self.agent.cpu_seconds()?);
         let ran = run(&self.bins.flotilla, &a).await?;
         let (c1, a1) = (self.coordinator.cpu_seconds()?, self.agent.cpu_seconds()?);
+        if let Some(perf) = perf {
+            perf.finish().await?;
+        }
         let out: Value = serde_json::from_str(&ran.stdout).with_context(|| {
             format!(
                 "rollout start exited {} without a JSON report: {}{}",

@@ -90,6 +90,10 @@ struct Options {
     /// Where to save the figures (default: <target>/bench/compare.json)
     #[arg(long, env = "FLOTILLA_BENCH_OUT")]
     out: Option<PathBuf>,
+    /// Record a `perf` profile of the agent and the coordinator during every rollout into
+    /// this dir (`<label>.perf.data` and a `perf report` summary `.txt`)
+    #[arg(long, env = "FLOTILLA_BENCH_PERF", value_name = "DIR")]
+    perf: Option<PathBuf>,
     /// Keep the work dir (databases, logs) instead of deleting it
     #[arg(long, env = "FLOTILLA_BENCH_KEEP")]
     keep: bool,
@@ -149,13 +153,14 @@ async fn machine(bins: &Bins) -> Value {
 async fn main_async(o: Options) -> Result<()> {
     let target = target_dir();
     let want = |what: &str| o.only.iter().any(|w| w.trim() == what);
-    let bins = Bins::find(
+    let mut bins = Bins::find(
         &o.bin_dir.clone().unwrap_or_else(|| target.join("release")),
         &o.sqlx
             .clone()
             .unwrap_or_else(|| target.join("tools/bin/sqlx")),
         want("pg"),
     )?;
+    bins.profile_dir = o.perf.as_ref().map(std::path::absolute).transpose()?;
     let bench_dir = target.join("bench");
     std::fs::create_dir_all(&bench_dir)?;
     // On the target's disk, not a tmpfs: SQLite and the PostgreSQL baselines fsync for real.

@@ -279,7 +279,9 @@ pub(crate) async fn bench(
             &fleet_dir,
         )
         .await?;
-        let r = fleet.rollout(mp, n * steps).await?;
+        let r = fleet
+            .rollout(&format!("pg{n}-mp{mp}"), mp, n * steps)
+            .await?;
         println!(
             "  flotilla rollout --canary 0 --max-parallel {mp}: {:.2} s (coordinator {:.0} µs/step, agent {:.0} µs/step)",
             r.wall.as_secs_f64(),
@@ -289,7 +291,10 @@ pub(crate) async fn bench(
         check_applied(bins, pg, &names(n, &set)).await?;
         flotilla.push(r);
         if noop.is_none() {
-            let again = fleet.rollout(mp, 0).await.context("no-op rollout")?;
+            let again = fleet
+                .rollout(&format!("pg{n}-noop"), mp, 0)
+                .await
+                .context("no-op rollout")?;
             let validate = fleet.validate().await?;
             println!(
                 "  no-op flotilla rollout: {:.2} s; flotilla validate: {:.2} s",

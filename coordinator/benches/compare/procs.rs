@@ -21,6 +21,8 @@ pub(crate) struct Bins {
     pub(crate) sqlx: PathBuf,
     pub(crate) psql: PathBuf,
     pub(crate) sqlite3: PathBuf,
+    /// `--perf DIR`: profile the agent and coordinator during every rollout.
+    pub(crate) profile_dir: Option<PathBuf>,
 }
 
 impl Bins {
@@ -61,6 +63,7 @@ impl Bins {
                 PathBuf::from("psql")
             },
             sqlite3: on_path("sqlite3", "apt-get install sqlite3")?,
+            profile_dir: None,
         })
     }
 }
@@ -301,6 +304,65 @@ impl Service {
                 bail!("{} ignored SIGTERM for 30s: {}", self.name, self.log_tail());
             }
         }
+        Ok(())
+    }
+}
+
+/// `perf record` of some processes (sampling, call graphs by frame pointer) while a phase
+/// runs; `finish` stops it and writes `perf report` as text next to the data.
+pub(crate) struct Profile {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Profile {
+    pub(crate) async fn start(dir: &Path, label: &str, pids: &[u32]) -> Result<Profile> {
+        std::fs::create_dir_all(dir)?;
+        let data = dir.join(format!("{label}.perf.data"));
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let log = std::fs::File::create(dir.join(format!("{label}.perf.log")))?;
+        let child = Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-o"])
+            .arg(&data)
+            .args(["-p", &pids.join(",")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start perf (apt-get install linux-perf)")?;
+        // perf attaches within a few ms; a phase shorter than that is not worth profiling.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(Profile { child, data })
+    }
+
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status()?;
+        }
+        self.child.wait().await?;
+        let report = run(
+            Path::new("perf"),
+            &args(&[
+                "report",
+                "-i",
+                &self.data.display().to_string(),
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "pid,dso,sym",
+                "--percent-limit",
+                "0.5",
+                "-g",
+                "none",
+            ]),
+        )
+        .await?;
+        let text = PathBuf::from(format!("{}.txt", self.data.display()));
+        std::fs::write(&text, report.stdout)?;
+        println!("    profile: {}", text.display());
         Ok(())
     }
 }

@@ -161,7 +161,9 @@ pub(crate) async fn bench(
     )
     .await?;
     sync().await?;
-    let rollout = fleet.rollout(s.max_parallel, n * steps).await?;
+    let rollout = fleet
+        .rollout(&format!("sqlite{n}"), s.max_parallel, n * steps)
+        .await?;
     println!(
         "  flotilla rollout --canary 0 --max-parallel {}: {:.2} s (coordinator {:.0} µs/step, agent {:.0} µs/step)",
         s.max_parallel,
@@ -171,7 +173,7 @@ pub(crate) async fn bench(
     );
     let agent_peak_rss_rollout_kib = fleet.agent.peak_rss_kib()?;
     let noop = fleet
-        .rollout(s.max_parallel, 0)
+        .rollout(&format!("sqlite{n}-noop"), s.max_parallel, 0)
         .await
         .context("no-op rollout")?;
     let validate = fleet.validate().await?;
@@ -229,7 +231,7 @@ pub(crate) async fn bench(
         agent_rss_big_kib = Some(fleet.agent.rss_kib()?);
         sync().await?;
         let r = fleet
-            .rollout(s.max_parallel, 0)
+            .rollout(&format!("sqlite{}-noop", s.noop_targets), s.max_parallel, 0)
             .await
             .context("no-op rollout")?;
         println!(
