@@ -41,7 +41,7 @@ pub use etcd::Etcd;
 pub use eventually::{eventually, eventually_true};
 pub use mariadb::MariaDb;
 pub use pki::{CertFiles, Pki};
-pub use postgres::Postgres;
+pub use postgres::{Postgres, PostgresOptions};
 pub use process::free_port;
 pub use proxy::FaultProxy;
 pub use sqlite::sqlite_database;

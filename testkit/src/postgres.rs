@@ -26,8 +26,9 @@ const TEMPLATE_VERSION: &str = "v1";
 ///
 /// Trust authentication; connect as `postgres` without a password over TCP to 127.0.0.1
 /// ([`Postgres::server_url`]). Durability is off (`fsync`, `full_page_writes`,
-/// `synchronous_commit`). Dropping it shuts the server down (immediate shutdown, then SIGKILL)
-/// and removes its data dir; the server also dies with the test binary.
+/// `synchronous_commit`) unless [`PostgresOptions::durable`] asks for it (benchmarks).
+/// Dropping it shuts the server down (immediate shutdown, then SIGKILL) and removes its data
+/// dir; the server also dies with the test binary.
 #[derive(Debug)]
 pub struct Postgres {
     port: u16,
@@ -36,6 +37,25 @@ pub struct Postgres {
     data: PathBuf,
     // Declared last: removed after the server is gone.
     _dir: TempDir,
+}
+
+/// How to run the server. `Default` is what tests use: durability off, 200 connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// `fsync`, `full_page_writes` and `synchronous_commit` on (PostgreSQL's defaults), for
+    /// benchmarks that compare against a real server; tests keep them off.
+    pub durable: bool,
+    /// `max_connections`.
+    pub max_connections: u32,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            durable: false,
+            max_connections: 200,
+        }
+    }
 }
 
 /// Where initdb and postgres live.
@@ -80,6 +100,11 @@ impl Postgres {
     /// The data dir is a copy of a template made once per machine with `initdb` (see the crate
     /// docs for the cache). When run as root, the server runs as the `postgres` user.
     pub async fn start() -> anyhow::Result<Postgres> {
+        Self::start_with(PostgresOptions::default()).await
+    }
+
+    /// Like [`Postgres::start`], with the server settings of `options`.
+    pub async fn start_with(options: PostgresOptions) -> anyhow::Result<Postgres> {
         let binaries = Binaries::find()?;
         let user = if running_as_root() {
             Some(SystemUser::lookup("postgres").ok_or_else(|| {
@@ -110,7 +135,7 @@ impl Postgres {
         let socket_dir = dir.path().to_path_buf();
         let make_spawn = |ports: &[u16]| Spawn {
             program: binaries.postgres.clone(),
-            args: server_args(&data, ports[0], &socket_dir),
+            args: server_args(&data, ports[0], &socket_dir, options),
             user: user.clone(),
             log: log.clone(),
         };
@@ -201,7 +226,7 @@ async fn probe(url: String, data: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_args(data: &Path, port: u16, socket_dir: &Path) -> Vec<String> {
+fn server_args(data: &Path, port: u16, socket_dir: &Path, options: PostgresOptions) -> Vec<String> {
     let mut args = vec![
         "-D".to_owned(),
         data.display().to_string(),
@@ -210,16 +235,17 @@ fn server_args(data: &Path, port: u16, socket_dir: &Path) -> Vec<String> {
         "-k".to_owned(),
         socket_dir.display().to_string(),
     ];
+    let durability = if options.durable { "on" } else { "off" };
     for setting in [
-        "listen_addresses=127.0.0.1",
-        "fsync=off",
-        "full_page_writes=off",
-        "synchronous_commit=off",
-        "max_connections=200",
-        "shared_buffers=32MB",
+        "listen_addresses=127.0.0.1".to_owned(),
+        format!("fsync={durability}"),
+        format!("full_page_writes={durability}"),
+        format!("synchronous_commit={durability}"),
+        format!("max_connections={}", options.max_connections),
+        "shared_buffers=32MB".to_owned(),
     ] {
         args.push("-c".to_owned());
-        args.push(setting.to_owned());
+        args.push(setting);
     }
     args
 }
