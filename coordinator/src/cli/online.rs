@@ -486,7 +486,7 @@ pub async fn run(
                     "REVISION",
                     "DIR",
                     "STATUS",
-                    "APPLIED AT (ms)",
+                    "APPLIED AT",
                     "DURATION",
                     "ROLLOUT",
                     "AGENT",
@@ -499,7 +499,7 @@ pub async fn run(
                         h.revision.clone(),
                         direction_name(h.direction).into(),
                         h.status.clone(),
-                        h.applied_at_unix_ms.to_string(),
+                        rfc3339(h.applied_at_unix_ms),
                         format!("{}ms", h.duration_ms),
                         h.rollout_id.clone(),
                         h.agent_id.clone(),
@@ -630,14 +630,7 @@ async fn rollout(
                     &Value::Array(resp.rollouts.iter().map(rollout_json).collect()),
                 )?;
             } else {
-                let mut rows = vec![row(&[
-                    "ID",
-                    "STATE",
-                    "GOAL",
-                    "WAVE",
-                    "CREATED (ms)",
-                    "MESSAGE",
-                ])];
+                let mut rows = vec![row(&["ID", "STATE", "GOAL", "WAVE", "CREATED", "MESSAGE"])];
                 for r in &resp.rollouts {
                     rows.push(vec![
                         r.id.clone(),
@@ -648,7 +641,7 @@ async fn rollout(
                             (r.current_wave + 1).min(r.wave_count),
                             r.wave_count
                         ),
-                        r.created_at_unix_ms.to_string(),
+                        rfc3339(r.created_at_unix_ms),
                         r.message.clone(),
                     ]);
                 }
@@ -847,6 +840,13 @@ fn report_rollout(
         writeln!(out, "  trace id: {}", r.trace_id).map_err(o)?;
     }
     writeln!(out, "  fencing token: {}", r.fencing_token).map_err(o)?;
+    writeln!(
+        out,
+        "  created: {}, updated: {}",
+        rfc3339(r.created_at_unix_ms),
+        rfc3339(r.updated_at_unix_ms)
+    )
+    .map_err(o)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &r.targets {
         *counts.entry(target_state_name(t.state)).or_default() += 1;
@@ -993,6 +993,21 @@ fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }
 
+/// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-12-03T07:34:00.230Z`); `-` for 0 (never set).
+pub(crate) fn rfc3339(unix_ms: i64) -> String {
+    /// 10000-01-01T00:00:00Z: humantime formats years up to 9999 (and none before 1970).
+    const YEAR_10000_MS: i64 = 253_402_300_800_000;
+    match unix_ms {
+        0 => "-".into(),
+        1..YEAR_10000_MS => humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.unsigned_abs()),
+        )
+        .to_string(),
+        _ => format!("{unix_ms}ms since the epoch"),
+    }
+}
+
 fn abbreviate(ids: &[String], n: usize) -> String {
     if ids.len() <= n {
         ids.join(", ")
@@ -1036,7 +1051,7 @@ pub(crate) fn target_state_name(s: i32) -> &'static str {
 fn applied_json(a: &pb::AppliedRevision) -> Value {
     json!({
         "revision": a.revision, "checksum": a.checksum, "direction": direction_name(a.direction),
-        "status": a.status, "applied_at_unix_ms": a.applied_at_unix_ms, "duration_ms": a.duration_ms,
+        "status": a.status, "applied_at": rfc3339(a.applied_at_unix_ms), "applied_at_unix_ms": a.applied_at_unix_ms, "duration_ms": a.duration_ms,
         "rollout_id": a.rollout_id, "agent_id": a.agent_id, "fencing_token": a.fencing_token,
     })
 }
@@ -1087,6 +1102,7 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
         "goal": r.spec.as_ref().map(|s| s.goal.clone()), "goal_revision": r.goal_revision,
         "current_wave": r.current_wave, "wave_count": r.wave_count, "trace_id": r.trace_id,
         "fencing_token": r.fencing_token, "graph_digest": r.graph_digest,
+        "created_at": rfc3339(r.created_at_unix_ms), "updated_at": rfc3339(r.updated_at_unix_ms),
         "created_at_unix_ms": r.created_at_unix_ms, "updated_at_unix_ms": r.updated_at_unix_ms,
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "agent": t.agent_id, "state": target_state_name(t.state), "wave": t.wave,
@@ -1107,5 +1123,12 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3 days").is_err());
+    }
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(1_796_283_240_230), "2026-12-03T07:34:00.230Z");
+        assert_eq!(rfc3339(0), "-");
+        assert_eq!(rfc3339(-5), "-5ms since the epoch");
     }
 }
