@@ -29,6 +29,7 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         EngineError::Fenced(_) => Status::failed_precondition(format!("FENCED: {e}")),
         EngineError::Store(_) | EngineError::Unavailable(_) => Status::unavailable(e.to_string()),
+        EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),
     }
 }
 

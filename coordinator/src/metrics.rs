@@ -10,12 +10,13 @@ use flotilla_proto as pb;
 use crate::engine::Engine;
 use crate::rollout::{RolloutState, TargetRecord, TargetState};
 
-const ROLLOUT_STATES: [RolloutState; 8] = [
+const ROLLOUT_STATES: [RolloutState; 9] = [
     RolloutState::Pending,
     RolloutState::Running,
     RolloutState::Paused,
     RolloutState::Succeeded,
     RolloutState::CompletedWithFailures,
+    RolloutState::Blocked,
     RolloutState::Failed,
     RolloutState::Halted,
     RolloutState::Aborted,

@@ -24,6 +24,9 @@ use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 pub const EXIT_ROLLOUT_FAILED: u8 = 4;
 /// Exit code: `flotilla wait` timed out before the targets reached the revision.
 pub const EXIT_TIMEOUT: u8 = 5;
+/// Exit code: selected targets are blocked. `rollout start` refused a downgrade that would
+/// block targets (nothing ran), or a rollout ended `blocked` (`--wait`, `watch`).
+pub const EXIT_BLOCKED: u8 = 6;
 
 /// How to reach the coordinator: `https://` URLs use TLS.
 #[derive(Debug, Clone, Args)]
@@ -137,6 +140,10 @@ pub struct SpecArgs {
     /// Allow down steps (implied by --to base and --to -N)
     #[arg(long, env = "FLOTILLA_ALLOW_DOWNGRADE")]
     pub allow_downgrade: bool,
+    /// Start even if the downgrade blocks some targets (irreversible revisions): migrate the
+    /// rest, leave those untouched; the rollout then ends `blocked` (exit 6)
+    #[arg(long, env = "FLOTILLA_ALLOW_BLOCKED")]
+    pub allow_blocked: bool,
 }
 
 impl SpecArgs {
@@ -158,6 +165,7 @@ impl SpecArgs {
             failure_budget: Budget::parse(&self.failure_budget).map_err(CliError::Refused)?,
             fingerprint_gate: !self.no_fingerprint_gate,
             allow_downgrade: self.allow_downgrade || implied_down,
+            allow_blocked: self.allow_blocked,
         })
     }
 }
@@ -242,7 +250,8 @@ pub enum OnlineCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Start a rollout; with --wait follow it and exit non-zero (4) if it fails or halts
+    /// Start a rollout; with --wait follow it and exit non-zero if it fails or halts (4) or
+    /// ends with blocked targets (6)
     Start {
         #[command(flatten)]
         client: ClientArgs,
@@ -251,7 +260,7 @@ pub enum RolloutCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Follow a rollout until it ends (exit 4 if it fails, halts or is aborted)
+    /// Follow a rollout until it ends (exit 4 if it fails, halts or is aborted, 6 if blocked)
     Watch {
         #[command(flatten)]
         client: ClientArgs,
@@ -328,6 +337,16 @@ fn rpc(e: tonic::Status) -> CliError {
         .map(|c| format!(": {}", error_chain(c)))
         .unwrap_or_default();
     CliError::Refused(format!("{}{cause} ({:?})", e.message(), e.code()))
+}
+
+/// A refused StartRollout; a downgrade that would block targets is its own error (exit 6).
+fn would_block(e: tonic::Status) -> CliError {
+    match e.message().strip_prefix("WOULD_BLOCK: ") {
+        Some(why) if e.code() == tonic::Code::FailedPrecondition => {
+            CliError::WouldBlock(why.to_owned())
+        }
+        _ => rpc(e),
+    }
 }
 
 /// Run an online command; returns the exit code.
@@ -591,7 +610,7 @@ async fn rollout(
             span.in_scope(|| crate::telemetry::inject_current(req.metadata_mut()));
             let r = tracing::Instrument::instrument(c.start_rollout(req), span)
                 .await
-                .map_err(rpc)?
+                .map_err(would_block)?
                 .into_inner();
             if !wait {
                 report_rollout(out, json, &r)?;
@@ -686,7 +705,8 @@ async fn rollout(
 }
 
 /// Follow a rollout to its end with live progress (bars on a terminal, lines otherwise);
-/// exit 0 when it succeeded (or completed within its failure budget), 4 otherwise.
+/// exit 0 when it succeeded (or completed within its failure budget), 6 when it ended
+/// `blocked`, 4 otherwise.
 pub async fn follow(
     c: &mut CoordinatorServiceClient<Channel>,
     id: &str,
@@ -715,6 +735,7 @@ pub async fn follow(
     let state = RolloutState::from_proto(pb::RolloutState::try_from(r.state).unwrap_or_default());
     Ok(match state {
         RolloutState::Succeeded | RolloutState::CompletedWithFailures => 0,
+        RolloutState::Blocked => EXIT_BLOCKED,
         _ => EXIT_ROLLOUT_FAILED,
     })
 }

@@ -222,7 +222,10 @@ impl Engine {
         if blocked > 0 {
             summary.push_str(&format!(", {blocked} blocked"));
         }
-        let state = if failed > 0 {
+        // Blocked targets never reached the goal: the rollout did not succeed.
+        let state = if blocked > 0 {
+            RolloutState::Blocked
+        } else if failed > 0 {
             RolloutState::CompletedWithFailures
         } else {
             RolloutState::Succeeded

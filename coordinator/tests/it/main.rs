@@ -5,6 +5,7 @@ mod ha;
 mod harness;
 mod lock;
 mod observability;
+mod outcomes;
 mod registry;
 mod revision_apply;
 mod revision_cli;
