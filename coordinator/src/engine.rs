@@ -24,10 +24,12 @@ use crate::rollout::{
 };
 use crate::store::{StateStore, StoreError, WriteOp};
 
+mod gate;
 pub mod preflight;
 mod run;
 pub mod snapshot;
 mod target;
+pub mod validate;
 
 pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
 

@@ -189,7 +189,8 @@ pub enum OnlineCommand {
         #[command(flatten)]
         select: SelectArgs,
     },
-    /// Fleet-wide drift report, grouped by revision and schema fingerprint
+    /// Fleet-wide drift report: history problems, and schema drift (a target whose schema
+    /// differs from the canary's or the majority's at the same revisions) with its diff
     Validate {
         #[command(flatten)]
         client: ClientArgs,
@@ -413,6 +414,7 @@ pub async fn run(
             let resp = c
                 .fleet_status(pb::FleetStatusRequest {
                     selector: Some(select.selector()?.to_proto()),
+                    include_schema: true,
                 })
                 .await
                 .map_err(rpc)?
@@ -437,7 +439,8 @@ pub async fn run(
                 .targets
                 .iter()
                 .filter(|t| !t.issues.is_empty() || !t.error.is_empty())
-                .count();
+                .count()
+                + resp.schema_drift.len();
             if json {
                 emit(out, &validate_json(&resp))?;
             } else {
@@ -475,6 +478,7 @@ pub async fn run(
                                 .map_err(CliError::Output)?;
                         }
                     }
+                    write_schema_drift(out, &resp.schema_drift)?;
                 } else {
                     writeln!(out, "no drift").map_err(CliError::Output)?;
                 }
@@ -759,6 +763,7 @@ async fn wait(
             let mut c = connect_with(&client.coordinator, &tls).await?;
             c.fleet_status(pb::FleetStatusRequest {
                 selector: Some(selector.to_proto()),
+                include_schema: false,
             })
             .await
             .map_err(rpc)
@@ -916,6 +921,34 @@ fn report_target(
         t.dirty
     )
     .map_err(CliError::Output)
+}
+
+/// Each schema-drifted target with its reference and the differences, one per line.
+fn write_schema_drift(
+    out: &mut (dyn Write + Send),
+    drift: &[pb::SchemaDrift],
+) -> Result<(), CliError> {
+    let o = CliError::Output;
+    for d in drift {
+        writeln!(
+            out,
+            "  {}: schema differs from {} ({} at {}, fingerprint {} vs {}):",
+            d.target_id,
+            d.reference_target_id,
+            d.dialect,
+            d.heads,
+            short(&d.fingerprint),
+            short(&d.reference_fingerprint)
+        )
+        .map_err(o)?;
+        if !d.error.is_empty() {
+            writeln!(out, "    {}", d.error).map_err(o)?;
+        }
+        for c in &d.changes {
+            writeln!(out, "    {}", c.description).map_err(o)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn emit(out: &mut (dyn Write + Send), v: &Value) -> Result<(), CliError> {
@@ -1100,6 +1133,12 @@ fn fleet_json(r: &pb::FleetStatusResponse) -> Value {
 fn validate_json(r: &pb::FleetValidateResponse) -> Value {
     json!({
         "groups": r.groups.iter().map(|g| json!({ "heads": g.heads, "fingerprint": g.fingerprint, "targets": g.target_ids })).collect::<Vec<_>>(),
+        "schema_drift": r.schema_drift.iter().map(|d| json!({
+            "target": d.target_id, "dialect": d.dialect, "heads": d.heads, "fingerprint": d.fingerprint,
+            "reference_target": d.reference_target_id, "reference_fingerprint": d.reference_fingerprint,
+            "error": d.error,
+            "changes": d.changes.iter().map(|c| json!({ "table": c.table, "object": c.object, "name": c.name, "change": c.change, "description": c.description })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "fingerprint": t.fingerprint, "applied": t.applied, "error": t.error,
             "issues": t.issues.iter().map(|i| json!({ "revision": i.revision, "kind": pb::IssueKind::try_from(i.kind).map(|k| k.as_str_name()).unwrap_or("?"), "message": i.message })).collect::<Vec<_>>(),

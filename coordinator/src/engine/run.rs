@@ -535,6 +535,7 @@ impl Engine {
                     target_ids: ids,
                     expected: vec![],
                     skip_fingerprint: false,
+                    include_catalog: false,
                 })
                 .await
                 .map_err(|e| {
@@ -576,10 +577,9 @@ impl Engine {
         if mismatched.is_empty() {
             Ok(None)
         } else {
-            Ok(Some(format!(
-                "fingerprint gate after wave {wave}: {} differ from the canary's schema",
-                mismatched.join(", ")
-            )))
+            Ok(Some(
+                self.gate_message(rec, targets, wave, &mismatched).await,
+            ))
         }
     }
 }
