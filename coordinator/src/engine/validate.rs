@@ -92,6 +92,8 @@ pub fn heads_of(applied: &[String], graph: &Graph) -> String {
 }
 
 type Catalogs = HashMap<String, Result<(String, Catalog), String>>;
+/// An agent and the target ids to ask it about.
+type AgentTargets = (Arc<dyn AgentClient>, Vec<String>);
 
 impl Engine {
     /// Validate `entries` against the graph: per target its history issues and fingerprint,
@@ -99,8 +101,7 @@ impl Engine {
     pub async fn validate_fleet(&self, entries: &[FleetEntry]) -> FleetValidation {
         let graph = self.graph();
         // One Validate per (agent, dialect): the expected checksums depend on the dialect.
-        let mut calls: BTreeMap<(String, Dialect), (Arc<dyn AgentClient>, Vec<String>)> =
-            BTreeMap::new();
+        let mut calls: BTreeMap<(String, Dialect), AgentTargets> = BTreeMap::new();
         let mut known: HashMap<&str, (Dialect, bool)> = HashMap::new();
         for e in entries {
             let Some(d) = e.dialect() else { continue };
@@ -189,7 +190,7 @@ impl Engine {
             .iter()
             .flat_map(|d| [d.target.as_str(), d.reference_target.as_str()])
             .collect();
-        let mut by_agent: BTreeMap<String, (Arc<dyn AgentClient>, Vec<String>)> = BTreeMap::new();
+        let mut by_agent: BTreeMap<String, AgentTargets> = BTreeMap::new();
         for e in entries
             .iter()
             .filter(|e| wanted.contains(e.status.target_id.as_str()))
@@ -264,7 +265,7 @@ impl Engine {
 }
 
 /// Ask each agent for the normalized catalogs of its targets.
-async fn catalogs(calls: Vec<(Arc<dyn AgentClient>, Vec<String>)>) -> Catalogs {
+async fn catalogs(calls: Vec<AgentTargets>) -> Catalogs {
     let results = futures::future::join_all(calls.into_iter().map(|(agent, ids)| async move {
         let res = agent
             .validate(pb::ValidateRequest {
