@@ -384,7 +384,7 @@ impl Engine {
                 active.state.as_str()
             )));
         }
-        self.preflight(&spec, &goal).await?;
+        self.preflight(&spec, &goal, &traceparent).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
             id: uuid::Uuid::now_v7().to_string(),

@@ -42,16 +42,23 @@ pub fn downgrade_block(
 
 impl Engine {
     /// Refuse a rollout whose downgrade would block selected targets, naming them, unless
-    /// `spec.allow_blocked`. One `Status` per agent, like planning.
+    /// `spec.allow_blocked`. One `Status` per agent, like planning, in a `preflight` span of
+    /// the rollout's trace (`traceparent`: the StartRollout span).
     pub(super) async fn preflight(
         &self,
         spec: &RolloutSpec,
         goal: &Goal,
+        traceparent: &str,
     ) -> Result<(), EngineError> {
         if spec.allow_blocked {
             return Ok(());
         }
-        let snap = self.select(&spec.selector).await?;
+        let span = tracing::info_span!("preflight");
+        crate::telemetry::set_remote_parent(
+            &span,
+            crate::telemetry::context_from_traceparent(traceparent),
+        );
+        let snap = tracing::Instrument::instrument(self.select(&spec.selector), span).await?;
         let blocked: Vec<(String, String)> = snap
             .targets
             .iter()
