@@ -72,9 +72,9 @@ impl Engine {
             parts.push(format!("also {}", rest.join(", ")));
         }
         format!(
-            "fingerprint gate after wave {wave}: {} differ from the canary's schema; {}; \
+            "fingerprint gate after wave {wave}: {} of the wave's targets differ from the canary's schema: {}; \
              the rollout stopped: fix the schemas (see `flotilla validate`), then start again",
-            mismatched.join(", "),
+            mismatched.len(),
             parts.join("; ")
         )
     }
