@@ -107,21 +107,17 @@ fn empty_status(target: &Target) -> TargetStatus {
     }
 }
 
-/// Open a session (no lock) with Flotilla's tables in place.
+/// A read-only session (no lock, nothing created: a target without Flotilla's tables reads
+/// as one at base).
 async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
-    let mut session = target
+    target
         .driver
-        .connect()
+        .connect_read()
         .await
-        .map_err(|e| driver_error(&target.id, e))?;
-    if let Err(e) = session.ensure_schema().await {
-        session.close().await;
-        return Err(driver_error(&target.id, e));
-    }
-    Ok(session)
+        .map_err(|e| driver_error(&target.id, e))
 }
 
-/// The target's history and fence token.
+/// The target's history and fence token, read without writing anything.
 async fn read_target(target: &Target) -> Result<TargetState, AgentError> {
     let mut session = open_session(target).await?;
     let res = session.read_state().await;
@@ -309,6 +305,8 @@ impl Agent {
             lock: self.config.lock.clone(),
             lock_wait,
             cancel: self.shutdown.child_token(),
+            expected_state: req.expected_state.clone(),
+            group_transactions: !req.transaction_per_step,
         };
         self.tasks.spawn(
             async move {

@@ -91,6 +91,39 @@ pub struct StepSpec {
     pub transactional: bool,
 }
 
+/// Told when each step of a transactional run is about to start (the executor streams
+/// `StepStarted`). Returning false stops the run there: the steps before it commit, it and
+/// the rest do not run (the agent is shutting down or the client left).
+#[async_trait]
+pub trait StepObserver: Send + Sync {
+    async fn started(&self, index: usize) -> bool;
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+#[async_trait]
+impl StepObserver for NoObserver {
+    async fn started(&self, _index: usize) -> bool {
+        true
+    }
+}
+
+/// A transactional run of steps failed at step `index` (a commit failure names the last
+/// step). Unless the error is a broken connection, the whole transaction rolled back.
+#[derive(Debug)]
+pub struct GroupFailure {
+    pub index: usize,
+    pub error: DriverError,
+}
+
+impl GroupFailure {
+    /// `map_err` adapter: the error belongs to step `index`.
+    pub fn at(index: usize) -> impl FnOnce(DriverError) -> GroupFailure {
+        move |error| GroupFailure { index, error }
+    }
+}
+
 /// Who is applying a step: recorded on the history row and used for the fence check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepMeta {
@@ -109,6 +142,13 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Open one dedicated connection to the target.
     async fn connect(&self) -> Result<Box<dyn Session>, DriverError>;
+
+    /// Open a connection for reading only (status, validate): it must not create anything.
+    /// SQLite opens an existing file without creating it, and a missing file reads as an
+    /// empty database.
+    async fn connect_read(&self) -> Result<Box<dyn Session>, DriverError> {
+        self.connect().await
+    }
 }
 
 /// One connection to a target. Every method is a complete unit: on error nothing it started
@@ -131,13 +171,33 @@ pub trait Session: Send {
     async fn read_state(&mut self) -> Result<TargetState, DriverError>;
 
     /// In ONE transaction: check the fence (`StaleToken` if `meta.fencing_token` is lower than
-    /// the stored token) and raise it, run `step.sql`, insert the history row with status
-    /// `applied` and the measured duration. Any error rolls the whole transaction back.
+    /// the stored token) and raise it, then for each step in order ask `observer` (stopping
+    /// before the step when it says so), run its sql and insert its history row with status
+    /// `applied` and the measured duration; commit. Returns the rows of the steps that ran.
+    /// Any error rolls the whole transaction back (every step of it).
+    async fn apply_group(
+        &mut self,
+        steps: &[StepSpec],
+        meta: &StepMeta,
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure>;
+
+    /// `apply_group` of one step.
     async fn apply_transactional(
         &mut self,
         step: &StepSpec,
         meta: &StepMeta,
-    ) -> Result<HistoryRow, DriverError>;
+    ) -> Result<HistoryRow, DriverError> {
+        let rows = self
+            .apply_group(std::slice::from_ref(step), meta, &NoObserver)
+            .await
+            .map_err(|g| g.error)?;
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| DriverError::Permanent {
+                message: "the driver recorded no history row".into(),
+            })
+    }
 
     /// In one transaction: check and raise the fence, insert a `dirty` history row for the
     /// step; returns the row id.

@@ -28,6 +28,7 @@ pub enum Reason {
     SqlError,
     DatabaseUnavailable,
     Cancelled,
+    PlanStale,
     Config,
     Internal,
 }
@@ -46,6 +47,7 @@ impl Reason {
             Reason::SqlError => "SQL_ERROR",
             Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             Reason::Cancelled => "CANCELLED",
+            Reason::PlanStale => "PLAN_STALE",
             Reason::Config => "CONFIG",
             Reason::Internal => "INTERNAL",
         }
@@ -128,6 +130,15 @@ pub enum AgentError {
         dirty: bool,
         rolled_back: bool,
     },
+    #[error(
+        "target {target}: the plan is stale: it was computed from state {expected} but the \
+         target is at {found}; re-plan from a fresh status"
+    )]
+    PlanStale {
+        target: String,
+        expected: String,
+        found: String,
+    },
     #[error("target {target}: database error: {message}")]
     Database { target: String, message: String },
     #[error("target {target}: database unavailable: {message}")]
@@ -165,6 +176,7 @@ impl AgentError {
             AgentError::Sql { .. } | AgentError::Database { .. } => Reason::SqlError,
             AgentError::Unavailable { .. } => Reason::DatabaseUnavailable,
             AgentError::Cancelled { .. } => Reason::Cancelled,
+            AgentError::PlanStale { .. } => Reason::PlanStale,
             AgentError::Config(_) | AgentError::Discovery(_) => Reason::Config,
             AgentError::Internal(_) => Reason::Internal,
         }
@@ -179,7 +191,8 @@ impl AgentError {
             AgentError::AppliedChecksumMismatch { .. }
             | AgentError::StaleToken { .. }
             | AgentError::TargetDirty { .. }
-            | AgentError::NotDirty { .. } => Code::FailedPrecondition,
+            | AgentError::NotDirty { .. }
+            | AgentError::PlanStale { .. } => Code::FailedPrecondition,
             AgentError::LockTimeout { .. } => Code::DeadlineExceeded,
             AgentError::RetriesExhausted { .. }
             | AgentError::Unavailable { .. }
@@ -210,6 +223,7 @@ impl AgentError {
             AgentError::Sql { .. }
             | AgentError::Database { .. }
             | AgentError::NotDirty { .. }
+            | AgentError::PlanStale { .. }
             | AgentError::Config(_)
             | AgentError::Discovery(_)
             | AgentError::Internal(_) => FailureReason::SqlError,

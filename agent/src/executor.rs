@@ -13,6 +13,7 @@
 //! Cancellation (agent shutdown, client gone) is checked between steps and during waits,
 //! never inside a database call: the step in flight commits or rolls back.
 
+mod group;
 mod lock;
 
 use std::time::{Duration, Instant};
@@ -173,6 +174,37 @@ pub(crate) struct Executor {
     pub(crate) lock_wait: Duration,
     pub(crate) cancel: CancellationToken,
     pub(crate) sink: EventSink,
+    /// `MigrateRequest.expected_state`: the state digest the plan was computed from ("" =
+    /// no precondition). Checked once, under the lock, before the first step.
+    pub(crate) expected_state: String,
+    /// Consecutive transactional steps share one transaction (the default).
+    pub(crate) group_transactions: bool,
+}
+
+/// The request's session (with its locks) and the target's state as last read on it. The
+/// state is kept up to date by the steps this request commits and dropped on any error, so
+/// it is read again (under the same lock) before anything is retried.
+#[derive(Default)]
+pub(crate) struct Link {
+    session: Option<Box<dyn Session>>,
+    state: Option<TargetState>,
+    /// Whether the plan precondition was checked.
+    checked: bool,
+}
+
+impl Link {
+    /// Forget the cached state (after an error, or a step that changed it out of band).
+    fn invalidate(&mut self) {
+        self.state = None;
+    }
+
+    /// Drop the session (its connection broke); the next attempt reconnects and re-locks.
+    async fn reconnect(&mut self) {
+        self.state = None;
+        if let Some(session) = self.session.take() {
+            session.close().await;
+        }
+    }
 }
 
 impl Executor {
@@ -187,7 +219,9 @@ impl Executor {
     }
 
     /// Apply `steps` in order; the first failure stops the request (its `StepFailed` event is
-    /// already streamed when this returns the error).
+    /// already streamed when this returns the error). Consecutive transactional steps run as
+    /// one transaction unless the request asks for one per step; dirty-protocol steps run
+    /// alone.
     pub(crate) async fn run(self, steps: Vec<PlannedStep>) -> Result<(), AgentError> {
         let Some(first) = steps.first() else {
             return Ok(());
@@ -203,9 +237,10 @@ impl Executor {
             }
         };
         let held = Instant::now();
-        let mut conn: Option<Box<dyn Session>> = None;
+        let mut link = Link::default();
         let mut result = Ok(());
-        for step in &steps {
+        for unit in units(&steps, self.group_transactions) {
+            let step = &unit[0];
             let ctx = self.sink.for_step(&step.spec.revision, step.spec.direction);
             if self.cancel.is_cancelled() || self.sink.is_closed() {
                 let e = AgentError::Cancelled {
@@ -215,18 +250,24 @@ impl Executor {
                 result = Err(e);
                 break;
             }
-            let span = tracing::info_span!(
-                "step",
-                target = %self.target.id,
-                revision = %step.spec.revision,
-                direction = %step.spec.direction,
-            );
-            if let Err(e) = self.run_step(&mut conn, step, &ctx).instrument(span).await {
+            let outcome = if step.dirty_protocol {
+                let span = tracing::info_span!(
+                    "step",
+                    target = %self.target.id,
+                    revision = %step.spec.revision,
+                    direction = %step.spec.direction,
+                );
+                self.run_step(&mut link, step, &ctx).instrument(span).await
+            } else {
+                // Each step of the run gets its own `step` span (opened as it starts).
+                self.run_group(&mut link, unit).await
+            };
+            if let Err(e) = outcome {
                 result = Err(e);
                 break;
             }
         }
-        if let Some(mut session) = conn.take() {
+        if let Some(mut session) = link.session.take() {
             if let Err(e) = session.unlock().await {
                 tracing::debug!(error = %e, "unlock failed; closing the connection releases it");
             }
@@ -236,6 +277,54 @@ impl Executor {
         metrics::histogram!("flotilla_agent_lock_held_seconds", "dialect" => self.target.dialect.as_str())
             .record(held.elapsed().as_secs_f64());
         result
+    }
+
+    /// The target's state on the request's session (connecting and locking first if needed),
+    /// from the cache when nothing changed it since it was read. The first read checks the
+    /// plan precondition.
+    async fn state<'l>(
+        &self,
+        link: &'l mut Link,
+        ctx: &EventCtx,
+    ) -> Result<(&'l mut Box<dyn Session>, &'l mut TargetState), Failure> {
+        if link.session.is_none() {
+            link.state = None;
+            link.session = Some(self.locker(ctx).open_locked().await?);
+        }
+        let Link {
+            session,
+            state,
+            checked,
+        } = link;
+        let session = session
+            .as_mut()
+            .ok_or_else(|| Failure::Fatal(AgentError::Internal("no session".into())))?;
+        if state.is_none() {
+            *state = Some(session.read_state().await.map_err(Failure::Driver)?);
+        }
+        let state = state
+            .as_mut()
+            .ok_or_else(|| Failure::Fatal(AgentError::Internal("no state".into())))?;
+        if !*checked {
+            *checked = true;
+            if !self.expected_state.is_empty() {
+                let found = state.digest();
+                if !found.eq_ignore_ascii_case(&self.expected_state) {
+                    return Err(Failure::Fatal(AgentError::PlanStale {
+                        target: self.target.id.clone(),
+                        expected: self.expected_state.clone(),
+                        found,
+                    }));
+                }
+            }
+        }
+        if self.meta.fencing_token < state.fence_token {
+            return Err(Failure::Driver(DriverError::StaleToken {
+                offered: self.meta.fencing_token,
+                current: state.fence_token,
+            }));
+        }
+        Ok((session, state))
     }
 
     async fn fail(&self, ctx: &EventCtx, step: &PlannedStep, e: &AgentError, dirty: bool) {
@@ -266,7 +355,7 @@ impl Executor {
 
     async fn run_step(
         &self,
-        conn: &mut Option<Box<dyn Session>>,
+        link: &mut Link,
         step: &PlannedStep,
         ctx: &EventCtx,
     ) -> Result<(), AgentError> {
@@ -276,21 +365,22 @@ impl Executor {
         let mut progress = Progress::Fresh;
         loop {
             attempt += 1;
-            let res = self.attempt(conn, step, attempt, &mut progress, ctx).await;
+            let res = self.attempt(link, step, attempt, &mut progress, ctx).await;
+            // A dirty-protocol step changes the state in several commits: read it afresh.
+            link.invalidate();
             let err = match res {
                 Ok(outcome) => {
                     self.succeed(ctx, step, outcome, started.elapsed(), attempt)
                         .await;
                     return Ok(());
                 }
+                Err(Failure::Fatal(e @ AgentError::PlanStale { .. })) => return Err(e),
                 Err(Failure::Fatal(e)) => e,
                 Err(Failure::Driver(DriverError::Transient { class, message }))
                     if !matches!(progress, Progress::Executing { .. }) =>
                 {
-                    if class == ErrorClass::Connection
-                        && let Some(session) = conn.take()
-                    {
-                        session.close().await;
+                    if class == ErrorClass::Connection {
+                        link.reconnect().await;
                     }
                     let next = delays
                         .next()
@@ -459,25 +549,17 @@ impl Executor {
         }
     }
 
+    /// One attempt at a dirty-protocol step (transactional steps go through `run_group`).
     async fn attempt(
         &self,
-        conn: &mut Option<Box<dyn Session>>,
+        link: &mut Link,
         step: &PlannedStep,
         attempt: u32,
         progress: &mut Progress,
         ctx: &EventCtx,
     ) -> Result<Outcome, Failure> {
-        let session = match conn {
-            Some(s) => s,
-            None => conn.insert(self.locker(ctx).open_locked().await?),
-        };
-        let state = session.read_state().await.map_err(Failure::Driver)?;
-        if self.meta.fencing_token < state.fence_token {
-            return Err(Failure::Driver(DriverError::StaleToken {
-                offered: self.meta.fencing_token,
-                current: state.fence_token,
-            }));
-        }
+        let (session, state) = self.state(link, ctx).await?;
+        let state = &*state;
         match *progress {
             Progress::Fresh | Progress::Sent => {
                 let sent = *progress == Progress::Sent;
@@ -491,18 +573,11 @@ impl Executor {
                     // Our dirty mark committed before the connection broke; the SQL never ran.
                     *progress = Progress::Marked { row_id: d.id };
                 } else {
-                    if let Some(outcome) = self.already_done(&state, step, sent)? {
+                    if let Some(outcome) = self.already_done(state, step, sent)? {
                         return Ok(outcome);
                     }
                     ctx.emit(Event::Started(StepStarted { attempt })).await;
                     *progress = Progress::Sent;
-                    if !step.dirty_protocol {
-                        session
-                            .apply_transactional(&step.spec, &self.meta)
-                            .await
-                            .map_err(Failure::Driver)?;
-                        return Ok(Outcome::Applied);
-                    }
                     let row_id = session
                         .mark_dirty(&step.spec, &self.meta)
                         .await
@@ -558,4 +633,22 @@ impl Executor {
             )))),
         }
     }
+}
+
+/// Split a request's steps into what runs together: a maximal run of consecutive
+/// transactional steps (one transaction), or one dirty-protocol step. With `group` false
+/// every step is its own unit.
+fn units(steps: &[PlannedStep], group: bool) -> Vec<&[PlannedStep]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 0..steps.len() {
+        let next_joins = group
+            && !steps[i].dirty_protocol
+            && steps.get(i + 1).is_some_and(|n| !n.dirty_protocol);
+        if !next_joins {
+            out.push(&steps[start..=i]);
+            start = i + 1;
+        }
+    }
+    out
 }

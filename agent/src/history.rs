@@ -101,6 +101,42 @@ impl TargetState {
     pub fn last_step(&self) -> Option<&HistoryRow> {
         self.history.iter().rev().find(|r| r.status.counts())
     }
+
+    /// [`state_digest`] of this state: what a plan computed from it was based on.
+    pub fn digest(&self) -> String {
+        state_digest(
+            self.applied()
+                .into_iter()
+                .map(|r| (r.revision.as_str(), r.checksum.as_str())),
+            self.dirty().map(|r| r.revision.as_str()),
+        )
+    }
+}
+
+/// The digest of a target's state as a planner sees it: the applied set (revision and
+/// checksum, order-independent) and the dirty revision, if any. A coordinator sends the
+/// digest of the state it planned from (`MigrateRequest.expected_state`); the agent compares
+/// it with the target's state under the migration lock and refuses a stale plan, so a plan
+/// never runs against a state it was not computed from.
+pub fn state_digest<'a>(
+    applied: impl IntoIterator<Item = (&'a str, &'a str)>,
+    dirty: Option<&str>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut pairs: Vec<(&str, &str)> = applied.into_iter().collect();
+    pairs.sort_unstable();
+    let mut h = Sha256::new();
+    for (revision, checksum) in pairs {
+        h.update(revision.as_bytes());
+        h.update([0]);
+        h.update(checksum.as_bytes());
+        h.update([b'\n']);
+    }
+    if let Some(d) = dirty {
+        h.update(b"dirty\0");
+        h.update(d.as_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
@@ -142,5 +178,18 @@ mod tests {
         assert_eq!(st.dirty().map(|r| r.revision.as_str()), Some("e"));
         assert_eq!(st.last_step().map(|r| r.id), Some(4));
         assert!(!st.is_applied("d"));
+    }
+
+    #[test]
+    fn state_digest_ignores_order_and_sees_checksums_and_dirt() {
+        let a = state_digest([("a", "1"), ("b", "2")], None);
+        assert_eq!(a, state_digest([("b", "2"), ("a", "1")], None));
+        assert_ne!(a, state_digest([("a", "1"), ("b", "3")], None));
+        assert_ne!(a, state_digest([("a", "1")], None));
+        assert_ne!(a, state_digest([("a", "1"), ("b", "2")], Some("c")));
+        assert_ne!(
+            state_digest([("ab", "1")], None),
+            state_digest([("a", "b1")], None)
+        );
     }
 }

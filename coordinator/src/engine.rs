@@ -24,6 +24,7 @@ use crate::rollout::{
 };
 use crate::store::{StateStore, StoreError, WriteOp};
 
+mod batch;
 mod gate;
 pub mod preflight;
 mod run;
@@ -296,25 +297,6 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) async fn put_target(
-        &self,
-        term: &Term,
-        rollout: &str,
-        t: &TargetRecord,
-    ) -> Result<(), EngineError> {
-        let value = serde_json::to_vec(t).map_err(|e| EngineError::Store(e.to_string()))?;
-        self.write(
-            term,
-            vec![WriteOp::Put {
-                key: crate::rollout::target_key(rollout, &t.target_id),
-                value,
-            }],
-        )
-        .await?;
-        self.notify(rollout);
-        Ok(())
-    }
-
     /// A rollout and its targets, from the store.
     pub async fn get(&self, id: &str) -> Result<(RolloutRecord, Vec<TargetRecord>), EngineError> {
         let raw = self
@@ -490,6 +472,19 @@ impl Engine {
             )));
         }
         Ok(rec)
+    }
+
+    /// The agent with `id`: from the registry's clients, re-reading registrations only when
+    /// `refresh` is set or the agent is not known yet.
+    pub(crate) async fn agent(
+        &self,
+        id: &str,
+        refresh: bool,
+    ) -> Result<Option<Arc<dyn AgentClient>>, EngineError> {
+        if !refresh && let Some(a) = self.registry.known(id) {
+            return Ok(Some(a));
+        }
+        Ok(self.agents().await?.into_iter().find(|a| a.id() == id))
     }
 
     /// All agents, for status/validate fan-out.

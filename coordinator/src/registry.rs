@@ -124,6 +124,16 @@ impl Registry {
     }
 
     /// Every agent: fixed ones first, then live registrations, sorted by id, deduplicated.
+    /// The client of agent `id` as last listed (fixed agents, or registrations seen by the
+    /// last `agents()` call), without reading the store.
+    pub fn known(&self, id: &str) -> Option<Arc<dyn AgentClient>> {
+        if let Some(a) = self.fixed.iter().find(|a| a.id() == id) {
+            return Some(a.clone());
+        }
+        let dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
+        dynamic.get(id).cloned()
+    }
+
     pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, String> {
         let mut out: Vec<Arc<dyn AgentClient>> = self.fixed.clone();
         let regs = self

@@ -98,6 +98,9 @@ pub struct RolloutSpec {
     /// Start even when the plan blocks selected targets because of a downgrade.
     #[serde(default)]
     pub allow_blocked: bool,
+    /// One transaction per step (default: one per run of transactional steps per target).
+    #[serde(default)]
+    pub transaction_per_step: bool,
 }
 
 impl Default for RolloutSpec {
@@ -113,6 +116,7 @@ impl Default for RolloutSpec {
             fingerprint_gate: true,
             allow_downgrade: false,
             allow_blocked: false,
+            transaction_per_step: false,
         }
     }
 }
@@ -130,6 +134,7 @@ impl RolloutSpec {
             fingerprint_gate: self.fingerprint_gate,
             allow_downgrade: self.allow_downgrade,
             allow_blocked: self.allow_blocked,
+            transaction_per_step: self.transaction_per_step,
         }
     }
 
@@ -170,6 +175,7 @@ impl RolloutSpec {
             fingerprint_gate: p.fingerprint_gate,
             allow_downgrade: p.allow_downgrade,
             allow_blocked: p.allow_blocked,
+            transaction_per_step: p.transaction_per_step,
         })
     }
 }
@@ -311,6 +317,10 @@ pub struct TargetRecord {
     pub retries: u32,
     pub message: String,
     pub fingerprint: String,
+    /// The state digest (`flotilla_agent::history::state_digest`) `steps` were planned from;
+    /// sent as the Migrate precondition so a stale plan is refused instead of re-read first.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub planned_from: String,
 }
 
 impl TargetRecord {

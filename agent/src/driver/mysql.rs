@@ -25,7 +25,9 @@ use crate::driver::common::{
     history_row, millis, missing_fence, new_row, no_dirty_row, now_ms, squash_ws, to_db,
 };
 use crate::driver::split::{first_keyword, split_statements};
-use crate::driver::{Driver, DriverError, ErrorClass, Session, StepMeta, StepSpec};
+use crate::driver::{
+    Driver, DriverError, ErrorClass, GroupFailure, Session, StepMeta, StepObserver, StepSpec,
+};
 use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::types::{Dialect, Direction, Secret};
 
@@ -289,6 +291,25 @@ async fn finish<T>(
 #[async_trait]
 impl Session for MysqlSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
+        // Fast path, read-only: the fence row exists (so do both tables; DDL commits
+        // implicitly, so the row is created last).
+        let ready: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name IN ('flotilla_history', 'flotilla_fence')",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(on(D, "look up flotilla tables"))?;
+        if ready == 2 {
+            let fence: Option<i64> =
+                sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
+                    .fetch_optional(&mut self.conn)
+                    .await
+                    .map_err(on(D, "read fence"))?;
+            if fence.is_some() {
+                return Ok(());
+            }
+        }
         // DDL commits implicitly: each statement stands alone, all are idempotent.
         for ddl in SCHEMA {
             sqlx::raw_sql(ddl)
@@ -376,49 +397,83 @@ impl Session for MysqlSession {
         finish(tx, result).await
     }
 
-    async fn apply_transactional(
+    async fn apply_group(
         &mut self,
-        step: &StepSpec,
+        steps: &[StepSpec],
         meta: &StepMeta,
-    ) -> Result<HistoryRow, DriverError> {
-        if mysql_needs_dirty_protocol(&step.sql) {
-            return Err(DriverError::Permanent {
-                message: format!(
-                    "step {} {} has statements that mysql commits implicitly (ddl): \
-                     it must run with the dirty protocol, not in one transaction",
-                    step.revision, step.direction
-                ),
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        if let Some((i, step)) = steps
+            .iter()
+            .enumerate()
+            .find(|(_, s)| mysql_needs_dirty_protocol(&s.sql))
+        {
+            return Err(GroupFailure {
+                index: i,
+                error: DriverError::Permanent {
+                    message: format!(
+                        "step {} {} has statements that mysql commits implicitly (ddl): \
+                         it must run with the dirty protocol, not in one transaction",
+                        step.revision, step.direction
+                    ),
+                },
             });
         }
-        let context = format!("apply {} {}", step.revision, step.direction);
+        let last = steps.len().saturating_sub(1);
         let mut tx = self
             .conn
             .begin()
             .await
-            .map_err(on(D, "begin transaction"))?;
+            .map_err(on(D, "begin transaction"))
+            .map_err(GroupFailure::at(0))?;
         let result = async {
-            fence(&mut tx, meta).await?;
-            let started = Instant::now();
-            // MySQL refuses a query with no statement ("Query was empty"): a section holding
-            // only comments (a merge revision) is a no-op that is still recorded.
-            if !super::split::split_statements(&step.sql, Dialect::Mysql).is_empty() {
-                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(on(D, &context))?;
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                // MySQL refuses a query with no statement ("Query was empty"): a section
+                // holding only comments (a merge revision) is a no-op that is still recorded.
+                if !super::split::split_statements(&step.sql, Dialect::Mysql).is_empty() {
+                    sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(on(D, &context))
+                        .map_err(GroupFailure::at(i))?;
+                }
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(
+                    insert_history(&mut tx, row)
+                        .await
+                        .map_err(GroupFailure::at(i))?,
+                );
             }
-            let row = new_row(
-                &step.revision,
-                &step.checksum,
-                step.direction,
-                RowStatus::Applied,
-                millis(started.elapsed()),
-                meta,
-            );
-            insert_history(&mut tx, row).await
+            Ok(rows)
         }
         .await;
-        finish(tx, result).await
+        match result {
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {

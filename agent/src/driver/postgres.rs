@@ -21,7 +21,9 @@ use crate::driver::common::{
     history_row, millis, missing_fence, new_row, no_dirty_row, now_ms, squash_ws, to_db,
 };
 use crate::driver::split::split_statements;
-use crate::driver::{Driver, DriverError, ErrorClass, Session, StepMeta, StepSpec};
+use crate::driver::{
+    Driver, DriverError, ErrorClass, GroupFailure, Session, StepMeta, StepObserver, StepSpec,
+};
 use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::types::{Dialect, Direction, Secret};
 
@@ -228,6 +230,18 @@ async fn finish<T>(
 #[async_trait]
 impl Session for PostgresSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
+        // Fast path, read-only: both tables exist (they and the fence row are created in one
+        // transaction, so the row exists too).
+        let ready: bool = sqlx::query_scalar(
+            "SELECT to_regclass('flotilla_history') IS NOT NULL \
+             AND to_regclass('flotilla_fence') IS NOT NULL",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(on(D, "look up flotilla tables"))?;
+        if ready {
+            return Ok(());
+        }
         let mut tx = self
             .conn
             .begin()
@@ -322,36 +336,63 @@ impl Session for PostgresSession {
         finish(tx, result).await
     }
 
-    async fn apply_transactional(
+    async fn apply_group(
         &mut self,
-        step: &StepSpec,
+        steps: &[StepSpec],
         meta: &StepMeta,
-    ) -> Result<HistoryRow, DriverError> {
-        let context = format!("apply {} {}", step.revision, step.direction);
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        let last = steps.len().saturating_sub(1);
         let mut tx = self
             .conn
             .begin()
             .await
-            .map_err(on(D, "begin transaction"))?;
+            .map_err(on(D, "begin transaction"))
+            .map_err(GroupFailure::at(0))?;
         let result = async {
-            fence(&mut tx, meta).await?;
-            let started = Instant::now();
-            sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, &context))?;
-            let row = new_row(
-                &step.revision,
-                &step.checksum,
-                step.direction,
-                RowStatus::Applied,
-                millis(started.elapsed()),
-                meta,
-            );
-            insert_history(&mut tx, row).await
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, &context))
+                    .map_err(GroupFailure::at(i))?;
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(
+                    insert_history(&mut tx, row)
+                        .await
+                        .map_err(GroupFailure::at(i))?,
+                );
+            }
+            Ok(rows)
         }
         .await;
-        finish(tx, result).await
+        match result {
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {

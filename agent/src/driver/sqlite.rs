@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use crate::catalog::{Catalog, Column, Constraint, Index, Table};
@@ -24,7 +24,7 @@ use crate::driver::common::{
     missing_fence, new_row, no_dirty_row, squash_ws, to_db,
 };
 use crate::driver::split::check_clauses;
-use crate::driver::{Driver, DriverError, Session, StepMeta, StepSpec};
+use crate::driver::{Driver, DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
 use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::types::{Dialect, Direction, Secret};
 
@@ -104,14 +104,17 @@ impl SqliteDriver {
         })
     }
 
-    /// Open a connection without boxing it (for tests and embedded use).
+    /// Open a connection without boxing it (for tests and embedded use), creating the file
+    /// if missing. The database keeps its own journal mode (rollback journal unless its owner
+    /// chose WAL): a read then creates no file, and nothing changes the owner's choice.
     pub async fn open(&self) -> Result<SqliteSession, DriverError> {
-        let options = self
-            .options
-            .clone()
-            .create_if_missing(true)
+        self.open_with(self.options.clone().create_if_missing(true))
+            .await
+    }
+
+    async fn open_with(&self, options: SqliteConnectOptions) -> Result<SqliteSession, DriverError> {
+        let options = options
             .busy_timeout(BUSY_TIMEOUT)
-            .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .disable_statement_logging();
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, SqliteConnection::connect_with(&options))
@@ -144,6 +147,20 @@ impl Driver for SqliteDriver {
 
     async fn connect(&self) -> Result<Box<dyn Session>, DriverError> {
         Ok(Box::new(self.open().await?))
+    }
+
+    async fn connect_read(&self) -> Result<Box<dyn Session>, DriverError> {
+        let missing = match &self.path {
+            Some(p) => !tokio::fs::try_exists(p).await.unwrap_or(false),
+            None => false,
+        };
+        let options = if missing {
+            // Nothing to read yet: an empty in-memory database reads as a target at base.
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(on(D, "open sqlite"))?
+        } else {
+            self.options.clone().create_if_missing(false)
+        };
+        Ok(Box::new(self.open_with(options).await?))
     }
 }
 
@@ -216,6 +233,11 @@ impl SqliteSession {
 #[async_trait]
 impl Session for SqliteSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
+        // Fast path, read-only (no write lock): both tables exist; they and the fence row are
+        // created in one transaction, so the row exists too.
+        if self.own_tables().await? == (true, true) {
+            return Ok(());
+        }
         let mut tx = self
             .conn
             .begin_with("BEGIN IMMEDIATE")
@@ -307,39 +329,57 @@ impl Session for SqliteSession {
         Ok(state)
     }
 
-    async fn apply_transactional(
+    async fn apply_group(
         &mut self,
-        step: &StepSpec,
+        steps: &[StepSpec],
         meta: &StepMeta,
-    ) -> Result<HistoryRow, DriverError> {
-        let context = format!("apply {} {}", step.revision, step.direction);
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        let last = steps.len().saturating_sub(1);
         let mut tx = self
             .conn
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(on(D, "begin transaction"))?;
+            .map_err(on(D, "begin transaction"))
+            .map_err(GroupFailure::at(0))?;
         let result = async {
-            fence(&mut tx, meta).await?;
-            let started = Instant::now();
-            sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, &context))?;
-            let row = new_row(
-                &step.revision,
-                &step.checksum,
-                step.direction,
-                RowStatus::Applied,
-                millis(started.elapsed()),
-                meta,
-            );
-            insert_history(&mut tx, row).await
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, &context))
+                    .map_err(GroupFailure::at(i))?;
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(
+                    insert_history(&mut tx, row)
+                        .await
+                        .map_err(GroupFailure::at(i))?,
+                );
+            }
+            Ok(rows)
         }
         .await;
         match result {
-            Ok(row) => {
-                tx.commit().await.map_err(on(D, "commit"))?;
-                Ok(row)
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                Ok(rows)
             }
             Err(e) => {
                 let _ = tx.rollback().await;

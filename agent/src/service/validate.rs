@@ -100,6 +100,9 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
     target_id("target_id", &req.target_id)?;
     rollout_id(&req.rollout_id)?;
     fencing_token(req.fencing_token)?;
+    if !req.expected_state.is_empty() {
+        checksum_field("expected_state", &req.expected_state)?;
+    }
     if req.steps.is_empty() {
         return Err(invalid("steps", "is empty: send at least one step"));
     }
@@ -210,6 +213,7 @@ mod tests {
             fencing_token: 1,
             steps,
             lock_wait_ms: 0,
+            ..Default::default()
         }
     }
 

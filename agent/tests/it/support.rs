@@ -37,6 +37,7 @@ pub(crate) fn migrate(target: &str, rollout: &str, token: u64, steps: Vec<Step>)
         fencing_token: token,
         steps,
         lock_wait_ms: 0,
+        ..Default::default()
     }
 }
 

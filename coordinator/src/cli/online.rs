@@ -144,6 +144,10 @@ pub struct SpecArgs {
     /// rest, leave those untouched; the rollout then ends `blocked` (exit 6)
     #[arg(long, env = "FLOTILLA_ALLOW_BLOCKED")]
     pub allow_blocked: bool,
+    /// One transaction per step, instead of one per target for consecutive transactional
+    /// steps (where a failing step also rolls back the steps before it)
+    #[arg(long, env = "FLOTILLA_TRANSACTION_PER_STEP")]
+    pub transaction_per_step: bool,
 }
 
 impl SpecArgs {
@@ -166,6 +170,7 @@ impl SpecArgs {
             fingerprint_gate: !self.no_fingerprint_gate,
             allow_downgrade: self.allow_downgrade || implied_down,
             allow_blocked: self.allow_blocked,
+            transaction_per_step: self.transaction_per_step,
         })
     }
 }

@@ -14,16 +14,11 @@ use flotilla_agent::Dialect;
 use flotilla_proto as pb;
 
 use crate::revision::Goal;
-use crate::rollout::{
-    RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves, target_key,
-};
-use crate::store::WriteOp;
+use crate::rollout::{RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves};
 
-use super::snapshot::{TargetPlanOutcome, plan_target};
+use super::batch::{TargetWriter, write_records};
+use super::snapshot::{TargetPlanOutcome, plan_target, state_digest_of};
 use super::{Control, Engine, EngineError, Term};
-
-/// The most puts in one fenced write (etcd's default --max-txn-ops is 128).
-const WRITE_CHUNK: usize = 100;
 
 /// Failures so far in the rollout, and how many are allowed before no target starts.
 struct Limits {
@@ -114,6 +109,7 @@ impl Engine {
             .filter(|t| !matches!(t.state, TargetState::Blocked))
             .count();
         let allowed = rec.spec.failure_budget.allowed(eligible);
+        let writer = TargetWriter::new(self.clone(), term.clone(), id);
 
         let mut wave = rec.current_wave;
         while wave < rec.wave_count {
@@ -131,6 +127,7 @@ impl Engine {
                     &mut targets,
                     &mut control,
                     allowed,
+                    &writer,
                 ),
                 wave_span,
             )
@@ -144,8 +141,9 @@ impl Engine {
                     {
                         t.state = TargetState::Skipped;
                         t.message = "rollout aborted".into();
-                        self.put_target(term, id, t).await?;
+                        writer.stage(t)?;
                     }
+                    writer.flush().await?;
                     return self
                         .finish(
                             term,
@@ -191,7 +189,9 @@ impl Engine {
                     .await;
             }
             if rec.spec.fingerprint_gate
-                && let Some(why) = self.gate(term, &mut rec, wave, &mut targets).await?
+                && let Some(why) = self
+                    .gate(term, &mut rec, wave, &mut targets, &writer)
+                    .await?
             {
                 return self.finish(term, &mut rec, RolloutState::Halted, why).await;
             }
@@ -283,6 +283,7 @@ impl Engine {
                 retries: 0,
                 message: String::new(),
                 fingerprint: String::new(),
+                planned_from: state_digest_of(&entry.status),
             };
             match plan_target(
                 &self.graph,
@@ -331,20 +332,7 @@ impl Engine {
                 records.push(t);
             }
         }
-        for chunk in records.chunks(WRITE_CHUNK) {
-            let ops = chunk
-                .iter()
-                .map(|t| {
-                    serde_json::to_vec(t)
-                        .map(|value| WriteOp::Put {
-                            key: target_key(&rec.id, &t.target_id),
-                            value,
-                        })
-                        .map_err(|e| EngineError::Store(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.write(term, ops).await?;
-        }
+        write_records(self, term, &rec.id, &records).await?;
         rec.planned = true;
         rec.wave_count = waves.len() as u32;
         rec.current_wave = 0;
@@ -385,6 +373,7 @@ impl Engine {
         targets: &mut BTreeMap<String, TargetRecord>,
         control: &mut watch::Receiver<Control>,
         allowed: usize,
+        writer: &Arc<TargetWriter>,
     ) -> Result<WaveEnd, EngineError> {
         let global = Arc::new(Semaphore::new(rec.spec.max_parallel.max(1) as usize));
         let mut hosts: HashMap<String, Arc<Semaphore>> = HashMap::new();
@@ -419,6 +408,7 @@ impl Engine {
             let (term, rollout, goal, t) =
                 (term.clone(), snapshot.clone(), goal.clone(), t.clone());
             let (global, control, limits) = (global.clone(), control.clone(), limits.clone());
+            let writer = writer.clone();
             let span = tracing::Span::current();
             running.push(self.tasks.spawn(tracing::Instrument::instrument(
                 async move {
@@ -440,7 +430,9 @@ impl Engine {
                     {
                         return Ok(t);
                     }
-                    let t = engine.run_target(&term, &rollout, &goal, t).await?;
+                    let t = engine
+                        .run_target(&term, &rollout, &goal, t, &writer)
+                        .await?;
                     if t.state == TargetState::Failed {
                         limits.failed.fetch_add(1, Ordering::SeqCst);
                     }
@@ -466,6 +458,8 @@ impl Engine {
                 }
             }
         }
+        // What the budget, the gate and a new leader read from here on is durable.
+        writer.flush().await?;
         if *control.borrow() == Control::Abort {
             return Ok(WaveEnd::Aborted);
         }
@@ -505,6 +499,7 @@ impl Engine {
         rec: &mut RolloutRecord,
         wave: u32,
         targets: &mut BTreeMap<String, TargetRecord>,
+        writer: &Arc<TargetWriter>,
     ) -> Result<Option<String>, EngineError> {
         let ids: Vec<String> = targets
             .values()
@@ -570,9 +565,9 @@ impl Engine {
                 );
                 mismatched.push(t.target_id.clone());
             }
-            let t = t.clone();
-            self.put_target(term, &rec.id, &t).await?;
+            writer.stage(t)?;
         }
+        writer.flush().await?;
         self.put_rollout(term, rec).await?;
         if mismatched.is_empty() {
             Ok(None)

@@ -59,6 +59,17 @@ pub fn history_of(status: &pb::TargetStatus) -> TargetHistory {
     }
 }
 
+/// The digest of the state a plan from `status` is based on (the Migrate precondition).
+pub fn state_digest_of(status: &pb::TargetStatus) -> String {
+    flotilla_agent::history::state_digest(
+        status
+            .applied
+            .iter()
+            .map(|a| (a.revision.as_str(), a.checksum.as_str())),
+        status.dirty.then_some(status.dirty_revision.as_str()),
+    )
+}
+
 /// Plan one target; a plan with down steps needs `allow_downgrade`.
 pub fn plan_target(
     graph: &Graph,

@@ -1,7 +1,12 @@
-//! One target of a rollout: re-plan from the agent's own report, send the steps with the
-//! term's fencing token, follow the step events, and persist each transition. RPC failures
-//! (agent unreachable, stream cut) are retried with backoff, re-planning each time, so a
-//! step that committed before the failure is never sent again.
+//! One target of a rollout: send the steps with the term's fencing token, follow the step
+//! events, and stage each transition (written behind, see `batch.rs`).
+//!
+//! The first attempt sends the plan made when the rollout was planned, with the digest of the
+//! state it was computed from as a precondition: the agent checks it under the migration lock
+//! and refuses a stale plan (`PLAN_STALE`), so no extra `Status` round trip is needed to know
+//! the plan still holds. Every later attempt — after a stale plan, an RPC failure (agent
+//! unreachable, stream cut) or on a new leader — re-plans from the agent's own report first,
+//! so a step that committed before the failure is never sent again.
 
 use backon::BackoffBuilder;
 use futures::StreamExt;
@@ -11,10 +16,15 @@ use pb::step_event::Event;
 
 use crate::fleet::is_retryable;
 use crate::revision::Goal;
+use crate::revision::PlannedStep;
 use crate::rollout::{RolloutRecord, StepRecord, TargetRecord, TargetState};
 
-use super::snapshot::{FleetEntry, TargetPlanOutcome, plan_target};
+use super::batch::TargetWriter;
+use super::snapshot::{FleetEntry, TargetPlanOutcome, plan_target, state_digest_of};
 use super::{Engine, EngineError, Term};
+
+/// The agent's reason for a refused stale plan.
+const PLAN_STALE: &str = "PLAN_STALE";
 
 /// How one attempt at a target ended.
 enum Attempt {
@@ -24,6 +34,8 @@ enum Attempt {
     /// The agent could not be reached or the stream broke: retry.
     Rpc(String),
     Blocked(String),
+    /// The agent refused the plan as stale: re-plan from its report and go again.
+    Stale,
 }
 
 impl Engine {
@@ -36,20 +48,25 @@ impl Engine {
         rollout: &RolloutRecord,
         goal: &Goal,
         mut rec: TargetRecord,
+        writer: &std::sync::Arc<TargetWriter>,
     ) -> Result<TargetRecord, EngineError> {
         crate::metrics::target_transition(rec.state, TargetState::Running);
+        // A record already running was started by an earlier term: its plan may be stale.
+        let mut replan = rec.state == TargetState::Running || rec.planned_from.is_empty();
         rec.state = TargetState::Running;
         rec.message.clear();
-        self.put_target(term, &rollout.id, &rec).await?;
+        writer.stage(&rec)?;
         let mut delays = self.agent_backoff().build();
+        let mut stale = 0u32;
         loop {
             if term.cancel.is_cancelled() {
                 return Err(EngineError::Fenced(term.token));
             }
             let outcome = tokio::select! {
                 _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
-                o = self.attempt(term, rollout, goal, &mut rec) => o?,
+                o = self.attempt(term, rollout, goal, &mut rec, replan, writer) => o?,
             };
+            replan = true;
             match outcome {
                 Attempt::Done => {
                     rec.state = if rec.steps.is_empty() {
@@ -70,12 +87,24 @@ impl Engine {
                     rec.state = TargetState::Blocked;
                     rec.message = msg;
                 }
+                // The target changed since it was planned: re-plan at once. Bounded, in case
+                // something keeps changing it under us.
+                Attempt::Stale if stale < self.config.agent_attempts => {
+                    stale += 1;
+                    continue;
+                }
+                Attempt::Stale => {
+                    rec.state = TargetState::Failed;
+                    rec.message = format!(
+                        "the target kept changing while it was planned ({stale} stale plans)"
+                    );
+                }
                 Attempt::Rpc(msg) => match delays.next() {
                     Some(delay) => {
                         tracing::warn!(target = %rec.target_id, "agent rpc failed, retrying in {delay:?}: {msg}");
                         rec.retries += 1;
                         rec.message = format!("agent unreachable, retrying: {msg}");
-                        self.put_target(term, &rollout.id, &rec).await?;
+                        writer.stage(&rec)?;
                         tokio::select! {
                             _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
                             _ = tokio::time::sleep(delay) => {}
@@ -93,72 +122,36 @@ impl Engine {
             }
             metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => rec.state.as_str()).increment(1);
             crate::metrics::target_transition(TargetState::Running, rec.state);
-            self.put_target(term, &rollout.id, &rec).await?;
+            writer.stage(&rec)?;
             return Ok(rec);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         term: &Term,
         rollout: &RolloutRecord,
         goal: &Goal,
         rec: &mut TargetRecord,
+        replan: bool,
+        writer: &std::sync::Arc<TargetWriter>,
     ) -> Result<Attempt, EngineError> {
-        let agent = match self
-            .agents()
-            .await?
-            .into_iter()
-            .find(|a| a.id() == rec.agent_id)
-        {
-            Some(a) => a,
-            None => {
-                return Ok(Attempt::Rpc(format!(
-                    "agent {} is not registered",
-                    rec.agent_id
-                )));
-            }
-        };
-        // Re-plan from the agent's own report: whatever committed before is not sent again.
-        let status = match agent
-            .status(pb::StatusRequest {
-                target_ids: vec![rec.target_id.clone()],
-                include_history: false,
-                fencing_token: term.token,
-            })
-            .await
-        {
-            Ok(resp) => match resp.targets.into_iter().next() {
-                Some(s) => s,
-                None => {
-                    return Ok(Attempt::Blocked(format!(
-                        "agent {} no longer serves this target",
-                        rec.agent_id
-                    )));
-                }
-            },
-            Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
-            Err(e) => return Ok(Attempt::StepFailed(format!("status: {}", e.message()))),
-        };
-        if !status.error.is_empty() {
+        let Some(agent) = self.agent(&rec.agent_id, replan).await? else {
             return Ok(Attempt::Rpc(format!(
-                "target unreachable: {}",
-                status.error
+                "agent {} is not registered",
+                rec.agent_id
             )));
-        }
-        let entry = FleetEntry {
-            agent: agent.clone(),
-            status,
         };
-        let steps = match plan_target(
-            &self.graph,
-            &entry.status,
-            entry.dialect(),
-            goal,
-            rollout.spec.allow_downgrade,
-        ) {
-            TargetPlanOutcome::Steps(s) => s,
-            TargetPlanOutcome::Blocked(why) => return Ok(Attempt::Blocked(why)),
+        let recorded = (!replan)
+            .then(|| recorded_steps(&self.graph, rec))
+            .flatten();
+        let (steps, expected_state) = match recorded {
+            Some(steps) => (steps, rec.planned_from.clone()),
+            None => match self.replan(term, rollout, goal, rec, &agent).await? {
+                Ok(planned) => planned,
+                Err(attempt) => return Ok(attempt),
+            },
         };
         // Keep the original step list for progress; count what is already done.
         if rec.steps.is_empty() && !steps.is_empty() {
@@ -172,6 +165,8 @@ impl Engine {
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
             fencing_token: term.token,
+            expected_state,
+            transaction_per_step: rollout.spec.transaction_per_step,
             steps: steps
                 .iter()
                 .map(|s| pb::Step {
@@ -191,6 +186,7 @@ impl Engine {
         };
         let mut stream = match agent.migrate(req).await {
             Ok(s) => s,
+            Err(e) if is_stale(&e) => return Ok(Attempt::Stale),
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
             Err(e) => {
                 return Ok(Attempt::StepFailed(format!(
@@ -208,7 +204,7 @@ impl Engine {
                     match event {
                         Event::Started(_) => {
                             rec.current_revision = ev.revision.clone();
-                            self.notify(&rollout.id);
+                            writer.stage(rec)?;
                         }
                         Event::Retrying(r) => {
                             rec.retries += 1;
@@ -216,12 +212,12 @@ impl Engine {
                                 "retrying {} ({}): {}",
                                 ev.revision, r.error_class, r.error
                             );
-                            self.put_target(term, &rollout.id, rec).await?;
+                            writer.stage(rec)?;
                         }
                         Event::Succeeded(_) | Event::Skipped(_) => {
                             rec.steps_done = (rec.steps_done + 1).min(rec.steps.len() as u32);
                             rec.message.clear();
-                            self.put_target(term, &rollout.id, rec).await?;
+                            writer.stage(rec)?;
                         }
                         Event::Failed(f) => {
                             let mut msg = f.message.clone();
@@ -241,6 +237,9 @@ impl Engine {
                     if let Some(msg) = failed {
                         return Ok(Attempt::StepFailed(msg));
                     }
+                    if is_stale(&status) {
+                        return Ok(Attempt::Stale);
+                    }
                     if is_retryable(&status) {
                         return Ok(Attempt::Rpc(status.message().to_owned()));
                     }
@@ -256,6 +255,65 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Re-plan from the agent's own report: whatever committed before is not sent again.
+    /// The inner `Err` is how the attempt ends without a Migrate.
+    async fn replan(
+        &self,
+        term: &Term,
+        rollout: &RolloutRecord,
+        goal: &Goal,
+        rec: &TargetRecord,
+        agent: &std::sync::Arc<dyn crate::fleet::AgentClient>,
+    ) -> Result<Result<(Vec<PlannedStep>, String), Attempt>, EngineError> {
+        let status = match agent
+            .status(pb::StatusRequest {
+                target_ids: vec![rec.target_id.clone()],
+                include_history: false,
+                fencing_token: term.token,
+            })
+            .await
+        {
+            Ok(resp) => match resp.targets.into_iter().next() {
+                Some(s) => s,
+                None => {
+                    return Ok(Err(Attempt::Blocked(format!(
+                        "agent {} no longer serves this target",
+                        rec.agent_id
+                    ))));
+                }
+            },
+            Err(e) if is_retryable(&e) => return Ok(Err(Attempt::Rpc(e.message().to_owned()))),
+            Err(e) => {
+                return Ok(Err(Attempt::StepFailed(format!("status: {}", e.message()))));
+            }
+        };
+        if !status.error.is_empty() {
+            return Ok(Err(Attempt::Rpc(format!(
+                "target unreachable: {}",
+                status.error
+            ))));
+        }
+        let digest = state_digest_of(&status);
+        let entry = FleetEntry {
+            agent: agent.clone(),
+            status,
+        };
+        Ok(
+            match plan_target(
+                &self.graph,
+                &entry.status,
+                entry.dialect(),
+                goal,
+                rollout.spec.allow_downgrade,
+            ) {
+                TargetPlanOutcome::Steps(s) => Ok((s, digest)),
+                TargetPlanOutcome::Blocked(why) => Err(Attempt::Blocked(why)),
+            },
+        )
+    }
+}
+
 fn step_record(s: &crate::revision::PlannedStep) -> StepRecord {
     StepRecord {
         revision: s.revision.clone(),
@@ -263,4 +321,35 @@ fn step_record(s: &crate::revision::PlannedStep) -> StepRecord {
         checksum: s.checksum.clone(),
         transactional: s.transactional,
     }
+}
+
+/// Whether the agent refused the request's plan as stale.
+fn is_stale(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && flotilla_agent::Reason::of_status(status) == Some(PLAN_STALE)
+}
+
+/// The steps recorded when the rollout was planned, with their SQL from the graph (the
+/// graph is the one they were planned from: the rollout refuses to run on another digest).
+fn recorded_steps(graph: &crate::revision::Graph, rec: &TargetRecord) -> Option<Vec<PlannedStep>> {
+    if rec.planned_from.is_empty() || rec.steps.is_empty() || rec.steps_done > 0 {
+        return None;
+    }
+    rec.steps
+        .iter()
+        .map(|s| {
+            let r = graph.get(&s.revision)?;
+            let sql = match s.direction {
+                flotilla_agent::Direction::Up => r.up_sql(rec.dialect),
+                flotilla_agent::Direction::Down => r.down_sql(rec.dialect)?,
+            };
+            Some(PlannedStep {
+                revision: s.revision.clone(),
+                direction: s.direction,
+                sql: sql.to_owned(),
+                checksum: s.checksum.clone(),
+                transactional: s.transactional,
+            })
+        })
+        .collect()
 }

@@ -317,6 +317,7 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
                     up_checksum: String::new(),
                 }],
                 lock_wait_ms: 0,
+                ..Default::default()
             };
             let outcome = match c.migrate(req).await {
                 Err(s) => Err(s),

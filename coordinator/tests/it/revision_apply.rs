@@ -100,6 +100,7 @@ async fn run_plan(
             fencing_token: token,
             steps,
             lock_wait_ms: 5_000,
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("migrate refused: {s:?}"))?;

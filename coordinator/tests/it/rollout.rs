@@ -155,13 +155,44 @@ async fn a_failing_canary_halts_before_any_other_target_is_touched() -> Result<(
         "{}",
         failed.message
     );
+    // Both steps ran in one transaction (the default): 0002_b's failure rolled back
+    // 0001_a with it, and the message says so.
+    assert!(
+        failed.message.contains("rolled back with it") && failed.message.contains("0001_a"),
+        "{}",
+        failed.message
+    );
     let statuses = agent.statuses(true).await?;
-    // The canary keeps 0001_a (committed) and nothing of 0002_b (rolled back).
-    assert_eq!(applied(&statuses["t01"]), ["0001_a"]);
+    assert!(
+        applied(&statuses["t01"]).is_empty(),
+        "{:?}",
+        statuses["t01"]
+    );
     for (id, st) in statuses.iter().filter(|(id, _)| id.as_str() != "t01") {
         assert!(st.history.is_empty(), "{id} was touched: {:?}", st.history);
     }
     assert_eq!(targets_in(&r, pb::TargetState::Pending).len(), 5);
+    Ok(())
+}
+
+/// With a transaction per step, the canary keeps what committed before the failing step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_per_step_keeps_the_steps_before_a_failure() -> Result<()> {
+    let dir = failing_set()?;
+    let (_d, targets) = sqlite_targets("t", 2)?;
+    let agent = TestAgent::start("agent", targets).await?;
+    let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
+    let r = coord
+        .rollout(RolloutSpec {
+            transaction_per_step: true,
+            ..spec("head")
+        })
+        .await?;
+    assert_eq!(state(&r), pb::RolloutState::Halted, "{r:#?}");
+    let statuses = agent.statuses(true).await?;
+    // The canary keeps 0001_a (committed) and nothing of 0002_b (rolled back).
+    assert_eq!(applied(&statuses["t01"]), ["0001_a"]);
+    assert!(statuses["t02"].history.is_empty(), "{:?}", statuses["t02"]);
     Ok(())
 }
 

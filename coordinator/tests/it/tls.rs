@@ -357,7 +357,20 @@ async fn plaintext_on_a_non_loopback_address_needs_the_flag() -> Result<()> {
     )
     .await
     .with_context(|| server.log_text())?;
-    let log = server.log_text();
+    // The port accepts as soon as it is bound, before the server logs its transport.
+    let log = {
+        let server = &server;
+        eventually(
+            "the coordinator logs its transport",
+            Duration::from_secs(30),
+            || async move {
+                let log = server.log_text();
+                Ok(log.contains("coordinator API transport").then_some(log))
+            },
+        )
+        .await
+        .with_context(|| server.log_text())?
+    };
     assert!(log.contains("PLAINTEXT (--plaintext)"), "{log}");
     server.child.kill().await?;
     Ok(())

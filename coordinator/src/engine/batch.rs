@@ -1,0 +1,137 @@
+//! Write-behind for target records: a rollout's target transitions are staged in memory and
+//! persisted together, in fenced writes of up to [`WRITE_CHUNK`] records, at most
+//! [`FLUSH_DELAY`] after the first staged change (group commit). A target that changes many
+//! times in that window is written once, with its latest record.
+//!
+//! Why this keeps every guarantee: the records are progress, not the record of what ran (the
+//! agents' history tables are). A leader that crashes before a flush loses only transitions
+//! that a new leader re-derives: it re-plans every unfinished target from its agent's report
+//! (a stale plan is refused by the agent's `PLAN_STALE` precondition), so nothing is applied
+//! twice. Every write is still fenced with the term's token, and the rollout engine flushes
+//! before anything that depends on the records being durable: the end of each wave (budget,
+//! gate), and the rollout's terminal state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::rollout::{TargetRecord, target_key};
+use crate::store::WriteOp;
+
+use super::{Engine, EngineError, Term};
+
+/// The most puts in one fenced write (etcd's default --max-txn-ops is 128).
+pub(crate) const WRITE_CHUNK: usize = 100;
+
+/// How long staged records wait for company before they are written.
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+
+#[derive(Default)]
+struct Pending {
+    records: BTreeMap<String, TargetRecord>,
+    /// A delayed flush is scheduled.
+    scheduled: bool,
+    /// A background flush failed (not fenced: that cancels the term); later calls report it.
+    failed: Option<String>,
+}
+
+/// The staged target records of one rollout in one term.
+pub(crate) struct TargetWriter {
+    engine: Arc<Engine>,
+    term: Term,
+    rollout: String,
+    pending: Mutex<Pending>,
+    /// Serializes writes, so a target's records reach the store in the order they were staged.
+    io: tokio::sync::Mutex<()>,
+}
+
+impl TargetWriter {
+    pub(crate) fn new(engine: Arc<Engine>, term: Term, rollout: &str) -> Arc<TargetWriter> {
+        Arc::new(TargetWriter {
+            engine,
+            term,
+            rollout: rollout.to_owned(),
+            pending: Mutex::new(Pending::default()),
+            io: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stage `rec`; it is written within [`FLUSH_DELAY`] (or by the next `flush`).
+    pub(crate) fn stage(self: &Arc<Self>, rec: &TargetRecord) -> Result<(), EngineError> {
+        let schedule = {
+            let mut p = self.lock();
+            if let Some(e) = &p.failed {
+                return Err(EngineError::Store(e.clone()));
+            }
+            p.records.insert(rec.target_id.clone(), rec.clone());
+            let schedule = !p.scheduled;
+            p.scheduled = true;
+            schedule
+        };
+        if schedule {
+            let me = self.clone();
+            self.engine.tasks.spawn(async move {
+                tokio::select! {
+                    _ = me.term.cancel.cancelled() => {}
+                    _ = tokio::time::sleep(FLUSH_DELAY) => {
+                        if let Err(e) = me.flush().await
+                            && !matches!(e, EngineError::Fenced(_))
+                        {
+                            tracing::warn!(rollout = %me.rollout, "writing target records: {e}");
+                            me.lock().failed = Some(e.to_string());
+                        }
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Write everything staged so far (fenced) and tell watchers.
+    pub(crate) async fn flush(&self) -> Result<(), EngineError> {
+        let _io = self.io.lock().await;
+        let records = {
+            let mut p = self.lock();
+            if let Some(e) = &p.failed {
+                return Err(EngineError::Store(e.clone()));
+            }
+            p.scheduled = false;
+            std::mem::take(&mut p.records)
+        };
+        if records.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<TargetRecord> = records.into_values().collect();
+        write_records(&self.engine, &self.term, &self.rollout, &records).await?;
+        self.engine.notify(&self.rollout);
+        Ok(())
+    }
+}
+
+/// Write `records` of `rollout` in fenced chunks.
+pub(crate) async fn write_records(
+    engine: &Engine,
+    term: &Term,
+    rollout: &str,
+    records: &[TargetRecord],
+) -> Result<(), EngineError> {
+    for chunk in records.chunks(WRITE_CHUNK) {
+        let ops = chunk
+            .iter()
+            .map(|t| {
+                serde_json::to_vec(t)
+                    .map(|value| WriteOp::Put {
+                        key: target_key(rollout, &t.target_id),
+                        value,
+                    })
+                    .map_err(|e| EngineError::Store(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        engine.write(term, ops).await?;
+    }
+    Ok(())
+}
