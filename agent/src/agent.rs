@@ -126,20 +126,22 @@ async fn read_target(target: &Target) -> Result<TargetState, AgentError> {
     res.map_err(|e| driver_error(&target.id, e))
 }
 
-/// The target's history and, unless skipped, its schema fingerprint.
+/// The target's history and, unless skipped, its schema fingerprint (and, when asked for,
+/// the normalized catalog it hashes).
 async fn read_target_and_fingerprint(
     target: &Target,
     skip_fingerprint: bool,
-) -> Result<(TargetState, String), AgentError> {
+    include_catalog: bool,
+) -> Result<(TargetState, String, Option<flotilla_proto::Catalog>), AgentError> {
     let mut session = open_session(target).await?;
     let res = async {
         let state = session.read_state().await?;
-        let fp = if skip_fingerprint {
-            String::new()
-        } else {
-            session.catalog().await?.fingerprint()
-        };
-        Ok((state, fp))
+        if skip_fingerprint {
+            return Ok((state, String::new(), None));
+        }
+        let catalog = session.catalog().await?;
+        let fp = catalog.fingerprint();
+        Ok((state, fp, include_catalog.then(|| catalog.to_proto())))
     }
     .await;
     session.close().await;
@@ -392,19 +394,21 @@ impl Agent {
             .map(|e| (e.revision.as_str(), e.checksum.as_str()))
             .collect();
         let skip = req.skip_fingerprint;
+        let include_catalog = req.include_catalog;
         let timeout = self.config.status.timeout;
         let targets = futures::stream::iter(targets)
             .map(|t| {
                 let expected = &expected;
                 async move {
-                    let read = read_target_and_fingerprint(&t, skip);
+                    let read = read_target_and_fingerprint(&t, skip, include_catalog);
                     let mut tv = TargetValidation {
                         target_id: t.id.clone(),
                         ..Default::default()
                     };
                     match tokio::time::timeout(timeout, read).await {
-                        Ok(Ok((state, fp))) => {
+                        Ok(Ok((state, fp, catalog))) => {
                             tv.fingerprint = fp;
+                            tv.catalog = catalog;
                             tv.issues = issues(&state, expected);
                             tv.applied =
                                 state.applied().iter().map(|r| r.revision.clone()).collect();

@@ -1,6 +1,7 @@
 //! The normalized schema catalog of a target and its fingerprint: a hash that is equal for
 //! equal schemas whatever order tables, columns, indexes and constraints were created in.
 
+use flotilla_proto as pb;
 use sha2::{Digest, Sha256};
 
 /// A column as the catalog reports it, normalized by the driver (lowercase type names,
@@ -71,6 +72,105 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// The catalog as the Validate response carries it (normalized first).
+    pub fn to_proto(&self) -> pb::Catalog {
+        let mut c = self.clone();
+        c.normalize();
+        pb::Catalog {
+            tables: c.tables.iter().map(Table::to_proto).collect(),
+        }
+    }
+
+    /// A catalog from a Validate response.
+    pub fn from_proto(p: &pb::Catalog) -> Catalog {
+        Catalog {
+            tables: p.tables.iter().map(Table::from_proto).collect(),
+        }
+    }
+}
+
+impl Table {
+    fn to_proto(&self) -> pb::CatalogTable {
+        pb::CatalogTable {
+            name: self.name.clone(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| pb::CatalogColumn {
+                    name: c.name.clone(),
+                    data_type: c.data_type.clone(),
+                    nullable: c.nullable,
+                    default_value: c.default.clone(),
+                })
+                .collect(),
+            indexes: self
+                .indexes
+                .iter()
+                .map(|i| pb::CatalogIndex {
+                    name: i.name.clone(),
+                    columns: i.columns.clone(),
+                    unique: i.unique,
+                })
+                .collect(),
+            constraints: self
+                .constraints
+                .iter()
+                .map(|k| pb::CatalogConstraint {
+                    kind: k.kind.clone(),
+                    columns: k.columns.clone(),
+                    references: k.references.as_ref().map(|(table, columns, on_delete)| {
+                        pb::CatalogReference {
+                            table: table.clone(),
+                            columns: columns.clone(),
+                            on_delete: on_delete.clone(),
+                        }
+                    }),
+                    expression: k.expression.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_proto(p: &pb::CatalogTable) -> Table {
+        Table {
+            name: p.name.clone(),
+            columns: p
+                .columns
+                .iter()
+                .map(|c| Column {
+                    name: c.name.clone(),
+                    data_type: c.data_type.clone(),
+                    nullable: c.nullable,
+                    default: c.default_value.clone(),
+                })
+                .collect(),
+            indexes: p
+                .indexes
+                .iter()
+                .map(|i| Index {
+                    name: i.name.clone(),
+                    columns: i.columns.clone(),
+                    unique: i.unique,
+                })
+                .collect(),
+            constraints: p
+                .constraints
+                .iter()
+                .map(|k| Constraint {
+                    kind: k.kind.clone(),
+                    columns: k.columns.clone(),
+                    references: k
+                        .references
+                        .as_ref()
+                        .map(|r| (r.table.clone(), r.columns.clone(), r.on_delete.clone())),
+                    expression: k.expression.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +208,33 @@ mod tests {
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.tables[0].columns[0].data_type = "bigint".into();
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    #[test]
+    fn proto_round_trip_keeps_the_fingerprint() {
+        let a = Catalog {
+            tables: vec![Table {
+                name: "t".into(),
+                columns: vec![col("b", "text"), col("a", "int")],
+                indexes: vec![Index {
+                    name: "t_b".into(),
+                    columns: vec!["b".into()],
+                    unique: true,
+                }],
+                constraints: vec![Constraint {
+                    kind: "foreign key".into(),
+                    columns: vec!["a".into()],
+                    references: Some(("u".into(), vec!["id".into()], "cascade".into())),
+                    expression: None,
+                }],
+            }],
+        };
+        let back = Catalog::from_proto(&a.to_proto());
+        assert_eq!(back.fingerprint(), a.fingerprint());
+        assert_eq!(
+            back.tables[0].columns[0].name, "a",
+            "normalized on the way out"
+        );
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! `CoordinatorService`: the gRPC API over the engine. Errors become `tonic::Status` in
 //! exactly one place ([`status_of`]).
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +9,7 @@ use futures::Stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use flotilla_agent::{Dialect, Direction};
+use flotilla_agent::Direction;
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 use flotilla_proto::coordinator_service_server::CoordinatorService;
@@ -29,6 +28,7 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         EngineError::Fenced(_) => Status::failed_precondition(format!("FENCED: {e}")),
         EngineError::Store(_) | EngineError::Unavailable(_) => Status::unavailable(e.to_string()),
+        EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),
     }
 }
 
@@ -154,6 +154,22 @@ pub fn drift_of(engine: &Engine, e: &FleetEntry) -> Vec<String> {
             Some(_) => None,
         })
         .collect()
+}
+
+/// Add each schema-drifted target's one-line diff to its `drift` list.
+pub fn add_schema_drift(
+    targets: &mut [pb::FleetTarget],
+    v: &crate::engine::validate::FleetValidation,
+) {
+    for d in &v.schema_drift {
+        if let Some(t) = targets.iter_mut().find(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.target_id == d.target_id)
+        }) {
+            t.drift.push(crate::engine::validate::drift_line(d));
+        }
+    }
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), Status> {
@@ -317,7 +333,8 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
-        let selector = Selector::from_proto(req.into_inner().selector.as_ref());
+        let req = req.into_inner();
+        let selector = Selector::from_proto(req.selector.as_ref());
         let snap = self.engine.select(&selector).await.map_err(status_of)?;
         let mut targets: Vec<pb::FleetTarget> = snap
             .targets
@@ -338,8 +355,14 @@ impl CoordinatorService for Api {
                 drift: vec![],
             });
         }
+        if req.include_schema {
+            add_schema_drift(
+                &mut targets,
+                &self.engine.validate_fleet(&snap.targets).await,
+            );
+        }
         let graph = self.engine.graph();
-        crate::metrics::record_fleet(&targets);
+        crate::metrics::record_fleet(&targets, req.include_schema);
         Ok(Response::new(pb::FleetStatusResponse {
             targets,
             graph_heads: graph.heads().iter().map(|h| h.to_string()).collect(),
@@ -353,59 +376,13 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::FleetValidateResponse>, Status> {
         let selector = Selector::from_proto(req.into_inner().selector.as_ref());
         let snap = self.engine.select(&selector).await.map_err(status_of)?;
-        let graph = self.engine.graph();
-        // One Validate per (agent, dialect): the expected checksums depend on the dialect.
-        let mut calls: BTreeMap<(String, Dialect), (FleetEntry, Vec<String>)> = BTreeMap::new();
-        for e in &snap.targets {
-            let Some(d) = e.dialect() else { continue };
-            calls
-                .entry((e.agent.id().to_owned(), d))
-                .or_insert_with(|| (e.clone(), vec![]))
-                .1
-                .push(e.status.target_id.clone());
-        }
-        let mut targets = Vec::new();
-        for ((agent_id, dialect), (entry, ids)) in calls {
-            let expected = graph
-                .expected(dialect)
-                .into_iter()
-                .map(|(revision, checksum)| pb::ExpectedRevision { revision, checksum })
-                .collect();
-            match entry
-                .agent
-                .validate(pb::ValidateRequest {
-                    target_ids: ids.clone(),
-                    expected,
-                    skip_fingerprint: false,
-                })
-                .await
-            {
-                Ok(resp) => targets.extend(resp.targets),
-                Err(e) => targets.extend(ids.into_iter().map(|id| pb::TargetValidation {
-                    target_id: id,
-                    error: format!("agent {agent_id}: {}", e.message()),
-                    ..Default::default()
-                })),
-            }
-        }
-        let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
-        for t in &targets {
-            groups
-                .entry((heads_of(&t.applied, graph), t.fingerprint.clone()))
-                .or_default()
-                .push(t.target_id.clone());
-        }
-        let groups = groups
-            .into_iter()
-            .map(|((heads, fingerprint), target_ids)| pb::FingerprintGroup {
-                heads,
-                fingerprint,
-                target_ids,
-            })
-            .collect();
-        let drift = targets.iter().filter(|t| !t.issues.is_empty()).count();
-        metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
-        Ok(Response::new(pb::FleetValidateResponse { targets, groups }))
+        let v = self.engine.validate_fleet(&snap.targets).await;
+        metrics::gauge!("flotilla_fleet_drift_targets").set(v.drifted_targets().len() as f64);
+        Ok(Response::new(pb::FleetValidateResponse {
+            targets: v.targets,
+            groups: v.groups,
+            schema_drift: v.schema_drift,
+        }))
     }
 
     async fn history(
@@ -548,25 +525,6 @@ impl CoordinatorService for Api {
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(pb::HeartbeatResponse { known }))
-    }
-}
-
-fn heads_of(applied: &[String], graph: &crate::revision::Graph) -> String {
-    // The applied revisions no other applied revision descends from.
-    let mut heads: Vec<&str> = applied
-        .iter()
-        .filter(|r| {
-            !applied
-                .iter()
-                .any(|o| o != *r && graph.ancestors(o).contains(r.as_str()))
-        })
-        .map(String::as_str)
-        .collect();
-    heads.sort();
-    if heads.is_empty() {
-        "base".into()
-    } else {
-        heads.join(",")
     }
 }
 

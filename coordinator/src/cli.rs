@@ -2,7 +2,8 @@
 //! commands (working on the migration files only) live in [`offline`]; online commands are
 //! added to [`Command`] next to them.
 //!
-//! Exit codes: 0 success, 1 error, 2 usage error (from clap), 3 `flotilla check` found problems.
+//! Exit codes: 0 success, 1 error, 2 usage error (from clap), 3 `check`/`validate` found
+//! problems, 4 rollout failed, 5 `wait` timed out, 6 targets blocked.
 
 use std::path::PathBuf;
 
@@ -31,7 +32,7 @@ pub const EXIT_PROBLEMS: u8 = 3;
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, propagate_version = true)]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out"
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out, 6 targets blocked (a refused downgrade, or a rollout that ended `blocked`)"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -128,6 +129,19 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Refused(String),
+    /// `rollout start` refused a downgrade that would block targets: exit code 6.
+    #[error("{0}")]
+    WouldBlock(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::WouldBlock(_) => online::EXIT_BLOCKED,
+            _ => EXIT_ERROR,
+        }
+    }
 }
 
 #[cfg(test)]

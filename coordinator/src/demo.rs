@@ -263,7 +263,10 @@ async fn drive(
         summary.insert("nothing_to_do".into(), false.into());
     }
     let fleet = client
-        .fleet_status(pb::FleetStatusRequest { selector: None })
+        .fleet_status(pb::FleetStatusRequest {
+            selector: None,
+            include_schema: false,
+        })
         .await
         .map_err(|e| CliError::Refused(e.message().to_owned()))?
         .into_inner();

@@ -25,9 +25,12 @@ use crate::rollout::{
 use crate::store::{StateStore, StoreError, WriteOp};
 
 mod batch;
+mod gate;
+pub mod preflight;
 mod run;
 pub mod snapshot;
 mod target;
+pub mod validate;
 
 pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
 
@@ -53,6 +56,9 @@ pub enum EngineError {
     Store(String),
     #[error("{0}")]
     Unavailable(String),
+    /// `StartRollout` refused: the plan would block selected targets (a downgrade).
+    #[error("{0}")]
+    WouldBlock(String),
 }
 
 impl From<StoreError> for EngineError {
@@ -347,7 +353,7 @@ impl Engine {
         trace_id: String,
     ) -> Result<RolloutRecord, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
-        self.goal(&spec.goal)?;
+        let goal = self.goal(&spec.goal)?;
         if let Some(active) = self
             .list()
             .await?
@@ -360,6 +366,7 @@ impl Engine {
                 active.state.as_str()
             )));
         }
+        self.preflight(&spec, &goal, &traceparent).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
             id: uuid::Uuid::now_v7().to_string(),

@@ -4,6 +4,7 @@ pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod demo;
+pub mod drift;
 pub mod engine;
 pub mod fleet;
 pub mod lock;

@@ -1,7 +1,8 @@
 //! `flotilla`: the coordinator server and CLI. Parses flags, sets up logging and tracing
 //! (`flotilla_coordinator::telemetry`) and dispatches; the work is in the library
 //! (`flotilla_coordinator::cli`, `server`, `demo`).
-//! Exit codes: 0 ok, 1 error, 2 usage, 3 problems found, 4 rollout failed, 5 wait timed out.
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 problems found, 4 rollout failed, 5 wait timed out,
+//! 6 targets blocked.
 
 use std::process::ExitCode;
 
@@ -67,7 +68,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(cli::EXIT_ERROR)
+            ExitCode::from(e.exit_code())
         }
     }
 }

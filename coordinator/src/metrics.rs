@@ -10,12 +10,13 @@ use flotilla_proto as pb;
 use crate::engine::Engine;
 use crate::rollout::{RolloutState, TargetRecord, TargetState};
 
-const ROLLOUT_STATES: [RolloutState; 8] = [
+const ROLLOUT_STATES: [RolloutState; 9] = [
     RolloutState::Pending,
     RolloutState::Running,
     RolloutState::Paused,
     RolloutState::Succeeded,
     RolloutState::CompletedWithFailures,
+    RolloutState::Blocked,
     RolloutState::Failed,
     RolloutState::Halted,
     RolloutState::Aborted,
@@ -84,13 +85,14 @@ pub fn describe() {
     describe_gauge!(
         "flotilla_fleet_drift_targets",
         Unit::Count,
-        "Targets whose history has revisions the graph lacks or whose checksums differ"
+        "Targets that drift: history with revisions the graph lacks or checksums that differ, or a schema fingerprint that differs from the reference of its dialect and applied set"
     );
     flotilla_agent::telemetry::describe_agent_metrics();
 }
 
-/// Record the fleet gauges from one fleet status.
-pub fn record_fleet(targets: &[pb::FleetTarget]) {
+/// Record the fleet gauges from one fleet status. The drift gauge only when `schema_known`:
+/// the targets' `drift` lists include schema drift (a status without it would undercount).
+pub fn record_fleet(targets: &[pb::FleetTarget], schema_known: bool) {
     let mut by_revision: BTreeMap<String, u64> = BTreeMap::new();
     let mut drift = 0u64;
     for t in targets {
@@ -117,7 +119,9 @@ pub fn record_fleet(targets: &[pb::FleetTarget]) {
         seen.insert(rev.clone());
     }
     metrics::gauge!("flotilla_fleet_version_skew").set(by_revision.len() as f64);
-    metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
+    if schema_known {
+        metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
+    }
 }
 
 /// Rollouts by state, from the store.
@@ -136,7 +140,7 @@ pub async fn refresh_fleet(engine: &Engine) {
     let Ok(snap) = engine.snapshot(false).await else {
         return;
     };
-    let targets: Vec<pb::FleetTarget> = snap
+    let mut targets: Vec<pb::FleetTarget> = snap
         .targets
         .iter()
         .map(|e| pb::FleetTarget {
@@ -145,7 +149,8 @@ pub async fn refresh_fleet(engine: &Engine) {
             status: Some(e.status.clone()),
         })
         .collect();
-    record_fleet(&targets);
+    crate::api::add_schema_drift(&mut targets, &engine.validate_fleet(&snap.targets).await);
+    record_fleet(&targets, true);
 }
 
 /// Set the rollout-targets gauge from a rollout's target records.

@@ -95,6 +95,9 @@ pub struct RolloutSpec {
     pub failure_budget: Budget,
     pub fingerprint_gate: bool,
     pub allow_downgrade: bool,
+    /// Start even when the plan blocks selected targets because of a downgrade.
+    #[serde(default)]
+    pub allow_blocked: bool,
     /// One transaction per step (default: one per run of transactional steps per target).
     #[serde(default)]
     pub transaction_per_step: bool,
@@ -112,6 +115,7 @@ impl Default for RolloutSpec {
             failure_budget: Budget::Count(0),
             fingerprint_gate: true,
             allow_downgrade: false,
+            allow_blocked: false,
             transaction_per_step: false,
         }
     }
@@ -129,6 +133,7 @@ impl RolloutSpec {
             failure_budget: Some(self.failure_budget.to_proto()),
             fingerprint_gate: self.fingerprint_gate,
             allow_downgrade: self.allow_downgrade,
+            allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
         }
     }
@@ -169,6 +174,7 @@ impl RolloutSpec {
             failure_budget,
             fingerprint_gate: p.fingerprint_gate,
             allow_downgrade: p.allow_downgrade,
+            allow_blocked: p.allow_blocked,
             transaction_per_step: p.transaction_per_step,
         })
     }
@@ -183,6 +189,9 @@ pub enum RolloutState {
     Succeeded,
     /// Every target ran; some failed within the failure budget.
     CompletedWithFailures,
+    /// Every runnable target ran (failures within the budget); some selected targets were
+    /// blocked and never touched.
+    Blocked,
     Failed,
     Halted,
     Aborted,
@@ -194,6 +203,7 @@ impl RolloutState {
             self,
             RolloutState::Succeeded
                 | RolloutState::CompletedWithFailures
+                | RolloutState::Blocked
                 | RolloutState::Failed
                 | RolloutState::Halted
                 | RolloutState::Aborted
@@ -207,6 +217,7 @@ impl RolloutState {
             RolloutState::Paused => "paused",
             RolloutState::Succeeded => "succeeded",
             RolloutState::CompletedWithFailures => "completed_with_failures",
+            RolloutState::Blocked => "blocked",
             RolloutState::Failed => "failed",
             RolloutState::Halted => "halted",
             RolloutState::Aborted => "aborted",
@@ -220,6 +231,7 @@ impl RolloutState {
             RolloutState::Paused => pb::RolloutState::Paused,
             RolloutState::Succeeded => pb::RolloutState::Succeeded,
             RolloutState::CompletedWithFailures => pb::RolloutState::CompletedWithFailures,
+            RolloutState::Blocked => pb::RolloutState::Blocked,
             RolloutState::Failed => pb::RolloutState::Failed,
             RolloutState::Halted => pb::RolloutState::Halted,
             RolloutState::Aborted => pb::RolloutState::Aborted,
@@ -233,6 +245,7 @@ impl RolloutState {
             pb::RolloutState::Paused => RolloutState::Paused,
             pb::RolloutState::Succeeded => RolloutState::Succeeded,
             pb::RolloutState::CompletedWithFailures => RolloutState::CompletedWithFailures,
+            pb::RolloutState::Blocked => RolloutState::Blocked,
             pb::RolloutState::Failed => RolloutState::Failed,
             pb::RolloutState::Halted => RolloutState::Halted,
             pb::RolloutState::Aborted => RolloutState::Aborted,

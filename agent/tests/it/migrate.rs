@@ -184,6 +184,7 @@ async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
             target_ids: vec!["t1".into()],
             expected: vec![],
             skip_fingerprint: true,
+            include_catalog: false,
         })
         .await?;
     let kinds: Vec<_> = v.targets[0]

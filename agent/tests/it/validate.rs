@@ -59,6 +59,7 @@ async fn validate_reports(dialect: Dialect) -> Result<()> {
                 checksum: checksum(&edited_sql),
             }],
             skip_fingerprint: false,
+            include_catalog: false,
         })
         .await?;
     assert_eq!(resp.agent_id, "agent-test");
@@ -113,6 +114,7 @@ async fn validate_reports(dialect: Dialect) -> Result<()> {
                 },
             ],
             skip_fingerprint: true,
+            include_catalog: false,
         })
         .await?;
     let t = resp.targets.first().context("no target")?;

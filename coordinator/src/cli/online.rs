@@ -24,6 +24,9 @@ use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 pub const EXIT_ROLLOUT_FAILED: u8 = 4;
 /// Exit code: `flotilla wait` timed out before the targets reached the revision.
 pub const EXIT_TIMEOUT: u8 = 5;
+/// Exit code: selected targets are blocked. `rollout start` refused a downgrade that would
+/// block targets (nothing ran), or a rollout ended `blocked` (`--wait`, `watch`).
+pub const EXIT_BLOCKED: u8 = 6;
 
 /// How to reach the coordinator: `https://` URLs use TLS.
 #[derive(Debug, Clone, Args)]
@@ -137,6 +140,10 @@ pub struct SpecArgs {
     /// Allow down steps (implied by --to base and --to -N)
     #[arg(long, env = "FLOTILLA_ALLOW_DOWNGRADE")]
     pub allow_downgrade: bool,
+    /// Start even if the downgrade blocks some targets (irreversible revisions): migrate the
+    /// rest, leave those untouched; the rollout then ends `blocked` (exit 6)
+    #[arg(long, env = "FLOTILLA_ALLOW_BLOCKED")]
+    pub allow_blocked: bool,
     /// One transaction per step, instead of one per target for consecutive transactional
     /// steps (where a failing step also rolls back the steps before it)
     #[arg(long, env = "FLOTILLA_TRANSACTION_PER_STEP")]
@@ -162,6 +169,7 @@ impl SpecArgs {
             failure_budget: Budget::parse(&self.failure_budget).map_err(CliError::Refused)?,
             fingerprint_gate: !self.no_fingerprint_gate,
             allow_downgrade: self.allow_downgrade || implied_down,
+            allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
         })
     }
@@ -186,7 +194,8 @@ pub enum OnlineCommand {
         #[command(flatten)]
         select: SelectArgs,
     },
-    /// Fleet-wide drift report, grouped by revision and schema fingerprint
+    /// Fleet-wide drift report: history problems, and schema drift (a target whose schema
+    /// differs from the canary's or the majority's at the same revisions) with its diff
     Validate {
         #[command(flatten)]
         client: ClientArgs,
@@ -247,7 +256,8 @@ pub enum OnlineCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Start a rollout; with --wait follow it and exit non-zero (4) if it fails or halts
+    /// Start a rollout; with --wait follow it and exit non-zero if it fails or halts (4) or
+    /// ends with blocked targets (6)
     Start {
         #[command(flatten)]
         client: ClientArgs,
@@ -256,7 +266,7 @@ pub enum RolloutCommand {
         #[arg(long)]
         wait: bool,
     },
-    /// Follow a rollout until it ends (exit 4 if it fails, halts or is aborted)
+    /// Follow a rollout until it ends (exit 4 if it fails, halts or is aborted, 6 if blocked)
     Watch {
         #[command(flatten)]
         client: ClientArgs,
@@ -335,6 +345,16 @@ fn rpc(e: tonic::Status) -> CliError {
     CliError::Refused(format!("{}{cause} ({:?})", e.message(), e.code()))
 }
 
+/// A refused StartRollout; a downgrade that would block targets is its own error (exit 6).
+fn would_block(e: tonic::Status) -> CliError {
+    match e.message().strip_prefix("WOULD_BLOCK: ") {
+        Some(why) if e.code() == tonic::Code::FailedPrecondition => {
+            CliError::WouldBlock(why.to_owned())
+        }
+        _ => rpc(e),
+    }
+}
+
 /// Run an online command; returns the exit code.
 pub async fn run(
     cmd: OnlineCommand,
@@ -399,6 +419,7 @@ pub async fn run(
             let resp = c
                 .fleet_status(pb::FleetStatusRequest {
                     selector: Some(select.selector()?.to_proto()),
+                    include_schema: true,
                 })
                 .await
                 .map_err(rpc)?
@@ -423,7 +444,8 @@ pub async fn run(
                 .targets
                 .iter()
                 .filter(|t| !t.issues.is_empty() || !t.error.is_empty())
-                .count();
+                .count()
+                + resp.schema_drift.len();
             if json {
                 emit(out, &validate_json(&resp))?;
             } else {
@@ -461,6 +483,7 @@ pub async fn run(
                                 .map_err(CliError::Output)?;
                         }
                     }
+                    write_schema_drift(out, &resp.schema_drift)?;
                 } else {
                     writeln!(out, "no drift").map_err(CliError::Output)?;
                 }
@@ -491,7 +514,7 @@ pub async fn run(
                     "REVISION",
                     "DIR",
                     "STATUS",
-                    "APPLIED AT (ms)",
+                    "APPLIED AT",
                     "DURATION",
                     "ROLLOUT",
                     "AGENT",
@@ -504,7 +527,7 @@ pub async fn run(
                         h.revision.clone(),
                         direction_name(h.direction).into(),
                         h.status.clone(),
-                        h.applied_at_unix_ms.to_string(),
+                        rfc3339(h.applied_at_unix_ms),
                         format!("{}ms", h.duration_ms),
                         h.rollout_id.clone(),
                         h.agent_id.clone(),
@@ -596,7 +619,7 @@ async fn rollout(
             span.in_scope(|| crate::telemetry::inject_current(req.metadata_mut()));
             let r = tracing::Instrument::instrument(c.start_rollout(req), span)
                 .await
-                .map_err(rpc)?
+                .map_err(would_block)?
                 .into_inner();
             if !wait {
                 report_rollout(out, json, &r)?;
@@ -635,14 +658,7 @@ async fn rollout(
                     &Value::Array(resp.rollouts.iter().map(rollout_json).collect()),
                 )?;
             } else {
-                let mut rows = vec![row(&[
-                    "ID",
-                    "STATE",
-                    "GOAL",
-                    "WAVE",
-                    "CREATED (ms)",
-                    "MESSAGE",
-                ])];
+                let mut rows = vec![row(&["ID", "STATE", "GOAL", "WAVE", "CREATED", "MESSAGE"])];
                 for r in &resp.rollouts {
                     rows.push(vec![
                         r.id.clone(),
@@ -653,7 +669,7 @@ async fn rollout(
                             (r.current_wave + 1).min(r.wave_count),
                             r.wave_count
                         ),
-                        r.created_at_unix_ms.to_string(),
+                        rfc3339(r.created_at_unix_ms),
                         r.message.clone(),
                     ]);
                 }
@@ -698,7 +714,8 @@ async fn rollout(
 }
 
 /// Follow a rollout to its end with live progress (bars on a terminal, lines otherwise);
-/// exit 0 when it succeeded (or completed within its failure budget), 4 otherwise.
+/// exit 0 when it succeeded (or completed within its failure budget), 6 when it ended
+/// `blocked`, 4 otherwise.
 pub async fn follow(
     c: &mut CoordinatorServiceClient<Channel>,
     id: &str,
@@ -727,6 +744,7 @@ pub async fn follow(
     let state = RolloutState::from_proto(pb::RolloutState::try_from(r.state).unwrap_or_default());
     Ok(match state {
         RolloutState::Succeeded | RolloutState::CompletedWithFailures => 0,
+        RolloutState::Blocked => EXIT_BLOCKED,
         _ => EXIT_ROLLOUT_FAILED,
     })
 }
@@ -750,6 +768,7 @@ async fn wait(
             let mut c = connect_with(&client.coordinator, &tls).await?;
             c.fleet_status(pb::FleetStatusRequest {
                 selector: Some(selector.to_proto()),
+                include_schema: false,
             })
             .await
             .map_err(rpc)
@@ -852,6 +871,13 @@ fn report_rollout(
         writeln!(out, "  trace id: {}", r.trace_id).map_err(o)?;
     }
     writeln!(out, "  fencing token: {}", r.fencing_token).map_err(o)?;
+    writeln!(
+        out,
+        "  created: {}, updated: {}",
+        rfc3339(r.created_at_unix_ms),
+        rfc3339(r.updated_at_unix_ms)
+    )
+    .map_err(o)?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for t in &r.targets {
         *counts.entry(target_state_name(t.state)).or_default() += 1;
@@ -900,6 +926,34 @@ fn report_target(
         t.dirty
     )
     .map_err(CliError::Output)
+}
+
+/// Each schema-drifted target with its reference and the differences, one per line.
+fn write_schema_drift(
+    out: &mut (dyn Write + Send),
+    drift: &[pb::SchemaDrift],
+) -> Result<(), CliError> {
+    let o = CliError::Output;
+    for d in drift {
+        writeln!(
+            out,
+            "  {}: schema differs from {} ({} at {}, fingerprint {} vs {}):",
+            d.target_id,
+            d.reference_target_id,
+            d.dialect,
+            d.heads,
+            short(&d.fingerprint),
+            short(&d.reference_fingerprint)
+        )
+        .map_err(o)?;
+        if !d.error.is_empty() {
+            writeln!(out, "    {}", d.error).map_err(o)?;
+        }
+        for c in &d.changes {
+            writeln!(out, "    {}", c.description).map_err(o)?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn emit(out: &mut (dyn Write + Send), v: &Value) -> Result<(), CliError> {
@@ -998,6 +1052,21 @@ fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }
 
+/// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds
+/// (`2026-12-03T07:34:00.230Z`); `-` for 0 (never set).
+pub(crate) fn rfc3339(unix_ms: i64) -> String {
+    /// 10000-01-01T00:00:00Z: humantime formats years up to 9999 (and none before 1970).
+    const YEAR_10000_MS: i64 = 253_402_300_800_000;
+    match unix_ms {
+        0 => "-".into(),
+        1..YEAR_10000_MS => humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.unsigned_abs()),
+        )
+        .to_string(),
+        _ => format!("{unix_ms}ms since the epoch"),
+    }
+}
+
 fn abbreviate(ids: &[String], n: usize) -> String {
     if ids.len() <= n {
         ids.join(", ")
@@ -1041,7 +1110,7 @@ pub(crate) fn target_state_name(s: i32) -> &'static str {
 fn applied_json(a: &pb::AppliedRevision) -> Value {
     json!({
         "revision": a.revision, "checksum": a.checksum, "direction": direction_name(a.direction),
-        "status": a.status, "applied_at_unix_ms": a.applied_at_unix_ms, "duration_ms": a.duration_ms,
+        "status": a.status, "applied_at": rfc3339(a.applied_at_unix_ms), "applied_at_unix_ms": a.applied_at_unix_ms, "duration_ms": a.duration_ms,
         "rollout_id": a.rollout_id, "agent_id": a.agent_id, "fencing_token": a.fencing_token,
     })
 }
@@ -1069,6 +1138,12 @@ fn fleet_json(r: &pb::FleetStatusResponse) -> Value {
 fn validate_json(r: &pb::FleetValidateResponse) -> Value {
     json!({
         "groups": r.groups.iter().map(|g| json!({ "heads": g.heads, "fingerprint": g.fingerprint, "targets": g.target_ids })).collect::<Vec<_>>(),
+        "schema_drift": r.schema_drift.iter().map(|d| json!({
+            "target": d.target_id, "dialect": d.dialect, "heads": d.heads, "fingerprint": d.fingerprint,
+            "reference_target": d.reference_target_id, "reference_fingerprint": d.reference_fingerprint,
+            "error": d.error,
+            "changes": d.changes.iter().map(|c| json!({ "table": c.table, "object": c.object, "name": c.name, "change": c.change, "description": c.description })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "fingerprint": t.fingerprint, "applied": t.applied, "error": t.error,
             "issues": t.issues.iter().map(|i| json!({ "revision": i.revision, "kind": pb::IssueKind::try_from(i.kind).map(|k| k.as_str_name()).unwrap_or("?"), "message": i.message })).collect::<Vec<_>>(),
@@ -1092,6 +1167,7 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
         "goal": r.spec.as_ref().map(|s| s.goal.clone()), "goal_revision": r.goal_revision,
         "current_wave": r.current_wave, "wave_count": r.wave_count, "trace_id": r.trace_id,
         "fencing_token": r.fencing_token, "graph_digest": r.graph_digest,
+        "created_at": rfc3339(r.created_at_unix_ms), "updated_at": rfc3339(r.updated_at_unix_ms),
         "created_at_unix_ms": r.created_at_unix_ms, "updated_at_unix_ms": r.updated_at_unix_ms,
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "agent": t.agent_id, "state": target_state_name(t.state), "wave": t.wave,
@@ -1112,5 +1188,12 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("3 days").is_err());
+    }
+
+    #[test]
+    fn times_print_as_rfc3339() {
+        assert_eq!(rfc3339(1_796_283_240_230), "2026-12-03T07:34:00.230Z");
+        assert_eq!(rfc3339(0), "-");
+        assert_eq!(rfc3339(-5), "-5ms since the epoch");
     }
 }

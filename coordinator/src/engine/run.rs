@@ -222,7 +222,10 @@ impl Engine {
         if blocked > 0 {
             summary.push_str(&format!(", {blocked} blocked"));
         }
-        let state = if failed > 0 {
+        // Blocked targets never reached the goal: the rollout did not succeed.
+        let state = if blocked > 0 {
+            RolloutState::Blocked
+        } else if failed > 0 {
             RolloutState::CompletedWithFailures
         } else {
             RolloutState::Succeeded
@@ -527,6 +530,7 @@ impl Engine {
                     target_ids: ids,
                     expected: vec![],
                     skip_fingerprint: false,
+                    include_catalog: false,
                 })
                 .await
                 .map_err(|e| {
@@ -568,10 +572,9 @@ impl Engine {
         if mismatched.is_empty() {
             Ok(None)
         } else {
-            Ok(Some(format!(
-                "fingerprint gate after wave {wave}: {} differ from the canary's schema",
-                mismatched.join(", ")
-            )))
+            Ok(Some(
+                self.gate_message(rec, targets, wave, &mismatched).await,
+            ))
         }
     }
 }

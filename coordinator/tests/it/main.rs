@@ -1,10 +1,12 @@
 //! Coordinator integration tests: one binary, one module per area, real servers via testkit.
 
 mod cli_online;
+mod drift;
 mod ha;
 mod harness;
 mod lock;
 mod observability;
+mod outcomes;
 mod reflection;
 mod registry;
 mod revision_apply;

@@ -774,7 +774,7 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
 type Labels<'a> = &'a [(&'a str, &'a str)];
 
 /// The value of the sample `name` whose labels include `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|line| {
@@ -791,7 +791,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
-async fn scrape(port: u16) -> Result<String> {
+pub(crate) async fn scrape(port: u16) -> Result<String> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream

@@ -14,7 +14,10 @@ use crate::harness::*;
 async fn fleet_targets(coord: &TestCoordinator) -> Result<Vec<(String, String)>> {
     let mut c = coord.client().await?;
     let resp = c
-        .fleet_status(pb::FleetStatusRequest { selector: None })
+        .fleet_status(pb::FleetStatusRequest {
+            selector: None,
+            include_schema: false,
+        })
         .await?
         .into_inner();
     Ok(resp

@@ -127,6 +127,7 @@ async fn fingerprint(agent: &Agent, target: &str) -> Result<String> {
             target_ids: vec![target.into()],
             expected: vec![],
             skip_fingerprint: false,
+            include_catalog: false,
         })
         .await?;
     let tv = resp

@@ -424,7 +424,9 @@ async fn an_edited_applied_revision_blocks_only_that_target() -> Result<()> {
         blocked.message
     );
     assert_eq!(targets_in(&r, pb::TargetState::Succeeded).len(), 3);
-    assert_eq!(state(&r), pb::RolloutState::Succeeded);
+    // A blocked target never reached the goal: the rollout is not `succeeded`.
+    assert_eq!(state(&r), pb::RolloutState::Blocked);
+    assert!(r.message.contains("1 blocked"), "{}", r.message);
     assert_eq!(
         agent.statuses(true).await?["t02"].history.len(),
         before,
@@ -442,12 +444,32 @@ async fn a_downgrade_rollout_takes_the_fleet_back() -> Result<()> {
         state(&coord.rollout(spec("head")).await?),
         pb::RolloutState::Succeeded
     );
-    // Without --allow-downgrade the targets are blocked, not touched.
-    let refused = coord.rollout(spec("0005_audit_logs")).await?;
+    // Without --allow-downgrade the rollout is refused up front: nothing is touched.
+    let before = agent.statuses(true).await?;
+    let refused = coord
+        .client()
+        .await?
+        .start_rollout(pb::StartRolloutRequest {
+            spec: Some(spec("0005_audit_logs").to_proto()),
+        })
+        .await
+        .expect_err("a downgrade without allow_downgrade must be refused");
     assert_eq!(
-        targets_in(&refused, pb::TargetState::Blocked).len(),
-        4,
-        "{refused:#?}"
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().starts_with("WOULD_BLOCK")
+            && refused.message().contains("4 of the 4 selected targets")
+            && refused.message().contains("--allow-downgrade"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        agent.statuses(true).await?,
+        before,
+        "nothing may be touched"
     );
     let r = coord
         .rollout(RolloutSpec {
