@@ -137,9 +137,28 @@ pub async fn refresh_rollouts(engine: &Engine) {
 
 /// The fleet gauges from a fresh fleet snapshot (after a rollout ended).
 pub async fn refresh_fleet(engine: &Engine) {
+    refresh_fleet_with(engine, true).await
+}
+
+/// [`refresh_fleet`]; with `compare_schemas` false only the agents' reports are read (no
+/// catalog fingerprint) and the drift gauge keeps its last value.
+pub async fn refresh_fleet_with(engine: &Engine, compare_schemas: bool) {
     let Ok(snap) = engine.snapshot(false).await else {
         return;
     };
+    if !compare_schemas {
+        let targets: Vec<pb::FleetTarget> = snap
+            .targets
+            .iter()
+            .map(|e| pb::FleetTarget {
+                agent_id: e.agent.id().to_owned(),
+                drift: crate::api::drift_of(engine, e),
+                status: Some(e.status.clone()),
+            })
+            .collect();
+        record_fleet(&targets, false);
+        return;
+    }
     let mut targets: Vec<pb::FleetTarget> = snap
         .targets
         .iter()

@@ -50,7 +50,10 @@ impl Engine {
         goal: &Goal,
         traceparent: &str,
     ) -> Result<(), EngineError> {
-        if spec.allow_blocked {
+        // Goals that only go up never plan a down step: nothing to check, no extra Status.
+        let up_only =
+            matches!(goal, Goal::Head | Goal::Heads) || matches!(goal, Goal::Relative(n) if *n > 0);
+        if spec.allow_blocked || up_only {
             return Ok(());
         }
         let span = tracing::info_span!("preflight");

@@ -63,19 +63,22 @@ impl Engine {
         let engine = self.clone();
         let run = async move {
             let result = engine.clone().run_rollout(id, term).await;
-            // The fleet gauges, from the agents' reports now the rollout ended.
+            // The fleet gauges, from the agents' reports now the rollout ended. A rollout that
+            // changed no schema (every target at the goal or blocked) compares no catalogs:
+            // the no-op path never fingerprints.
             if !term.cancel.is_cancelled() {
-                crate::metrics::refresh_fleet(&engine).await;
+                let migrated = !matches!(result, Ok(false));
+                crate::metrics::refresh_fleet_with(&engine, migrated).await;
             }
-            result
+            result.map(|_| ())
         };
         tracing::Instrument::instrument(run, span).await
     }
 
-    async fn run_rollout(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
+    async fn run_rollout(self: Arc<Self>, id: &str, term: &Term) -> Result<bool, EngineError> {
         let (mut rec, _) = self.get(id).await?;
         if rec.state.is_terminal() {
-            return Ok(());
+            return Ok(false);
         }
         if rec.graph_digest != self.graph.digest() {
             let why = format!(
@@ -83,7 +86,10 @@ impl Engine {
                 short(&rec.graph_digest),
                 short(&self.graph.digest())
             );
-            return self.finish(term, &mut rec, RolloutState::Halted, why).await;
+            return self
+                .finish(term, &mut rec, RolloutState::Halted, why)
+                .await
+                .map(|()| true);
         }
         let goal: Goal =
             rec.spec.goal.parse().map_err(|e| {
@@ -151,7 +157,8 @@ impl Engine {
                             RolloutState::Aborted,
                             "aborted by request".into(),
                         )
-                        .await;
+                        .await
+                        .map(|()| true);
                 }
             }
             let failed: Vec<&TargetRecord> = targets
@@ -172,7 +179,8 @@ impl Engine {
                         RolloutState::Halted,
                         format!("canary failed, no other target touched: {why}"),
                     )
-                    .await;
+                    .await
+                    .map(|()| true);
             }
             if failed.len() > allowed {
                 return self
@@ -186,14 +194,18 @@ impl Engine {
                             allowed
                         ),
                     )
-                    .await;
+                    .await
+                    .map(|()| true);
             }
             if rec.spec.fingerprint_gate
                 && let Some(why) = self
                     .gate(term, &mut rec, wave, &mut targets, &writer)
                     .await?
             {
-                return self.finish(term, &mut rec, RolloutState::Halted, why).await;
+                return self
+                    .finish(term, &mut rec, RolloutState::Halted, why)
+                    .await
+                    .map(|()| true);
             }
             wave += 1;
         }
@@ -230,7 +242,8 @@ impl Engine {
         } else {
             RolloutState::Succeeded
         };
-        self.finish(term, &mut rec, state, summary).await
+        self.finish(term, &mut rec, state, summary).await?;
+        Ok(succeeded + failed > 0)
     }
 
     async fn finish(
