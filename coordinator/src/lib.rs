@@ -6,6 +6,7 @@ pub mod cli;
 pub mod demo;
 pub mod engine;
 pub mod fleet;
+pub mod import;
 pub mod lock;
 pub mod metrics;
 pub mod registry;
