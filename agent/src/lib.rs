@@ -6,6 +6,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 mod executor;
+pub mod foreign;
 pub mod history;
 pub mod register;
 pub mod service;

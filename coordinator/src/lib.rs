@@ -1,5 +1,6 @@
 //! Flotilla coordinator library: revision graph and planner, fleet lock, rollout engine, API and CLI.
 
+pub mod adopt;
 pub mod api;
 pub mod backend;
 pub mod cli;

@@ -1,6 +1,6 @@
 //! Online commands: they talk to a coordinator over gRPC (`--coordinator`, env
 //! `FLOTILLA_COORDINATOR`). `plan`, `rollout ...`, `status`, `validate`, `history`, `stamp`,
-//! `repair` and `wait` (the Kubernetes init-container gate).
+//! `repair`, `adopt` and `wait` (the Kubernetes init-container gate).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -18,6 +18,8 @@ use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 use flotilla_agent::tls::error_chain;
 
 use super::{CliError, GlobalArgs, OutputFormat};
+
+mod adopt;
 use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 
 /// Exit code: the rollout failed, halted or was aborted (`rollout start --wait`, `watch`).
@@ -174,6 +176,9 @@ pub enum OnlineCommand {
     /// Start, follow and control rollouts
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Record the history another tool's version table shows (alembic_version,
+    /// flyway_schema_history, _sqlx_migrations, schema_migrations) as adopted, running nothing
+    Adopt(adopt::AdoptArgs),
     /// The fleet table: target, agent, dialect, labels, revision, dirty, drift
     Status {
         #[command(flatten)]
@@ -338,6 +343,7 @@ pub async fn run(
 ) -> Result<u8, CliError> {
     let json = global.output == OutputFormat::Json;
     match cmd {
+        OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
         OnlineCommand::Plan { client, spec } => {
             let mut c = client.connect().await?;
             let resp = c
