@@ -137,6 +137,9 @@ pub struct ReadOptions {
     pub dialects: Vec<Dialect>,
     /// Python interpreter that has Alembic installed (Alembic only).
     pub python: String,
+    /// SQLAlchemy URLs (only the dialect part matters) per dialect, replacing the defaults
+    /// `postgresql://`, `mysql://`, `sqlite://` (Alembic only).
+    pub urls: Vec<(Dialect, String)>,
 }
 
 /// Read a source directory (or, for Alembic, a project directory or its `alembic.ini`).

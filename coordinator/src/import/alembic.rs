@@ -73,6 +73,7 @@ fn run_alembic(ini: &Path, opts: &ReadOptions) -> Result<Output, ImportError> {
         .arg(SCRIPT)
         .arg(&ini_name)
         .arg(&dialects)
+        .args(opts.urls.iter().map(|(d, url)| format!("{d}={url}")))
         .current_dir(dir)
         .output()
         .map_err(|e| match e.kind() {

@@ -1,6 +1,7 @@
 # Renders every revision of an Alembic project, one at a time, per dialect, with Alembic's
 # offline (--sql) mode through the project's own env.py. Used by `flotilla import alembic`.
-# argv: alembic.ini path, comma-separated dialects. Prints one line
+# argv: alembic.ini path, comma-separated dialects, then optional DIALECT=URL overrides
+# (e.g. mysql=mariadb:// so MariaDB-only types render as Alembic renders them online). Prints one line
 # "FLOTILLA-IMPORT-JSON <json>" on stdout; exit 3 when Alembic is not installed.
 import io
 import json
@@ -21,6 +22,9 @@ except ImportError as e:
 URLS = {"postgres": "postgresql://", "mysql": "mysql://", "sqlite": "sqlite://"}
 
 ini, dialects = sys.argv[1], sys.argv[2].split(",")
+for override in sys.argv[3:]:
+    name, _, url = override.partition("=")
+    URLS[name] = url
 
 
 def render(sc, script, dialect, up):

@@ -30,9 +30,33 @@ pub struct ImportArgs {
         default_value = "postgres,mysql"
     )]
     pub dialects: Vec<Dialect>,
+    /// Alembic: the SQLAlchemy URL to render a dialect with, DIALECT=URL (repeatable; only
+    /// the dialect part matters, no database is contacted), e.g. mysql=mariadb:// for
+    /// MariaDB servers (native UUID)
+    #[arg(
+        long = "alembic-url",
+        env = "FLOTILLA_IMPORT_ALEMBIC_URLS",
+        value_delimiter = ',',
+        value_name = "DIALECT=URL",
+        value_parser = parse_url
+    )]
+    pub urls: Vec<(Dialect, String)>,
     /// Alembic: the Python interpreter that has alembic installed
     #[arg(long, env = "FLOTILLA_PYTHON", default_value = "python3")]
     pub python: String,
+}
+
+fn parse_url(s: &str) -> Result<(Dialect, String), String> {
+    let (d, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not DIALECT=URL"))?;
+    if url.contains('@') {
+        return Err(
+            "give only the dialect part of the URL (e.g. mariadb://), no credentials".into(),
+        );
+    }
+    let d = d.parse::<Dialect>().map_err(|e| e.to_string())?;
+    Ok((d, url.to_owned()))
 }
 
 impl From<ImportError> for CliError {
@@ -50,6 +74,7 @@ pub(super) fn run(
     let opts = ReadOptions {
         dialects: args.dialects,
         python: args.python,
+        urls: args.urls,
     };
     let mut set = import::read(args.tool, &args.source, &opts)?;
     let written = import::write(&mut set, &into)?;
