@@ -14,9 +14,11 @@ use crate::revision::{
     Goal, Graph, RenderRequest, Severity, lint_sources, load_dir, render, render_plan,
 };
 
+mod history;
 mod import;
 mod tree;
 
+pub(crate) use history::history;
 pub use import::ImportArgs;
 
 #[derive(Debug, Subcommand)]

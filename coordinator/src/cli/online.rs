@@ -20,6 +20,7 @@ use flotilla_agent::tls::error_chain;
 use super::{CliError, GlobalArgs, OutputFormat};
 
 mod adopt;
+mod habits;
 use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 
 /// Exit code: the rollout failed, halted or was aborted (`rollout start --wait`, `watch`).
@@ -109,7 +110,12 @@ impl SelectArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SpecArgs {
     /// Goal: head, base, a revision id, -N or +N
-    #[arg(long = "to", default_value = "head", env = "FLOTILLA_GOAL")]
+    #[arg(
+        long = "to",
+        default_value = "head",
+        env = "FLOTILLA_GOAL",
+        allow_hyphen_values = true
+    )]
     pub goal: String,
     #[command(flatten)]
     pub select: SelectArgs,
@@ -193,13 +199,21 @@ pub enum OnlineCommand {
         #[command(flatten)]
         select: SelectArgs,
     },
-    /// A target's full migration history
+    /// A target's full migration history; without --target, the revision graph newest first
+    /// (offline, like `alembic history`; --verbose adds parents, paths and checksums)
     History {
         #[command(flatten)]
         client: ClientArgs,
-        #[arg(long)]
-        target: String,
+        #[arg(long, env = "FLOTILLA_HISTORY_TARGET")]
+        target: Option<String>,
+        /// Without --target: every revision's details
+        #[arg(long, short = 'v', env = "FLOTILLA_HISTORY_VERBOSE")]
+        verbose: bool,
     },
+    /// Each target's current revision(s), or a fleet summary (like `alembic current`)
+    Current(habits::CurrentArgs),
+    /// Development reset of one target: downgrade it to base, after confirmation
+    Reset(habits::ResetArgs),
     /// Record a target as being at a revision without running SQL
     Stamp {
         #[command(flatten)]
@@ -472,7 +486,23 @@ pub async fn run(
                 0
             })
         }
-        OnlineCommand::History { client, target } => {
+        OnlineCommand::Current(args) => habits::current(args, global, out).await,
+        OnlineCommand::Reset(args) => habits::reset(args, global, out).await,
+        OnlineCommand::History {
+            target: None,
+            verbose,
+            ..
+        } => {
+            let g = crate::revision::Graph::load_dir(&global.migrations)?;
+            let text = super::offline::history(&g, verbose, json)?;
+            out.write_all(text.as_bytes()).map_err(CliError::Output)?;
+            Ok(0)
+        }
+        OnlineCommand::History {
+            client,
+            target: Some(target),
+            verbose: _,
+        } => {
             let mut c = client.connect().await?;
             let t = c
                 .history(pb::HistoryRequest { target_id: target })

@@ -618,5 +618,81 @@ async fn a_version_table_naming_an_unknown_revision_blocks_only_that_target() ->
         );
     }
     ran_once(&agent, &agent.statuses(true).await?)?;
+
+    // Alembic habits: `current`, `downgrade -1` (= `rollout start --to -1`), `reset`.
+    let mig = migrations.to_string_lossy();
+    let current = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "--output".to_owned(),
+            "json".into(),
+            "--migrations".into(),
+            mig.to_string(),
+            "current".into(),
+            "--coordinator".into(),
+            coord.address.clone(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = run_cli(&args, None).await?;
+            ensure!(code == 0, "current exited {code}: {err}");
+            anyhow::Ok(serde_json::from_str::<serde_json::Value>(&out)?)
+        }
+    };
+    let v = current(&[]).await?;
+    ensure!(
+        v["summary"]["3 (head)"] == 2 && v["summary"]["base"] == 1,
+        "{v}"
+    );
+    let (code, _, err) = run_cli(
+        &[
+            "rollout",
+            "start",
+            "--coordinator",
+            &coord.address,
+            "--to",
+            "-1",
+            "--target",
+            "s1",
+            "--wait",
+        ],
+        None,
+    )
+    .await?;
+    ensure!(code == 0, "--to -1 exited {code}: {err}");
+    let v = current(&["--target", "s1"]).await?;
+    ensure!(
+        v["targets"][0]["current"] == serde_json::json!(["2"]),
+        "{v}"
+    );
+    let (code, _, _) = run_cli(
+        &["reset", "--coordinator", &coord.address, "--target", "s1"],
+        None,
+    )
+    .await?;
+    ensure!(code == 1, "reset without --yes must refuse");
+    let (code, _, err) = run_cli(
+        &[
+            "reset",
+            "--coordinator",
+            &coord.address,
+            "--target",
+            "s1",
+            "--yes",
+        ],
+        None,
+    )
+    .await?;
+    ensure!(code == 0, "reset exited {code}: {err}");
+    let statuses = agent.statuses(false).await?;
+    ensure!(
+        statuses["s1"].applied.is_empty(),
+        "s1 not at base: {:?}",
+        statuses["s1"].applied
+    );
+    ensure!(
+        crate::harness::applied(&statuses["s2"]).len() == 3,
+        "reset touched s2"
+    );
     Ok(())
 }
