@@ -174,6 +174,9 @@ fn outcome(target: &str, agent: &str, d: Decision, dry_run: bool) -> pb::Adopted
     out
 }
 
+/// An agent and its selected targets with their dialects.
+type AgentTargets = (Arc<dyn AgentClient>, Vec<(String, i32)>);
+
 /// Adopt every selected target (the leader's term supplies the fencing token).
 pub async fn adopt(
     engine: &Engine,
@@ -185,8 +188,7 @@ pub async fn adopt(
     let snap = engine.select(selector).await?;
     let graph = engine.graph();
     // Per agent: the client and its selected targets with their dialects.
-    let mut by_agent: BTreeMap<String, (Arc<dyn AgentClient>, Vec<(String, i32)>)> =
-        BTreeMap::new();
+    let mut by_agent: BTreeMap<String, AgentTargets> = BTreeMap::new();
     for e in &snap.targets {
         by_agent
             .entry(e.agent.id().to_owned())
