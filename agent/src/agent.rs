@@ -30,6 +30,8 @@ use crate::history::{HistoryRow, TargetState};
 use crate::service::validate as check;
 use crate::target::{Target, Targets};
 
+mod adopt;
+
 /// The stream of events a `migrate` call returns; it ends with `Err(status)` after a
 /// `StepFailed` event when a step fails.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StepEvent, Status>> + Send + 'static>>;

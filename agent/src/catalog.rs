@@ -43,7 +43,9 @@ pub struct Table {
     pub constraints: Vec<Constraint>,
 }
 
-/// The user-visible schema of a target, excluding Flotilla's own `flotilla_*` tables.
+/// The user-visible schema of a target, excluding Flotilla's own `flotilla_*` tables and other
+/// tools' version tables (`alembic_version`, ...: bookkeeping, not schema; an adopted target
+/// and one Flotilla created from scratch fingerprint alike).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Catalog {
     pub tables: Vec<Table>,
@@ -53,7 +55,9 @@ impl Catalog {
     /// Sort everything whose order is not part of the schema: tables, columns, indexes and
     /// constraints. Index and constraint column lists keep their order (it matters).
     pub fn normalize(&mut self) {
-        self.tables.retain(|t| !t.name.starts_with("flotilla_"));
+        self.tables.retain(|t| {
+            !t.name.starts_with("flotilla_") && !crate::foreign::is_version_table(&t.name)
+        });
         for t in &mut self.tables {
             t.columns.sort();
             t.indexes.sort();

@@ -11,11 +11,13 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::catalog::Catalog;
-use crate::history::{HistoryRow, TargetState};
+use crate::foreign::ForeignTable;
+use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::types::{Dialect, Direction};
 
 mod classify;
 mod common;
+pub(crate) mod foreign;
 pub mod mysql;
 pub mod postgres;
 pub mod split;
@@ -226,7 +228,22 @@ pub trait Session: Send {
         revisions: &[(String, String)],
         direction: Direction,
         meta: &StepMeta,
+    ) -> Result<(), DriverError> {
+        self.stamp_as(revisions, direction, meta, RowStatus::Stamped)
+            .await
+    }
+
+    /// `stamp` with the rows' status: `stamped`, or `adopted` (from another tool's table).
+    async fn stamp_as(
+        &mut self,
+        revisions: &[(String, String)],
+        direction: Direction,
+        meta: &StepMeta,
+        status: RowStatus,
     ) -> Result<(), DriverError>;
+
+    /// Other tools' version tables on the target and what they record (`crate::foreign`).
+    async fn foreign_tables(&mut self) -> Result<Vec<ForeignTable>, DriverError>;
 
     /// The target's schema, excluding Flotilla's own tables.
     async fn catalog(&mut self) -> Result<Catalog, DriverError>;

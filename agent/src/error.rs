@@ -23,6 +23,7 @@ pub enum Reason {
     StaleFencingToken,
     TargetDirty,
     NotDirty,
+    NotAdoptable,
     LockTimeout,
     RetriesExhausted,
     SqlError,
@@ -42,6 +43,7 @@ impl Reason {
             Reason::StaleFencingToken => "STALE_FENCING_TOKEN",
             Reason::TargetDirty => "TARGET_DIRTY",
             Reason::NotDirty => "NOT_DIRTY",
+            Reason::NotAdoptable => "NOT_ADOPTABLE",
             Reason::LockTimeout => "LOCK_TIMEOUT",
             Reason::RetriesExhausted => "RETRIES_EXHAUSTED",
             Reason::SqlError => "SQL_ERROR",
@@ -107,6 +109,8 @@ pub enum AgentError {
     TargetDirty { target: String, revision: String },
     #[error("target {target}: revision {revision} has no dirty step to repair")]
     NotDirty { target: String, revision: String },
+    #[error("target {target} cannot be adopted: {reason}")]
+    NotAdoptable { target: String, reason: String },
     #[error(
         "target {target}: could not take the migration lock within {}ms: another migration \
          holds it; retry later or raise the lock wait",
@@ -172,6 +176,7 @@ impl AgentError {
             AgentError::StaleToken { .. } => Reason::StaleFencingToken,
             AgentError::TargetDirty { .. } => Reason::TargetDirty,
             AgentError::NotDirty { .. } => Reason::NotDirty,
+            AgentError::NotAdoptable { .. } => Reason::NotAdoptable,
             AgentError::LockTimeout { .. } => Reason::LockTimeout,
             AgentError::RetriesExhausted { .. } => Reason::RetriesExhausted,
             AgentError::Sql { .. } | AgentError::Database { .. } => Reason::SqlError,
@@ -193,7 +198,8 @@ impl AgentError {
             | AgentError::StaleToken { .. }
             | AgentError::TargetDirty { .. }
             | AgentError::NotDirty { .. }
-            | AgentError::PlanStale { .. } => Code::FailedPrecondition,
+            | AgentError::PlanStale { .. }
+            | AgentError::NotAdoptable { .. } => Code::FailedPrecondition,
             AgentError::LockTimeout { .. } => Code::DeadlineExceeded,
             AgentError::RetriesExhausted { .. }
             | AgentError::Unavailable { .. }
@@ -225,6 +231,7 @@ impl AgentError {
             | AgentError::Database { .. }
             | AgentError::NotDirty { .. }
             | AgentError::PlanStale { .. }
+            | AgentError::NotAdoptable { .. }
             | AgentError::Config(_)
             | AgentError::Discovery(_)
             | AgentError::Internal(_) => FailureReason::SqlError,

@@ -15,6 +15,9 @@ pub enum RowStatus {
     Stamped,
     /// A dirty step that `Repair` declared not applied; ignored.
     Abandoned,
+    /// Recorded by `Adopt` from another tool's version table, without running SQL; counts
+    /// like `Applied`.
+    Adopted,
 }
 
 impl RowStatus {
@@ -24,6 +27,7 @@ impl RowStatus {
             RowStatus::Dirty => "dirty",
             RowStatus::Stamped => "stamped",
             RowStatus::Abandoned => "abandoned",
+            RowStatus::Adopted => "adopted",
         }
     }
 
@@ -33,13 +37,17 @@ impl RowStatus {
             "dirty" => RowStatus::Dirty,
             "stamped" => RowStatus::Stamped,
             "abandoned" => RowStatus::Abandoned,
+            "adopted" => RowStatus::Adopted,
             _ => return None,
         })
     }
 
     /// Whether the row changes the applied set.
     pub fn counts(self) -> bool {
-        matches!(self, RowStatus::Applied | RowStatus::Stamped)
+        matches!(
+            self,
+            RowStatus::Applied | RowStatus::Stamped | RowStatus::Adopted
+        )
     }
 }
 

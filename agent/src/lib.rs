@@ -7,6 +7,7 @@ pub mod driver;
 pub mod error;
 mod executor;
 mod fence;
+pub mod foreign;
 pub mod history;
 pub mod register;
 pub mod service;

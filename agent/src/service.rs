@@ -122,6 +122,30 @@ impl AgentService for AgentGrpc {
             .await
             .map(Response::new)
     }
+
+    async fn detect_foreign(
+        &self,
+        req: Request<flotilla_proto::DetectForeignRequest>,
+    ) -> Result<Response<flotilla_proto::DetectForeignResponse>, Status> {
+        let span = server_span!(req, "DetectForeign");
+        self.agent
+            .detect_foreign(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn adopt(
+        &self,
+        req: Request<flotilla_proto::AdoptTargetRequest>,
+    ) -> Result<Response<StampResponse>, Status> {
+        let span = server_span!(req, "Adopt", target = %req.get_ref().target_id, tool = %req.get_ref().tool);
+        self.agent
+            .adopt(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
 }
 
 /// Serve the agent on `listener` until `shutdown` resolves. Then: health turns NOT_SERVING,

@@ -486,6 +486,34 @@ impl CoordinatorService for Api {
         Ok(Response::new(resp.target.unwrap_or_default()))
     }
 
+    async fn adopt(
+        &self,
+        req: Request<pb::AdoptRequest>,
+    ) -> Result<Response<pb::AdoptResponse>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.adopt(forwarded(req)).await;
+        }
+        let req = req.into_inner();
+        let from = match req.from.as_str() {
+            "" => None,
+            f if flotilla_agent::foreign::table_of(f).is_some() => Some(f),
+            f => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown tool {f:?}: use alembic, flyway, sqlx or golang-migrate"
+                )));
+            }
+        };
+        let term = self
+            .engine
+            .term()
+            .ok_or_else(|| status_of(EngineError::NotLeader))?;
+        let selector = Selector::from_proto(req.selector.as_ref());
+        let targets = crate::adopt::adopt(&self.engine, term.token, &selector, from, req.dry_run)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::AdoptResponse { targets }))
+    }
+
     async fn register(
         &self,
         req: Request<pb::RegisterRequest>,

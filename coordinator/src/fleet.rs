@@ -33,6 +33,11 @@ pub trait AgentClient: Send + Sync + 'static {
     async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status>;
     async fn stamp(&self, req: pb::StampRequest) -> Result<pb::StampResponse, Status>;
     async fn repair(&self, req: pb::RepairRequest) -> Result<pb::RepairResponse, Status>;
+    async fn detect_foreign(
+        &self,
+        req: pb::DetectForeignRequest,
+    ) -> Result<pb::DetectForeignResponse, Status>;
+    async fn adopt(&self, req: pb::AdoptTargetRequest) -> Result<pb::StampResponse, Status>;
 }
 
 fn request<T>(msg: T, hook: &Option<RequestHook>) -> Request<T> {
@@ -127,6 +132,25 @@ impl AgentClient for RemoteAgent {
             .await?
             .into_inner())
     }
+    async fn detect_foreign(
+        &self,
+        req: pb::DetectForeignRequest,
+    ) -> Result<pb::DetectForeignResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .detect_foreign(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn adopt(&self, req: pb::AdoptTargetRequest) -> Result<pb::StampResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .adopt(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
 }
 
 /// An agent running in this process (the demo, small setups), called through its tonic
@@ -188,6 +212,23 @@ impl<S: AgentService> AgentClient for LocalAgent<S> {
         Ok(self
             .service
             .repair(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn detect_foreign(
+        &self,
+        req: pb::DetectForeignRequest,
+    ) -> Result<pb::DetectForeignResponse, Status> {
+        Ok(self
+            .service
+            .detect_foreign(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn adopt(&self, req: pb::AdoptTargetRequest) -> Result<pb::StampResponse, Status> {
+        Ok(self
+            .service
+            .adopt(request(req, &self.hook))
             .await?
             .into_inner())
     }

@@ -566,11 +566,12 @@ impl Session for MysqlSession {
         finish(tx, result).await
     }
 
-    async fn stamp(
+    async fn stamp_as(
         &mut self,
         revisions: &[(String, String)],
         direction: Direction,
         meta: &StepMeta,
+        status: RowStatus,
     ) -> Result<(), DriverError> {
         let mut tx = self
             .conn
@@ -580,13 +581,17 @@ impl Session for MysqlSession {
         let result = async {
             fence(&mut tx, meta).await?;
             for (revision, checksum) in revisions {
-                let row = new_row(revision, checksum, direction, RowStatus::Stamped, 0, meta);
+                let row = new_row(revision, checksum, direction, status, 0, meta);
                 insert_history(&mut tx, row).await?;
             }
             Ok(())
         }
         .await;
         finish(tx, result).await
+    }
+
+    async fn foreign_tables(&mut self) -> Result<Vec<crate::foreign::ForeignTable>, DriverError> {
+        crate::driver::foreign::read_foreign!(&mut self.conn, D)
     }
 
     async fn catalog(&mut self) -> Result<Catalog, DriverError> {

@@ -173,6 +173,7 @@ fn request() -> impl Strategy<Value = Req> {
                 target_ids,
                 expected,
                 skip_fingerprint: true,
+                include_catalog: false,
             })),
     ]
 }

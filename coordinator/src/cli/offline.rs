@@ -1,5 +1,6 @@
 //! Offline commands: they read (or write) the migration files and never talk to a coordinator,
-//! an agent or a database: `revisions`, `heads`, `graph`, `new`, `merge`, `check`, `render`.
+//! an agent or a database: `revisions`, `heads`, `graph`, `new`, `merge`, `check`, `render`,
+//! `import`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,12 @@ use crate::revision::{
     Goal, Graph, RenderRequest, Severity, lint_sources, load_dir, render, render_plan,
 };
 
+mod history;
+mod import;
 mod tree;
+
+pub(crate) use history::history;
+pub use import::ImportArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum OfflineCommand {
@@ -72,6 +78,8 @@ pub enum OfflineCommand {
         #[arg(long)]
         down: bool,
     },
+    /// Convert Alembic, Flyway, sqlx or golang-migrate migrations into revision files
+    Import(ImportArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,6 +119,7 @@ pub fn run(
             id,
         } => merge(dir, &message, revisions, id, json)?,
         OfflineCommand::Check { strict } => return check(dir, strict, json, out),
+        OfflineCommand::Import(args) => return import::run(args, global, out),
         OfflineCommand::Render {
             to,
             from,

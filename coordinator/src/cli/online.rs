@@ -1,6 +1,6 @@
 //! Online commands: they talk to a coordinator over gRPC (`--coordinator`, env
 //! `FLOTILLA_COORDINATOR`). `plan`, `rollout ...`, `status`, `validate`, `history`, `stamp`,
-//! `repair` and `wait` (the Kubernetes init-container gate).
+//! `repair`, `adopt` and `wait` (the Kubernetes init-container gate).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -18,6 +18,9 @@ use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 use flotilla_agent::tls::error_chain;
 
 use super::{CliError, GlobalArgs, OutputFormat};
+
+mod adopt;
+mod habits;
 use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 
 /// Exit code: the rollout failed, halted or was aborted (`rollout start --wait`, `watch`).
@@ -110,7 +113,12 @@ impl SelectArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SpecArgs {
     /// Goal: head, base, a revision id, -N or +N
-    #[arg(long = "to", default_value = "head", env = "FLOTILLA_GOAL")]
+    #[arg(
+        long = "to",
+        default_value = "head",
+        env = "FLOTILLA_GOAL",
+        allow_hyphen_values = true
+    )]
     pub goal: String,
     #[command(flatten)]
     pub select: SelectArgs,
@@ -187,6 +195,9 @@ pub enum OnlineCommand {
     /// Start, follow and control rollouts
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Record the history another tool's version table shows (alembic_version,
+    /// flyway_schema_history, _sqlx_migrations, schema_migrations) as adopted, running nothing
+    Adopt(adopt::AdoptArgs),
     /// The fleet table: target, agent, dialect, labels, revision, dirty, drift
     Status {
         #[command(flatten)]
@@ -202,13 +213,21 @@ pub enum OnlineCommand {
         #[command(flatten)]
         select: SelectArgs,
     },
-    /// A target's full migration history
+    /// A target's full migration history; without --target, the revision graph newest first
+    /// (offline, like `alembic history`; --verbose adds parents, paths and checksums)
     History {
         #[command(flatten)]
         client: ClientArgs,
-        #[arg(long)]
-        target: String,
+        #[arg(long, env = "FLOTILLA_HISTORY_TARGET")]
+        target: Option<String>,
+        /// Without --target: every revision's details
+        #[arg(long, short = 'v', env = "FLOTILLA_HISTORY_VERBOSE")]
+        verbose: bool,
     },
+    /// Each target's current revision(s), or a fleet summary (like `alembic current`)
+    Current(habits::CurrentArgs),
+    /// Development reset of one target: downgrade it to base, after confirmation
+    Reset(habits::ResetArgs),
     /// Record a target as being at a revision without running SQL
     Stamp {
         #[command(flatten)]
@@ -363,6 +382,7 @@ pub async fn run(
 ) -> Result<u8, CliError> {
     let json = global.output == OutputFormat::Json;
     match cmd {
+        OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
         OnlineCommand::Plan { client, spec } => {
             let mut c = client.connect().await?;
             let resp = c
@@ -494,7 +514,23 @@ pub async fn run(
                 0
             })
         }
-        OnlineCommand::History { client, target } => {
+        OnlineCommand::Current(args) => habits::current(args, global, out).await,
+        OnlineCommand::Reset(args) => habits::reset(args, global, out).await,
+        OnlineCommand::History {
+            target: None,
+            verbose,
+            ..
+        } => {
+            let g = crate::revision::Graph::load_dir(&global.migrations)?;
+            let text = super::offline::history(&g, verbose, json)?;
+            out.write_all(text.as_bytes()).map_err(CliError::Output)?;
+            Ok(0)
+        }
+        OnlineCommand::History {
+            client,
+            target: Some(target),
+            verbose: _,
+        } => {
             let mut c = client.connect().await?;
             let t = c
                 .history(pb::HistoryRequest { target_id: target })

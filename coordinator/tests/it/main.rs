@@ -1,5 +1,6 @@
 //! Coordinator integration tests: one binary, one module per area, real servers via testkit.
 
+mod adopt;
 mod cli_online;
 mod drift;
 mod ha;

@@ -1,0 +1,172 @@
+//! Other migration tools' version tables (`alembic_version`, `flyway_schema_history`,
+//! `_sqlx_migrations`, `schema_migrations` of golang-migrate): the queries that read them, per
+//! dialect, and what their rows mean. Pure: the drivers run the queries
+//! (`driver/foreign.rs`), this module interprets the rows.
+//!
+//! What a table records: Alembic keeps only its heads; golang-migrate one version and a dirty
+//! flag; Flyway and sqlx one row per applied migration (with a success flag). Heads (and a
+//! Flyway baseline) stand for themselves and all their ancestors ([`ForeignTable::up_to`]);
+//! per-migration rows are exact ([`ForeignTable::versions`]).
+
+use crate::types::Dialect;
+
+/// (tool, version table) for every tool whose history can be adopted.
+pub const TOOLS: [(&str, &str); 4] = [
+    ("alembic", "alembic_version"),
+    ("flyway", "flyway_schema_history"),
+    ("sqlx", "_sqlx_migrations"),
+    ("golang-migrate", "schema_migrations"),
+];
+
+/// The version table of `tool`, if it is one we know.
+pub fn table_of(tool: &str) -> Option<&'static str> {
+    TOOLS
+        .iter()
+        .find(|(t, _)| *t == tool)
+        .map(|(_, table)| *table)
+}
+
+/// Whether `table` is another tool's version table (kept out of the schema fingerprint).
+pub fn is_version_table(table: &str) -> bool {
+    TOOLS.iter().any(|(_, t)| *t == table)
+}
+
+/// What one tool's version table records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForeignTable {
+    pub tool: String,
+    pub table: String,
+    pub versions: Vec<String>,
+    pub up_to: Vec<String>,
+    pub dirty: bool,
+    /// The table exists but could not be read (unexpected columns, ...).
+    pub error: String,
+}
+
+/// One row as the query returns it: (version, "1" ok / "0" failed or dirty, kind).
+pub type RawRow = (Option<String>, String, String);
+
+/// `SELECT COUNT(*)`: 1 when `table` exists in the target's database or schema.
+pub fn exists_sql(dialect: Dialect, table: &str) -> String {
+    match dialect {
+        Dialect::Postgres => format!(
+            "SELECT COUNT(*) FROM (SELECT to_regclass('{table}') AS r) AS t WHERE r IS NOT NULL"
+        ),
+        Dialect::Mysql => format!(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = '{table}'"
+        ),
+        Dialect::Sqlite => {
+            format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+        }
+    }
+}
+
+/// The query returning [`RawRow`]s of `tool`'s table, in the order the tool applied them.
+pub fn rows_sql(dialect: Dialect, tool: &str) -> Option<String> {
+    let text = match dialect {
+        Dialect::Mysql => "CHAR",
+        Dialect::Postgres | Dialect::Sqlite => "TEXT",
+    };
+    Some(match tool {
+        "alembic" => {
+            format!(
+                "SELECT CAST(version_num AS {text}), '1', 'head' FROM alembic_version ORDER BY 1"
+            )
+        }
+        "flyway" => format!(
+            "SELECT CAST(version AS {text}), CASE WHEN success THEN '1' ELSE '0' END, \
+             CAST(type AS {text}) FROM flyway_schema_history ORDER BY installed_rank"
+        ),
+        "sqlx" => format!(
+            "SELECT CAST(version AS {text}), CASE WHEN success THEN '1' ELSE '0' END, 'SQL' \
+             FROM _sqlx_migrations ORDER BY version"
+        ),
+        "golang-migrate" => format!(
+            "SELECT CAST(version AS {text}), CASE WHEN dirty THEN '0' ELSE '1' END, 'head' \
+             FROM schema_migrations"
+        ),
+        _ => return None,
+    })
+}
+
+/// Interpret the rows of `tool`'s table (or the error reading them).
+pub fn interpret(tool: &str, table: &str, rows: Result<Vec<RawRow>, String>) -> ForeignTable {
+    let mut t = ForeignTable {
+        tool: tool.to_owned(),
+        table: table.to_owned(),
+        ..ForeignTable::default()
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => {
+            t.error = e;
+            return t;
+        }
+    };
+    for (version, ok, kind) in rows {
+        let ok = ok.trim() == "1";
+        let Some(version) = version
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+        else {
+            continue; // flyway repeatable migrations and schema markers have no version
+        };
+        if !ok {
+            t.dirty = true;
+            continue;
+        }
+        match kind.trim().to_ascii_uppercase().as_str() {
+            "HEAD" | "BASELINE" => t.up_to.push(version),
+            "UNDO_SQL" | "UNDO_JDBC" | "UNDO_SCRIPT" | "DELETE" => {
+                t.versions.retain(|v| *v != version);
+            }
+            "SCHEMA" => {}
+            _ => {
+                t.versions.retain(|v| *v != version);
+                t.versions.push(version);
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(v: &str, ok: &str, kind: &str) -> RawRow {
+        (Some(v.into()), ok.into(), kind.into())
+    }
+
+    #[test]
+    fn flyway_rows_replay_undo_and_baseline() {
+        let t = interpret(
+            "flyway",
+            "flyway_schema_history",
+            Ok(vec![
+                row("1", "1", "BASELINE"),
+                row("2", "1", "SQL"),
+                row("3", "1", "SQL"),
+                row("3", "1", "UNDO_SQL"),
+                (None, "1".into(), "SQL".into()),
+            ]),
+        );
+        assert_eq!(t.up_to, ["1"]);
+        assert_eq!(t.versions, ["2"]);
+        assert!(!t.dirty);
+        let t = interpret(
+            "sqlx",
+            "_sqlx_migrations",
+            Ok(vec![row("1", "1", "SQL"), row("2", "0", "SQL")]),
+        );
+        assert_eq!(t.versions, ["1"]);
+        assert!(t.dirty);
+        let t = interpret(
+            "golang-migrate",
+            "schema_migrations",
+            Err("no column dirty".into()),
+        );
+        assert_eq!(t.error, "no column dirty");
+    }
+}
