@@ -87,6 +87,18 @@ pub fn describe() {
         "Targets whose history has revisions the graph lacks or whose checksums differ"
     );
     flotilla_agent::telemetry::describe_agent_metrics();
+    // Counters exist from the start at 0, so `increase()` (and the alert rules in
+    // deploy/prometheus/) see their first increment; a series born at 1 would hide it.
+    for state in ROLLOUT_STATES.into_iter().filter(|s| s.is_terminal()) {
+        metrics::counter!("flotilla_coordinator_rollouts_finished_total", "state" => state.as_str())
+            .increment(0);
+    }
+    for state in TARGET_STATES.into_iter().filter(|s| s.is_terminal()) {
+        metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => state.as_str())
+            .increment(0);
+    }
+    metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(0);
+    metrics::counter!("flotilla_coordinator_lease_losses_total").increment(0);
 }
 
 /// Record the fleet gauges from one fleet status.
