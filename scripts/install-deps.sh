@@ -5,7 +5,8 @@
 #                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
 #                                     strace (observability test: no connections without
 #                                     OTEL_*), npm and pip (the Helm chart check),
-#                                     alembic + sqlalchemy + drivers (import/adopt tests)
+#                                     alembic + sqlalchemy + drivers (import/adopt tests),
+#                                     podman and runc (the container image, build-image.sh)
 set -euo pipefail
 
 want_test=0
@@ -26,6 +27,10 @@ if [ "$want_test" = 1 ]; then
   have sqlite3 || apt_pkgs+=(sqlite3)
   have promtool || apt_pkgs+=(prometheus)
   have strace || apt_pkgs+=(strace)
+  # the image build and run (scripts/build-image.sh); runc: crun refuses hybrid cgroups
+  have podman || apt_pkgs+=(podman)
+  have runc || apt_pkgs+=(runc)
+  [ -s /etc/ssl/certs/ca-certificates.crt ] || apt_pkgs+=(ca-certificates)
   have setpriv || apt_pkgs+=(util-linux)
   # grpcurl and kubernetes-validate come from PyPI, helm from the npm registry
   have python3 || apt_pkgs+=(python3)

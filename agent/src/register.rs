@@ -3,7 +3,8 @@
 //! asks for; register again when the coordinator has forgotten the agent (its registration
 //! lease lapsed). Unreachable coordinators are retried with backoff; the agent keeps serving.
 //! An `https://` coordinator is reached over TLS (`RegisterConfig::tls`: CA, client
-//! certificate for mTLS, verification name).
+//! certificate for mTLS, verification name). `flotilla_agent_registered` says whether the
+//! coordinator currently knows the agent.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,7 @@ pub async fn run(
         "plaintext".to_owned()
     };
     tracing::info!(coordinator = %config.coordinator, %transport, "registering with the coordinator");
+    registered(false);
     let mut client = CoordinatorServiceClient::new(endpoint.connect_lazy());
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -100,12 +102,14 @@ pub async fn run(
         let targets = req.targets.len();
         let interval = match client.register(req).await {
             Ok(resp) => {
+                registered(true);
                 delays = backoff.build();
                 let resp = resp.into_inner();
                 tracing::info!(coordinator = %config.coordinator, targets, "registered with the coordinator");
                 Duration::from_millis(u64::from(resp.heartbeat_interval_ms.max(100)))
             }
             Err(e) => {
+                registered(false);
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tracing::warn!(coordinator = %config.coordinator, "cannot register, retrying in {delay:?}: {}", e.message());
                 tokio::select! {
@@ -128,14 +132,22 @@ pub async fn run(
             match hb {
                 Ok(r) if r.get_ref().known => {}
                 Ok(_) => {
+                    registered(false);
                     tracing::info!("the coordinator forgot this agent: registering again");
                     break;
                 }
                 Err(e) => {
+                    registered(false);
                     tracing::warn!("heartbeat failed: {}; registering again", e.message());
                     break;
                 }
             }
         }
     }
+}
+
+/// `flotilla_agent_registered`: 1 while the coordinator knows this agent (registered, last
+/// heartbeat answered), 0 while registering fails or must be redone.
+fn registered(yes: bool) {
+    metrics::gauge!("flotilla_agent_registered").set(if yes { 1.0 } else { 0.0 });
 }

@@ -481,6 +481,11 @@ pub fn describe_agent_metrics() {
         Unit::Seconds,
         "Time a target's migration lock was held by one Migrate request, by dialect"
     );
+    metrics::describe_gauge!(
+        "flotilla_agent_registered",
+        Unit::Count,
+        "1 while the coordinator knows this agent (registered, heartbeats answered), 0 while registering fails; absent without --coordinator"
+    );
 }
 
 #[cfg(test)]

@@ -88,6 +88,18 @@ pub fn describe() {
         "Targets that drift: history with revisions the graph lacks or checksums that differ, or a schema fingerprint that differs from the reference of its dialect and applied set"
     );
     flotilla_agent::telemetry::describe_agent_metrics();
+    // Counters exist from the start at 0, so `increase()` (and the alert rules in
+    // deploy/prometheus/) see their first increment; a series born at 1 would hide it.
+    for state in ROLLOUT_STATES.into_iter().filter(|s| s.is_terminal()) {
+        metrics::counter!("flotilla_coordinator_rollouts_finished_total", "state" => state.as_str())
+            .increment(0);
+    }
+    for state in TARGET_STATES.into_iter().filter(|s| s.is_terminal()) {
+        metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => state.as_str())
+            .increment(0);
+    }
+    metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(0);
+    metrics::counter!("flotilla_coordinator_lease_losses_total").increment(0);
 }
 
 /// Record the fleet gauges from one fleet status. The drift gauge only when `schema_known`:

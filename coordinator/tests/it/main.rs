@@ -2,6 +2,7 @@
 
 mod adopt;
 mod cli_online;
+mod dashboards;
 mod drift;
 mod ha;
 mod harness;

@@ -31,7 +31,7 @@ use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 use flotilla_testkit::{FaultProxy, Postgres, eventually, eventually_true, free_port};
 
-const DEADLINE: Duration = Duration::from_secs(90);
+pub(super) const DEADLINE: Duration = Duration::from_secs(90);
 
 // ---- an OTLP/gRPC trace receiver ----
 
@@ -119,12 +119,12 @@ async fn start_receiver() -> Result<(SocketAddr, Receiver)> {
 
 // ---- subprocesses ----
 
-fn flotilla_bin() -> PathBuf {
+pub(super) fn flotilla_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flotilla"))
 }
 
 /// `flotilla-agent`, built beside `flotilla` by `cargo test --workspace` (scripts/test.sh).
-fn agent_bin() -> Result<PathBuf> {
+pub(super) fn agent_bin() -> Result<PathBuf> {
     let path = flotilla_bin().with_file_name("flotilla-agent");
     ensure!(
         path.exists(),
@@ -160,7 +160,7 @@ fn clean_command(program: &Path) -> tokio::process::Command {
 }
 
 /// A long-running subprocess (agent, coordinator), its output in a log file.
-struct Proc {
+pub(super) struct Proc {
     name: String,
     child: tokio::process::Child,
     log: PathBuf,
@@ -169,7 +169,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(
+    pub(super) fn spawn(
         program: &Path,
         args: &[String],
         env: &[(&str, String)],
@@ -207,7 +207,7 @@ impl Proc {
         })
     }
 
-    fn log_text(&self) -> String {
+    pub(super) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -228,7 +228,7 @@ impl Proc {
     }
 
     /// SIGTERM, then wait for a clean exit (spans and metrics flushed); returns the log.
-    async fn stop(mut self) -> Result<String> {
+    pub(super) async fn stop(mut self) -> Result<String> {
         let pid = self.target_pid().await?;
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -285,7 +285,7 @@ async fn cli(
     Ok((stdout, stderr))
 }
 
-fn s(v: impl ToString) -> String {
+pub(super) fn s(v: impl ToString) -> String {
     v.to_string()
 }
 
@@ -401,7 +401,7 @@ impl Fleet {
 }
 
 /// `flotilla rollout start` (no wait); the rollout id.
-async fn start_rollout(
+pub(super) async fn start_rollout(
     migrations: &Path,
     coordinator: &str,
     env: &[(&str, String)],
@@ -426,7 +426,7 @@ async fn start_rollout(
 }
 
 /// Wait for the rollout to end; it must have succeeded.
-async fn wait_succeeded(coordinator: &str, id: &str) -> Result<pb::Rollout> {
+pub(super) async fn wait_succeeded(coordinator: &str, id: &str) -> Result<pb::Rollout> {
     let mut c = CoordinatorServiceClient::connect(coordinator.to_owned()).await?;
     let r = eventually("the rollout to end", DEADLINE, || {
         let mut c = c.clone();
@@ -455,7 +455,7 @@ async fn wait_succeeded(coordinator: &str, id: &str) -> Result<pb::Rollout> {
     Ok(r)
 }
 
-fn migrations_dir(dir: &Path) -> Result<PathBuf> {
+pub(super) fn migrations_dir(dir: &Path) -> Result<PathBuf> {
     let m = dir.join("migrations");
     std::fs::create_dir_all(&m)?;
     // Slow on PostgreSQL, so the test can cut its connection while the step runs.
@@ -473,7 +473,7 @@ fn migrations_dir(dir: &Path) -> Result<PathBuf> {
     Ok(m)
 }
 
-fn sqlite_url(dir: &Path, name: &str) -> String {
+pub(super) fn sqlite_url(dir: &Path, name: &str) -> String {
     format!(
         "sqlite://{}?mode=rwc",
         dir.join(format!("{name}.db")).display()
