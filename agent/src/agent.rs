@@ -122,10 +122,11 @@ async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
 
 /// The target's history and fence token, read without writing anything.
 async fn read_target(target: &Target) -> Result<TargetState, AgentError> {
-    let mut session = open_session(target).await?;
-    let res = session.read_state().await;
-    session.close().await;
-    res.map_err(|e| driver_error(&target.id, e))
+    target
+        .driver
+        .read_state()
+        .await
+        .map_err(|e| driver_error(&target.id, e))
 }
 
 /// The target's history and, unless skipped, its schema fingerprint (and, when asked for,

@@ -151,6 +151,15 @@ pub trait Driver: Send + Sync + 'static {
     async fn connect_read(&self) -> Result<Box<dyn Session>, DriverError> {
         self.connect().await
     }
+
+    /// The target's state, read without writing anything (Status): a read-only session's
+    /// `read_state`. SQLite answers from a cache while the database files are unchanged.
+    async fn read_state(&self) -> Result<TargetState, DriverError> {
+        let mut session = self.connect_read().await?;
+        let res = session.read_state().await;
+        session.close().await;
+        res
+    }
 }
 
 /// One connection to a target. Every method is a complete unit: on error nothing it started

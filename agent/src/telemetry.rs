@@ -467,6 +467,11 @@ pub fn describe_agent_metrics() {
         "Time to apply one migration step, by dialect and direction"
     );
     describe_counter!(
+        "flotilla_agent_status_cache_hits_total",
+        Unit::Count,
+        "Status reads of SQLite targets answered from the cache (database files unchanged)"
+    );
+    describe_counter!(
         "flotilla_agent_retries_total",
         Unit::Count,
         "Step attempts retried after a transient database error, by dialect and error class"

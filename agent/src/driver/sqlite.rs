@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -58,6 +59,89 @@ pub struct SqliteDriver {
     options: SqliteConnectOptions,
     /// The database file; None for an in-memory database.
     path: Option<PathBuf>,
+    /// The last state read by `Driver::read_state`, with the files' stamp it was read at.
+    cache: Arc<Mutex<Option<(FileStamp, TargetState)>>>,
+    /// How many `read_state` calls the cache answered.
+    hits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A file's identity and metadata: any committed write changes it (size, mtime or ctime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileMeta {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileMeta {
+    fn of(m: &std::fs::Metadata) -> FileMeta {
+        use std::os::unix::fs::MetadataExt;
+        FileMeta {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
+
+    fn newest_ns(&self) -> i128 {
+        self.mtime_ns.max(self.ctime_ns)
+    }
+}
+
+/// The database file with its WAL and rollback journal: what a cached state depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    db: FileMeta,
+    wal: Option<FileMeta>,
+    journal: Option<FileMeta>,
+}
+
+/// How long the files must have been unchanged before a state read from them is cached: a
+/// write within the file system's timestamp granularity of the read could otherwise leave
+/// every stamp as it was (git's "racy clean" problem, handled the same way).
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl FileStamp {
+    /// Stat the three files; None when the database file does not exist.
+    async fn read(path: &Path) -> Option<FileStamp> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let db = std::fs::metadata(&path).ok()?;
+            let sibling = |suffix: &str| {
+                let mut s = path.clone().into_os_string();
+                s.push(suffix);
+                std::fs::metadata(PathBuf::from(s))
+                    .ok()
+                    .map(|m| FileMeta::of(&m))
+            };
+            Some(FileStamp {
+                db: FileMeta::of(&db),
+                wal: sibling("-wal"),
+                journal: sibling("-journal"),
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Whether every file was last changed at least [`SETTLED`] before `now`.
+    fn settled(&self, now: std::time::SystemTime) -> bool {
+        let Ok(now) = now.duration_since(std::time::UNIX_EPOCH) else {
+            return false;
+        };
+        let newest = [Some(self.db), self.wal, self.journal]
+            .into_iter()
+            .flatten()
+            .map(|m| m.newest_ns())
+            .max()
+            .unwrap_or(0);
+        i128::try_from(now.saturating_sub(SETTLED).as_nanos()).is_ok_and(|t| newest < t)
+    }
 }
 
 impl SqliteDriver {
@@ -78,7 +162,12 @@ impl SqliteDriver {
         } else {
             Some(file.to_path_buf())
         };
-        Ok(SqliteDriver { options, path })
+        Ok(SqliteDriver {
+            options,
+            path,
+            cache: Arc::default(),
+            hits: Arc::default(),
+        })
     }
 
     /// A driver for a database file path.
@@ -87,7 +176,14 @@ impl SqliteDriver {
         SqliteDriver {
             options: SqliteConnectOptions::new().filename(&path),
             path: Some(path),
+            cache: Arc::default(),
+            hits: Arc::default(),
         }
+    }
+
+    /// How many status reads (`Driver::read_state`) were answered from the cache.
+    pub fn cached_reads(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The database file (None for an in-memory database).
@@ -162,6 +258,47 @@ impl Driver for SqliteDriver {
         };
         Ok(Box::new(self.open_with(options).await?))
     }
+
+    /// A status read costs a connection (a worker thread, the file opened, statements
+    /// prepared); the database's state only changes when its files do. So the state is kept
+    /// with the files' stamp (identity, size, mtime, ctime of the database, its WAL and its
+    /// journal) and served again while the stamp is unchanged, and only once the files have
+    /// been unchanged for [`SETTLED`] when they were read. Any committed write, by this agent
+    /// or anyone else, changes the stamp. Migrations never use this: the executor reads the
+    /// state on its locked session.
+    async fn read_state(&self) -> Result<TargetState, DriverError> {
+        let Some(path) = self.path.as_deref() else {
+            return read_once(self).await;
+        };
+        let before = FileStamp::read(path).await;
+        if let Some(stamp) = before {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((cached, state)) = cache.as_ref()
+                && *cached == stamp
+            {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("flotilla_agent_status_cache_hits_total").increment(1);
+                return Ok(state.clone());
+            }
+        }
+        let started = std::time::SystemTime::now();
+        let state = read_once(self).await?;
+        let after = FileStamp::read(path).await;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = match (before, after) {
+            (Some(b), Some(a)) if a == b && a.settled(started) => Some((a, state.clone())),
+            _ => None,
+        };
+        Ok(state)
+    }
+}
+
+/// One uncached read on a read-only session.
+async fn read_once(driver: &SqliteDriver) -> Result<TargetState, DriverError> {
+    let mut session = driver.connect_read().await?;
+    let res = session.read_state().await;
+    session.close().await;
+    res
 }
 
 /// One connection to a SQLite database, plus the migration lock file while it is held.

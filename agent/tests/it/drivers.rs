@@ -620,6 +620,55 @@ async fn sqlite_driver() -> Result<()> {
     all_scenarios(&mut SqliteTargets::new()?).await
 }
 
+/// Status reads of a SQLite target are cached while its files are unchanged, and a write
+/// by anyone else is seen by the very next read.
+#[tokio::test]
+async fn sqlite_status_cache_sees_every_write() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("t.db");
+    let driver = SqliteDriver::from_path(&path);
+    let mut s = session(&driver).await?;
+    s.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
+        .await?;
+    s.close().await;
+    // The cache serves a read only once the files have been unchanged for a while (a write
+    // in the same timestamp tick could leave the stamp as it was): wait for the first hit.
+    flotilla_testkit::eventually_true(
+        "a status read answered from the cache",
+        std::time::Duration::from_secs(10),
+        || async {
+            let st = driver.read_state().await?;
+            ensure!(st.history.len() == 1, "{st:?}");
+            Ok(driver.cached_reads() > 0)
+        },
+    )
+    .await?;
+    // Another process-like writer: a separate driver on the same file, then plain SQL.
+    let other = SqliteDriver::from_path(&path);
+    let mut w = session(&other).await?;
+    w.apply_transactional(&step("0002", "CREATE TABLE b (id INT);"), &meta(1))
+        .await?;
+    w.close().await;
+    let st = driver.read_state().await?;
+    let revs: Vec<&str> = st.history.iter().map(|r| r.revision.as_str()).collect();
+    ensure!(
+        revs == ["0001", "0002"],
+        "stale status after a write: {revs:?}"
+    );
+    let hits = driver.cached_reads();
+    let mut raw = other.open().await?;
+    raw.execute_non_transactional("UPDATE flotilla_fence SET token = 7 WHERE id = 1")
+        .await?;
+    Box::new(raw).close().await;
+    let st = driver.read_state().await?;
+    ensure!(st.fence_token == 7, "stale fence after a write: {st:?}");
+    ensure!(
+        driver.cached_reads() == hits,
+        "a changed file was served from the cache"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn postgres_driver() -> Result<()> {
     let server = flotilla_testkit::Postgres::start().await?;
