@@ -73,7 +73,11 @@ fn applied_revision(row: &HistoryRow) -> AppliedRevision {
     }
 }
 
-fn target_status(target: &Target, state: &TargetState, include_history: bool) -> TargetStatus {
+pub(crate) fn target_status(
+    target: &Target,
+    state: &TargetState,
+    include_history: bool,
+) -> TargetStatus {
     let mut ts = empty_status(target);
     let applied = state.applied();
     ts.applied = applied.iter().map(|r| applied_revision(r)).collect();
@@ -311,6 +315,7 @@ impl Agent {
             cancel: self.shutdown.child_token(),
             expected_state: req.expected_state.clone(),
             group_transactions: !req.transaction_per_step,
+            report_fingerprint: req.report_fingerprint,
         };
         self.tasks.spawn(
             async move {
@@ -353,6 +358,13 @@ impl Agent {
         // A leader announces its token: lower tokens are refused while it is fresh.
         self.fence.announce(req.fencing_token);
         let targets = self.select(&req.target_ids).await?;
+        if req.identities_only {
+            return Ok(StatusResponse {
+                agent_id: self.config.agent_id.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+                targets: targets.iter().map(|t| empty_status(t)).collect(),
+            });
+        }
         let timeout = self.config.status.timeout;
         let include_history = req.include_history;
         let targets = futures::stream::iter(targets)

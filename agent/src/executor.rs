@@ -179,6 +179,8 @@ pub(crate) struct Executor {
     pub(crate) expected_state: String,
     /// Consecutive transactional steps share one transaction (the default).
     pub(crate) group_transactions: bool,
+    /// `MigrateRequest.report_fingerprint`: fingerprint the catalog for `MigrateFinished`.
+    pub(crate) report_fingerprint: bool,
 }
 
 /// The request's session (with its locks) and the target's state as last read on it. The
@@ -267,6 +269,11 @@ impl Executor {
                 break;
             }
         }
+        if result.is_ok()
+            && let Some(last) = steps.last()
+        {
+            self.finished(&mut link, last).await;
+        }
         if let Some(mut session) = link.session.take() {
             if let Err(e) = session.unlock().await {
                 tracing::debug!(error = %e, "unlock failed; closing the connection releases it");
@@ -277,6 +284,47 @@ impl Executor {
         metrics::histogram!("flotilla_agent_lock_held_seconds", "dialect" => self.target.dialect.as_str())
             .record(held.elapsed().as_secs_f64());
         result
+    }
+
+    /// The last event of a run whose steps all succeeded: the target's state as this
+    /// request's session knows it (still under the lock) and, when asked, its catalog
+    /// fingerprint, so the coordinator needs neither a Status nor a Validate call. A failure
+    /// to read either only leaves the event out (or the fingerprint empty): the steps stand.
+    async fn finished(&self, link: &mut Link, last: &PlannedStep) {
+        let Some(session) = link.session.as_mut() else {
+            return;
+        };
+        if link.state.is_none() {
+            match session.read_state().await {
+                Ok(state) => link.state = Some(state),
+                Err(e) => {
+                    tracing::warn!(target_id = %self.target.id, error = %e, "cannot read the state after the run");
+                    return;
+                }
+            }
+        }
+        let fingerprint = if self.report_fingerprint {
+            match session.catalog().await {
+                Ok(catalog) => catalog.fingerprint(),
+                Err(e) => {
+                    tracing::warn!(target_id = %self.target.id, error = %e, "cannot fingerprint the catalog after the run");
+                    String::new()
+                }
+            }
+        } else {
+            String::new()
+        };
+        let Some(state) = link.state.as_ref() else {
+            return;
+        };
+        let status = crate::agent::target_status(&self.target, state, false);
+        self.sink
+            .for_step(&last.spec.revision, last.spec.direction)
+            .emit(Event::Finished(flotilla_proto::MigrateFinished {
+                status: Some(status),
+                fingerprint,
+            }))
+            .await;
     }
 
     /// The target's state on the request's session (connecting and locking first if needed),

@@ -44,6 +44,7 @@ async fn request(agent: &Agent, advertise: &str) -> pb::RegisterRequest {
             target_ids: vec![],
             include_history: false,
             fencing_token: 0,
+            ..Default::default()
         })
         .await
     {

@@ -31,6 +31,7 @@ mod run;
 pub mod snapshot;
 mod target;
 pub mod validate;
+mod view;
 
 pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
 
@@ -120,6 +121,8 @@ pub struct Engine {
     updates: broadcast::Sender<String>,
     controls: Mutex<HashMap<String, watch::Sender<Control>>>,
     tasks: TaskTracker,
+    /// The last state seen of each target (see `view.rs`).
+    pub(crate) view: view::FleetView,
 }
 
 impl Engine {
@@ -138,6 +141,7 @@ impl Engine {
             updates: broadcast::channel(1024).0,
             controls: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            view: view::FleetView::default(),
         })
     }
 

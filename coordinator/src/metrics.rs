@@ -147,32 +147,20 @@ pub async fn refresh_rollouts(engine: &Engine) {
     }
 }
 
-/// The fleet gauges from a fresh fleet snapshot (after a rollout ended).
-pub async fn refresh_fleet(engine: &Engine) {
-    refresh_fleet_with(engine, true).await
-}
-
-/// [`refresh_fleet`]; with `compare_schemas` false only the agents' reports are read (no
-/// catalog fingerprint) and the drift gauge keeps its last value.
-pub async fn refresh_fleet_with(engine: &Engine, compare_schemas: bool) {
-    let Ok(snap) = engine.snapshot(false).await else {
-        return;
+/// The fleet gauges from the coordinator's last view of every target (after a rollout
+/// ended: the planning snapshot updated by each Migrate's closing report). Only when nothing
+/// is known yet are the agents asked (one Status each). No catalog is read: the drift gauge
+/// keeps its last value (`validate` and `status --schema` set it).
+pub async fn record_fleet_view(engine: &Engine) {
+    let entries = if engine.view.is_empty() {
+        match engine.snapshot(false).await {
+            Ok(snap) => snap.targets,
+            Err(_) => return,
+        }
+    } else {
+        engine.view.targets()
     };
-    if !compare_schemas {
-        let targets: Vec<pb::FleetTarget> = snap
-            .targets
-            .iter()
-            .map(|e| pb::FleetTarget {
-                agent_id: e.agent.id().to_owned(),
-                drift: crate::api::drift_of(engine, e),
-                status: Some(e.status.clone()),
-            })
-            .collect();
-        record_fleet(&targets, false);
-        return;
-    }
-    let mut targets: Vec<pb::FleetTarget> = snap
-        .targets
+    let targets: Vec<pb::FleetTarget> = entries
         .iter()
         .map(|e| pb::FleetTarget {
             agent_id: e.agent.id().to_owned(),
@@ -180,8 +168,7 @@ pub async fn refresh_fleet_with(engine: &Engine, compare_schemas: bool) {
             status: Some(e.status.clone()),
         })
         .collect();
-    crate::api::add_schema_drift(&mut targets, &engine.validate_fleet(&snap.targets).await);
-    record_fleet(&targets, true);
+    record_fleet(&targets, false);
 }
 
 /// Set the rollout-targets gauge from a rollout's target records.

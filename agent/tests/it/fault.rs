@@ -118,6 +118,7 @@ async fn postgres_connection_cut_mid_step_is_retried() -> Result<()> {
     let out = Outcome {
         events,
         error: rest.error,
+        finished: rest.finished,
     };
     check_retried_once(&agent, &out, &direct).await?;
     assert!(
@@ -144,6 +145,7 @@ async fn postgres_restart_mid_step_is_retried() -> Result<()> {
     let out = Outcome {
         events,
         error: rest.error,
+        finished: rest.finished,
     };
     check_retried_once(&agent, &out, &direct).await
 }

@@ -249,6 +249,7 @@ async fn malformed_requests_are_invalid_argument() -> Result<()> {
             target_ids: vec!["".into()],
             include_history: false,
             fencing_token: 0,
+            ..Default::default()
         })
         .await
         .err()

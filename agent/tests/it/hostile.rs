@@ -27,6 +27,7 @@ async fn snapshot(client: &mut Client) -> Result<StatusResponse> {
             target_ids: vec![],
             include_history: true,
             fencing_token: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -93,6 +94,7 @@ async fn storage_limits(dialect: Dialect) -> Result<()> {
                 target_ids: vec![],
                 include_history: false,
                 fencing_token: token,
+                ..Default::default()
             })
             .await
             .err()
@@ -360,6 +362,7 @@ async fn announce(c: &mut Client, token: u64) -> Result<()> {
         target_ids: vec![],
         include_history: false,
         fencing_token: token,
+        ..Default::default()
     })
     .await?;
     Ok(())

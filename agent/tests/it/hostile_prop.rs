@@ -135,8 +135,9 @@ fn request() -> impl Strategy<Value = Req> {
             proptest::collection::vec(step(), 0..3),
             prop_oneof![2 => Just(String::new()), 1 => hex64(), 1 => "[a-z]{0,5}"],
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step)| {
+            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step, report_fingerprint)| {
                 Req::Migrate(MigrateRequest {
                     target_id,
                     rollout_id,
@@ -145,6 +146,7 @@ fn request() -> impl Strategy<Value = Req> {
                     lock_wait_ms: 0,
                     expected_state,
                     transaction_per_step,
+                    report_fingerprint,
                 })
             }),
         2 => (target_id(), token(), proptest::collection::vec(expected(), 0..3), direction(), rollout_id())
@@ -162,11 +164,12 @@ fn request() -> impl Strategy<Value = Req> {
                 revision,
                 applied,
             })),
-        2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token())
-            .prop_map(|(target_ids, include_history, fencing_token)| Req::Status(StatusRequest {
+        2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token(), any::<bool>())
+            .prop_map(|(target_ids, include_history, fencing_token, identities_only)| Req::Status(StatusRequest {
                 target_ids,
                 include_history,
                 fencing_token,
+                identities_only,
             })),
         1 => (proptest::collection::vec(target_id(), 0..2), proptest::collection::vec(expected(), 0..3))
             .prop_map(|(target_ids, expected)| Req::Validate(ValidateRequest {
@@ -311,6 +314,7 @@ async fn state(agent: &Agent) -> Result<Vec<TargetStatus>> {
             target_ids: vec![],
             include_history: true,
             fencing_token: 0,
+            ..Default::default()
         })
         .await?;
     for t in &resp.targets {

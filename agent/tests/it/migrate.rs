@@ -100,6 +100,95 @@ async fn plan_applied_once(dialect: Dialect) -> Result<()> {
     server.stop().await
 }
 
+/// The closing `MigrateFinished` event reports what a Status (and, when asked, a Validate)
+/// would say right after the run, so a coordinator needs neither call.
+async fn finished_event_reports_the_state_left(dialect: Dialect) -> Result<()> {
+    let backend = Backend::start(dialect).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let steps = plan();
+    let first = run(&agent, migrate("t1", "rollout-1", 3, steps[..2].to_vec())).await?;
+    ensure!(first.error.is_none(), "first run failed: {:?}", first.error);
+    let finished = first.finished.context("no MigrateFinished event")?;
+    let reported = finished
+        .status
+        .context("MigrateFinished without a status")?;
+    assert_eq!(
+        reported,
+        status(&agent, "t1", false).await?,
+        "the reported state is what Status reads"
+    );
+    let applied: Vec<&str> = reported
+        .applied
+        .iter()
+        .map(|a| a.revision.as_str())
+        .collect();
+    assert_eq!(applied, ["0001_users", "0002_orders"]);
+    assert_eq!(reported.fence_token, 3);
+    assert!(
+        finished.fingerprint.is_empty(),
+        "no fingerprint unless asked: {}",
+        finished.fingerprint
+    );
+
+    // Asked for the fingerprint: the one Validate computes for the schema the run left.
+    let req = flotilla_proto::MigrateRequest {
+        report_fingerprint: true,
+        ..migrate("t1", "rollout-2", 4, steps)
+    };
+    let second = run(&agent, req).await?;
+    ensure!(
+        second.error.is_none(),
+        "second run failed: {:?}",
+        second.error
+    );
+    let finished = second.finished.context("no MigrateFinished event")?;
+    let reported = finished
+        .status
+        .context("MigrateFinished without a status")?;
+    assert_eq!(reported.heads, ["0003_email"]);
+    assert_eq!(reported, status(&agent, "t1", false).await?);
+    assert_eq!(finished.fingerprint, fingerprint(&agent, "t1").await?);
+    assert_ne!(
+        finished.fingerprint,
+        fingerprint_of_first_two(dialect).await?,
+        "the fingerprint is of the schema after the last step"
+    );
+
+    // A run whose step fails ends with the error, not with a MigrateFinished report.
+    let failing = run(
+        &agent,
+        migrate(
+            "t1",
+            "rollout-3",
+            5,
+            vec![up("0004_bad", "CREATE TABLE users (id INTEGER);")],
+        ),
+    )
+    .await?;
+    assert!(failing.error.is_some(), "{:?}", failing.kinds());
+    assert!(failing.finished.is_none(), "{:?}", failing.finished);
+    Ok(())
+}
+
+/// The fingerprint of a fresh target with only the plan's first two steps.
+async fn fingerprint_of_first_two(dialect: Dialect) -> Result<String> {
+    let backend = Backend::start(dialect).await?;
+    let agent = agent(vec![backend.fresh_target("t2").await?]).await?;
+    let out = run(&agent, migrate("t2", "rollout-1", 1, plan()[..2].to_vec())).await?;
+    ensure!(out.error.is_none(), "{:?}", out.error);
+    fingerprint(&agent, "t2").await
+}
+
+#[tokio::test]
+async fn sqlite_finished_event_reports_the_state_left() -> Result<()> {
+    finished_event_reports_the_state_left(Dialect::Sqlite).await
+}
+
+#[tokio::test]
+async fn postgres_finished_event_reports_the_state_left() -> Result<()> {
+    finished_event_reports_the_state_left(Dialect::Postgres).await
+}
+
 #[tokio::test]
 async fn sqlite_plan_is_applied_once() -> Result<()> {
     plan_applied_once(Dialect::Sqlite).await
@@ -357,4 +446,52 @@ async fn down_steps_remove_and_skip() -> Result<()> {
 #[tokio::test]
 async fn mariadb_plan_is_applied_once() -> Result<()> {
     plan_applied_once(Dialect::Mysql).await
+}
+
+/// `StatusRequest.identities_only` lists the targets without touching their databases: an
+/// unreachable target lists without an error, a migrated one without its state.
+#[tokio::test]
+async fn status_identities_only_reads_no_database() -> Result<()> {
+    let backend = Backend::start(Dialect::Sqlite).await?;
+    let unreachable = crate::support::target(
+        "t2",
+        Dialect::Postgres,
+        "postgres://nobody@127.0.0.1:1/none?connect_timeout=1",
+    );
+    let agent = agent(vec![backend.fresh_target("t1").await?, unreachable]).await?;
+    let out = run(&agent, migrate("t1", "rollout-1", 2, plan())).await?;
+    ensure!(out.error.is_none(), "{:?}", out.error);
+    let req = |identities_only| flotilla_proto::StatusRequest {
+        identities_only,
+        ..Default::default()
+    };
+    let full = agent.status(req(false)).await?;
+    let t2 = full
+        .targets
+        .iter()
+        .find(|t| t.target_id == "t2")
+        .context("t2")?;
+    assert!(!t2.error.is_empty(), "t2 is unreachable: {t2:?}");
+
+    let listed = agent.status(req(true)).await?;
+    let ids: Vec<&str> = listed
+        .targets
+        .iter()
+        .map(|t| t.target_id.as_str())
+        .collect();
+    assert_eq!(ids, ["t1", "t2"]);
+    for (t, read) in listed.targets.iter().zip(&full.targets) {
+        assert!(t.error.is_empty(), "{t:?}");
+        assert!(
+            t.applied.is_empty() && t.heads.is_empty() && t.last_step.is_none(),
+            "{t:?}"
+        );
+        assert_eq!(t.fence_token, 0);
+        assert_eq!(
+            (&t.dialect, &t.labels, &t.host),
+            (&read.dialect, &read.labels, &read.host),
+            "identities as a full Status reports them"
+        );
+    }
+    Ok(())
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use flotilla_agent::config::{LockConfig, RetryConfig};
 use flotilla_agent::{Agent, AgentConfig, Dialect, EventStream, Secret, TargetConfig, checksum};
 use flotilla_proto::agent_service_client::AgentServiceClient;
@@ -76,7 +76,10 @@ pub(crate) async fn agent(targets: Vec<TargetConfig>) -> Result<Arc<Agent>> {
 /// Every event of a Migrate stream and the error status it ended with, if any.
 #[derive(Debug, Default)]
 pub(crate) struct Outcome {
+    /// The step and lock events, in order.
     pub(crate) events: Vec<StepEvent>,
+    /// The closing `MigrateFinished` event (kept apart: it is about the target, not a step).
+    pub(crate) finished: Option<flotilla_proto::MigrateFinished>,
     pub(crate) error: Option<tonic::Status>,
 }
 
@@ -112,6 +115,7 @@ pub(crate) fn kind(e: &StepEvent) -> &'static str {
         Some(Event::Skipped(_)) => "skipped",
         Some(Event::LockWaiting(_)) => "lock_waiting",
         Some(Event::LockAcquired(_)) => "lock_acquired",
+        Some(Event::Finished(_)) => "finished",
         None => "none",
     }
 }
@@ -130,7 +134,20 @@ where
                 out.kinds()
             ),
             Ok(None) => return Ok(out),
-            Ok(Some(Ok(ev))) => out.events.push(ev),
+            Ok(Some(Ok(StepEvent {
+                event: Some(Event::Finished(f)),
+                ..
+            }))) => {
+                ensure!(out.finished.is_none(), "two MigrateFinished events");
+                out.finished = Some(f);
+            }
+            Ok(Some(Ok(ev))) => {
+                ensure!(
+                    out.finished.is_none(),
+                    "an event after MigrateFinished: {ev:?}"
+                );
+                out.events.push(ev);
+            }
             Ok(Some(Err(status))) => {
                 out.error = Some(status);
                 // The error is the last item.
@@ -148,8 +165,8 @@ pub(crate) async fn run(agent: &Agent, req: MigrateRequest) -> Result<Outcome> {
     match agent.migrate(req).await {
         Ok(stream) => collect(stream).await,
         Err(status) => Ok(Outcome {
-            events: Vec::new(),
             error: Some(status),
+            ..Outcome::default()
         }),
     }
 }
@@ -175,6 +192,7 @@ pub(crate) async fn status(
             target_ids: vec![target.into()],
             include_history,
             fencing_token: 0,
+            ..Default::default()
         })
         .await?;
     let ts = resp
@@ -272,8 +290,8 @@ pub(crate) async fn run_grpc(
     match client.migrate(req).await {
         Ok(resp) => collect(resp.into_inner()).await,
         Err(status) => Ok(Outcome {
-            events: Vec::new(),
             error: Some(status),
+            ..Outcome::default()
         }),
     }
 }

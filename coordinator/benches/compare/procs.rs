@@ -210,6 +210,7 @@ impl Service {
             target_ids: vec![],
             include_history: true,
             fencing_token: 0,
+            ..Default::default()
         })
         .await?
         .into_inner())

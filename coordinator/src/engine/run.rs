@@ -63,12 +63,11 @@ impl Engine {
         let engine = self.clone();
         let run = async move {
             let result = engine.clone().run_rollout(id, term).await;
-            // The fleet gauges, from the agents' reports now the rollout ended. A rollout that
-            // changed no schema (every target at the goal or blocked) compares no catalogs:
-            // the no-op path never fingerprints.
+            // The fleet gauges now the rollout ended, from what the agents reported while it
+            // ran (the planning Status and each Migrate's closing state): no extra Status
+            // round, and no catalog reads (the drift gauge is `validate`'s).
             if !term.cancel.is_cancelled() {
-                let migrated = !matches!(result, Ok(false));
-                crate::metrics::refresh_fleet_with(&engine, migrated).await;
+                crate::metrics::record_fleet_view(&engine).await;
             }
             result.map(|_| ())
         };
@@ -269,7 +268,9 @@ impl Engine {
         rec: &mut RolloutRecord,
         goal: &Goal,
     ) -> Result<(), EngineError> {
-        let snap = self.select(&rec.spec.selector).await?;
+        let snap = self
+            .planning_snapshot(&rec.spec.selector, goal, rec.spec.allow_downgrade)
+            .await?;
         if !snap.unreachable.is_empty() {
             let list = snap
                 .unreachable

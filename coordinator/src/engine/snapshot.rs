@@ -121,6 +121,7 @@ impl Engine {
                                 target_ids: vec![],
                                 include_history,
                                 fencing_token: token,
+                                ..Default::default()
                             })
                             .await
                     }
@@ -132,9 +133,11 @@ impl Engine {
             }
         });
         let mut snap = FleetSnapshot::default();
+        let mut answered = Vec::new();
         for (agent, res) in join_all(calls).await {
             match res {
                 Ok(resp) => {
+                    answered.push(agent.id().to_owned());
                     for status in resp.targets {
                         snap.targets.push(FleetEntry {
                             agent: agent.clone(),
@@ -142,6 +145,132 @@ impl Engine {
                         });
                     }
                 }
+                Err(e) => snap
+                    .unreachable
+                    .push((agent.id().to_owned(), e.message().to_owned())),
+            }
+        }
+        snap.targets
+            .sort_by(|a, b| a.status.target_id.cmp(&b.status.target_id));
+        self.view.record_snapshot(&snap, &answered);
+        Ok(snap)
+    }
+
+    /// `req` to one agent, retried with backoff while it is unreachable.
+    async fn status_of_agent(
+        &self,
+        agent: &Arc<dyn AgentClient>,
+        req: pb::StatusRequest,
+    ) -> Result<pb::StatusResponse, tonic::Status> {
+        (|| {
+            let (agent, req) = (agent.clone(), req.clone());
+            async move { agent.status(req).await }
+        })
+        .retry(self.agent_backoff())
+        .when(is_retryable)
+        .await
+    }
+
+    /// The fleet a rollout is planned from, reading as few databases as is safe. Each agent
+    /// lists its targets without reading them (`identities_only`); a selected target whose
+    /// last known state (the view: the last Status, or the report closing its last Migrate)
+    /// plans to one or more steps is planned from that state: the Migrate carries its
+    /// digest as `expected_state`, the agent re-checks it under the migration lock and a
+    /// stale plan is re-planned from the agent's fresh report, so an old view can cost an
+    /// extra round trip but never a wrong step. Every other selected target (not known yet,
+    /// at the goal, blocked, in error) is read fresh, one Status per agent for all of them,
+    /// so no target is reported at the goal or blocked on an old report.
+    pub async fn planning_snapshot(
+        &self,
+        selector: &Selector,
+        goal: &Goal,
+        allow_downgrade: bool,
+    ) -> Result<FleetSnapshot, EngineError> {
+        let agents = self.agents().await?;
+        let token = self.term().map(|t| t.token).unwrap_or(0);
+        let known: std::collections::HashMap<String, FleetEntry> = self
+            .view
+            .targets()
+            .into_iter()
+            .map(|e| (e.status.target_id.clone(), e))
+            .collect();
+        let known = &known;
+        let calls = agents.iter().map(|agent| async move {
+            let listed = self
+                .status_of_agent(
+                    agent,
+                    pb::StatusRequest {
+                        identities_only: true,
+                        fencing_token: token,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            let mut planned = Vec::new();
+            let mut fresh = Vec::new();
+            for listing in listed.targets {
+                let dialect = pb::Dialect::try_from(listing.dialect)
+                    .ok()
+                    .and_then(Dialect::from_proto);
+                let dialect_name = dialect.map(Dialect::as_str).unwrap_or("");
+                if !selector.matches(
+                    &listing.target_id,
+                    &listing.labels,
+                    dialect_name,
+                    agent.id(),
+                ) {
+                    continue;
+                }
+                let from_view = known
+                    .get(&listing.target_id)
+                    .filter(|k| k.agent.id() == agent.id() && k.status.error.is_empty())
+                    .map(|k| pb::TargetStatus {
+                        target_id: listing.target_id.clone(),
+                        dialect: listing.dialect,
+                        labels: listing.labels.clone(),
+                        host: listing.host.clone(),
+                        ..k.status.clone()
+                    })
+                    .filter(|status| {
+                        matches!(
+                            plan_target(&self.graph, status, dialect, goal, allow_downgrade),
+                            TargetPlanOutcome::Steps(steps) if !steps.is_empty()
+                        )
+                    });
+                match from_view {
+                    Some(status) => planned.push(FleetEntry {
+                        agent: agent.clone(),
+                        status,
+                    }),
+                    None => fresh.push(listing.target_id),
+                }
+            }
+            if !fresh.is_empty() {
+                let read = self
+                    .status_of_agent(
+                        agent,
+                        pb::StatusRequest {
+                            target_ids: fresh,
+                            fencing_token: token,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                for status in read.targets {
+                    let entry = FleetEntry {
+                        agent: agent.clone(),
+                        status,
+                    };
+                    self.view.record_target(&entry.agent, entry.status.clone());
+                    planned.push(entry);
+                }
+            }
+            Ok::<_, tonic::Status>(planned)
+        });
+        let mut snap = FleetSnapshot::default();
+        for (agent, res) in agents.iter().zip(join_all(calls).await) {
+            match res {
+                Ok(entries) => snap.targets.extend(entries),
                 Err(e) => snap
                     .unreachable
                     .push((agent.id().to_owned(), e.message().to_owned())),
@@ -177,6 +306,7 @@ impl Engine {
                 target_ids: vec![target_id.to_owned()],
                 include_history,
                 fencing_token: token,
+                ..Default::default()
             };
             (agent.clone(), agent.status(req).await)
         });

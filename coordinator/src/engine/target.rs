@@ -91,6 +91,11 @@ impl Engine {
                 // something keeps changing it under us.
                 Attempt::Stale if stale < self.config.agent_attempts => {
                     stale += 1;
+                    // Refused before any step ran: the fresh plan replaces the recorded one
+                    // (a target found at the goal ends skipped, not succeeded).
+                    if rec.steps_done == 0 {
+                        rec.steps.clear();
+                    }
                     continue;
                 }
                 Attempt::Stale => {
@@ -167,6 +172,8 @@ impl Engine {
             fencing_token: term.token,
             expected_state,
             transaction_per_step: rollout.spec.transaction_per_step,
+            // The gate compares fingerprints: read on the Migrate's own connection.
+            report_fingerprint: rollout.spec.fingerprint_gate,
             steps: steps
                 .iter()
                 .map(|s| pb::Step {
@@ -230,6 +237,16 @@ impl Engine {
                             }
                             failed = Some(msg);
                         }
+                        Event::Finished(f) => {
+                            if rollout.spec.fingerprint_gate && !f.fingerprint.is_empty() {
+                                rec.fingerprint = f.fingerprint;
+                            }
+                            if let Some(status) = f.status
+                                && status.target_id == rec.target_id
+                            {
+                                self.view.record_target(&agent, status);
+                            }
+                        }
                         Event::LockWaiting(_) | Event::LockAcquired(_) => {}
                     }
                 }
@@ -271,6 +288,7 @@ impl Engine {
                 target_ids: vec![rec.target_id.clone()],
                 include_history: false,
                 fencing_token: term.token,
+                ..Default::default()
             })
             .await
         {

@@ -166,6 +166,7 @@ impl TestAgent {
                 target_ids: vec![],
                 include_history,
                 fencing_token: 0,
+                ..Default::default()
             })
             .await
             .map_err(|s| anyhow::anyhow!("status: {}", s.message()))?;

@@ -49,6 +49,7 @@ async fn history(agent: &Agent, target: &str) -> Result<TargetHistory> {
             target_ids: vec![target.into()],
             include_history: false,
             fencing_token: 0,
+            ..Default::default()
         })
         .await?;
     let ts = resp

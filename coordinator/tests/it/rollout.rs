@@ -698,3 +698,104 @@ async fn an_unknown_goal_is_refused_before_anything_starts() -> Result<()> {
     );
     Ok(())
 }
+
+/// A rollout plans runnable targets from what the coordinator last saw of them; a target
+/// changed since (here migrated by another client after the coordinator read it) is refused
+/// as a stale plan by its agent, re-planned from a fresh report and ends skipped: no step
+/// runs twice, and the other target is migrated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<()> {
+    use flotilla_coordinator::revision::{Goal, TargetHistory, plan};
+    use futures::StreamExt;
+
+    let set = migrations(&[
+        (
+            "0001_a.sql",
+            &revision(
+                "0001_a",
+                None,
+                "CREATE TABLE a (id INTEGER);",
+                "DROP TABLE a;",
+            ),
+        ),
+        (
+            "0002_b.sql",
+            &revision(
+                "0002_b",
+                Some("0001_a"),
+                "CREATE TABLE b (id INTEGER);",
+                "DROP TABLE b;",
+            ),
+        ),
+    ])?;
+    let (_dir, targets) = sqlite_targets("t", 2)?;
+    let agent = TestAgent::start("agent-view", targets).await?;
+    let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
+    // The coordinator's view: both targets at base.
+    let seen = coord.engine.snapshot(false).await?;
+    assert_eq!(seen.targets.len(), 2);
+    assert!(seen.targets.iter().all(|e| e.status.applied.is_empty()));
+
+    // Another client migrates t01 to head behind the coordinator's back.
+    let graph = Graph::load_dir(set.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = plan(
+        &graph,
+        &TargetHistory::default(),
+        &Goal::Head,
+        Dialect::Sqlite,
+    )
+    .map_err(|b| anyhow::anyhow!("{b}"))?
+    .steps;
+    let token = coord.engine.term().map(|t| t.token).unwrap_or(1);
+    let req = pb::MigrateRequest {
+        target_id: "t01".into(),
+        rollout_id: "by-hand".into(),
+        fencing_token: token,
+        steps: steps
+            .iter()
+            .map(|s| pb::Step {
+                revision: s.revision.clone(),
+                direction: s.direction.to_proto() as i32,
+                sql: s.sql.clone(),
+                checksum: s.checksum.clone(),
+                transactional: s.transactional,
+                up_checksum: String::new(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut events = agent.agent.migrate(req).await?;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        anyhow::ensure!(
+            !matches!(ev.event, Some(pb::step_event::Event::Failed(_))),
+            "{ev:?}"
+        );
+    }
+
+    let r = coord
+        .rollout(RolloutSpec {
+            canary: 0,
+            ..spec("head")
+        })
+        .await?;
+    assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
+    assert_eq!(targets_in(&r, pb::TargetState::Skipped), ["t01"], "{r:#?}");
+    assert_eq!(
+        targets_in(&r, pb::TargetState::Succeeded),
+        ["t02"],
+        "{r:#?}"
+    );
+    for id in ["t01", "t02"] {
+        let st = coord.engine.target_status(id, true).await?.status;
+        assert_eq!(applied(&st), ["0001_a", "0002_b"], "{id}");
+        let rollouts: Vec<&str> = st.history.iter().map(|h| h.rollout_id.as_str()).collect();
+        let want = if id == "t01" {
+            "by-hand"
+        } else {
+            r.id.as_str()
+        };
+        assert_eq!(rollouts, [want, want], "{id}: each step ran once");
+    }
+    Ok(())
+}
