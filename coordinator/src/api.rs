@@ -29,6 +29,7 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::Fenced(_) => Status::failed_precondition(format!("FENCED: {e}")),
         EngineError::Store(_) | EngineError::Unavailable(_) => Status::unavailable(e.to_string()),
         EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),
+        EngineError::Destructive(_) => Status::failed_precondition(format!("DESTRUCTIVE: {e}")),
     }
 }
 
@@ -199,6 +200,7 @@ impl CoordinatorService for Api {
             .map_err(status_of)?;
         let graph = self.engine.graph();
         let mut targets = Vec::new();
+        let mut refusal = crate::engine::destructive::Refusal::default();
         for e in &snap.targets {
             let mut tp = pb::TargetPlan {
                 target_id: e.status.target_id.clone(),
@@ -214,6 +216,9 @@ impl CoordinatorService for Api {
                 spec.allow_downgrade,
             ) {
                 crate::engine::TargetPlanOutcome::Steps(steps) => {
+                    if let Some(d) = e.dialect() {
+                        refusal.add(graph, d, &steps);
+                    }
                     tp.steps = steps
                         .iter()
                         .map(|s| pb::PlannedStep {
@@ -227,6 +232,11 @@ impl CoordinatorService for Api {
                 crate::engine::TargetPlanOutcome::Blocked(why) => tp.blocked_reason = why,
             }
             targets.push(tp);
+        }
+        if !spec.allow_destructive
+            && let Some(e) = refusal.error(graph)
+        {
+            return Err(status_of(e));
         }
         for (agent, err) in snap.unreachable {
             targets.push(pb::TargetPlan {

@@ -26,6 +26,7 @@ use crate::store::{StateStore, StoreError, WriteOp};
 
 mod batch;
 mod gate;
+pub mod destructive;
 pub mod preflight;
 mod run;
 pub mod snapshot;
@@ -59,6 +60,10 @@ pub enum EngineError {
     /// `StartRollout` refused: the plan would block selected targets (a downgrade).
     #[error("{0}")]
     WouldBlock(String),
+    /// `StartRollout` / `Plan` refused: revisions to apply have destructive findings that
+    /// are not allowed.
+    #[error("{0}")]
+    Destructive(String),
 }
 
 impl From<StoreError> for EngineError {
@@ -367,6 +372,7 @@ impl Engine {
             )));
         }
         self.preflight(&spec, &goal, &traceparent).await?;
+        self.refuse_destructive(&spec, &goal, &traceparent).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
             id: uuid::Uuid::now_v7().to_string(),

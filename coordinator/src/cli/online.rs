@@ -156,6 +156,10 @@ pub struct SpecArgs {
     /// steps (where a failing step also rolls back the steps before it)
     #[arg(long, env = "FLOTILLA_TRANSACTION_PER_STEP")]
     pub transaction_per_step: bool,
+    /// Run revisions with destructive lint findings (drop table/column/schema, truncate)
+    /// that their file does not allow with `-- lint: allow destructive`
+    #[arg(long, env = "FLOTILLA_ALLOW_DESTRUCTIVE")]
+    pub allow_destructive: bool,
 }
 
 impl SpecArgs {
@@ -179,6 +183,7 @@ impl SpecArgs {
             allow_downgrade: self.allow_downgrade || implied_down,
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
+            allow_destructive: self.allow_destructive,
         })
     }
 }

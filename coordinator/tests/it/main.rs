@@ -13,6 +13,7 @@ mod reflection;
 mod registry;
 mod revision_apply;
 mod revision_cli;
+mod revision_lint;
 mod revision_parse;
 mod revision_plan;
 mod revision_prop;
