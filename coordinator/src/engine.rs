@@ -25,8 +25,8 @@ use crate::rollout::{
 use crate::store::{StateStore, StoreError, WriteOp};
 
 mod batch;
-mod gate;
 pub mod destructive;
+mod gate;
 pub mod preflight;
 mod run;
 pub mod snapshot;

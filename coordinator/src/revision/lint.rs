@@ -210,8 +210,7 @@ pub fn findings(r: &Revision, config: &LintConfig) -> Vec<RevisionFinding> {
             let Some(section) = sections.for_dialect(d) else {
                 continue;
             };
-            for finding in sql::analyze(&section.sql, section.text_line, d, r.transactional, part)
-            {
+            for finding in sql::analyze(&section.sql, section.text_line, d, r.transactional, part) {
                 match out
                     .iter_mut()
                     .find(|f| f.part == part && f.finding == finding)

@@ -454,9 +454,11 @@ fn parse_lint_allow(value: &str) -> Result<BTreeSet<Rule>, ParseErrorKind> {
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|w| !w.is_empty())
     {
-        let rule = name.parse::<Rule>().map_err(|()| ParseErrorKind::UnknownLintRule {
-            rule: name.to_owned(),
-        })?;
+        let rule = name
+            .parse::<Rule>()
+            .map_err(|()| ParseErrorKind::UnknownLintRule {
+                rule: name.to_owned(),
+            })?;
         rules.insert(rule);
     }
     if rules.is_empty() {

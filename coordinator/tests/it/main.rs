@@ -3,6 +3,7 @@
 mod adopt;
 mod cli_online;
 mod dashboards;
+mod destructive;
 mod drift;
 mod ha;
 mod harness;

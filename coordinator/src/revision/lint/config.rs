@@ -85,8 +85,11 @@ mod tests {
     #[test]
     fn parses_and_refuses_with_lines() {
         let p = Path::new("m/lint.toml");
-        let c = LintConfig::parse(p, "# set-wide\nallow = [\"locking\",\n  \"data_dependent\"]\n")
-            .expect("valid");
+        let c = LintConfig::parse(
+            p,
+            "# set-wide\nallow = [\"locking\",\n  \"data_dependent\"]\n",
+        )
+        .expect("valid");
         assert_eq!(
             c.allow,
             BTreeSet::from([Rule::Locking, Rule::DataDependent])

@@ -108,7 +108,6 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use std::collections::HashSet;
 use flotilla_agent::Dialect;
 use flotilla_agent::driver::split::split_statements;
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTableOperation, AlterTypeOperation, ColumnOption, CreateIndex,
-    Expr, ObjectName, ObjectType, Statement, TableConstraint,
+    AlterColumnOperation, AlterTableOperation, AlterTypeOperation, ColumnOption, CreateIndex, Expr,
+    ObjectName, ObjectType, Statement, TableConstraint,
 };
 use sqlparser::dialect::{MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
@@ -40,7 +40,7 @@ pub enum Part {
 }
 
 /// Analyzes one section: `sql` is its text, `first_line` the file line of its first line.
-pub fn analyze(
+pub(super) fn analyze(
     sql: &str,
     first_line: usize,
     dialect: Dialect,
@@ -71,23 +71,25 @@ pub fn analyze(
                 }
             }
             Err(e) => {
-                cx.push(
-                    Rule::Unparsable,
-                    None,
-                    format!(
-                        "the {dialect} parser cannot read this statement ({e}), so no other rule checked it: \
-                         review it by hand, then allow it with `-- lint: allow unparsable`"
-                    ),
-                );
-                // What a keyword scan can still tell.
-                let words: Vec<String> = stmt
+                // Index maintenance sqlparser does not know (`DROP INDEX CONCURRENTLY`,
+                // `REINDEX ... CONCURRENTLY`, some `VACUUM` forms) is recognised by its first
+                // words: no other rule is about those statements.
+                let words: Vec<String> = stmt[code - offset..]
                     .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .filter(|w| !w.is_empty())
                     .take(4)
                     .map(str::to_ascii_uppercase)
                     .collect();
-                if let Some(what) = non_transactional_words(&words) {
-                    cx.non_transactional(what);
+                match non_transactional_words(&words) {
+                    Some(what) => cx.non_transactional(what),
+                    None => cx.push(
+                        Rule::Unparsable,
+                        None,
+                        format!(
+                            "the parser cannot read this statement ({e}), so no other rule checked it: \
+                             review it by hand, then allow it with `-- lint: allow unparsable`"
+                        ),
+                    ),
                 }
             }
         }
@@ -115,9 +117,7 @@ fn non_transactional_words(words: &[String]) -> Option<&'static str> {
     let w = |i: usize| words.get(i).map_or("", String::as_str);
     match (w(0), w(1)) {
         ("VACUUM", _) => Some("VACUUM"),
-        ("REINDEX", _) if words.iter().any(|x| x == "CONCURRENTLY") => {
-            Some("REINDEX CONCURRENTLY")
-        }
+        ("REINDEX", _) if words.iter().any(|x| x == "CONCURRENTLY") => Some("REINDEX CONCURRENTLY"),
         ("CREATE", "INDEX") | ("CREATE", "UNIQUE") if words.iter().any(|x| x == "CONCURRENTLY") => {
             Some("CREATE INDEX CONCURRENTLY")
         }

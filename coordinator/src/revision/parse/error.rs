@@ -27,7 +27,10 @@ pub enum ParseErrorKind {
     BadTransactional { value: String },
     #[error("bad lint value {value:?}: expected `allow <rule>[, <rule>...]`")]
     BadLint { value: String },
-    #[error("unknown lint rule {rule:?}: expected one of {}", crate::revision::lint::Rule::names())]
+    #[error(
+        "unknown lint rule {rule:?}: expected one of {}",
+        crate::revision::lint::Rule::names()
+    )]
     UnknownLintRule { rule: String },
     #[error("bad backup value {value:?}: expected true or false")]
     BadBackup { value: String },
