@@ -55,7 +55,7 @@ async fn destructive_rollout_is_refused_before_anything_runs_unless_allowed() ->
     let msg = err.message();
     assert!(msg.starts_with("DESTRUCTIVE: "), "{msg}");
     let file = dir.path().join("0002.sql").display().to_string();
-    assert!(msg.contains(&format!("revision 0002 (sqlite, 2 targets) {file}:3: destructive: dropping column legacy of users")), "{msg}");
+    assert!(msg.contains(&format!("revision 0002 (sqlite, 2 targets) {file}:4: destructive: dropping column legacy of users")), "{msg}");
     assert!(msg.contains("--allow-destructive"), "{msg}");
     let after = c
         .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
@@ -109,7 +109,7 @@ async fn destructive_rollout_is_refused_before_anything_runs_unless_allowed() ->
         "{errtext}"
     );
     assert!(
-        errtext.contains(&format!("{file}:3: destructive")),
+        errtext.contains(&format!("{file}:4: destructive")),
         "{errtext}"
     );
     assert_eq!(statuses(&agent).await?, vec![vec!["0001".to_owned()]; 2]);
