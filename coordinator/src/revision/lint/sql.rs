@@ -233,10 +233,10 @@ impl Cx {
                 }
             }
             Statement::Vacuum(_) => self.non_transactional("VACUUM"),
-            Statement::AlterType(at) if matches!(at.operation, AlterTypeOperation::AddValue(_)) => {
-                if self.pg() {
-                    self.non_transactional("ALTER TYPE ... ADD VALUE");
-                }
+            Statement::AlterType(at)
+                if self.pg() && matches!(at.operation, AlterTypeOperation::AddValue(_)) =>
+            {
+                self.non_transactional("ALTER TYPE ... ADD VALUE");
             }
             Statement::CreateDatabase { .. } => self.non_transactional("CREATE DATABASE"),
             _ => {}
