@@ -253,3 +253,27 @@ pub fn destructive(r: &Revision, dialect: Dialect, config: &LintConfig) -> Vec<R
     })
     .collect()
 }
+
+/// The tables the agent backs up before running `r`'s up section on `dialect`: those of its
+/// destructive findings (allowed or not), and with `-- backup: true` every existing table the
+/// section changes.
+pub fn backup_tables(r: &Revision, dialect: Dialect, config: &LintConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in destructive(r, dialect, config) {
+        if let Some(t) = f.finding.table
+            && !out.contains(&t)
+        {
+            out.push(t);
+        }
+    }
+    if r.backup
+        && let Some(section) = r.up.for_dialect(dialect)
+    {
+        for t in sql::touched_tables(&section.sql, dialect) {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
+}

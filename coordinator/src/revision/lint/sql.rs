@@ -11,7 +11,7 @@ use flotilla_agent::Dialect;
 use flotilla_agent::driver::split::split_statements;
 use sqlparser::ast::{
     AlterColumnOperation, AlterTableOperation, AlterTypeOperation, ColumnOption, CreateIndex, Expr,
-    ObjectName, ObjectType, Statement, TableConstraint,
+    FromTable, ObjectName, ObjectType, Statement, TableConstraint, TableFactor,
 };
 use sqlparser::dialect::{MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
@@ -95,6 +95,57 @@ pub(super) fn analyze(
         }
     }
     cx.out
+}
+
+/// The existing tables an up section changes (`ALTER TABLE`, `DROP TABLE`, `TRUNCATE`,
+/// `UPDATE`, `DELETE`), in order, without duplicates: what `-- backup: true` saves.
+/// Statements the parser cannot read add nothing.
+pub(super) fn touched_tables(sql: &str, dialect: Dialect) -> Vec<String> {
+    let mut created: HashSet<String> = HashSet::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |name: &ObjectName, created: &HashSet<String>| {
+        let n = name.to_string();
+        if !created.contains(&key(name)) && !out.contains(&n) {
+            out.push(n);
+        }
+    };
+    for stmt in split_statements(sql, dialect) {
+        let parsed = match dialect {
+            Dialect::Postgres => Parser::parse_sql(&PostgreSqlDialect {}, stmt),
+            Dialect::Mysql => Parser::parse_sql(&MySqlDialect {}, stmt),
+            Dialect::Sqlite => Parser::parse_sql(&SQLiteDialect {}, stmt),
+        };
+        for s in parsed.unwrap_or_default() {
+            match &s {
+                Statement::CreateTable(ct) => {
+                    created.insert(key(&ct.name));
+                }
+                Statement::AlterTable(at) => add(&at.name, &created),
+                Statement::Drop {
+                    object_type: ObjectType::Table,
+                    names,
+                    ..
+                } => names.iter().for_each(|n| add(n, &created)),
+                Statement::Truncate(t) => t.table_names.iter().for_each(|t| add(&t.name, &created)),
+                Statement::Update(u) => {
+                    if let TableFactor::Table { name, .. } = &u.table.relation {
+                        add(name, &created);
+                    }
+                }
+                Statement::Delete(d) => {
+                    let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) =
+                        &d.from;
+                    for t in from {
+                        if let TableFactor::Table { name, .. } = &t.relation {
+                            add(name, &created);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Bytes of leading whitespace and comments, so a statement's line is its first word's.
