@@ -20,6 +20,7 @@ use flotilla_agent::tls::error_chain;
 use super::{CliError, GlobalArgs, OutputFormat};
 
 mod adopt;
+mod backups;
 mod habits;
 use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 
@@ -203,6 +204,8 @@ pub enum OnlineCommand {
     /// Record the history another tool's version table shows (alembic_version,
     /// flyway_schema_history, _sqlx_migrations, schema_migrations) as adopted, running nothing
     Adopt(adopt::AdoptArgs),
+    /// The backups agents take before destructive steps: list, restore, prune
+    Backups(backups::BackupsArgs),
     /// The fleet table: target, agent, dialect, labels, revision, dirty, drift
     Status {
         #[command(flatten)]
@@ -388,6 +391,7 @@ pub async fn run(
     let json = global.output == OutputFormat::Json;
     match cmd {
         OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
+        OnlineCommand::Backups(args) => backups::run(args, json, out).await,
         OnlineCommand::Plan { client, spec } => {
             let mut c = client.connect().await?;
             let resp = c
