@@ -254,6 +254,7 @@ mod tests {
             checksum: checksum(sql),
             transactional: true,
             up_checksum: String::new(),
+            backup_tables: vec![],
         }
     }
 

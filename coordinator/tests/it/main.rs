@@ -1,6 +1,7 @@
 //! Coordinator integration tests: one binary, one module per area, real servers via testkit.
 
 mod adopt;
+mod backups;
 mod cli_online;
 mod dashboards;
 mod destructive;
