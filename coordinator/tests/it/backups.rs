@@ -214,3 +214,56 @@ async fn a_backup_that_cannot_be_written_fails_the_target_before_its_step() -> R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backup_without_create_privilege_fails_the_target_before_its_step_on_postgres()
+-> Result<()> {
+    let pg = flotilla_testkit::Postgres::start().await?;
+    let url = pg.fresh_database().await?;
+    let files = set();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let mdir = migrations(&files)?;
+    // 0001 as the superuser.
+    {
+        let agent =
+            TestAgent::start("a1", vec![target("t1", Dialect::Postgres, &url, &[])]).await?;
+        let coord = TestCoordinator::start(mdir.path(), &[&agent], None).await?;
+        let r = coord.rollout(spec("0001")).await?;
+        assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:?}");
+    }
+    // A role that owns `users` (so it may drop the column) but may not create tables.
+    let role = format!("app_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&url).await?;
+    for sql in [
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}"),
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"),
+        format!("ALTER TABLE users OWNER TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await?;
+    }
+    let app_url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    let agent =
+        TestAgent::start("a2", vec![target("t1", Dialect::Postgres, &app_url, &[])]).await?;
+    let coord = TestCoordinator::start(mdir.path(), &[&agent], None).await?;
+    let r = coord.rollout(spec("head")).await?;
+    assert_eq!(state(&r), pb::RolloutState::Halted, "{r:?}");
+    let msg = &r.targets[0].message;
+    assert!(msg.contains("the backup before step 0002 failed"), "{msg}");
+    assert!(msg.contains("permission denied"), "{msg}");
+    let st = agent.statuses(true).await?;
+    let revs: Vec<&str> = st["t1"]
+        .history
+        .iter()
+        .map(|h| h.revision.as_str())
+        .collect();
+    assert_eq!(revs, ["0001"]);
+    assert_eq!(
+        count(Dialect::Postgres, &url, "SELECT COUNT(legacy) FROM users").await?,
+        ROWS as i64
+    );
+    Ok(())
+}

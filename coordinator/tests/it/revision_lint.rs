@@ -356,3 +356,29 @@ fn lint_toml_allows_rules_for_the_whole_set() {
         "{text}"
     );
 }
+
+#[test]
+fn backup_tables_are_the_destructive_ones_or_every_changed_table_with_backup_true() {
+    use flotilla_agent::Dialect;
+    use flotilla_coordinator::revision::lint::backup_tables;
+    let body = "-- migrate:up\nCREATE TABLE tmp (id int);\nALTER TABLE users DROP COLUMN legacy;\nUPDATE accounts SET x = 1;\nDELETE FROM sessions;\nDROP TABLE tmp;\n";
+    let plain = parse_file(
+        Path::new("m/r.sql"),
+        format!("-- revision: r\n{body}").as_bytes(),
+    )
+    .expect("parses");
+    assert_eq!(
+        backup_tables(&plain, Dialect::Postgres, &LintConfig::default()),
+        ["users"]
+    );
+    let all = parse_file(
+        Path::new("m/r.sql"),
+        format!("-- revision: r\n-- backup: true\n{body}").as_bytes(),
+    )
+    .expect("parses");
+    assert!(all.backup);
+    assert_eq!(
+        backup_tables(&all, Dialect::Sqlite, &LintConfig::default()),
+        ["users", "accounts", "sessions"]
+    );
+}
