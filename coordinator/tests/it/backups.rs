@@ -267,3 +267,52 @@ async fn a_backup_without_create_privilege_fails_the_target_before_its_step_on_p
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backup_without_create_privilege_fails_the_target_before_its_step_on_mariadb()
+-> Result<()> {
+    let my = flotilla_testkit::MariaDb::start().await?;
+    let url = my.fresh_database().await?;
+    let db = url.rsplit('/').next().context("database name")?.to_owned();
+    let files = set();
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let mdir = migrations(&files)?;
+    {
+        let agent = TestAgent::start("a1", vec![target("t1", Dialect::Mysql, &url, &[])]).await?;
+        let coord = TestCoordinator::start(mdir.path(), &[&agent], None).await?;
+        let r = coord.rollout(spec("0001")).await?;
+        assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:?}");
+    }
+    // May alter (drop the column) and write rows, may not create tables.
+    let user = format!("app{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut admin = sqlx::MySqlConnection::connect(&url).await?;
+    for sql in [
+        format!("CREATE USER '{user}'@'%'"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE, ALTER ON `{db}`.* TO '{user}'@'%'"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await?;
+    }
+    let app_url = url.replacen("mysql://root@", &format!("mysql://{user}@"), 1);
+    let agent = TestAgent::start("a2", vec![target("t1", Dialect::Mysql, &app_url, &[])]).await?;
+    let coord = TestCoordinator::start(mdir.path(), &[&agent], None).await?;
+    let r = coord.rollout(spec("head")).await?;
+    assert_eq!(state(&r), pb::RolloutState::Halted, "{r:?}");
+    let msg = &r.targets[0].message;
+    assert!(msg.contains("the backup before step 0002 failed"), "{msg}");
+    assert!(msg.contains("denied"), "{msg}");
+    let st = agent.statuses(true).await?;
+    let revs: Vec<&str> = st["t1"]
+        .history
+        .iter()
+        .map(|h| h.revision.as_str())
+        .collect();
+    assert_eq!(revs, ["0001"]);
+    assert!(!st["t1"].dirty);
+    assert_eq!(
+        count(Dialect::Mysql, &url, "SELECT COUNT(legacy) FROM users").await?,
+        ROWS as i64
+    );
+    Ok(())
+}
