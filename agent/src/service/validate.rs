@@ -294,6 +294,15 @@ mod tests {
             field_of(migrate_request(&req(vec![s]))),
             "steps[0].direction"
         );
+        let mut s = step("a", "x");
+        s.backup_tables = vec!["\"public\".users".into()];
+        assert_eq!(field_of(migrate_request(&req(vec![s]))), "ok");
+        let mut s = step("a", "x");
+        s.backup_tables = vec!["users; DROP TABLE x".into()];
+        assert_eq!(
+            field_of(migrate_request(&req(vec![s]))),
+            "steps[0].backup_tables"
+        );
         let big = "x".repeat(MAX_SQL_BYTES + 1);
         assert_eq!(
             field_of(migrate_request(&req(vec![step("a", &big)]))),
