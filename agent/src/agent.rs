@@ -31,6 +31,7 @@ use crate::service::validate as check;
 use crate::target::{Target, Targets};
 
 mod adopt;
+mod backups;
 
 /// The stream of events a `migrate` call returns; it ends with `Err(status)` after a
 /// `StepFailed` event when a step fails.
@@ -285,8 +286,14 @@ impl Agent {
         self.check_fence(&target.id, req.fencing_token)?;
         let planned: Vec<PlannedStep> = steps
             .into_iter()
-            .map(|(spec, up_checksum)| PlannedStep {
+            .zip(&req.steps)
+            .map(|((spec, up_checksum), s)| PlannedStep {
                 dirty_protocol: needs_dirty_protocol(target.dialect, &spec.sql, spec.transactional),
+                backup_tables: if spec.direction == crate::types::Direction::Up {
+                    s.backup_tables.clone()
+                } else {
+                    vec![]
+                },
                 spec,
                 up_checksum,
             })

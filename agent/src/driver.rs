@@ -10,6 +10,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
+use crate::backup::BackupRecord;
 use crate::catalog::Catalog;
 use crate::foreign::ForeignTable;
 use crate::history::{HistoryRow, RowStatus, TargetState};
@@ -256,6 +257,31 @@ pub trait Session: Send {
 
     /// The target's schema, excluding Flotilla's own tables.
     async fn catalog(&mut self) -> Result<Catalog, DriverError>;
+
+    /// Back up `tables` (skipping those that do not exist) before step `revision` of
+    /// `meta.rollout_id` and record each in `flotilla_backups`. Replaces a backup of the same
+    /// rollout, revision and table (an earlier attempt). Nothing is recorded on error.
+    async fn backup(
+        &mut self,
+        tables: &[String],
+        revision: &str,
+        meta: &StepMeta,
+    ) -> Result<Vec<BackupRecord>, DriverError>;
+
+    /// Every recorded backup (none when `flotilla_backups` does not exist). Writes nothing.
+    async fn list_backups(&mut self) -> Result<Vec<BackupRecord>, DriverError>;
+
+    /// Fenced: put the backups' data back (see `crate::backup`), mark them restored, and
+    /// insert a `restored` history row per revision with `checksum`. Returns rows written.
+    async fn restore_backups(
+        &mut self,
+        backups: &[BackupRecord],
+        checksum: &str,
+        meta: &StepMeta,
+    ) -> Result<u64, DriverError>;
+
+    /// Remove the copies and their records.
+    async fn drop_backups(&mut self, backups: &[BackupRecord]) -> Result<(), DriverError>;
 
     /// Close the connection (releasing session locks). Errors are ignored.
     async fn close(self: Box<Self>);

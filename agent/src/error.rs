@@ -30,6 +30,7 @@ pub enum Reason {
     DatabaseUnavailable,
     Cancelled,
     PlanStale,
+    BackupFailed,
     Config,
     Internal,
 }
@@ -50,6 +51,7 @@ impl Reason {
             Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             Reason::Cancelled => "CANCELLED",
             Reason::PlanStale => "PLAN_STALE",
+            Reason::BackupFailed => "BACKUP_FAILED",
             Reason::Config => "CONFIG",
             Reason::Internal => "INTERNAL",
         }
@@ -136,6 +138,15 @@ pub enum AgentError {
         rolled_back: bool,
     },
     #[error(
+        "target {target}: the backup before step {revision} failed, so the step did not run \
+         and the target is untouched: {message}"
+    )]
+    BackupFailed {
+        target: String,
+        revision: String,
+        message: String,
+    },
+    #[error(
         "target {target}: the plan is stale: it was computed from state {expected} but the \
          target is at {found}; re-plan from a fresh status"
     )]
@@ -180,6 +191,7 @@ impl AgentError {
             AgentError::LockTimeout { .. } => Reason::LockTimeout,
             AgentError::RetriesExhausted { .. } => Reason::RetriesExhausted,
             AgentError::Sql { .. } | AgentError::Database { .. } => Reason::SqlError,
+            AgentError::BackupFailed { .. } => Reason::BackupFailed,
             AgentError::Unavailable { .. } => Reason::DatabaseUnavailable,
             AgentError::Cancelled { .. } => Reason::Cancelled,
             AgentError::PlanStale { .. } => Reason::PlanStale,
@@ -199,6 +211,7 @@ impl AgentError {
             | AgentError::TargetDirty { .. }
             | AgentError::NotDirty { .. }
             | AgentError::PlanStale { .. }
+            | AgentError::BackupFailed { .. }
             | AgentError::NotAdoptable { .. } => Code::FailedPrecondition,
             AgentError::LockTimeout { .. } => Code::DeadlineExceeded,
             AgentError::RetriesExhausted { .. }
@@ -224,6 +237,7 @@ impl AgentError {
                 FailureReason::RetriesExhausted
             }
             AgentError::Cancelled { .. } => FailureReason::Cancelled,
+            AgentError::BackupFailed { .. } => FailureReason::BackupFailed,
             AgentError::InvalidRequest { .. } | AgentError::UnknownTarget { .. } => {
                 FailureReason::InvalidStep
             }

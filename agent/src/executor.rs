@@ -97,6 +97,8 @@ pub(crate) struct PlannedStep {
     pub(crate) up_checksum: String,
     /// Mark dirty / run / mark clean instead of one transaction.
     pub(crate) dirty_protocol: bool,
+    /// Tables to back up before the step (up steps only); such a step runs alone.
+    pub(crate) backup_tables: Vec<String>,
 }
 
 /// Whether a step must use the dirty-marking protocol: non-transactional steps, and MySQL
@@ -252,6 +254,13 @@ impl Executor {
                 result = Err(e);
                 break;
             }
+            if !step.backup_tables.is_empty()
+                && let Err(e) = self.backup(&mut link, step, &ctx).await
+            {
+                self.fail(&ctx, step, &e, false).await;
+                result = Err(e);
+                break;
+            }
             let outcome = if step.dirty_protocol {
                 let span = tracing::info_span!(
                     "step",
@@ -373,6 +382,51 @@ impl Executor {
             }));
         }
         Ok((session, state))
+    }
+
+    /// Back up the step's tables on the request's session, under its lock, before the step
+    /// runs; nothing when the step is already applied. A failure fails the step untouched.
+    async fn backup(
+        &self,
+        link: &mut Link,
+        step: &PlannedStep,
+        ctx: &EventCtx,
+    ) -> Result<(), AgentError> {
+        let failed = |message: String| AgentError::BackupFailed {
+            target: self.target.id.clone(),
+            revision: step.spec.revision.clone(),
+            message,
+        };
+        let (session, state) = match self.state(link, ctx).await {
+            Ok(s) => s,
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Driver(e @ DriverError::StaleToken { .. })) => {
+                return Err(driver_error(&self.target.id, e));
+            }
+            Err(Failure::Driver(e)) => return Err(failed(e.to_string())),
+        };
+        let applied = state
+            .applied()
+            .iter()
+            .any(|r| r.revision == step.spec.revision && r.checksum == step.spec.checksum);
+        if applied {
+            return Ok(());
+        }
+        let res = session
+            .backup(&step.backup_tables, &step.spec.revision, &self.meta)
+            .await;
+        match res {
+            Ok(records) => {
+                for r in &records {
+                    tracing::info!(table = %r.table, location = %r.location, rows = r.rows, bytes = r.bytes, "backed up");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                link.reconnect().await;
+                Err(failed(e.to_string()))
+            }
+        }
     }
 
     async fn fail(&self, ctx: &EventCtx, step: &PlannedStep, e: &AgentError, dirty: bool) {
@@ -692,7 +746,9 @@ fn units(steps: &[PlannedStep], group: bool) -> Vec<&[PlannedStep]> {
     for i in 0..steps.len() {
         let next_joins = group
             && !steps[i].dirty_protocol
-            && steps.get(i + 1).is_some_and(|n| !n.dirty_protocol);
+            && steps
+                .get(i + 1)
+                .is_some_and(|n| !n.dirty_protocol && n.backup_tables.is_empty());
         if !next_joins {
             out.push(&steps[start..=i]);
             start = i + 1;

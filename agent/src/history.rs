@@ -18,6 +18,8 @@ pub enum RowStatus {
     /// Recorded by `Adopt` from another tool's version table, without running SQL; counts
     /// like `Applied`.
     Adopted,
+    /// `RestoreBackup` put back the data a step's backup saved; changes no applied set.
+    Restored,
 }
 
 impl RowStatus {
@@ -28,6 +30,7 @@ impl RowStatus {
             RowStatus::Stamped => "stamped",
             RowStatus::Abandoned => "abandoned",
             RowStatus::Adopted => "adopted",
+            RowStatus::Restored => "restored",
         }
     }
 
@@ -38,6 +41,7 @@ impl RowStatus {
             "stamped" => RowStatus::Stamped,
             "abandoned" => RowStatus::Abandoned,
             "adopted" => RowStatus::Adopted,
+            "restored" => RowStatus::Restored,
             _ => return None,
         })
     }

@@ -1,6 +1,7 @@
 //! Flotilla agent library: configuration, target discovery, database drivers and the gRPC service.
 
 pub mod agent;
+pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod driver;

@@ -135,6 +135,42 @@ impl AgentService for AgentGrpc {
             .map(Response::new)
     }
 
+    async fn list_backups(
+        &self,
+        req: Request<flotilla_proto::ListBackupsRequest>,
+    ) -> Result<Response<flotilla_proto::ListBackupsResponse>, Status> {
+        let span = server_span!(req, "ListBackups");
+        self.agent
+            .list_backups(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn restore_backup(
+        &self,
+        req: Request<flotilla_proto::RestoreBackupRequest>,
+    ) -> Result<Response<flotilla_proto::RestoreBackupResponse>, Status> {
+        let span = server_span!(req, "RestoreBackup", target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id);
+        self.agent
+            .restore_backup(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
+    async fn prune_backups(
+        &self,
+        req: Request<flotilla_proto::PruneBackupsRequest>,
+    ) -> Result<Response<flotilla_proto::PruneBackupsResponse>, Status> {
+        let span = server_span!(req, "PruneBackups");
+        self.agent
+            .prune_backups(req.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+    }
+
     async fn adopt(
         &self,
         req: Request<flotilla_proto::AdoptTargetRequest>,

@@ -29,6 +29,7 @@ pub fn status_of(e: EngineError) -> Status {
         EngineError::Fenced(_) => Status::failed_precondition(format!("FENCED: {e}")),
         EngineError::Store(_) | EngineError::Unavailable(_) => Status::unavailable(e.to_string()),
         EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),
+        EngineError::Destructive(_) => Status::failed_precondition(format!("DESTRUCTIVE: {e}")),
     }
 }
 
@@ -199,6 +200,7 @@ impl CoordinatorService for Api {
             .map_err(status_of)?;
         let graph = self.engine.graph();
         let mut targets = Vec::new();
+        let mut refusal = crate::engine::destructive::Refusal::default();
         for e in &snap.targets {
             let mut tp = pb::TargetPlan {
                 target_id: e.status.target_id.clone(),
@@ -214,6 +216,9 @@ impl CoordinatorService for Api {
                 spec.allow_downgrade,
             ) {
                 crate::engine::TargetPlanOutcome::Steps(steps) => {
+                    if let Some(d) = e.dialect() {
+                        refusal.add(graph, d, &steps);
+                    }
                     tp.steps = steps
                         .iter()
                         .map(|s| pb::PlannedStep {
@@ -227,6 +232,11 @@ impl CoordinatorService for Api {
                 crate::engine::TargetPlanOutcome::Blocked(why) => tp.blocked_reason = why,
             }
             targets.push(tp);
+        }
+        if !spec.allow_destructive
+            && let Some(e) = refusal.error(graph)
+        {
+            return Err(status_of(e));
         }
         for (agent, err) in snap.unreachable {
             targets.push(pb::TargetPlan {
@@ -484,6 +494,108 @@ impl CoordinatorService for Api {
             })
             .await?;
         Ok(Response::new(resp.target.unwrap_or_default()))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<pb::FleetBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let req = req.into_inner();
+        let mut out = pb::ListBackupsResponse::default();
+        if req.target_id.is_empty() {
+            for agent in self.engine.agents().await.map_err(status_of)? {
+                match agent
+                    .list_backups(pb::ListBackupsRequest { target_ids: vec![] })
+                    .await
+                {
+                    Ok(r) => {
+                        out.backups.extend(r.backups);
+                        out.errors.extend(r.errors);
+                    }
+                    Err(e) => out
+                        .errors
+                        .push(format!("agent {}: {}", agent.id(), e.message())),
+                }
+            }
+        } else {
+            check_id("target id", &req.target_id)?;
+            let e = self
+                .engine
+                .target_status(&req.target_id, false)
+                .await
+                .map_err(status_of)?;
+            out = e
+                .agent
+                .list_backups(pb::ListBackupsRequest {
+                    target_ids: vec![req.target_id],
+                })
+                .await?;
+        }
+        out.backups.sort_by(|a, b| {
+            (a.created_at_unix_ms, &a.target_id).cmp(&(b.created_at_unix_ms, &b.target_id))
+        });
+        Ok(Response::new(out))
+    }
+
+    async fn restore_backup(
+        &self,
+        req: Request<pb::FleetRestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.restore_backup(forwarded(req)).await;
+        }
+        let req = req.into_inner();
+        check_id("rollout id", &req.rollout_id)?;
+        let (term, e) = self.leader_target(&req.target_id).await?;
+        let resp = e
+            .agent
+            .restore_backup(pb::RestoreBackupRequest {
+                target_id: req.target_id,
+                rollout_id: req.rollout_id,
+                fencing_token: term.token,
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn prune_backups(
+        &self,
+        req: Request<pb::FleetPruneBackupsRequest>,
+    ) -> Result<Response<pb::PruneBackupsResponse>, Status> {
+        if let Some(mut leader) = self.leader(req.metadata()).await? {
+            return leader.prune_backups(forwarded(req)).await;
+        }
+        let req = req.into_inner();
+        let mut out = pb::PruneBackupsResponse::default();
+        if req.target_id.is_empty() {
+            for agent in self.engine.agents().await.map_err(status_of)? {
+                match agent
+                    .prune_backups(pb::PruneBackupsRequest {
+                        target_ids: vec![],
+                        keep: req.keep,
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        out.removed.extend(r.removed);
+                        out.errors.extend(r.errors);
+                    }
+                    Err(e) => out
+                        .errors
+                        .push(format!("agent {}: {}", agent.id(), e.message())),
+                }
+            }
+        } else {
+            let (_, e) = self.leader_target(&req.target_id).await?;
+            out = e
+                .agent
+                .prune_backups(pb::PruneBackupsRequest {
+                    target_ids: vec![req.target_id],
+                    keep: req.keep,
+                })
+                .await?;
+        }
+        Ok(Response::new(out))
     }
 
     async fn adopt(

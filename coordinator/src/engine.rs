@@ -25,6 +25,7 @@ use crate::rollout::{
 use crate::store::{StateStore, StoreError, WriteOp};
 
 mod batch;
+pub mod destructive;
 mod gate;
 pub mod preflight;
 mod run;
@@ -60,6 +61,10 @@ pub enum EngineError {
     /// `StartRollout` refused: the plan would block selected targets (a downgrade).
     #[error("{0}")]
     WouldBlock(String),
+    /// `StartRollout` / `Plan` refused: revisions to apply have destructive findings that
+    /// are not allowed.
+    #[error("{0}")]
+    Destructive(String),
 }
 
 impl From<StoreError> for EngineError {
@@ -371,6 +376,7 @@ impl Engine {
             )));
         }
         self.preflight(&spec, &goal, &traceparent).await?;
+        self.refuse_destructive(&spec, &goal, &traceparent).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
             id: uuid::Uuid::now_v7().to_string(),

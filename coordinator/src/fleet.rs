@@ -38,6 +38,18 @@ pub trait AgentClient: Send + Sync + 'static {
         req: pb::DetectForeignRequest,
     ) -> Result<pb::DetectForeignResponse, Status>;
     async fn adopt(&self, req: pb::AdoptTargetRequest) -> Result<pb::StampResponse, Status>;
+    async fn list_backups(
+        &self,
+        req: pb::ListBackupsRequest,
+    ) -> Result<pb::ListBackupsResponse, Status>;
+    async fn restore_backup(
+        &self,
+        req: pb::RestoreBackupRequest,
+    ) -> Result<pb::RestoreBackupResponse, Status>;
+    async fn prune_backups(
+        &self,
+        req: pb::PruneBackupsRequest,
+    ) -> Result<pb::PruneBackupsResponse, Status>;
 }
 
 fn request<T>(msg: T, hook: &Option<RequestHook>) -> Request<T> {
@@ -151,6 +163,39 @@ impl AgentClient for RemoteAgent {
             .await?
             .into_inner())
     }
+    async fn list_backups(
+        &self,
+        req: pb::ListBackupsRequest,
+    ) -> Result<pb::ListBackupsResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .list_backups(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn restore_backup(
+        &self,
+        req: pb::RestoreBackupRequest,
+    ) -> Result<pb::RestoreBackupResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .restore_backup(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn prune_backups(
+        &self,
+        req: pb::PruneBackupsRequest,
+    ) -> Result<pb::PruneBackupsResponse, Status> {
+        Ok(self
+            .client
+            .clone()
+            .prune_backups(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
 }
 
 /// An agent running in this process (the demo, small setups), called through its tonic
@@ -229,6 +274,36 @@ impl<S: AgentService> AgentClient for LocalAgent<S> {
         Ok(self
             .service
             .adopt(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn list_backups(
+        &self,
+        req: pb::ListBackupsRequest,
+    ) -> Result<pb::ListBackupsResponse, Status> {
+        Ok(self
+            .service
+            .list_backups(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn restore_backup(
+        &self,
+        req: pb::RestoreBackupRequest,
+    ) -> Result<pb::RestoreBackupResponse, Status> {
+        Ok(self
+            .service
+            .restore_backup(request(req, &self.hook))
+            .await?
+            .into_inner())
+    }
+    async fn prune_backups(
+        &self,
+        req: pb::PruneBackupsRequest,
+    ) -> Result<pb::PruneBackupsResponse, Status> {
+        Ok(self
+            .service
+            .prune_backups(request(req, &self.hook))
             .await?
             .into_inner())
     }

@@ -6,13 +6,15 @@
 //! the graph, a target's history and a goal.
 
 mod graph;
-mod lint;
+pub mod lint;
 mod parse;
 mod plan;
 mod render;
 
 pub use graph::Graph;
-pub use lint::{Diagnostic, Severity, lint_revision, lint_sources};
+pub use lint::{
+    Diagnostic, LintConfig, RevisionFinding, Rule, Severity, lint_revision, lint_set, lint_sources,
+};
 pub use parse::{ParseError, ParseErrorKind, ParseErrors, Revision, load_dir, parse_file};
 pub use plan::{
     AppliedRevision, Blocked, Goal, InvalidGoal, Plan, PlannedStep, TargetHistory, heads_of, plan,

@@ -101,6 +101,9 @@ pub struct RolloutSpec {
     /// One transaction per step (default: one per run of transactional steps per target).
     #[serde(default)]
     pub transaction_per_step: bool,
+    /// Run revisions with destructive lint findings that their files do not allow.
+    #[serde(default)]
+    pub allow_destructive: bool,
 }
 
 impl Default for RolloutSpec {
@@ -117,6 +120,7 @@ impl Default for RolloutSpec {
             allow_downgrade: false,
             allow_blocked: false,
             transaction_per_step: false,
+            allow_destructive: false,
         }
     }
 }
@@ -135,6 +139,7 @@ impl RolloutSpec {
             allow_downgrade: self.allow_downgrade,
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
+            allow_destructive: self.allow_destructive,
         }
     }
 
@@ -176,6 +181,7 @@ impl RolloutSpec {
             allow_downgrade: p.allow_downgrade,
             allow_blocked: p.allow_blocked,
             transaction_per_step: p.transaction_per_step,
+            allow_destructive: p.allow_destructive,
         })
     }
 }

@@ -29,6 +29,8 @@ use crate::driver::{Driver, DriverError, GroupFailure, Session, StepMeta, StepOb
 use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::types::{Dialect, Direction, Secret};
 
+mod backup;
+
 const D: Dialect = Dialect::Sqlite;
 
 /// How long SQLite waits on a locked database before returning SQLITE_BUSY.
@@ -651,6 +653,35 @@ impl Session for SqliteSession {
 
     async fn catalog(&mut self) -> Result<Catalog, DriverError> {
         catalog(&mut self.conn).await.map_err(on(D, "read catalog"))
+    }
+
+    async fn backup(
+        &mut self,
+        tables: &[String],
+        revision: &str,
+        meta: &StepMeta,
+    ) -> Result<Vec<crate::backup::BackupRecord>, DriverError> {
+        backup::backup(&mut self.conn, tables, revision, meta).await
+    }
+
+    async fn list_backups(&mut self) -> Result<Vec<crate::backup::BackupRecord>, DriverError> {
+        backup::list(&mut self.conn).await
+    }
+
+    async fn restore_backups(
+        &mut self,
+        backups: &[crate::backup::BackupRecord],
+        checksum: &str,
+        meta: &StepMeta,
+    ) -> Result<u64, DriverError> {
+        backup::restore(&mut self.conn, backups, checksum, meta).await
+    }
+
+    async fn drop_backups(
+        &mut self,
+        backups: &[crate::backup::BackupRecord],
+    ) -> Result<(), DriverError> {
+        backup::drop(&mut self.conn, backups).await
     }
 
     async fn close(mut self: Box<Self>) {

@@ -60,7 +60,7 @@ fn checksum_field(field: &str, s: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn fencing_token(token: u64) -> Result<(), AgentError> {
+pub(crate) fn fencing_token(token: u64) -> Result<(), AgentError> {
     if token == 0 {
         return Err(invalid(
             "fencing_token",
@@ -93,7 +93,7 @@ pub fn is_valid_rollout_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
-fn rollout_id(id: &str) -> Result<(), AgentError> {
+pub(crate) fn rollout_id(id: &str) -> Result<(), AgentError> {
     if !is_valid_rollout_id(id) {
         let shown: String = id.chars().take(64).collect();
         return Err(invalid(
@@ -163,6 +163,20 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
         checksum_field(&f("checksum"), &s.checksum)?;
         if !s.up_checksum.is_empty() {
             checksum_field(&f("up_checksum"), &s.up_checksum)?;
+        }
+        if s.backup_tables.len() > 64 {
+            return Err(invalid(f("backup_tables"), "more than 64 tables"));
+        }
+        for t in &s.backup_tables {
+            if !crate::backup::is_valid_table(t) {
+                return Err(invalid(
+                    f("backup_tables"),
+                    format!(
+                        "{t:?}: expected 1 to {} characters of A-Z a-z 0-9 _ . $ \" `",
+                        crate::backup::MAX_TABLE_LEN
+                    ),
+                ));
+            }
         }
         let computed = checksum(&s.sql);
         if !computed.eq_ignore_ascii_case(&s.checksum) {
@@ -240,6 +254,7 @@ mod tests {
             checksum: checksum(sql),
             transactional: true,
             up_checksum: String::new(),
+            backup_tables: vec![],
         }
     }
 
@@ -278,6 +293,15 @@ mod tests {
         assert_eq!(
             field_of(migrate_request(&req(vec![s]))),
             "steps[0].direction"
+        );
+        let mut s = step("a", "x");
+        s.backup_tables = vec!["\"public\".users".into()];
+        assert_eq!(field_of(migrate_request(&req(vec![s]))), "ok");
+        let mut s = step("a", "x");
+        s.backup_tables = vec!["users; DROP TABLE x".into()];
+        assert_eq!(
+            field_of(migrate_request(&req(vec![s]))),
+            "steps[0].backup_tables"
         );
         let big = "x".repeat(MAX_SQL_BYTES + 1);
         assert_eq!(

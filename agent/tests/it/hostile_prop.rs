@@ -117,6 +117,7 @@ fn step() -> impl Strategy<Value = Step> {
                 sql: sql.into(),
                 transactional,
                 up_checksum,
+                backup_tables: vec![],
             },
         )
 }

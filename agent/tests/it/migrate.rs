@@ -417,6 +417,7 @@ async fn down_steps_remove_and_skip() -> Result<()> {
     let down = |rev: &str, sql: &str, up_sql: &str| flotilla_proto::Step {
         direction: flotilla_proto::Direction::Down as i32,
         up_checksum: flotilla_agent::checksum(up_sql),
+        backup_tables: vec![],
         ..up(rev, sql)
     };
     let steps = vec![

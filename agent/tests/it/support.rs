@@ -27,6 +27,7 @@ pub(crate) fn up(revision: &str, sql: &str) -> Step {
         checksum: checksum(sql),
         transactional: true,
         up_checksum: String::new(),
+        backup_tables: vec![],
     }
 }
 

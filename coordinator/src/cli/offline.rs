@@ -11,7 +11,8 @@ use serde_json::json;
 
 use super::{CliError, GlobalArgs, Outcome, OutputFormat};
 use crate::revision::{
-    Goal, Graph, RenderRequest, Severity, lint_sources, load_dir, render, render_plan,
+    Diagnostic, Goal, Graph, LintConfig, RenderRequest, Severity, lint_set, load_dir, render,
+    render_plan,
 };
 
 mod history;
@@ -420,7 +421,19 @@ fn write_revision(
 fn check(dir: &Path, strict: bool, json: bool, out: &mut dyn Write) -> Result<Outcome, CliError> {
     let files = load_dir(dir)?;
     let n_files = files.len();
-    let (graph, diags) = lint_sources(files);
+    let (config, config_error) = match LintConfig::load(dir) {
+        Ok(c) => (c, None),
+        Err(e) => (LintConfig::default(), Some(Diagnostic::from(e))),
+    };
+    let (graph, mut diags) = lint_set(files, &config);
+    // A bad lint.toml makes the set invalid for every other command too.
+    let graph = match config_error {
+        Some(e) => {
+            diags.insert(0, e);
+            None
+        }
+        None => graph,
+    };
     let errors = diags
         .iter()
         .filter(|d| d.severity == Severity::Error)

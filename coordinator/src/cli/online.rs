@@ -20,6 +20,7 @@ use flotilla_agent::tls::error_chain;
 use super::{CliError, GlobalArgs, OutputFormat};
 
 mod adopt;
+mod backups;
 mod habits;
 use crate::rollout::{Budget, RolloutSpec, RolloutState, Selector, WaveSize};
 
@@ -156,6 +157,10 @@ pub struct SpecArgs {
     /// steps (where a failing step also rolls back the steps before it)
     #[arg(long, env = "FLOTILLA_TRANSACTION_PER_STEP")]
     pub transaction_per_step: bool,
+    /// Run revisions with destructive lint findings (drop table/column/schema, truncate)
+    /// that their file does not allow with `-- lint: allow destructive`
+    #[arg(long, env = "FLOTILLA_ALLOW_DESTRUCTIVE")]
+    pub allow_destructive: bool,
 }
 
 impl SpecArgs {
@@ -179,6 +184,7 @@ impl SpecArgs {
             allow_downgrade: self.allow_downgrade || implied_down,
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
+            allow_destructive: self.allow_destructive,
         })
     }
 }
@@ -198,6 +204,8 @@ pub enum OnlineCommand {
     /// Record the history another tool's version table shows (alembic_version,
     /// flyway_schema_history, _sqlx_migrations, schema_migrations) as adopted, running nothing
     Adopt(adopt::AdoptArgs),
+    /// The backups agents take before destructive steps: list, restore, prune
+    Backups(backups::BackupsArgs),
     /// The fleet table: target, agent, dialect, labels, revision, dirty, drift
     Status {
         #[command(flatten)]
@@ -383,6 +391,7 @@ pub async fn run(
     let json = global.output == OutputFormat::Json;
     match cmd {
         OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
+        OnlineCommand::Backups(args) => backups::run(args, json, out).await,
         OnlineCommand::Plan { client, spec } => {
             let mut c = client.connect().await?;
             let resp = c

@@ -187,6 +187,16 @@ impl Engine {
                         .get(&s.revision)
                         .map(|r| r.up_checksum(rec.dialect))
                         .unwrap_or_default(),
+                    backup_tables: match self.graph.get(&s.revision) {
+                        Some(r) if s.direction == flotilla_agent::Direction::Up => {
+                            crate::revision::lint::backup_tables(
+                                r,
+                                rec.dialect,
+                                self.graph.lint_config(),
+                            )
+                        }
+                        _ => vec![],
+                    },
                 })
                 .collect(),
             lock_wait_ms: 0,

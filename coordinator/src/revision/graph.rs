@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use flotilla_agent::Dialect;
 use sha2::{Digest, Sha256};
 
+use super::lint::LintConfig;
 use super::parse::{ParseError, ParseErrorKind, ParseErrors, Revision, load_dir, parse_file};
 
 /// A validated migration set. Revisions are stored in topological order.
@@ -17,12 +18,35 @@ pub struct Graph {
     index: HashMap<String, usize>,
     /// Children of each revision (indexes), in topological order.
     children: Vec<Vec<usize>>,
+    /// The set's `lint.toml` (not part of the digest: it changes no SQL).
+    lint: LintConfig,
 }
 
 impl Graph {
-    /// Reads and validates every `*.sql` file under `dir`.
+    /// Reads and validates every `*.sql` file under `dir`, and its `lint.toml` if any.
     pub fn load_dir(dir: &Path) -> Result<Graph, ParseErrors> {
-        Graph::from_sources(load_dir(dir)?)
+        let config = LintConfig::load(dir);
+        let graph = Graph::from_sources(load_dir(dir)?);
+        match (graph, config) {
+            (Ok(g), Ok(c)) => Ok(g.with_lint_config(c)),
+            (Ok(_), Err(e)) => Err(ParseErrors(vec![e])),
+            (Err(es), Ok(_)) => Err(es),
+            (Err(mut es), Err(e)) => {
+                es.0.insert(0, e);
+                Err(es)
+            }
+        }
+    }
+
+    /// The graph with the set's lint settings.
+    pub fn with_lint_config(mut self, lint: LintConfig) -> Graph {
+        self.lint = lint;
+        self
+    }
+
+    /// The set's lint settings (`lint.toml`).
+    pub fn lint_config(&self) -> &LintConfig {
+        &self.lint
     }
 
     /// Parses and validates a set of files; every problem is reported, the set is refused as a
@@ -123,6 +147,7 @@ impl Graph {
             revisions: sorted,
             index,
             children,
+            lint: LintConfig::default(),
         })
     }
 

@@ -1,16 +1,27 @@
-//! `flotilla check`: everything the parser refuses (errors) plus warnings about revisions that
-//! parse but are risky: irreversible, destructive up sections, statements that cannot run in
-//! a transaction inside a transactional revision, sections whose last statement lacks `;`.
+//! `flotilla check` and the rollout's destructive-step refusal: everything the parser refuses
+//! (errors) plus findings of the SQL rules (`lint/rule.rs`, `lint/sql.rs`: statements parsed
+//! with `sqlparser` per dialect) and of the file checks (irreversible revisions, a last
+//! statement without `;`).
 //!
-//! Statement detection is a small lexical scan (comments, string literals, quoted identifiers
-//! and dollar quotes are skipped), not a SQL parser: it finds keyword sequences.
+//! A finding is silenced by the file's `-- lint: allow <rule>, ...` header or by the set's
+//! `lint.toml` (`lint/config.rs`). Pure: the caller reads the files.
 
 use std::path::PathBuf;
 
 use flotilla_agent::Dialect;
 
 use super::graph::Graph;
-use super::parse::{Revision, Section, parse_file};
+use super::parse::{ParseError, Revision, Section, parse_file};
+
+mod config;
+mod rule;
+mod scan;
+mod sql;
+
+pub use config::{FILE as CONFIG_FILE, LintConfig};
+pub use rule::Rule;
+pub(crate) use scan::scan;
+pub use sql::{Finding, Part};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,11 +34,15 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
-    /// Stable machine-readable code (`unknown_key`, `destructive`, ...).
+    /// Stable machine-readable code: a parse error's (`unknown_key`, ...) or a rule's name
+    /// (`destructive`, ...), or `irreversible` / `missing_semicolon`.
     pub code: &'static str,
     pub path: PathBuf,
     pub line: Option<usize>,
     pub revision: Option<String>,
+    /// The dialects the finding applies to (empty for parse errors and file checks).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dialects: Vec<Dialect>,
     pub message: String,
 }
 
@@ -41,30 +56,60 @@ impl std::fmt::Display for Diagnostic {
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }
-        write!(f, ": {sev}[{}]: {}", self.code, self.message)
+        write!(f, ": {sev}[{}]: {}", self.code, self.message)?;
+        if !self.dialects.is_empty() && self.dialects.len() < Dialect::ALL.len() {
+            let names: Vec<&str> = self.dialects.iter().map(|d| d.as_str()).collect();
+            write!(f, " (on {})", names.join(", "))?;
+        }
+        Ok(())
     }
 }
 
-/// Lints a set of files: parse and set errors, then warnings for every file that parsed.
-/// Diagnostics are sorted by path and line. The graph is returned when the set is valid.
+impl From<ParseError> for Diagnostic {
+    fn from(e: ParseError) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            code: e.kind.code(),
+            message: e.kind.to_string(),
+            path: e.path,
+            line: e.line,
+            revision: None,
+            dialects: vec![],
+        }
+    }
+}
+
+/// A rule finding in one revision, merged over the dialects that share the section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionFinding {
+    pub finding: Finding,
+    pub part: Part,
+    pub dialects: Vec<Dialect>,
+    /// Silenced by the file's `-- lint:` header or by `lint.toml`.
+    pub allowed: bool,
+}
+
+/// Lints a set of files with no `lint.toml`.
 pub fn lint_sources(files: Vec<(PathBuf, Vec<u8>)>) -> (Option<Graph>, Vec<Diagnostic>) {
+    lint_set(files, &LintConfig::default())
+}
+
+/// Lints a set of files: parse and set errors, then findings for every file that parsed.
+/// Diagnostics are sorted by path and line. The graph is returned when the set is valid.
+pub fn lint_set(
+    files: Vec<(PathBuf, Vec<u8>)>,
+    config: &LintConfig,
+) -> (Option<Graph>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     for (path, bytes) in &files {
         if let Ok(r) = parse_file(path, bytes) {
-            out.extend(lint_revision(&r));
+            out.extend(lint_revision_with(&r, config));
         }
     }
     let graph = match Graph::from_sources(files) {
-        Ok(g) => Some(g),
+        Ok(g) => Some(g.with_lint_config(config.clone())),
         Err(errors) => {
-            out.extend(errors.0.into_iter().map(|e| Diagnostic {
-                severity: Severity::Error,
-                code: e.kind.code(),
-                message: e.kind.to_string(),
-                path: e.path,
-                line: e.line,
-                revision: None,
-            }));
+            out.extend(errors.0.into_iter().map(Diagnostic::from));
             None
         }
     };
@@ -72,16 +117,23 @@ pub fn lint_sources(files: Vec<(PathBuf, Vec<u8>)>) -> (Option<Graph>, Vec<Diagn
     (graph, out)
 }
 
-/// Warnings for one parsed revision.
+/// Warnings for one parsed revision (no `lint.toml`).
 pub fn lint_revision(r: &Revision) -> Vec<Diagnostic> {
+    lint_revision_with(r, &LintConfig::default())
+}
+
+/// Warnings for one parsed revision: the rules' findings that are not allowed, and the file
+/// checks.
+pub fn lint_revision_with(r: &Revision, config: &LintConfig) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    let mut warn = |line: usize, code: &'static str, message: String| {
+    let mut warn = |line: usize, code: &'static str, dialects: Vec<Dialect>, message: String| {
         out.push(Diagnostic {
             severity: Severity::Warning,
             code,
             path: r.path.clone(),
             line: Some(line),
             revision: Some(r.id.clone()),
+            dialects,
             message,
         });
     };
@@ -94,6 +146,7 @@ pub fn lint_revision(r: &Revision) -> Vec<Diagnostic> {
         warn(
             r.revision_line,
             "irreversible",
+            vec![],
             format!(
                 "revision {:?} has no down section: a downgrade across it is refused",
                 r.id
@@ -103,6 +156,7 @@ pub fn lint_revision(r: &Revision) -> Vec<Diagnostic> {
         warn(
             r.revision_line,
             "irreversible",
+            vec![],
             format!(
                 "revision {:?} has no down section for {}: a downgrade across it is refused there",
                 r.id,
@@ -110,46 +164,27 @@ pub fn lint_revision(r: &Revision) -> Vec<Diagnostic> {
             ),
         );
     }
-    let sections =
-        r.up.all()
-            .map(|(d, s)| ("up", d, s))
-            .chain(r.down.all().map(|(d, s)| ("down", d, s)));
-    for (dir, dialect, section) in sections {
+    for f in findings(r, config) {
+        if !f.allowed {
+            let message = match f.part {
+                Part::Up => f.finding.message,
+                Part::Down => format!("down section: {}", f.finding.message),
+            };
+            warn(f.finding.line, f.finding.rule.as_str(), f.dialects, message);
+        }
+    }
+    for (dir, dialect, section) in sections(r) {
         let name = match dialect {
             Some(d) => format!("{dir} {d}"),
             None => dir.to_owned(),
         };
-        let stmts = statements(section);
-        for st in &stmts {
-            if dir == "up"
-                && let Some(what) = destructive(&st.words)
-            {
-                warn(
-                    st.line,
-                    "destructive",
-                    format!(
-                        "`{what}` in the {name} section destroys data: make sure it is intended and backed up"
-                    ),
-                );
-            }
-            if r.transactional
-                && let Some(what) = non_transactional(&st.words)
-            {
-                warn(
-                    st.line,
-                    "non_transactional_statement",
-                    format!(
-                        "`{what}` cannot run inside a transaction: set `-- transactional: false` in the header"
-                    ),
-                );
-            }
-        }
-        if let Some(last) = stmts.last()
+        if let Some(last) = scan(&section.sql, section.text_line).last()
             && !last.terminated
         {
             warn(
                 last.line,
                 "missing_semicolon",
+                vec![],
                 format!(
                     "the last statement of the {name} section does not end with `;`: rendered scripts would run it together with the next one"
                 ),
@@ -159,207 +194,86 @@ pub fn lint_revision(r: &Revision) -> Vec<Diagnostic> {
     out
 }
 
-/// A statement found by the lexical scan: its upper-cased words and its first line in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Statement {
-    pub(crate) words: Vec<String>,
-    pub(crate) line: usize,
-    pub(crate) terminated: bool,
+/// Every section written in the file with its direction and dialect (`None` = plain).
+fn sections(r: &Revision) -> impl Iterator<Item = (&'static str, Option<Dialect>, &Section)> {
+    r.up.all()
+        .map(|(d, s)| ("up", d, s))
+        .chain(r.down.all().map(|(d, s)| ("down", d, s)))
 }
 
-/// Splits a section into statements (file line numbers).
-pub(crate) fn statements(section: &Section) -> Vec<Statement> {
-    scan(&section.sql, section.text_line)
-}
-
-/// Lexical scan of `sql` whose first line is line `first_line`.
-pub(crate) fn scan(sql: &str, first_line: usize) -> Vec<Statement> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let mut cur = Statement {
-        words: Vec::new(),
-        line: first_line,
-        terminated: false,
-    };
-    let mut line = first_line;
-    let mut i = 0;
-    // Advance past b[i..j], counting line breaks.
-    let skip_to = |i: usize, j: usize, line: &mut usize| {
-        *line += b[i..j].iter().filter(|c| **c == b'\n').count();
-        j
-    };
-    while i < b.len() {
-        let c = b[i];
-        let rest = &b[i..];
-        if c == b'\n' {
-            line += 1;
-            i += 1;
-        } else if rest.starts_with(b"--") {
-            let end = rest
-                .iter()
-                .position(|c| *c == b'\n')
-                .map_or(b.len(), |p| i + p);
-            i = skip_to(i, end, &mut line);
-        } else if rest.starts_with(b"/*") {
-            let end = find(rest, b"*/", 2).map_or(b.len(), |p| i + p + 2);
-            i = skip_to(i, end, &mut line);
-        } else if c == b'\'' || c == b'"' || c == b'`' {
-            // Quoted: a doubled quote is an escaped quote.
-            let mut j = i + 1;
-            while j < b.len() {
-                if b[j] == c {
-                    if b.get(j + 1) == Some(&c) {
-                        j += 2;
-                        continue;
-                    }
-                    break;
+/// Every rule finding of a revision, in file order, each analyzed with the dialect(s) that
+/// run its section and merged when they agree.
+pub fn findings(r: &Revision, config: &LintConfig) -> Vec<RevisionFinding> {
+    let mut out: Vec<RevisionFinding> = Vec::new();
+    for (part, sections) in [(Part::Up, &r.up), (Part::Down, &r.down)] {
+        for d in Dialect::ALL {
+            let Some(section) = sections.for_dialect(d) else {
+                continue;
+            };
+            for finding in sql::analyze(&section.sql, section.text_line, d, r.transactional, part) {
+                match out
+                    .iter_mut()
+                    .find(|f| f.part == part && f.finding == finding)
+                {
+                    Some(f) => f.dialects.push(d),
+                    None => out.push(RevisionFinding {
+                        allowed: r.allows(finding.rule) || config.allow.contains(&finding.rule),
+                        finding,
+                        part,
+                        dialects: vec![d],
+                    }),
                 }
-                j += 1;
             }
-            i = skip_to(i, (j + 1).min(b.len()), &mut line);
-        } else if c == b'$' {
-            let tag_len = rest[1..]
-                .iter()
-                .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
-                .filter(|&p| rest.get(1 + p) == Some(&b'$'));
-            match tag_len {
-                Some(p) => {
-                    let tag = &rest[..p + 2];
-                    let end = find(rest, tag, tag.len()).map_or(b.len(), |q| i + q + tag.len());
-                    i = skip_to(i, end, &mut line);
-                }
-                None => i += 1,
-            }
-        } else if c == b';' {
-            cur.terminated = true;
-            out.push(std::mem::replace(
-                &mut cur,
-                Statement {
-                    words: Vec::new(),
-                    line,
-                    terminated: false,
-                },
-            ));
-            i += 1;
-        } else if c.is_ascii_alphanumeric() || c == b'_' {
-            let len = rest
-                .iter()
-                .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
-                .unwrap_or(rest.len());
-            if cur.words.is_empty() {
-                cur.line = line;
-            }
-            cur.words
-                .push(String::from_utf8_lossy(&rest[..len]).to_ascii_uppercase());
-            i += len;
-        } else {
-            i += 1;
         }
     }
-    if !cur.words.is_empty() {
-        out.push(cur);
-    }
-    out.retain(|s| !s.words.is_empty());
+    out.sort_by_key(|f| f.finding.line);
     out
 }
 
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    hay.get(from..)?
-        .windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + from)
+/// The up section's destructive findings on `dialect` (allowed ones included: `allowed`
+/// says which). The rollout refuses the ones not allowed; the agent backs up their tables.
+pub fn destructive(r: &Revision, dialect: Dialect, config: &LintConfig) -> Vec<RevisionFinding> {
+    let Some(section) = r.up.for_dialect(dialect) else {
+        return vec![];
+    };
+    sql::analyze(
+        &section.sql,
+        section.text_line,
+        dialect,
+        r.transactional,
+        Part::Up,
+    )
+    .into_iter()
+    .filter(|f| f.rule == Rule::Destructive)
+    .map(|finding| RevisionFinding {
+        allowed: r.allows(Rule::Destructive) || config.allow.contains(&Rule::Destructive),
+        finding,
+        part: Part::Up,
+        dialects: vec![dialect],
+    })
+    .collect()
 }
 
-fn starts(words: &[String], seq: &[&str]) -> bool {
-    words.len() >= seq.len() && words.iter().zip(seq).all(|(w, s)| w == s)
-}
-
-fn contains(words: &[String], seq: &[&str]) -> bool {
-    words
-        .windows(seq.len())
-        .any(|w| w.iter().zip(seq).all(|(a, b)| a == b))
-}
-
-/// A data-destroying statement: DROP TABLE/SCHEMA/DATABASE, TRUNCATE, ALTER TABLE ... DROP COLUMN.
-fn destructive(words: &[String]) -> Option<&'static str> {
-    if starts(words, &["DROP", "TABLE"]) {
-        Some("DROP TABLE")
-    } else if starts(words, &["DROP", "SCHEMA"]) {
-        Some("DROP SCHEMA")
-    } else if starts(words, &["DROP", "DATABASE"]) {
-        Some("DROP DATABASE")
-    } else if starts(words, &["TRUNCATE"]) {
-        Some("TRUNCATE")
-    } else if starts(words, &["ALTER", "TABLE"]) && contains(words, &["DROP", "COLUMN"]) {
-        Some("DROP COLUMN")
-    } else {
-        None
+/// The tables the agent backs up before running `r`'s up section on `dialect`: those of its
+/// destructive findings (allowed or not), and with `-- backup: true` every existing table the
+/// section changes.
+pub fn backup_tables(r: &Revision, dialect: Dialect, config: &LintConfig) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for f in destructive(r, dialect, config) {
+        if let Some(t) = f.finding.table
+            && !out.contains(&t)
+        {
+            out.push(t);
+        }
     }
-}
-
-/// A statement that cannot run inside a transaction block.
-fn non_transactional(words: &[String]) -> Option<&'static str> {
-    let create_index =
-        starts(words, &["CREATE", "INDEX"]) || starts(words, &["CREATE", "UNIQUE", "INDEX"]);
-    if create_index && contains(words, &["CONCURRENTLY"]) {
-        Some("CREATE INDEX CONCURRENTLY")
-    } else if starts(words, &["DROP", "INDEX", "CONCURRENTLY"]) {
-        Some("DROP INDEX CONCURRENTLY")
-    } else if starts(words, &["REINDEX"]) && contains(words, &["CONCURRENTLY"]) {
-        Some("REINDEX CONCURRENTLY")
-    } else if starts(words, &["VACUUM"]) {
-        Some("VACUUM")
-    } else if starts(words, &["ALTER", "TYPE"]) && contains(words, &["ADD", "VALUE"]) {
-        Some("ALTER TYPE ... ADD VALUE")
-    } else if starts(words, &["CREATE", "DATABASE"]) {
-        Some("CREATE DATABASE")
-    } else if starts(words, &["DROP", "DATABASE"]) {
-        Some("DROP DATABASE")
-    } else {
-        None
+    if r.backup
+        && let Some(section) = r.up.for_dialect(dialect)
+    {
+        for t in sql::touched_tables(&section.sql, dialect) {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn words(sql: &str) -> Vec<(usize, String, bool)> {
-        scan(sql, 1)
-            .into_iter()
-            .map(|s| (s.line, s.words.join(" "), s.terminated))
-            .collect()
-    }
-
-    #[test]
-    fn scan_skips_comments_strings_and_dollar_quotes() {
-        let sql = "-- DROP TABLE x;\nCREATE TABLE t (a text default 'x;y', \"b;\" int); /* ; */\nDO $f$ BEGIN; DROP TABLE z; END $f$;\nSELECT 1";
-        assert_eq!(
-            words(sql),
-            [
-                (2, "CREATE TABLE T A TEXT DEFAULT INT".to_owned(), true),
-                (3, "DO".to_owned(), true),
-                (4, "SELECT 1".to_owned(), false),
-            ]
-        );
-    }
-
-    #[test]
-    fn classifies_statements() {
-        let w = |s: &str| scan(s, 1).remove(0).words;
-        assert_eq!(
-            destructive(&w("alter table t\n  drop column x;")),
-            Some("DROP COLUMN")
-        );
-        assert_eq!(destructive(&w("drop index i;")), None);
-        assert_eq!(
-            non_transactional(&w("create unique index concurrently i on t (a);")),
-            Some("CREATE INDEX CONCURRENTLY")
-        );
-        assert_eq!(
-            non_transactional(&w("ALTER TYPE mood ADD VALUE 'meh';")),
-            Some("ALTER TYPE ... ADD VALUE")
-        );
-        assert_eq!(non_transactional(&w("create index i on t (a);")), None);
-    }
+    out
 }

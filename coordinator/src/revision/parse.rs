@@ -4,7 +4,7 @@
 //! # File format (public contract, also in README.md)
 //!
 //! A header of `-- key: value` lines (keys `revision`, `revises`, `description`,
-//! `transactional`; other comment lines without a `key:` and blank lines are allowed), then
+//! `transactional`, `lint` (`allow <rule>[, <rule>...]`), `backup` (`true`/`false`); other comment lines without a `key:` and blank lines are allowed), then
 //! sections opened by marker lines `-- migrate:up`, `-- migrate:down`, optionally followed by a
 //! dialect (`postgres`, `mysql`, `sqlite`) that overrides the plain section for that dialect.
 //!
@@ -17,12 +17,14 @@
 //! lines between statements) is kept byte for byte. The checksum is the lowercase hex SHA-256
 //! of that text, and `Revision::up_sql` returns exactly that text.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use flotilla_agent::{Dialect, checksum, is_valid_revision_id};
 
 mod error;
+
+use super::lint::Rule;
 
 pub use error::{ParseError, ParseErrorKind, ParseErrors};
 
@@ -77,6 +79,11 @@ pub struct Revision {
     pub(crate) revision_line: usize,
     /// Line of the `revises` header, or of the `revision` header when there is none.
     pub(crate) revises_line: usize,
+    /// Lint rules this file allows (`-- lint: allow destructive, locking`).
+    pub(crate) lint_allow: BTreeSet<Rule>,
+    /// `-- backup: true`: the agent backs up the tables the up section touches before it runs,
+    /// even when the linter finds nothing destructive.
+    pub backup: bool,
 }
 
 impl Revision {
@@ -121,10 +128,22 @@ impl Revision {
     pub fn is_merge(&self) -> bool {
         self.parents.len() > 1
     }
+
+    /// True when the file's `-- lint:` header allows `rule`.
+    pub fn allows(&self, rule: Rule) -> bool {
+        self.lint_allow.contains(&rule)
+    }
 }
 
 /// Header values are mapped to these fixed keys.
-const KEYS: [&str; 4] = ["revision", "revises", "description", "transactional"];
+const KEYS: [&str; 6] = [
+    "revision",
+    "revises",
+    "description",
+    "transactional",
+    "lint",
+    "backup",
+];
 /// Ids that would read as a goal keyword.
 const RESERVED: [&str; 3] = ["head", "heads", "base"];
 
@@ -323,6 +342,29 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         },
     };
 
+    let mut lint_allow = BTreeSet::new();
+    if let Some((value, line)) = headers.get("lint") {
+        match parse_lint_allow(value) {
+            Ok(rules) => lint_allow = rules,
+            Err(kind) => errors.push(err(Some(*line), kind)),
+        }
+    }
+
+    let backup = match headers.get("backup") {
+        None => false,
+        Some((v, line)) => match v.to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                errors.push(err(
+                    Some(*line),
+                    ParseErrorKind::BadBackup { value: (*v).into() },
+                ));
+                false
+            }
+        },
+    };
+
     let mut up = Sections::default();
     let mut down = Sections::default();
     for (k, (i, marker)) in markers.iter().enumerate() {
@@ -392,7 +434,37 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         down,
         revision_line,
         revises_line,
+        lint_allow,
+        backup,
     })
+}
+
+/// The value of a `-- lint:` header: `allow` then one or more rule names separated by commas
+/// or spaces (`allow destructive, locking`).
+fn parse_lint_allow(value: &str) -> Result<BTreeSet<Rule>, ParseErrorKind> {
+    let bad = || ParseErrorKind::BadLint {
+        value: value.to_owned(),
+    };
+    let rest = value.strip_prefix("allow").ok_or_else(bad)?;
+    if !rest.starts_with(char::is_whitespace) {
+        return Err(bad());
+    }
+    let mut rules = BTreeSet::new();
+    for name in rest
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        let rule = name
+            .parse::<Rule>()
+            .map_err(|()| ParseErrorKind::UnknownLintRule {
+                rule: name.to_owned(),
+            })?;
+        rules.insert(rule);
+    }
+    if rules.is_empty() {
+        return Err(bad());
+    }
+    Ok(rules)
 }
 
 /// Reads every `*.sql` file under `dir` (recursively, skipping hidden entries, in path order)

@@ -315,6 +315,7 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
                     checksum: flotilla_agent::checksum(sql),
                     transactional: true,
                     up_checksum: String::new(),
+                    backup_tables: vec![],
                 }],
                 lock_wait_ms: 0,
                 ..Default::default()

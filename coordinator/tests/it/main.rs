@@ -1,8 +1,10 @@
 //! Coordinator integration tests: one binary, one module per area, real servers via testkit.
 
 mod adopt;
+mod backups;
 mod cli_online;
 mod dashboards;
+mod destructive;
 mod drift;
 mod ha;
 mod harness;
@@ -13,6 +15,7 @@ mod reflection;
 mod registry;
 mod revision_apply;
 mod revision_cli;
+mod revision_lint;
 mod revision_parse;
 mod revision_plan;
 mod revision_prop;

@@ -92,6 +92,7 @@ async fn run_plan(
                 .get(&s.revision)
                 .map(|r| r.up_checksum(d))
                 .unwrap_or_default(),
+            backup_tables: vec![],
         })
         .collect();
     let mut stream = agent

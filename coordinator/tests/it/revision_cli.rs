@@ -215,10 +215,10 @@ fn check_reports_errors_and_warnings_with_exit_codes() {
     let text = r.stdout.replace(&dir.display().to_string(), "DIR");
     let text = text.split(", digest").next().unwrap_or_default();
     expect![[r#"
-        DIR/0001.sql:4: warning[non_transactional_statement]: `CREATE INDEX CONCURRENTLY` cannot run inside a transaction: set `-- transactional: false` in the header
+        DIR/0001.sql:4: warning[non_transactional_in_transaction]: `CREATE INDEX CONCURRENTLY` cannot run inside a transaction: set `-- transactional: false` in the header (one such statement per revision)
         DIR/0002.sql:1: warning[irreversible]: revision "0002" has no down section: a downgrade across it is refused
-        DIR/0002.sql:4: warning[destructive]: `DROP COLUMN` in the up section destroys data: make sure it is intended and backed up
-        DIR/0002.sql:6: warning[non_transactional_statement]: `VACUUM` cannot run inside a transaction: set `-- transactional: false` in the header
+        DIR/0002.sql:4: warning[destructive]: dropping column old of t destroys its data: stop reading it in the application first (a release before); if it is intended, allow it with `-- lint: allow destructive` (the agent backs the table up first)
+        DIR/0002.sql:6: warning[non_transactional_in_transaction]: `VACUUM` cannot run inside a transaction: set `-- transactional: false` in the header (one such statement per revision)
         DIR/0002.sql:6: warning[missing_semicolon]: the last statement of the up section does not end with `;`: rendered scripts would run it together with the next one
         2 revisions, heads: 0002"#]]
     .assert_eq(text);

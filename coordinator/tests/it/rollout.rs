@@ -760,6 +760,7 @@ async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<
                 checksum: s.checksum.clone(),
                 transactional: s.transactional,
                 up_checksum: String::new(),
+                ..Default::default()
             })
             .collect(),
         ..Default::default()

@@ -13,7 +13,9 @@ pub enum ParseErrorKind {
     NotUtf8 { column: usize },
     #[error("cannot read: {message}")]
     Io { message: String },
-    #[error("unknown header key {key:?}: expected revision, revises, description or transactional")]
+    #[error(
+        "unknown header key {key:?}: expected revision, revises, description, transactional, lint or backup"
+    )]
     UnknownKey { key: String },
     #[error("header key {key:?} given twice")]
     DuplicateKey { key: String },
@@ -23,6 +25,17 @@ pub enum ParseErrorKind {
     BadRevisionId { id: String, why: &'static str },
     #[error("bad transactional value {value:?}: expected true or false")]
     BadTransactional { value: String },
+    #[error("bad lint value {value:?}: expected `allow <rule>[, <rule>...]`")]
+    BadLint { value: String },
+    #[error(
+        "unknown lint rule {rule:?}: expected one of {}",
+        crate::revision::lint::Rule::names()
+    )]
+    UnknownLintRule { rule: String },
+    #[error("bad backup value {value:?}: expected true or false")]
+    BadBackup { value: String },
+    #[error("{message}")]
+    LintConfig { message: String },
     #[error("statement outside a section: put SQL after `-- migrate:up` or `-- migrate:down`")]
     OutsideSection,
     #[error(
@@ -60,6 +73,10 @@ impl ParseErrorKind {
             ParseErrorKind::MissingRevision => "missing_revision",
             ParseErrorKind::BadRevisionId { .. } => "bad_revision_id",
             ParseErrorKind::BadTransactional { .. } => "bad_transactional",
+            ParseErrorKind::BadLint { .. } => "bad_lint",
+            ParseErrorKind::UnknownLintRule { .. } => "unknown_lint_rule",
+            ParseErrorKind::BadBackup { .. } => "bad_backup",
+            ParseErrorKind::LintConfig { .. } => "lint_config",
             ParseErrorKind::OutsideSection => "outside_section",
             ParseErrorKind::UnknownMarker { .. } => "unknown_marker",
             ParseErrorKind::DuplicateSection { .. } => "duplicate_section",
