@@ -17,7 +17,7 @@ use crate::revision::Goal;
 use crate::rollout::{RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves};
 
 use super::batch::{TargetWriter, write_records};
-use super::snapshot::{TargetPlanOutcome, plan_target, state_digest_of};
+use super::snapshot::{PlanMemo, TargetPlanOutcome, state_digest_of};
 use super::{Control, Engine, EngineError, Term};
 
 /// Failures so far in the rollout, and how many are allowed before no target starts.
@@ -64,10 +64,10 @@ impl Engine {
         let run = async move {
             let result = engine.clone().run_rollout(id, term).await;
             // The fleet gauges now the rollout ended, from what the agents reported while it
-            // ran (the planning Status and each Migrate's closing state): no extra Status
-            // round, and no catalog reads (the drift gauge is `validate`'s).
+            // ran (the planning Status and each Migrate's closing state and fingerprint).
             if !term.cancel.is_cancelled() {
-                crate::metrics::record_fleet_view(&engine).await;
+                let migrated = matches!(result, Ok(true)).then_some(id);
+                crate::metrics::record_fleet_view(&engine, migrated).await;
             }
             result.map(|_| ())
         };
@@ -282,6 +282,7 @@ impl Engine {
         }
         let mut runnable = Vec::new();
         let mut records = Vec::new();
+        let mut memo = PlanMemo::new(&self.graph, goal, rec.spec.allow_downgrade);
         for entry in &snap.targets {
             let dialect = entry.dialect().unwrap_or(Dialect::Sqlite);
             let mut t = TargetRecord {
@@ -299,13 +300,7 @@ impl Engine {
                 fingerprint: String::new(),
                 planned_from: state_digest_of(&entry.status),
             };
-            match plan_target(
-                &self.graph,
-                &entry.status,
-                entry.dialect(),
-                goal,
-                rec.spec.allow_downgrade,
-            ) {
+            match memo.plan(&entry.status, entry.dialect()) {
                 TargetPlanOutcome::Blocked(why) => {
                     t.state = TargetState::Blocked;
                     t.message = why;
@@ -522,9 +517,8 @@ impl Engine {
             })
             .map(|t| t.target_id.clone())
             .collect();
-        if ids.is_empty() {
-            return Ok(None);
-        }
+        // Targets whose Migrate reported no fingerprint (an older agent, a resumed target)
+        // are fingerprinted now; the rest came with `MigrateFinished`.
         let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for id in &ids {
             if let Some(t) = targets.get(id) {
@@ -534,7 +528,11 @@ impl Engine {
                     .push(id.clone());
             }
         }
-        let agents = self.agents().await?;
+        let agents = if by_agent.is_empty() {
+            Vec::new()
+        } else {
+            self.agents().await?
+        };
         for (agent_id, ids) in by_agent {
             let Some(agent) = agents.iter().find(|a| a.id() == agent_id) else {
                 continue;

@@ -102,6 +102,44 @@ pub fn plan_target(
     }
 }
 
+/// One planning pass's plans, computed once per distinct (dialect, state): a fleet shares a
+/// few states (10,000 tenants at head are one), and planning is a pure function of the graph,
+/// the state (its digest covers the applied revisions, their checksums and order, and the
+/// dirty revision), the goal and `allow_downgrade`, the last two fixed for the pass.
+pub struct PlanMemo<'a> {
+    graph: &'a Graph,
+    goal: &'a Goal,
+    allow_downgrade: bool,
+    plans: std::collections::HashMap<(Dialect, String), TargetPlanOutcome>,
+}
+
+impl<'a> PlanMemo<'a> {
+    pub fn new(graph: &'a Graph, goal: &'a Goal, allow_downgrade: bool) -> Self {
+        PlanMemo {
+            graph,
+            goal,
+            allow_downgrade,
+            plans: Default::default(),
+        }
+    }
+
+    /// [`plan_target`] for this pass's graph, goal and `allow_downgrade`.
+    pub fn plan(
+        &mut self,
+        status: &pb::TargetStatus,
+        dialect: Option<Dialect>,
+    ) -> TargetPlanOutcome {
+        let Some(d) = dialect.filter(|_| status.error.is_empty()) else {
+            return plan_target(self.graph, status, dialect, self.goal, self.allow_downgrade);
+        };
+        let (graph, goal, allow_downgrade) = (self.graph, self.goal, self.allow_downgrade);
+        self.plans
+            .entry((d, state_digest_of(status)))
+            .or_insert_with(|| plan_target(graph, status, dialect, goal, allow_downgrade))
+            .clone()
+    }
+}
+
 impl Engine {
     /// Ask every agent for the state of all its targets: one `Status` RPC per agent, in
     /// parallel, retried with backoff while the agent is unreachable.
@@ -195,6 +233,8 @@ impl Engine {
             .map(|e| (e.status.target_id.clone(), e))
             .collect();
         let known = &known;
+        let memo = std::sync::Mutex::new(PlanMemo::new(&self.graph, goal, allow_downgrade));
+        let memo = &memo;
         let calls = agents.iter().map(|agent| async move {
             let listed = self
                 .status_of_agent(
@@ -232,10 +272,11 @@ impl Engine {
                         ..k.status.clone()
                     })
                     .filter(|status| {
-                        matches!(
-                            plan_target(&self.graph, status, dialect, goal, allow_downgrade),
-                            TargetPlanOutcome::Steps(steps) if !steps.is_empty()
-                        )
+                        let plan = memo
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .plan(status, dialect);
+                        matches!(plan, TargetPlanOutcome::Steps(steps) if !steps.is_empty())
                     });
                 match from_view {
                     Some(status) => planned.push(FleetEntry {
