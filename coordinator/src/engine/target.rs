@@ -187,15 +187,11 @@ impl Engine {
                         .get(&s.revision)
                         .map(|r| r.up_checksum(rec.dialect))
                         .unwrap_or_default(),
-                    backup_tables: match self.graph.get(&s.revision) {
-                        Some(r) if s.direction == flotilla_agent::Direction::Up => {
-                            crate::revision::lint::backup_tables(
-                                r,
-                                rec.dialect,
-                                self.graph.lint_config(),
-                            )
+                    backup_tables: match s.direction {
+                        flotilla_agent::Direction::Up => {
+                            self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
                         }
-                        _ => vec![],
+                        flotilla_agent::Direction::Down => vec![],
                     },
                 })
                 .collect(),

@@ -20,6 +20,9 @@ pub struct Graph {
     children: Vec<Vec<usize>>,
     /// The set's `lint.toml` (not part of the digest: it changes no SQL).
     lint: LintConfig,
+    /// The tables to back up before each revision's up step, per dialect, filled on first
+    /// use: a lint result, parsed once per graph (not once per target and step).
+    backups: std::sync::OnceLock<HashMap<(usize, Dialect), Vec<String>>>,
 }
 
 impl Graph {
@@ -41,7 +44,29 @@ impl Graph {
     /// The graph with the set's lint settings.
     pub fn with_lint_config(mut self, lint: LintConfig) -> Graph {
         self.lint = lint;
+        self.backups = Default::default();
         self
+    }
+
+    /// The tables the agent backs up before `revision`'s up step on `dialect`
+    /// (`lint::backup_tables`); empty for an unknown revision.
+    pub fn backup_tables(&self, revision: &str, dialect: Dialect) -> &[String] {
+        let all = self.backups.get_or_init(|| {
+            let mut all = HashMap::new();
+            for (i, r) in self.revisions.iter().enumerate() {
+                for d in Dialect::ALL {
+                    let tables = super::lint::backup_tables(r, d, &self.lint);
+                    if !tables.is_empty() {
+                        all.insert((i, d), tables);
+                    }
+                }
+            }
+            all
+        });
+        self.index
+            .get(revision)
+            .and_then(|i| all.get(&(*i, dialect)))
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The set's lint settings (`lint.toml`).
@@ -148,6 +173,7 @@ impl Graph {
             index,
             children,
             lint: LintConfig::default(),
+            backups: Default::default(),
         })
     }
 
