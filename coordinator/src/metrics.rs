@@ -209,11 +209,7 @@ pub async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>) {
                     .map(|a| a.revision.clone())
                     .collect(),
                 fingerprint: fingerprints.get(&e.status.target_id)?.clone(),
-                canary: e
-                    .status
-                    .labels
-                    .get(crate::engine::validate::CANARY_LABEL)
-                    .is_some_and(|v| v == "true"),
+                canary: e.is_canary(),
             })
         })
         .collect();

@@ -321,12 +321,7 @@ impl Engine {
                             transactional: s.transactional,
                         })
                         .collect();
-                    let canary = entry
-                        .status
-                        .labels
-                        .get("flotilla.io/canary")
-                        .is_some_and(|v| v == "true");
-                    runnable.push((!canary, t));
+                    runnable.push((!entry.is_canary(), t));
                 }
             }
         }

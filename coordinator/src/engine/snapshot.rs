@@ -23,6 +23,14 @@ pub struct FleetEntry {
 }
 
 impl FleetEntry {
+    /// Labelled `flotilla.io/canary=true`: a canary first, and the drift reference.
+    pub fn is_canary(&self) -> bool {
+        self.status
+            .labels
+            .get(super::validate::CANARY_LABEL)
+            .is_some_and(|v| v == "true")
+    }
+
     pub fn dialect(&self) -> Option<Dialect> {
         pb::Dialect::try_from(self.status.dialect)
             .ok()
@@ -145,30 +153,15 @@ impl Engine {
     /// parallel, retried with backoff while the agent is unreachable.
     pub async fn snapshot(&self, include_history: bool) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
-        let backoff = self.agent_backoff();
         // While leading, every Status announces the term's token to the agents.
         let token = self.term().map(|t| t.token).unwrap_or(0);
-        let calls = agents.iter().map(|agent| {
-            let agent = agent.clone();
-            async move {
-                let res = (|| {
-                    let agent = agent.clone();
-                    async move {
-                        agent
-                            .status(pb::StatusRequest {
-                                target_ids: vec![],
-                                include_history,
-                                fencing_token: token,
-                                ..Default::default()
-                            })
-                            .await
-                    }
-                })
-                .retry(backoff)
-                .when(is_retryable)
-                .await;
-                (agent, res)
-            }
+        let calls = agents.iter().map(|agent| async move {
+            let req = pb::StatusRequest {
+                include_history,
+                fencing_token: token,
+                ..Default::default()
+            };
+            (agent.clone(), self.status_of_agent(agent, req).await)
         });
         let mut snap = FleetSnapshot::default();
         let mut answered = Vec::new();

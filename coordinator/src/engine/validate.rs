@@ -105,12 +105,7 @@ impl Engine {
         let mut known: HashMap<&str, (Dialect, bool)> = HashMap::new();
         for e in entries {
             let Some(d) = e.dialect() else { continue };
-            let canary = e
-                .status
-                .labels
-                .get(CANARY_LABEL)
-                .is_some_and(|v| v == "true");
-            known.insert(&e.status.target_id, (d, canary));
+            known.insert(&e.status.target_id, (d, e.is_canary()));
             calls
                 .entry((e.agent.id().to_owned(), d))
                 .or_insert_with(|| (e.agent.clone(), vec![]))
