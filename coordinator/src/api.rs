@@ -133,8 +133,7 @@ impl Api {
     }
 
     async fn rollout(&self, id: &str) -> Result<pb::Rollout, Status> {
-        let (rec, targets) = self.engine.get(id).await.map_err(status_of)?;
-        Ok(rec.to_proto(&targets))
+        self.engine.rollout_proto(id).await.map_err(status_of)
     }
 }
 
@@ -706,9 +705,8 @@ fn watch_stream(
                     | tokio::sync::broadcast::error::TryRecvError::Closed)
             ) {}
             last_read = tokio::time::Instant::now();
-            match engine.get(&id).await {
-                Ok((rec, targets)) => {
-                    let now = rec.to_proto(&targets);
+            match engine.rollout_proto(&id).await {
+                Ok(now) => {
                     if now != last {
                         last = now.clone();
                         if tx

@@ -15,6 +15,8 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use flotilla_proto as pb;
+
 use crate::fleet::AgentClient;
 use crate::lock::{FleetLock, LockError};
 use crate::registry::Registry;
@@ -27,6 +29,7 @@ use crate::store::{StateStore, StoreError, WriteOp};
 mod batch;
 pub mod destructive;
 mod gate;
+mod live;
 pub mod preflight;
 mod run;
 pub mod snapshot;
@@ -128,6 +131,8 @@ pub struct Engine {
     tasks: TaskTracker,
     /// The last state seen of each target (see `view.rs`).
     pub(crate) view: view::FleetView,
+    /// The rollouts this coordinator runs, as last written (see `live.rs`).
+    pub(crate) live: live::LiveRollouts,
 }
 
 impl Engine {
@@ -147,6 +152,7 @@ impl Engine {
             controls: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             view: view::FleetView::default(),
+            live: live::LiveRollouts::default(),
         })
     }
 
@@ -302,8 +308,19 @@ impl Engine {
             }],
         )
         .await?;
+        self.live.put_rollout(term.token, rec);
         self.notify(&rec.id);
         Ok(())
+    }
+
+    /// A rollout as the API shows it: from memory while this coordinator runs it (see
+    /// `live.rs`), from the store otherwise.
+    pub async fn rollout_proto(&self, id: &str) -> Result<pb::Rollout, EngineError> {
+        if let Some(p) = self.live.proto(id, self.term().map(|t| t.token)) {
+            return Ok(p);
+        }
+        let (rec, targets) = self.get(id).await?;
+        Ok(rec.to_proto(&targets))
     }
 
     /// A rollout and its targets, from the store.

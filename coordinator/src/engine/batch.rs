@@ -24,7 +24,7 @@ use super::{Engine, EngineError, Term};
 pub(crate) const WRITE_CHUNK: usize = 100;
 
 /// How long staged records wait for company before they are written.
-const FLUSH_DELAY: Duration = Duration::from_millis(20);
+const FLUSH_DELAY: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 struct Pending {
@@ -132,6 +132,7 @@ pub(crate) async fn write_records(
             })
             .collect::<Result<Vec<_>, _>>()?;
         engine.write(term, ops).await?;
+        engine.live.put_targets(term.token, rollout, chunk);
     }
     Ok(())
 }

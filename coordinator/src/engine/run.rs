@@ -63,6 +63,7 @@ impl Engine {
         let engine = self.clone();
         let run = async move {
             let result = engine.clone().run_rollout(id, term).await;
+            engine.live.end(id);
             // The fleet gauges now the rollout ended, from what the agents reported while it
             // ran (the planning Status and each Migrate's closing state and fingerprint).
             if !term.cancel.is_cancelled() {
@@ -98,6 +99,7 @@ impl Engine {
             self.plan_rollout(term, &mut rec, &goal).await?;
         }
         let (_, targets) = self.get(id).await?;
+        self.live.start(term.token, &rec, &targets);
         let mut targets: BTreeMap<String, TargetRecord> = targets
             .into_iter()
             .map(|t| (t.target_id.clone(), t))

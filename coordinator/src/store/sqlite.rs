@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sqlx::AssertSqlSafe;
 use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::{broadcast, mpsc};
@@ -120,6 +121,53 @@ impl SqliteStateStore {
     }
 }
 
+/// Keys per multi-row statement (2 variables each, far below SQLite's limit of 32,766).
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `DELETE FROM <table> WHERE key IN (...)`; `table` is one of ours.
+async fn delete_keys(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    table: &'static str,
+    keys: &[&str],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "DELETE FROM {table} WHERE key IN ({})",
+        vec!["?"; keys.len()].join(", ")
+    );
+    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+    for key in keys {
+        q = q.bind(*key);
+    }
+    q.execute(&mut **tx)
+        .await
+        .map_err(|e| db_err("delete", e))?;
+    Ok(())
+}
+
+/// One op, one key: for writes that put and delete the same key.
+async fn write_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    op: &WriteOp,
+) -> Result<(), StoreError> {
+    if let WriteOp::Put { key, value } = op {
+        sqlx::query(
+            "INSERT INTO kv (key, value) VALUES (?, ?) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| db_err("put", e))?;
+    } else {
+        delete_keys(tx, "kv", &[op.key()]).await?;
+    }
+    delete_keys(tx, "leased", &[op.key()]).await
+}
+
 /// The smallest string greater than every string that starts with `prefix`, if any.
 fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
@@ -180,36 +228,44 @@ impl StateStore for SqliteStateStore {
             self.signals.fenced(token);
             return Err(StoreError::Fenced { token });
         }
+        // A few statements per write, not two per key: each statement is a round trip to
+        // the connection's worker thread, which cost more than the writes themselves.
+        let mut puts: Vec<(&str, &[u8])> = Vec::new();
+        let mut deletes: Vec<&str> = Vec::new();
         for op in &ops {
             match op {
-                WriteOp::Put { key, value } => {
-                    sqlx::query(
-                        "INSERT INTO kv (key, value) VALUES (?, ?) \
-                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    )
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| db_err("put", e))?;
-                    sqlx::query("DELETE FROM leased WHERE key = ?")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_err("put", e))?;
+                WriteOp::Put { key, value } => puts.push((key, value)),
+                WriteOp::Delete { key } => deletes.push(key),
+            }
+        }
+        // Within one write keys are distinct in practice; a key put twice keeps its last
+        // value (ON CONFLICT in row order), as the one-statement-per-op loop did. A key both
+        // put and deleted in one write is not something any caller does: apply them in op
+        // order the slow way.
+        let mixed = puts.iter().any(|(k, _)| deletes.contains(k));
+        if mixed {
+            for op in &ops {
+                write_one(&mut tx, op).await?;
+            }
+        } else {
+            for chunk in puts.chunks(ROWS_PER_STATEMENT) {
+                let sql = format!(
+                    "INSERT INTO kv (key, value) VALUES {} \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    vec!["(?, ?)"; chunk.len()].join(", ")
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+                for (key, value) in chunk {
+                    q = q.bind(*key).bind(*value);
                 }
-                WriteOp::Delete { key } => {
-                    sqlx::query("DELETE FROM kv WHERE key = ?")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_err("delete", e))?;
-                    sqlx::query("DELETE FROM leased WHERE key = ?")
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| db_err("delete", e))?;
-                }
+                q.execute(&mut *tx).await.map_err(|e| db_err("put", e))?;
+            }
+            let keys: Vec<&str> = puts.iter().map(|(k, _)| *k).collect();
+            for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+                delete_keys(&mut tx, "kv", chunk).await?;
+            }
+            for chunk in keys.chunks(ROWS_PER_STATEMENT).chain(deletes.chunks(ROWS_PER_STATEMENT)) {
+                delete_keys(&mut tx, "leased", chunk).await?;
             }
         }
         tx.commit().await.map_err(|e| db_err("commit", e))?;
