@@ -689,8 +689,9 @@ fn watch_stream(
             return;
         }
         // At most one read of the rollout per interval, however many targets changed:
-        // reading is O(targets), updates arrive per step.
-        const MIN_GAP: Duration = Duration::from_millis(100);
+        // building and sending the state is O(targets), updates arrive per step. The interval
+        // grows with the rollout (100 ms up to 100 targets, 325 ms at 1,000, 1 s from 3,700):
+        // a watcher of a large rollout gets a few states a second, not a stream of copies.
         let mut last_read = tokio::time::Instant::now();
         while !is_done(&last) {
             tokio::select! {
@@ -698,7 +699,7 @@ fn watch_stream(
                 _ = updates.recv() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            tokio::time::sleep_until(last_read + MIN_GAP).await;
+            tokio::time::sleep_until(last_read + min_gap(last.targets.len())).await;
             while !matches!(
                 updates.try_recv(),
                 Err(tokio::sync::broadcast::error::TryRecvError::Empty
@@ -728,9 +729,28 @@ fn watch_stream(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// The least time between two reads of a watched rollout of `targets` targets.
+fn min_gap(targets: usize) -> Duration {
+    (Duration::from_millis(100) + Duration::from_micros(250) * targets.saturating_sub(100) as u32)
+        .min(Duration::from_secs(1))
+}
+
 fn is_done(r: &pb::Rollout) -> bool {
     crate::rollout::RolloutState::from_proto(
         pb::RolloutState::try_from(r.state).unwrap_or_default(),
     )
     .is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_reads_large_rollouts_less_often() {
+        assert_eq!(min_gap(0), Duration::from_millis(100));
+        assert_eq!(min_gap(100), Duration::from_millis(100));
+        assert_eq!(min_gap(1_000), Duration::from_millis(325));
+        assert_eq!(min_gap(10_000), Duration::from_secs(1));
+    }
 }
