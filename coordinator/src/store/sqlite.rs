@@ -264,7 +264,10 @@ impl StateStore for SqliteStateStore {
             for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
                 delete_keys(&mut tx, "kv", chunk).await?;
             }
-            for chunk in keys.chunks(ROWS_PER_STATEMENT).chain(deletes.chunks(ROWS_PER_STATEMENT)) {
+            for chunk in keys
+                .chunks(ROWS_PER_STATEMENT)
+                .chain(deletes.chunks(ROWS_PER_STATEMENT))
+            {
                 delete_keys(&mut tx, "leased", chunk).await?;
             }
         }
@@ -409,7 +412,80 @@ async fn poll_watch(
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_upper_bound;
+    use super::*;
+
+    fn put(key: &str, value: &str) -> WriteOp {
+        WriteOp::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_write_lands_whole_and_a_stale_token_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = open_pool(&dir.path().join("state.db")).await.expect("pool");
+        let token = bump_fence(&pool, None).await.expect("bump").expect("token");
+        let store = SqliteStateStore::new(pool.clone(), Arc::new(FenceSignals::default()));
+        // More keys than one statement takes, one of them twice (the last value wins).
+        let mut ops: Vec<WriteOp> = (0..450).map(|i| put(&format!("k/{i:04}"), "v1")).collect();
+        ops.push(put("k/0007", "v2"));
+        store.write(token, ops).await.expect("write");
+        let all = store.list("k/").await.expect("list");
+        assert_eq!(all.len(), 450);
+        assert_eq!(
+            store.get("k/0007").await.expect("get"),
+            Some(b"v2".to_vec())
+        );
+        // Deletes and puts of other keys in one write; then a put and delete of one key
+        // in op order.
+        store
+            .write(
+                token,
+                vec![
+                    WriteOp::Delete {
+                        key: "k/0000".into(),
+                    },
+                    put("k/0001", "v3"),
+                    WriteOp::Delete {
+                        key: "k/0449".into(),
+                    },
+                ],
+            )
+            .await
+            .expect("mixed write");
+        store
+            .write(
+                token,
+                vec![
+                    put("k/0002", "v4"),
+                    WriteOp::Delete {
+                        key: "k/0002".into(),
+                    },
+                ],
+            )
+            .await
+            .expect("put then delete");
+        let all = store.list("k/").await.expect("list");
+        assert_eq!(all.len(), 447);
+        assert_eq!(
+            store.get("k/0001").await.expect("get"),
+            Some(b"v3".to_vec())
+        );
+        assert_eq!(store.get("k/0002").await.expect("get"), None);
+        // A deposed token: nothing of the write lands.
+        bump_fence(&pool, None).await.expect("bump");
+        let err = store
+            .write(token, vec![put("k/0003", "stale"), put("k/9999", "stale")])
+            .await
+            .expect_err("stale token");
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert_eq!(
+            store.get("k/0003").await.expect("get"),
+            Some(b"v1".to_vec())
+        );
+        assert_eq!(store.get("k/9999").await.expect("get"), None);
+    }
 
     #[test]
     fn upper_bound_of_prefix() {
