@@ -63,6 +63,27 @@ impl Refusal {
     /// The refusal, naming each revision, file:line, rule and what to do; `None` when
     /// nothing destructive would run.
     pub fn error(&self, graph: &Graph) -> Option<EngineError> {
+        let (revisions, named) = self.findings(graph)?;
+        Some(EngineError::Destructive(format!(
+            "refusing to run destructive steps of {revisions} ({named}); nothing was started: after review add \
+             `-- lint: allow destructive` to the revision's header, or pass --allow-destructive \
+             (allow_destructive)"
+        )))
+    }
+
+    /// Why one target of a running rollout is left alone: re-planned from its agent's report
+    /// (it changed since the rollout started), its plan now runs not-allowed destructive steps.
+    pub fn blocked_target(&self, graph: &Graph) -> Option<String> {
+        let (revisions, named) = self.findings(graph)?;
+        Some(format!(
+            "the target changed since the rollout started and its new plan runs destructive steps of \
+             {revisions} ({named}); left untouched: after review add `-- lint: allow destructive` to \
+             the revision's header, or start a rollout with --allow-destructive"
+        ))
+    }
+
+    /// The revisions (comma-separated) and the findings named (abbreviated).
+    fn findings(&self, graph: &Graph) -> Option<(String, String)> {
         if self.found.is_empty() {
             return None;
         }
@@ -91,13 +112,7 @@ impl Refusal {
         if total > NAMED {
             named.push(format!("and {} more", total - NAMED));
         }
-        Some(EngineError::Destructive(format!(
-            "refusing to run destructive steps of {} ({}); nothing was started: after review add \
-             `-- lint: allow destructive` to the revision's header, or pass --allow-destructive \
-             (allow_destructive)",
-            revisions.join(", "),
-            named.join("; ")
-        )))
+        Some((revisions.join(", "), named.join("; ")))
     }
 }
 

@@ -331,10 +331,30 @@ impl Engine {
                 goal,
                 rollout.spec.allow_downgrade,
             ) {
-                TargetPlanOutcome::Steps(s) => Ok((s, digest)),
+                TargetPlanOutcome::Steps(s) => match self.destructive_in(rollout, &entry, &s) {
+                    Some(why) => Err(Attempt::Blocked(why)),
+                    None => Ok((s, digest)),
+                },
                 TargetPlanOutcome::Blocked(why) => Err(Attempt::Blocked(why)),
             },
         )
+    }
+
+    /// StartRollout refused not-allowed destructive steps on the plan it saw; a re-plan (the
+    /// target changed since) is held to the same rule, so a step nobody reviewed never runs.
+    fn destructive_in(
+        &self,
+        rollout: &RolloutRecord,
+        entry: &FleetEntry,
+        steps: &[PlannedStep],
+    ) -> Option<String> {
+        if rollout.spec.allow_destructive {
+            return None;
+        }
+        let dialect = entry.dialect()?;
+        let mut refusal = super::destructive::Refusal::default();
+        refusal.add(&self.graph, dialect, steps);
+        refusal.blocked_target(&self.graph)
     }
 }
 

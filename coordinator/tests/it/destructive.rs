@@ -6,7 +6,8 @@ use anyhow::Result;
 use flotilla_proto as pb;
 
 use crate::harness::{
-    TestAgent, TestCoordinator, applied, migrations, run_cli, spec, sqlite_targets, state,
+    TestAgent, TestCoordinator, applied, follow_to_end, migrations, run_cli, spec, sqlite_targets,
+    state, target_state, targets_in,
 };
 
 const CREATE: &str = "-- revision: 0001\n-- migrate:up\nCREATE TABLE users (id integer PRIMARY KEY, legacy text);\nINSERT INTO users (id, legacy) VALUES (1, 'a'), (2, 'b');\n-- migrate:down\nDROP TABLE users;\n";
@@ -136,5 +137,117 @@ async fn destructive_revision_with_the_allow_line_proceeds() -> Result<()> {
         statuses(&agent).await?,
         vec![vec!["0001".to_owned(), "0002".to_owned()]]
     );
+    Ok(())
+}
+
+/// StartRollout checks the plan it sees; a target that changes after that check (here
+/// reverted by another tool while its Migrate waits for the migration lock) is re-planned
+/// from its agent's report, and a re-plan that would run a not-allowed destructive step
+/// leaves the target blocked and untouched instead of running a step nobody reviewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replan_that_would_run_a_destructive_step_blocks_the_target() -> Result<()> {
+    use flotilla_agent::driver::Driver;
+    use sqlx::Connection;
+    use std::time::Duration;
+
+    let drop_with_down = format!(
+        "{}-- migrate:down\nALTER TABLE users ADD COLUMN legacy text;\n",
+        drop_column(false)
+    );
+    let add = "-- revision: 0003\n-- revises: 0002\n-- migrate:up\nALTER TABLE users ADD COLUMN nickname text;\n-- migrate:down\nALTER TABLE users DROP COLUMN nickname;\n";
+    let dir = migrations(&[
+        ("0001.sql", CREATE),
+        ("0002.sql", &drop_with_down),
+        ("0003.sql", add),
+    ])?;
+    let (tmp, targets) = sqlite_targets("d", 2)?;
+    let agent = TestAgent::start("a1", targets).await?;
+    let coord = TestCoordinator::start(dir.path(), &[&agent], None).await?;
+    let mut c = coord.client().await?;
+    // Both at 0002, the drop reviewed for that rollout.
+    let mut reviewed = spec("0002");
+    reviewed.allow_destructive = true;
+    let r = coord.rollout(reviewed).await?;
+    assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:?}");
+
+    // d02's migration lock is held: its Migrate will wait for it.
+    let path = tmp.path().join("d02.db");
+    let url = format!("sqlite://{}", path.display());
+    let driver = flotilla_agent::driver::sqlite::SqliteDriver::new(flotilla_agent::Secret::new(
+        url.as_str(),
+    ))?;
+    let mut holder = driver.connect().await?;
+    anyhow::ensure!(holder.try_lock().await?, "the lock was not free");
+
+    // Head is 0003 only for both: nothing destructive, the rollout starts (d01 the canary).
+    let started = c
+        .start_rollout(pb::StartRolloutRequest {
+            spec: Some(spec("head").to_proto()),
+        })
+        .await?
+        .into_inner();
+    flotilla_testkit::eventually("d02 running", Duration::from_secs(30), || {
+        let mut c = c.clone();
+        let id = started.id.clone();
+        async move {
+            let r = c
+                .get_rollout(pb::GetRolloutRequest { id })
+                .await?
+                .into_inner();
+            Ok(r.targets
+                .iter()
+                .any(|t| t.target_id == "d02" && target_state(t) == pb::TargetState::Running)
+                .then_some(()))
+        }
+    })
+    .await?;
+    // Another tool reverts 0002 on d02 (the column is back, its history row gone).
+    {
+        let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+        sqlx::raw_sql(
+            "ALTER TABLE users ADD COLUMN legacy text; \
+             DELETE FROM flotilla_history WHERE revision = '0002';",
+        )
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+    }
+    holder.unlock().await?;
+    holder.close().await;
+
+    let end = follow_to_end(&mut c, &started.id).await?;
+    assert_eq!(
+        targets_in(&end, pb::TargetState::Succeeded),
+        ["d01"],
+        "{end:#?}"
+    );
+    assert_eq!(
+        targets_in(&end, pb::TargetState::Blocked),
+        ["d02"],
+        "{end:#?}"
+    );
+    let d02 = end
+        .targets
+        .iter()
+        .find(|t| t.target_id == "d02")
+        .expect("d02");
+    assert!(
+        d02.message.contains("destructive steps of 0002") && d02.message.contains("left untouched"),
+        "{}",
+        d02.message
+    );
+    // d02 kept its column and ran nothing: 0001 only, the revert as the other tool left it.
+    let st = coord.engine.target_status("d02", false).await?.status;
+    assert_eq!(applied(&st), ["0001"]);
+    let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+    let legacy: i64 = sqlx::query_scalar("SELECT count(legacy) FROM users")
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(
+        legacy, 0,
+        "the legacy column is still there (NULLs after the revert)"
+    );
+    let st = coord.engine.target_status("d01", false).await?.status;
+    assert_eq!(applied(&st), ["0001", "0002", "0003"]);
     Ok(())
 }
