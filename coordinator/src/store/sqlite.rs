@@ -17,7 +17,7 @@ use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{StateStore, StoreError, WATCH_CHANNEL_DEPTH, WriteOp};
+use super::{StateStore, StoreError, WATCH_CHANNEL_DEPTH, WriteOp, dedup_ops};
 use crate::lock::FenceSignals;
 
 /// How often a SQLite prefix watch re-reads the prefix to notice changes made by other
@@ -147,27 +147,6 @@ async fn delete_keys(
     Ok(())
 }
 
-/// One op, one key: for writes that put and delete the same key.
-async fn write_one(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    op: &WriteOp,
-) -> Result<(), StoreError> {
-    if let WriteOp::Put { key, value } = op {
-        sqlx::query(
-            "INSERT INTO kv (key, value) VALUES (?, ?) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| db_err("put", e))?;
-    } else {
-        delete_keys(tx, "kv", &[op.key()]).await?;
-    }
-    delete_keys(tx, "leased", &[op.key()]).await
-}
-
 /// The smallest string greater than every string that starts with `prefix`, if any.
 fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
@@ -229,7 +208,9 @@ impl StateStore for SqliteStateStore {
             return Err(StoreError::Fenced { token });
         }
         // A few statements per write, not two per key: each statement is a round trip to
-        // the connection's worker thread, which cost more than the writes themselves.
+        // the connection's worker thread, which cost more than the writes themselves. Each
+        // key once, its last op kept (what applying the ops in order leaves).
+        let ops = dedup_ops(ops);
         let mut puts: Vec<(&str, &[u8])> = Vec::new();
         let mut deletes: Vec<&str> = Vec::new();
         for op in &ops {
@@ -238,38 +219,24 @@ impl StateStore for SqliteStateStore {
                 WriteOp::Delete { key } => deletes.push(key),
             }
         }
-        // Within one write keys are distinct in practice; a key put twice keeps its last
-        // value (ON CONFLICT in row order), as the one-statement-per-op loop did. A key both
-        // put and deleted in one write is not something any caller does: apply them in op
-        // order the slow way.
-        let mixed = puts.iter().any(|(k, _)| deletes.contains(k));
-        if mixed {
-            for op in &ops {
-                write_one(&mut tx, op).await?;
+        for chunk in puts.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO kv (key, value) VALUES {} \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                vec!["(?, ?)"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
+            for (key, value) in chunk {
+                q = q.bind(*key).bind(*value);
             }
-        } else {
-            for chunk in puts.chunks(ROWS_PER_STATEMENT) {
-                let sql = format!(
-                    "INSERT INTO kv (key, value) VALUES {} \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    vec!["(?, ?)"; chunk.len()].join(", ")
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-                for (key, value) in chunk {
-                    q = q.bind(*key).bind(*value);
-                }
-                q.execute(&mut *tx).await.map_err(|e| db_err("put", e))?;
-            }
-            let keys: Vec<&str> = puts.iter().map(|(k, _)| *k).collect();
-            for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
-                delete_keys(&mut tx, "kv", chunk).await?;
-            }
-            for chunk in keys
-                .chunks(ROWS_PER_STATEMENT)
-                .chain(deletes.chunks(ROWS_PER_STATEMENT))
-            {
-                delete_keys(&mut tx, "leased", chunk).await?;
-            }
+            q.execute(&mut *tx).await.map_err(|e| db_err("put", e))?;
+        }
+        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+            delete_keys(&mut tx, "kv", chunk).await?;
+        }
+        let keys: Vec<&str> = ops.iter().map(WriteOp::key).collect();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            delete_keys(&mut tx, "leased", chunk).await?;
         }
         tx.commit().await.map_err(|e| db_err("commit", e))?;
         tracing::trace!(token, ops = ops.len(), "fenced write committed");

@@ -6,8 +6,8 @@ use anyhow::Result;
 use flotilla_proto as pb;
 
 use crate::harness::{
-    TestAgent, TestCoordinator, applied, follow_to_end, migrations, run_cli, spec, sqlite_targets,
-    state, target_state, targets_in,
+    TestAgent, TestCoordinator, applied, follow_to_end, migrations, rollout_when, run_cli, spec,
+    sqlite_targets, state, target_state, targets_in,
 };
 
 const CREATE: &str = "-- revision: 0001\n-- migrate:up\nCREATE TABLE users (id integer PRIMARY KEY, legacy text);\nINSERT INTO users (id, legacy) VALUES (1, 'a'), (2, 'b');\n-- migrate:down\nDROP TABLE users;\n";
@@ -186,20 +186,17 @@ async fn a_replan_that_would_run_a_destructive_step_blocks_the_target() -> Resul
         })
         .await?
         .into_inner();
-    flotilla_testkit::eventually("d02 running", Duration::from_secs(30), || {
-        let mut c = c.clone();
-        let id = started.id.clone();
-        async move {
-            let r = c
-                .get_rollout(pb::GetRolloutRequest { id })
-                .await?
-                .into_inner();
-            Ok(r.targets
+    rollout_when(
+        &c,
+        &started.id,
+        "d02 running",
+        Duration::from_secs(30),
+        |r| {
+            r.targets
                 .iter()
                 .any(|t| t.target_id == "d02" && target_state(t) == pb::TargetState::Running)
-                .then_some(()))
-        }
-    })
+        },
+    )
     .await?;
     // Another tool reverts 0002 on d02 (the column is back, its history row gone).
     {

@@ -349,6 +349,29 @@ pub(crate) async fn follow_to_end(
     last.context("watch ended without a state")
 }
 
+/// Poll rollout `id` until `until` holds (bounded by `within`); the state it held in.
+pub(crate) async fn rollout_when(
+    c: &CoordinatorServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    within: Duration,
+    until: impl Fn(&pb::Rollout) -> bool,
+) -> Result<pb::Rollout> {
+    let until = &until;
+    flotilla_testkit::eventually(what, within, || {
+        let mut c = c.clone();
+        let id = id.to_owned();
+        async move {
+            let r = c
+                .get_rollout(pb::GetRolloutRequest { id })
+                .await?
+                .into_inner();
+            Ok(until(&r).then_some(r))
+        }
+    })
+    .await
+}
+
 pub(crate) fn state(r: &pb::Rollout) -> pb::RolloutState {
     pb::RolloutState::try_from(r.state).unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use flotilla_agent::Dialect;
 use flotilla_coordinator::revision::Graph;
 use flotilla_coordinator::rollout::{Budget, RolloutSpec, WaveSize};
 use flotilla_proto as pb;
-use flotilla_testkit::{Etcd, MariaDb, Postgres, eventually};
+use flotilla_testkit::{Etcd, MariaDb, Postgres};
 
 use crate::harness::*;
 
@@ -313,18 +313,16 @@ async fn pause_stops_new_targets_and_resume_finishes() -> Result<()> {
     c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() })
         .await?;
     // Paused, and the target in flight (if any) has finished.
-    let paused = eventually("rollout paused and idle", Duration::from_secs(30), || {
-        let mut c = c.clone();
-        let id = r.id.clone();
-        async move {
-            let r = c
-                .get_rollout(pb::GetRolloutRequest { id })
-                .await?
-                .into_inner();
-            let idle = targets_in(&r, pb::TargetState::Running).is_empty();
-            Ok((state(&r) == pb::RolloutState::Paused && idle).then_some(r))
-        }
-    })
+    let paused = rollout_when(
+        &c,
+        &r.id,
+        "rollout paused and idle",
+        Duration::from_secs(30),
+        |r| {
+            state(r) == pb::RolloutState::Paused
+                && targets_in(r, pb::TargetState::Running).is_empty()
+        },
+    )
     .await?;
     let done = targets_in(&paused, pb::TargetState::Succeeded).len();
     assert!(
@@ -605,20 +603,12 @@ async fn an_unreachable_agent_is_retried_before_its_targets_fail() -> Result<()>
         .into_inner();
     c.pause_rollout(pb::RolloutControlRequest { id: r.id.clone() })
         .await?;
-    eventually(
+    rollout_when(
+        &c,
+        &r.id,
         "rollout planned and paused",
         Duration::from_secs(20),
-        || {
-            let mut c = c.clone();
-            let id = r.id.clone();
-            async move {
-                let r = c
-                    .get_rollout(pb::GetRolloutRequest { id })
-                    .await?
-                    .into_inner();
-                Ok((state(&r) == pb::RolloutState::Paused && r.wave_count == 2).then_some(()))
-            }
-        },
+        |r| state(r) == pb::RolloutState::Paused && r.wave_count == 2,
     )
     .await?;
     // agent-b becomes unreachable: open connections cut, new ones refused.
@@ -626,22 +616,15 @@ async fn an_unreachable_agent_is_retried_before_its_targets_fail() -> Result<()>
     proxy.cut_all();
     c.resume_rollout(pb::RolloutControlRequest { id: r.id.clone() })
         .await?;
-    eventually(
+    rollout_when(
+        &c,
+        &r.id,
         "a retry against the unreachable agent",
         Duration::from_secs(20),
-        || {
-            let mut c = c.clone();
-            let id = r.id.clone();
-            async move {
-                let r = c
-                    .get_rollout(pb::GetRolloutRequest { id })
-                    .await?
-                    .into_inner();
-                Ok(r.targets
-                    .iter()
-                    .any(|t| t.agent_id == "agent-b" && t.retries > 0)
-                    .then_some(()))
-            }
+        |r| {
+            r.targets
+                .iter()
+                .any(|t| t.agent_id == "agent-b" && t.retries > 0)
         },
     )
     .await?;
