@@ -241,9 +241,9 @@ impl Engine {
             // Announce the new token to every agent (one Status each): from now on they
             // refuse the previous leader's steps on every target, touched or not.
             let announce = tracing::info_span!("announce_token", token = term.token);
-            match tracing::Instrument::instrument(self.snapshot(false), announce).await {
-                Ok(snap) => {
-                    for (agent, err) in &snap.unreachable {
+            match tracing::Instrument::instrument(self.announce(term.token), announce).await {
+                Ok(unreachable) => {
+                    for (agent, err) in &unreachable {
                         tracing::warn!(agent = %agent, "cannot announce the new fencing token: {err}");
                     }
                 }

@@ -357,12 +357,14 @@ async fn a_bogus_announcement_lapses() -> Result<()> {
     server.stop().await
 }
 
+/// Announce `token` the way a new leader does: a Status listing identities only (no database
+/// is read), which must fence as a full one would.
 async fn announce(c: &mut Client, token: u64) -> Result<()> {
     c.status(StatusRequest {
         target_ids: vec![],
         include_history: false,
         fencing_token: token,
-        ..Default::default()
+        identities_only: true,
     })
     .await?;
     Ok(())

@@ -187,6 +187,33 @@ impl Engine {
         Ok(snap)
     }
 
+    /// Announce `token` to every agent, reading no database: a Status that only lists the
+    /// targets (`identities_only`). The agent raises its fence on any Status carrying a
+    /// token, before it reads anything, so this refuses the previous leader's steps on every
+    /// target as a full Status would; a new leader of 10,000 targets no longer reads each
+    /// database just to pass a number on. The view is left as it is: planning reads every
+    /// target it does not know (and re-checks the ones it does under the migration lock).
+    /// Returns the agents that could not be reached, with the error.
+    pub(crate) async fn announce(&self, token: u64) -> Result<Vec<(String, String)>, EngineError> {
+        let agents = self.agents().await?;
+        let calls = agents.iter().map(|agent| async move {
+            let req = pb::StatusRequest {
+                identities_only: true,
+                fencing_token: token,
+                ..Default::default()
+            };
+            (
+                agent.id().to_owned(),
+                self.status_of_agent(agent, req).await,
+            )
+        });
+        Ok(join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|(agent, res)| res.err().map(|e| (agent, e.message().to_owned())))
+            .collect())
+    }
+
     /// `req` to one agent, retried with backoff while it is unreachable.
     async fn status_of_agent(
         &self,
