@@ -153,20 +153,12 @@ async fn succeeded(
     id: &str,
     n: usize,
 ) -> Result<pb::Rollout> {
-    eventually(
+    crate::harness::rollout_when(
+        c,
+        id,
         &format!("{n} targets succeeded"),
         Duration::from_secs(60),
-        || {
-            let mut c = c.clone();
-            let id = id.to_owned();
-            async move {
-                let r = c
-                    .get_rollout(pb::GetRolloutRequest { id })
-                    .await?
-                    .into_inner();
-                Ok((targets_in(&r, pb::TargetState::Succeeded).len() >= n).then_some(r))
-            }
-        },
+        |r| targets_in(r, pb::TargetState::Succeeded).len() >= n,
     )
     .await
 }
