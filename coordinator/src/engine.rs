@@ -37,7 +37,7 @@ mod target;
 pub mod validate;
 mod view;
 
-pub use snapshot::{FleetEntry, FleetSnapshot, TargetPlanOutcome};
+pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
 
 /// Store key holding the current leader's API address (`{"address", "token"}`).
 pub const LEADER_KEY: &str = "leader";

@@ -148,6 +148,36 @@ impl<'a> PlanMemo<'a> {
     }
 }
 
+/// Unknown targets of one agent beyond this many may be planned from the state the first
+/// this many share (see [`Engine::planning_snapshot`]).
+pub const PLANNING_SAMPLE: usize = 16;
+
+/// `state` (another target's report, or this one's last) as the state of `listing`'s target:
+/// the identity is the listing's, the applied set and dirty revision are `state`'s.
+fn planned_like(listing: &pb::TargetStatus, state: &pb::TargetStatus) -> pb::TargetStatus {
+    pb::TargetStatus {
+        target_id: listing.target_id.clone(),
+        dialect: listing.dialect,
+        labels: listing.labels.clone(),
+        host: listing.host.clone(),
+        ..state.clone()
+    }
+}
+
+/// The state every one of the `expected` sampled targets reported, if they all answered
+/// without an error and with one dialect, applied set and dirty revision.
+fn shared_state<'a>(
+    sample: &[&'a pb::TargetStatus],
+    expected: usize,
+) -> Option<&'a pb::TargetStatus> {
+    let first = *sample.first()?;
+    let digest = state_digest_of(first);
+    let same = |s: &&pb::TargetStatus| {
+        s.error.is_empty() && s.dialect == first.dialect && state_digest_of(s) == digest
+    };
+    (sample.len() == expected && sample.iter().all(same)).then_some(first)
+}
+
 impl Engine {
     /// Ask every agent for the state of all its targets: one `Status` RPC per agent, in
     /// parallel, retried with backoff while the agent is unreachable.
@@ -235,9 +265,18 @@ impl Engine {
     /// plans to one or more steps is planned from that state: the Migrate carries its
     /// digest as `expected_state`, the agent re-checks it under the migration lock and a
     /// stale plan is re-planned from the agent's fresh report, so an old view can cost an
-    /// extra round trip but never a wrong step. Every other selected target (not known yet,
-    /// at the goal, blocked, in error) is read fresh, one Status per agent for all of them,
-    /// so no target is reported at the goal or blocked on an old report.
+    /// extra round trip but never a wrong step. Known targets that do not plan to steps (at
+    /// the goal, blocked, in error) are read fresh, so no target is reported at the goal or
+    /// blocked on an old report.
+    ///
+    /// Targets the coordinator has not seen are read too, with one exception: when an agent
+    /// has more than [`PLANNING_SAMPLE`] of them, the first [`PLANNING_SAMPLE`] are read
+    /// first, and if they all answered with one state (same dialect, applied set and dirty
+    /// revision) that plans to steps, the others are planned from that state the same way
+    /// a view entry is: checked under the lock by their Migrate, re-planned if it differs.
+    /// A fleet being moved from one version to the next is then read once (by the Migrate's
+    /// own connection) instead of twice. A sample at the goal, mixed or in error has the
+    /// others read as before, so a no-op check still reads every target and locks none.
     pub async fn planning_snapshot(
         &self,
         selector: &Selector,
@@ -255,6 +294,14 @@ impl Engine {
         let known = &known;
         let memo = std::sync::Mutex::new(PlanMemo::new(&self.graph, goal, allow_downgrade));
         let memo = &memo;
+        let plans_to_steps = |status: &pb::TargetStatus, dialect: Option<Dialect>| {
+            let plan = memo
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .plan(status, dialect);
+            matches!(plan, TargetPlanOutcome::Steps(steps) if !steps.is_empty())
+        };
+        let plans_to_steps = &plans_to_steps;
         let calls = agents.iter().map(|agent| async move {
             let listed = self
                 .status_of_agent(
@@ -267,7 +314,8 @@ impl Engine {
                 )
                 .await?;
             let mut planned = Vec::new();
-            let mut fresh = Vec::new();
+            let mut recheck = Vec::new();
+            let mut unknown = Vec::new();
             for listing in listed.targets {
                 let dialect = pb::Dialect::try_from(listing.dialect)
                     .ok()
@@ -281,51 +329,73 @@ impl Engine {
                 ) {
                     continue;
                 }
-                let from_view = known
+                let Some(seen) = known
                     .get(&listing.target_id)
-                    .filter(|k| k.agent.id() == agent.id() && k.status.error.is_empty())
-                    .map(|k| pb::TargetStatus {
-                        target_id: listing.target_id.clone(),
-                        dialect: listing.dialect,
-                        labels: listing.labels.clone(),
-                        host: listing.host.clone(),
-                        ..k.status.clone()
-                    })
-                    .filter(|status| {
-                        let plan = memo
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .plan(status, dialect);
-                        matches!(plan, TargetPlanOutcome::Steps(steps) if !steps.is_empty())
-                    });
+                    .filter(|k| k.agent.id() == agent.id())
+                else {
+                    unknown.push(listing);
+                    continue;
+                };
+                let from_view = Some(seen)
+                    .filter(|k| k.status.error.is_empty())
+                    .map(|k| planned_like(&listing, &k.status))
+                    .filter(|status| plans_to_steps(status, dialect));
                 match from_view {
                     Some(status) => planned.push(FleetEntry {
                         agent: agent.clone(),
                         status,
                     }),
-                    None => fresh.push(listing.target_id),
+                    None => recheck.push(listing.target_id),
                 }
             }
-            if !fresh.is_empty() {
-                let read = self
-                    .status_of_agent(
-                        agent,
-                        pb::StatusRequest {
-                            target_ids: fresh,
-                            fencing_token: token,
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                for status in read.targets {
-                    let entry = FleetEntry {
-                        agent: agent.clone(),
-                        status,
-                    };
-                    self.view.record_target(&entry.agent, entry.status.clone());
-                    planned.push(entry);
+            let rest = if unknown.len() > PLANNING_SAMPLE {
+                unknown.split_off(PLANNING_SAMPLE)
+            } else {
+                Vec::new()
+            };
+            let sample_ids: std::collections::HashSet<&str> =
+                unknown.iter().map(|l| l.target_id.as_str()).collect();
+            recheck.extend(unknown.iter().map(|l| l.target_id.clone()));
+            let read = self.read_for_planning(agent, recheck, token).await?;
+            let sample: Vec<&pb::TargetStatus> = read
+                .iter()
+                .map(|e| &e.status)
+                .filter(|s| sample_ids.contains(s.target_id.as_str()))
+                .collect();
+            let shared = (!rest.is_empty())
+                .then(|| shared_state(&sample, sample_ids.len()))
+                .flatten()
+                .filter(|s| {
+                    let dialect = pb::Dialect::try_from(s.dialect)
+                        .ok()
+                        .and_then(Dialect::from_proto);
+                    plans_to_steps(s, dialect)
+                })
+                .cloned();
+            planned.extend(read);
+            let mut unread = Vec::new();
+            let mut from_sample = 0usize;
+            for listing in rest {
+                match &shared {
+                    Some(state) if state.dialect == listing.dialect => {
+                        from_sample += 1;
+                        planned.push(FleetEntry {
+                            agent: agent.clone(),
+                            status: planned_like(&listing, state),
+                        });
+                    }
+                    _ => unread.push(listing.target_id),
                 }
             }
+            if from_sample > 0 {
+                tracing::info!(
+                    agent = agent.id(),
+                    targets = from_sample,
+                    sample = sample_ids.len(),
+                    "planned targets from the state their sample shares; each Migrate re-checks it under the lock"
+                );
+            }
+            planned.extend(self.read_for_planning(agent, unread, token).await?);
             Ok::<_, tonic::Status>(planned)
         });
         let mut snap = FleetSnapshot::default();
@@ -340,6 +410,39 @@ impl Engine {
         snap.targets
             .sort_by(|a, b| a.status.target_id.cmp(&b.status.target_id));
         Ok(snap)
+    }
+
+    /// Read `target_ids` on `agent` (one Status) and record what they reported in the view.
+    async fn read_for_planning(
+        &self,
+        agent: &Arc<dyn AgentClient>,
+        target_ids: Vec<String>,
+        token: u64,
+    ) -> Result<Vec<FleetEntry>, tonic::Status> {
+        if target_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let read = self
+            .status_of_agent(
+                agent,
+                pb::StatusRequest {
+                    target_ids,
+                    fencing_token: token,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(read
+            .targets
+            .into_iter()
+            .map(|status| {
+                self.view.record_target(agent, status.clone());
+                FleetEntry {
+                    agent: agent.clone(),
+                    status,
+                }
+            })
+            .collect())
     }
 
     /// The snapshot restricted to `selector`.

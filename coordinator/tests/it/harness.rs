@@ -470,3 +470,48 @@ pub(crate) async fn run_cli(args: &[&str], cwd: Option<&Path>) -> Result<(i32, S
 pub(crate) fn free_addr() -> String {
     format!("127.0.0.1:{}", flotilla_testkit::free_port())
 }
+
+/// Migrate `target_id` to `goal` through its agent directly, as another client would
+/// (rollout id `by-hand`); fails if any step fails.
+pub(crate) async fn migrate_by_hand(
+    agent: &TestAgent,
+    migrations: &Path,
+    target_id: &str,
+    goal: &flotilla_coordinator::revision::Goal,
+    token: u64,
+) -> Result<()> {
+    use flotilla_coordinator::revision::{Graph, TargetHistory, plan};
+    use futures::StreamExt;
+
+    let graph = Graph::load_dir(migrations).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = plan(&graph, &TargetHistory::default(), goal, Dialect::Sqlite)
+        .map_err(|b| anyhow::anyhow!("{b}"))?
+        .steps;
+    let req = pb::MigrateRequest {
+        target_id: target_id.into(),
+        rollout_id: "by-hand".into(),
+        fencing_token: token,
+        steps: steps
+            .iter()
+            .map(|s| pb::Step {
+                revision: s.revision.clone(),
+                direction: s.direction.to_proto() as i32,
+                sql: s.sql.clone(),
+                checksum: s.checksum.clone(),
+                transactional: s.transactional,
+                up_checksum: String::new(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut events = agent.agent.migrate(req).await?;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        anyhow::ensure!(
+            !matches!(ev.event, Some(pb::step_event::Event::Failed(_))),
+            "{ev:?}"
+        );
+    }
+    Ok(())
+}

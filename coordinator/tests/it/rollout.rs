@@ -688,8 +688,7 @@ async fn an_unknown_goal_is_refused_before_anything_starts() -> Result<()> {
 /// runs twice, and the other target is migrated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<()> {
-    use flotilla_coordinator::revision::{Goal, TargetHistory, plan};
-    use futures::StreamExt;
+    use flotilla_coordinator::revision::Goal;
 
     let set = migrations(&[
         (
@@ -720,42 +719,8 @@ async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<
     assert!(seen.targets.iter().all(|e| e.status.applied.is_empty()));
 
     // Another client migrates t01 to head behind the coordinator's back.
-    let graph = Graph::load_dir(set.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let steps = plan(
-        &graph,
-        &TargetHistory::default(),
-        &Goal::Head,
-        Dialect::Sqlite,
-    )
-    .map_err(|b| anyhow::anyhow!("{b}"))?
-    .steps;
     let token = coord.engine.term().map(|t| t.token).unwrap_or(1);
-    let req = pb::MigrateRequest {
-        target_id: "t01".into(),
-        rollout_id: "by-hand".into(),
-        fencing_token: token,
-        steps: steps
-            .iter()
-            .map(|s| pb::Step {
-                revision: s.revision.clone(),
-                direction: s.direction.to_proto() as i32,
-                sql: s.sql.clone(),
-                checksum: s.checksum.clone(),
-                transactional: s.transactional,
-                up_checksum: String::new(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    let mut events = agent.agent.migrate(req).await?;
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        anyhow::ensure!(
-            !matches!(ev.event, Some(pb::step_event::Event::Failed(_))),
-            "{ev:?}"
-        );
-    }
+    migrate_by_hand(&agent, set.path(), "t01", &Goal::Head, token).await?;
 
     let r = coord
         .rollout(RolloutSpec {
@@ -781,5 +746,134 @@ async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<
         };
         assert_eq!(rollouts, [want, want], "{id}: each step ran once");
     }
+    Ok(())
+}
+
+/// Two revisions, `0001_a` then `0002_b`, for the planning tests.
+fn two_revisions() -> Result<tempfile::TempDir> {
+    migrations(&[
+        (
+            "0001_a.sql",
+            &revision(
+                "0001_a",
+                None,
+                "CREATE TABLE a (id INTEGER);",
+                "DROP TABLE a;",
+            ),
+        ),
+        (
+            "0002_b.sql",
+            &revision(
+                "0002_b",
+                Some("0001_a"),
+                "CREATE TABLE b (id INTEGER);",
+                "DROP TABLE b;",
+            ),
+        ),
+    ])
+}
+
+/// The applied revisions each target of a planning snapshot was planned from, by id.
+async fn planned_from(coord: &TestCoordinator) -> Result<BTreeMap<String, Vec<String>>> {
+    use flotilla_coordinator::revision::Goal;
+    use flotilla_coordinator::rollout::Selector;
+    let snap = coord
+        .engine
+        .planning_snapshot(&Selector::default(), &Goal::Head, false)
+        .await?;
+    Ok(snap
+        .targets
+        .iter()
+        .map(|e| (e.status.target_id.clone(), applied(&e.status)))
+        .collect())
+}
+
+/// A fresh coordinator reads the first targets of an agent it has never seen and, when they
+/// share one state that plans to steps, plans the others from it without reading them; the
+/// Migrate re-checks that state under the lock, so the two targets that were not in it (one
+/// at head, one half way) are re-planned: each step runs once. A second fresh coordinator,
+/// whose sample is at the goal, reads every target (a no-op check never guesses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn targets_beyond_the_planning_sample_are_planned_from_its_shared_state() -> Result<()> {
+    use flotilla_coordinator::engine::PLANNING_SAMPLE;
+    use flotilla_coordinator::revision::Goal;
+
+    let set = two_revisions()?;
+    let n = PLANNING_SAMPLE + 4;
+    let (_dir, targets) = sqlite_targets("t", n)?;
+    let agent = TestAgent::start("agent-sample", targets).await?;
+    let ids: Vec<String> = (1..=n).map(|i| format!("t{i:02}")).collect();
+    let (at_head, half_way) = (&ids[n - 2], &ids[n - 1]);
+    // Behind any coordinator's back: one target of the rest to head, one to 0001_a.
+    migrate_by_hand(&agent, set.path(), at_head, &Goal::Head, 1).await?;
+    migrate_by_hand(&agent, set.path(), half_way, &Goal::Revision("0001_a".into()), 1).await?;
+
+    let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
+    let planned = planned_from(&coord).await?;
+    assert_eq!(planned.len(), n);
+    assert!(
+        planned.values().all(Vec::is_empty),
+        "the sample (all at base) stands for the rest, the two changed ones included: {planned:?}"
+    );
+    let r = coord
+        .rollout(RolloutSpec {
+            canary: 0,
+            ..spec("head")
+        })
+        .await?;
+    assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
+    assert_eq!(targets_in(&r, pb::TargetState::Skipped), [at_head.as_str()], "{r:#?}");
+    assert_eq!(targets_in(&r, pb::TargetState::Succeeded).len(), n - 1, "{r:#?}");
+    for id in &ids {
+        let st = coord.engine.target_status(id, true).await?.status;
+        assert_eq!(applied(&st), ["0001_a", "0002_b"], "{id}");
+        let rollouts: Vec<&str> = st.history.iter().map(|h| h.rollout_id.as_str()).collect();
+        let want: Vec<&str> = if id == at_head {
+            vec!["by-hand", "by-hand"]
+        } else if id == half_way {
+            vec!["by-hand", r.id.as_str()]
+        } else {
+            vec![r.id.as_str(), r.id.as_str()]
+        };
+        assert_eq!(rollouts, want, "{id}: each step ran once");
+    }
+    drop(coord);
+
+    let again = TestCoordinator::start(set.path(), &[&agent], None).await?;
+    let planned = planned_from(&again).await?;
+    assert_eq!(planned.len(), n);
+    assert!(
+        planned.values().all(|a| a == &["0001_a", "0002_b"]),
+        "a sample at the goal has every target read: {planned:?}"
+    );
+    Ok(())
+}
+
+/// A sample that does not share one state (here one sampled target is half way) plans
+/// nothing from it: every target is read, so the one at head is known to be at head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mixed_planning_sample_has_every_target_read() -> Result<()> {
+    use flotilla_coordinator::engine::PLANNING_SAMPLE;
+    use flotilla_coordinator::revision::Goal;
+
+    let set = two_revisions()?;
+    let n = PLANNING_SAMPLE + 2;
+    let (_dir, targets) = sqlite_targets("t", n)?;
+    let agent = TestAgent::start("agent-mixed", targets).await?;
+    migrate_by_hand(&agent, set.path(), "t01", &Goal::Revision("0001_a".into()), 1).await?;
+    let last = format!("t{n:02}");
+    migrate_by_hand(&agent, set.path(), &last, &Goal::Head, 1).await?;
+
+    let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
+    let planned = planned_from(&coord).await?;
+    assert_eq!(planned.len(), n);
+    assert_eq!(planned["t01"], ["0001_a"]);
+    assert_eq!(planned[&last], ["0001_a", "0002_b"], "read, not guessed");
+    assert!(
+        planned
+            .iter()
+            .filter(|(id, _)| *id != "t01" && **id != last)
+            .all(|(_, a)| a.is_empty())
+    );
     Ok(())
 }
