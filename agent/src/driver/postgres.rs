@@ -135,6 +135,7 @@ impl PostgresDriver {
         Ok(PostgresSession {
             conn: connect(&self.options).await?,
             locked: false,
+            schema_ready: false,
         })
     }
 }
@@ -173,51 +174,123 @@ pub struct PostgresSession {
     conn: PgConnection,
     /// Whether this session holds the advisory lock (taken once, not stacked).
     locked: bool,
+    /// Whether Flotilla's tables are known to exist (`ensure_schema` ran on this session).
+    schema_ready: bool,
 }
 
-/// Check and raise the fence inside the caller's transaction (`FOR UPDATE` serializes
-/// concurrent steps on the fence row, and with them the history ids `insert_history` picks).
+/// Check and raise the fence inside the caller's transaction, in one statement: the UPDATE
+/// locks the fence row (serializing concurrent steps on it, and with them the history ids
+/// `insert_history` picks) and only matches when the stored token is not higher than the
+/// offered one. When it matches nothing, a second read says why (stale token, or no row).
 async fn fence(conn: &mut PgConnection, meta: &StepMeta) -> Result<(), DriverError> {
+    let offered = to_db(meta.fencing_token, "fencing token")?;
+    let sql = format!(
+        "UPDATE flotilla_fence SET token = {offered}, updated_at = {} \
+         WHERE id = 1 AND token <= {offered}",
+        now_ms()
+    );
+    let raised = sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(&mut *conn)
+        .await
+        .map_err(on(D, "raise fence"))?;
+    if raised.rows_affected() == 1 {
+        return Ok(());
+    }
     let stored: Option<i64> =
         sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1 FOR UPDATE")
             .fetch_optional(&mut *conn)
             .await
             .map_err(on(D, "read fence"))?;
     check_fence(meta.fencing_token, stored.ok_or_else(missing_fence)?)?;
-    sqlx::query("UPDATE flotilla_fence SET token = $1, updated_at = $2 WHERE id = 1")
-        .bind(to_db(meta.fencing_token, "fencing token")?)
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await
-        .map_err(on(D, "raise fence"))?;
-    Ok(())
+    Err(DriverError::Permanent {
+        message: "flotilla_fence: the fence row matched no update yet accepts the token".into(),
+    })
 }
 
-/// Append a history row; the caller's transaction holds the fence row (`fence` first).
+/// Append history rows (ids `max + 1` onwards, in order) in one statement; the caller's
+/// transaction holds the fence row (`fence` first).
 async fn insert_history(
     conn: &mut PgConnection,
-    mut row: HistoryRow,
-) -> Result<HistoryRow, DriverError> {
-    let id: i64 = sqlx::query_scalar(
+    mut rows: Vec<HistoryRow>,
+) -> Result<Vec<HistoryRow>, DriverError> {
+    if rows.is_empty() {
+        return Ok(rows);
+    }
+    let column = |f: fn(&HistoryRow) -> String| rows.iter().map(f).collect::<Vec<String>>();
+    let durations = rows
+        .iter()
+        .map(|r| to_db(r.duration_ms, "duration"))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let tokens = rows
+        .iter()
+        .map(|r| to_db(r.fencing_token, "fencing token"))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let mut ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO flotilla_history (id, revision, checksum, direction, status, applied_at, \
          duration_ms, rollout_id, agent_id, fencing_token) \
-         SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-         FROM flotilla_history RETURNING id",
+         SELECT base.id + r.ord, r.revision, r.checksum, r.direction, r.status, r.applied_at, \
+         r.duration_ms, r.rollout_id, r.agent_id, r.fencing_token \
+         FROM (SELECT COALESCE(MAX(id), 0) AS id FROM flotilla_history) AS base, \
+         unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+         $7::text[], $8::text[], $9::int8[]) WITH ORDINALITY \
+         AS r(revision, checksum, direction, status, applied_at, duration_ms, rollout_id, \
+         agent_id, fencing_token, ord) \
+         RETURNING id",
     )
-    .bind(&row.revision)
-    .bind(&row.checksum)
-    .bind(row.direction.as_str())
-    .bind(row.status.as_str())
-    .bind(row.applied_at_ms)
-    .bind(to_db(row.duration_ms, "duration")?)
-    .bind(&row.rollout_id)
-    .bind(&row.agent_id)
-    .bind(to_db(row.fencing_token, "fencing token")?)
-    .fetch_one(&mut *conn)
+    .bind(column(|r| r.revision.clone()))
+    .bind(column(|r| r.checksum.clone()))
+    .bind(column(|r| r.direction.as_str().to_owned()))
+    .bind(column(|r| r.status.as_str().to_owned()))
+    .bind(rows.iter().map(|r| r.applied_at_ms).collect::<Vec<i64>>())
+    .bind(durations)
+    .bind(column(|r| r.rollout_id.clone()))
+    .bind(column(|r| r.agent_id.clone()))
+    .bind(tokens)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(on(D, "insert history row"))?;
-    row.id = id;
-    Ok(row)
+    .map_err(on(D, "insert history rows"))?;
+    // The ids are consecutive in row order.
+    ids.sort_unstable();
+    if ids.len() != rows.len() {
+        return Err(DriverError::Permanent {
+            message: format!(
+                "flotilla_history: inserted {} rows of {}",
+                ids.len(),
+                rows.len()
+            ),
+        });
+    }
+    for (row, id) in rows.iter_mut().zip(ids) {
+        row.id = id;
+    }
+    Ok(rows)
+}
+
+/// The result sets of a simple (multi-statement) query, one per statement, in order.
+async fn result_sets(conn: &mut PgConnection, sql: String) -> Result<Vec<Vec<PgRow>>, sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut sets = vec![Vec::new()];
+    let mut stream = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_many(&mut *conn);
+    while let Some(item) = stream.try_next().await? {
+        match item {
+            sqlx::Either::Left(_) => sets.push(Vec::new()),
+            sqlx::Either::Right(row) => {
+                if let Some(set) = sets.last_mut() {
+                    set.push(row);
+                }
+            }
+        }
+    }
+    sets.pop();
+    Ok(sets)
+}
+
+/// One boolean from a simple query (one round trip, nothing prepared).
+async fn simple_bool(conn: &mut PgConnection, sql: String) -> Result<bool, sqlx::Error> {
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)
 }
 
 /// Commit on success, roll back on error.
@@ -242,53 +315,50 @@ impl Session for PostgresSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
         // Fast path, read-only: both tables exist (they and the fence row are created in one
         // transaction, so the row exists too).
-        let ready: bool = sqlx::query_scalar(
+        let ready = simple_bool(
+            &mut self.conn,
             "SELECT to_regclass('flotilla_history') IS NOT NULL \
-             AND to_regclass('flotilla_fence') IS NOT NULL",
+             AND to_regclass('flotilla_fence') IS NOT NULL"
+                .to_owned(),
         )
-        .fetch_one(&mut self.conn)
         .await
         .map_err(on(D, "look up flotilla tables"))?;
-        if ready {
-            return Ok(());
-        }
-        let mut tx = self
-            .conn
-            .begin()
-            .await
-            .map_err(on(D, "begin transaction"))?;
-        let result = async {
-            sqlx::raw_sql(SCHEMA_LOCK_SQL)
+        if !ready {
+            let mut tx = self
+                .conn
+                .begin()
+                .await
+                .map_err(on(D, "begin transaction"))?;
+            // One round trip. The commit need not wait for its WAL flush: nothing relies on
+            // these tables before a later transaction writes to them, and that one's
+            // (synchronous) commit flushes the WAL up to itself, this creation included.
+            let sql = format!(
+                "SET LOCAL synchronous_commit TO OFF; {SCHEMA_LOCK_SQL}; {SCHEMA} \
+                 INSERT INTO flotilla_fence (id, token, updated_at) SELECT 1, 0, {} \
+                 WHERE NOT EXISTS (SELECT 1 FROM flotilla_fence WHERE id = 1);",
+                now_ms()
+            );
+            let result = sqlx::raw_sql(AssertSqlSafe(sql))
                 .execute(&mut *tx)
                 .await
-                .map_err(on(D, "lock schema creation"))?;
-            sqlx::raw_sql(SCHEMA)
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, "create flotilla tables"))?;
-            sqlx::query(
-                "INSERT INTO flotilla_fence (id, token, updated_at) SELECT 1, 0, $1 \
-                 WHERE NOT EXISTS (SELECT 1 FROM flotilla_fence WHERE id = 1)",
-            )
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(on(D, "create fence row"))?;
-            Ok(())
+                .map(|_| ())
+                .map_err(on(D, "create flotilla tables"));
+            finish(tx, result).await?;
         }
-        .await;
-        finish(tx, result).await
+        self.schema_ready = true;
+        Ok(())
     }
 
     async fn try_lock(&mut self) -> Result<bool, DriverError> {
         if self.locked {
             return Ok(true);
         }
-        let sql = format!("SELECT pg_try_advisory_lock({LOCK_KEY})");
-        let taken: bool = sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(on(D, "take migration lock"))?;
+        let taken = simple_bool(
+            &mut self.conn,
+            format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
+        )
+        .await
+        .map_err(on(D, "take migration lock"))?;
         self.locked = taken;
         Ok(taken)
     }
@@ -297,53 +367,64 @@ impl Session for PostgresSession {
         if !self.locked {
             return Ok(());
         }
-        let sql = format!("SELECT pg_advisory_unlock({LOCK_KEY})");
-        sqlx::query_scalar::<_, bool>(AssertSqlSafe(sql))
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(on(D, "release migration lock"))?;
+        simple_bool(
+            &mut self.conn,
+            format!("SELECT pg_advisory_unlock({LOCK_KEY})"),
+        )
+        .await
+        .map_err(on(D, "release migration lock"))?;
         self.locked = false;
         Ok(())
     }
 
     async fn read_state(&mut self) -> Result<TargetState, DriverError> {
-        let mut tx = self
-            .conn
-            .begin()
-            .await
-            .map_err(on(D, "begin transaction"))?;
-        let result = async {
-            let (history, fence): (Option<String>, Option<String>) = sqlx::query_as(
-                "SELECT to_regclass('flotilla_history')::text, to_regclass('flotilla_fence')::text",
+        // Unless this session created or found them, look the tables up first: a target
+        // nobody migrated has none, and Status must not create them (nor fail).
+        let (history, fence) = if self.schema_ready {
+            (true, true)
+        } else {
+            let row = sqlx::raw_sql(
+                "SELECT to_regclass('flotilla_history') IS NOT NULL, \
+                 to_regclass('flotilla_fence') IS NOT NULL",
             )
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut self.conn)
             .await
             .map_err(on(D, "look up flotilla tables"))?;
-            let mut state = TargetState::default();
-            if history.is_some() {
-                let sql = format!("SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id");
-                let rows = sqlx::query(AssertSqlSafe(sql))
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(on(D, "read flotilla_history"))?;
-                for r in rows {
-                    state
-                        .history
-                        .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
-                }
-            }
-            if fence.is_some() {
-                let token: Option<i64> =
-                    sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(on(D, "read fence"))?;
-                state.fence_token = from_db(token.unwrap_or(0));
-            }
-            Ok(state)
+            (
+                row.try_get(0).map_err(on(D, "look up flotilla tables"))?,
+                row.try_get(1).map_err(on(D, "look up flotilla tables"))?,
+            )
+        };
+        // Both reads in one round trip, as one implicit transaction.
+        let mut sql = String::new();
+        if history {
+            sql.push_str(&format!(
+                "SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id;"
+            ));
         }
-        .await;
-        finish(tx, result).await
+        if fence {
+            sql.push_str("SELECT token FROM flotilla_fence WHERE id = 1;");
+        }
+        let mut state = TargetState::default();
+        if sql.is_empty() {
+            return Ok(state);
+        }
+        let mut sets = result_sets(&mut self.conn, sql)
+            .await
+            .map_err(on(D, "read flotilla tables"))?
+            .into_iter();
+        if history {
+            for r in sets.next().unwrap_or_default() {
+                state
+                    .history
+                    .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
+            }
+        }
+        if fence && let Some(r) = sets.next().unwrap_or_default().first() {
+            let token: i64 = r.try_get(0).map_err(on(D, "read fence"))?;
+            state.fence_token = from_db(token);
+        }
+        Ok(state)
     }
 
     async fn apply_group(
@@ -381,13 +462,12 @@ impl Session for PostgresSession {
                     millis(started.elapsed()),
                     meta,
                 );
-                rows.push(
-                    insert_history(&mut tx, row)
-                        .await
-                        .map_err(GroupFailure::at(i))?,
-                );
+                rows.push(row);
             }
-            Ok(rows)
+            let at = rows.len().saturating_sub(1);
+            insert_history(&mut tx, rows)
+                .await
+                .map_err(GroupFailure::at(at))
         }
         .await;
         match result {
@@ -421,7 +501,8 @@ impl Session for PostgresSession {
                 0,
                 meta,
             );
-            Ok(insert_history(&mut tx, row).await?.id)
+            let rows = insert_history(&mut tx, vec![row]).await?;
+            Ok(rows.first().map_or(0, |r| r.id))
         }
         .await;
         finish(tx, result).await
@@ -509,11 +590,11 @@ impl Session for PostgresSession {
             .map_err(on(D, "begin transaction"))?;
         let result = async {
             fence(&mut tx, meta).await?;
-            for (revision, checksum) in revisions {
-                let row = new_row(revision, checksum, direction, status, 0, meta);
-                insert_history(&mut tx, row).await?;
-            }
-            Ok(())
+            let rows = revisions
+                .iter()
+                .map(|(revision, checksum)| new_row(revision, checksum, direction, status, 0, meta))
+                .collect();
+            insert_history(&mut tx, rows).await.map(|_| ())
         }
         .await;
         finish(tx, result).await
@@ -595,8 +676,8 @@ WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p'
 
 const INDEXES_SQL: &str = "\
 SELECT t.relname::text, i.relname::text, ix.indisunique,
-       ARRAY(SELECT pg_get_indexdef(ix.indexrelid, k, true)
-             FROM generate_series(1, ix.indnkeyatts::int) AS k ORDER BY k),
+       array_to_json(ARRAY(SELECT pg_get_indexdef(ix.indexrelid, k, true)
+             FROM generate_series(1, ix.indnkeyatts::int) AS k ORDER BY k))::text,
        pg_get_expr(ix.indpred, ix.indrelid, true)
 FROM pg_index ix
 JOIN pg_class i ON i.oid = ix.indexrelid
@@ -605,11 +686,11 @@ WHERE t.relnamespace = current_schema()::regnamespace AND t.relkind IN ('r', 'p'
 
 const CONSTRAINTS_SQL: &str = "\
 SELECT t.relname::text, con.contype::text,
-       ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(n, ord)
-             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.ord),
+       array_to_json(ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY AS k(n, ord)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.ord))::text,
        r.relname::text,
-       ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(n, ord)
-             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.ord),
+       array_to_json(ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(n, ord)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.ord))::text,
        con.confdeltype::text,
        pg_get_constraintdef(con.oid, true)
 FROM pg_constraint con
@@ -627,11 +708,21 @@ fn on_delete(code: &str) -> &'static str {
     }
 }
 
-/// The normalized schema of `current_schema()` from pg_catalog.
+/// A JSON array of strings (the catalog queries return their arrays as JSON text).
+fn json_strings(text: &str) -> Result<Vec<String>, sqlx::Error> {
+    serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+/// The normalized schema of `current_schema()` from pg_catalog: the four catalog queries in
+/// one simple query (one round trip, nothing prepared on what is usually a fresh session).
 async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Error> {
+    let sql = format!("{TABLES_SQL};\n{COLUMNS_SQL};\n{INDEXES_SQL};\n{CONSTRAINTS_SQL};");
+    let mut sets = result_sets(conn, sql).await?.into_iter();
+    let mut next = || sets.next().unwrap_or_default();
+    let (table_rows, column_rows, index_rows, constraint_rows) = (next(), next(), next(), next());
     let mut tables: std::collections::BTreeMap<String, Table> = std::collections::BTreeMap::new();
-    let names: Vec<String> = sqlx::query_scalar(TABLES_SQL).fetch_all(&mut *conn).await?;
-    for name in names {
+    for r in &table_rows {
+        let name: String = r.try_get(0)?;
         let table = Table {
             name: name.clone(),
             columns: vec![],
@@ -641,9 +732,11 @@ async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Error> {
         tables.insert(name, table);
     }
 
-    type ColumnRow = (String, String, String, bool, Option<String>, String, String);
-    let rows: Vec<ColumnRow> = sqlx::query_as(COLUMNS_SQL).fetch_all(&mut *conn).await?;
-    for (table, name, data_type, not_null, default, identity, generated) in rows {
+    for r in &column_rows {
+        let (table, name, data_type): (String, String, String) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let (not_null, default): (bool, Option<String>) = (r.try_get(3)?, r.try_get(4)?);
+        let (identity, generated): (String, String) = (r.try_get(5)?, r.try_get(6)?);
         let Some(t) = tables.get_mut(&table) else {
             continue;
         };
@@ -663,9 +756,11 @@ async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Error> {
         });
     }
 
-    type IndexRow = (String, String, bool, Vec<String>, Option<String>);
-    let rows: Vec<IndexRow> = sqlx::query_as(INDEXES_SQL).fetch_all(&mut *conn).await?;
-    for (table, name, unique, mut columns, predicate) in rows {
+    for r in &index_rows {
+        let (table, name, unique): (String, String, bool) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let mut columns = json_strings(r.try_get(3)?)?;
+        let predicate: Option<String> = r.try_get(4)?;
         let Some(t) = tables.get_mut(&table) else {
             continue;
         };
@@ -679,19 +774,12 @@ async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Error> {
         });
     }
 
-    type ConstraintRow = (
-        String,
-        String,
-        Vec<String>,
-        Option<String>,
-        Vec<String>,
-        String,
-        String,
-    );
-    let rows: Vec<ConstraintRow> = sqlx::query_as(CONSTRAINTS_SQL)
-        .fetch_all(&mut *conn)
-        .await?;
-    for (table, kind, columns, ref_table, ref_columns, del, definition) in rows {
+    for r in &constraint_rows {
+        let (table, kind): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        let columns = json_strings(r.try_get(2)?)?;
+        let ref_table: Option<String> = r.try_get(3)?;
+        let ref_columns = json_strings(r.try_get(4)?)?;
+        let (del, definition): (String, String) = (r.try_get(5)?, r.try_get(6)?);
         let Some(t) = tables.get_mut(&table) else {
             continue;
         };

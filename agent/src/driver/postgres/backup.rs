@@ -268,10 +268,11 @@ pub(super) async fn restore(
                 revisions.push(&b.revision);
             }
         }
-        for r in revisions {
-            let row = new_row(r, checksum, Direction::Up, RowStatus::Restored, 0, meta);
-            insert_history(&mut tx, row).await?;
-        }
+        let history = revisions
+            .into_iter()
+            .map(|r| new_row(r, checksum, Direction::Up, RowStatus::Restored, 0, meta))
+            .collect();
+        insert_history(&mut tx, history).await?;
         Ok(rows)
     }
     .await;
