@@ -30,6 +30,7 @@ use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::types::{Dialect, Direction, Secret};
 
 mod backup;
+mod cached;
 
 const D: Dialect = Dialect::Sqlite;
 
@@ -58,13 +59,37 @@ CREATE TABLE IF NOT EXISTS flotilla_fence (
 /// Opens sessions on one SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteDriver {
-    options: SqliteConnectOptions,
+    /// What the connect options are built from, on each connect: parsed options take about
+    /// 1.6 KB per target, which an agent serving thousands of files would keep for nothing.
+    source: Source,
     /// The database file; None for an in-memory database.
     path: Option<PathBuf>,
     /// The last state read by `Driver::read_state`, with the files' stamp it was read at.
-    cache: Arc<Mutex<Option<(FileStamp, TargetState)>>>,
+    cache: Arc<Mutex<Option<(FileStamp, cached::CachedState)>>>,
     /// How many `read_state` calls the cache answered.
     hits: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Where a driver's connect options come from (validated when the driver is made).
+#[derive(Debug, Clone)]
+enum Source {
+    /// A `sqlite:` URL.
+    Url(Secret),
+    /// A plain file path.
+    Path(PathBuf),
+}
+
+impl Source {
+    fn options(&self) -> Result<SqliteConnectOptions, DriverError> {
+        match self {
+            Source::Url(url) => {
+                SqliteConnectOptions::from_str(url.expose()).map_err(|_| DriverError::Permanent {
+                    message: "invalid sqlite url: expected sqlite://<path> or a file path".into(),
+                })
+            }
+            Source::Path(path) => Ok(SqliteConnectOptions::new().filename(path)),
+        }
+    }
 }
 
 /// A file's identity and metadata: any committed write changes it (size, mtime or ctime).
@@ -151,13 +176,12 @@ impl SqliteDriver {
     /// plain file path. The file is created on first connect if missing.
     pub fn new(url: Secret) -> Result<Self, DriverError> {
         let raw = url.expose();
-        let options = if raw.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(raw).map_err(|_| DriverError::Permanent {
-                message: "invalid sqlite url: expected sqlite://<path> or a file path".into(),
-            })?
+        let source = if raw.starts_with("sqlite:") {
+            Source::Url(url.clone())
         } else {
-            SqliteConnectOptions::new().filename(raw)
+            Source::Path(PathBuf::from(raw))
         };
+        let options = source.options()?;
         let file = options.get_filename();
         let path = if file.as_os_str().is_empty() || file == Path::new(":memory:") {
             None
@@ -165,7 +189,7 @@ impl SqliteDriver {
             Some(file.to_path_buf())
         };
         Ok(SqliteDriver {
-            options,
+            source,
             path,
             cache: Arc::default(),
             hits: Arc::default(),
@@ -176,7 +200,7 @@ impl SqliteDriver {
     pub fn from_path(path: impl AsRef<Path>) -> Self {
         let path = path.as_ref().to_path_buf();
         SqliteDriver {
-            options: SqliteConnectOptions::new().filename(&path),
+            source: Source::Path(path.clone()),
             path: Some(path),
             cache: Arc::default(),
             hits: Arc::default(),
@@ -206,7 +230,7 @@ impl SqliteDriver {
     /// if missing. The database keeps its own journal mode (rollback journal unless its owner
     /// chose WAL): a read then creates no file, and nothing changes the owner's choice.
     pub async fn open(&self) -> Result<SqliteSession, DriverError> {
-        self.open_with(self.options.clone().create_if_missing(true))
+        self.open_with(self.source.options()?.create_if_missing(true))
             .await
     }
 
@@ -256,7 +280,7 @@ impl Driver for SqliteDriver {
             // Nothing to read yet: an empty in-memory database reads as a target at base.
             SqliteConnectOptions::from_str("sqlite::memory:").map_err(on(D, "open sqlite"))?
         } else {
-            self.options.clone().create_if_missing(false)
+            self.source.options()?.create_if_missing(false)
         };
         Ok(Box::new(self.open_with(options).await?))
     }
@@ -280,7 +304,7 @@ impl Driver for SqliteDriver {
             {
                 self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 metrics::counter!("flotilla_agent_status_cache_hits_total").increment(1);
-                return Ok(state.clone());
+                return Ok(state.state());
             }
         }
         let started = std::time::SystemTime::now();
@@ -288,7 +312,9 @@ impl Driver for SqliteDriver {
         let after = FileStamp::read(path).await;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = match (before, after) {
-            (Some(b), Some(a)) if a == b && a.settled(started) => Some((a, state.clone())),
+            (Some(b), Some(a)) if a == b && a.settled(started) => {
+                Some((a, cached::CachedState::new(&state)))
+            }
             _ => None,
         };
         Ok(state)
