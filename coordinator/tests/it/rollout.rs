@@ -806,7 +806,14 @@ async fn targets_beyond_the_planning_sample_are_planned_from_its_shared_state() 
     let (at_head, half_way) = (&ids[n - 2], &ids[n - 1]);
     // Behind any coordinator's back: one target of the rest to head, one to 0001_a.
     migrate_by_hand(&agent, set.path(), at_head, &Goal::Head, 1).await?;
-    migrate_by_hand(&agent, set.path(), half_way, &Goal::Revision("0001_a".into()), 1).await?;
+    migrate_by_hand(
+        &agent,
+        set.path(),
+        half_way,
+        &Goal::Revision("0001_a".into()),
+        1,
+    )
+    .await?;
 
     let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
     let planned = planned_from(&coord).await?;
@@ -822,8 +829,16 @@ async fn targets_beyond_the_planning_sample_are_planned_from_its_shared_state() 
         })
         .await?;
     assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:#?}");
-    assert_eq!(targets_in(&r, pb::TargetState::Skipped), [at_head.as_str()], "{r:#?}");
-    assert_eq!(targets_in(&r, pb::TargetState::Succeeded).len(), n - 1, "{r:#?}");
+    assert_eq!(
+        targets_in(&r, pb::TargetState::Skipped),
+        [at_head.as_str()],
+        "{r:#?}"
+    );
+    assert_eq!(
+        targets_in(&r, pb::TargetState::Succeeded).len(),
+        n - 1,
+        "{r:#?}"
+    );
     for id in &ids {
         let st = coord.engine.target_status(id, true).await?.status;
         assert_eq!(applied(&st), ["0001_a", "0002_b"], "{id}");
@@ -860,7 +875,14 @@ async fn a_mixed_planning_sample_has_every_target_read() -> Result<()> {
     let n = PLANNING_SAMPLE + 2;
     let (_dir, targets) = sqlite_targets("t", n)?;
     let agent = TestAgent::start("agent-mixed", targets).await?;
-    migrate_by_hand(&agent, set.path(), "t01", &Goal::Revision("0001_a".into()), 1).await?;
+    migrate_by_hand(
+        &agent,
+        set.path(),
+        "t01",
+        &Goal::Revision("0001_a".into()),
+        1,
+    )
+    .await?;
     let last = format!("t{n:02}");
     migrate_by_hand(&agent, set.path(), &last, &Goal::Head, 1).await?;
 
