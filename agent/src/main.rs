@@ -11,6 +11,12 @@ use flotilla_agent::telemetry::{self, TelemetryConfig};
 use flotilla_agent::{Agent, serve};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, configured at build time (.cargo/config.toml): the idle agent gives freed pages
+/// back, where glibc's per-thread arenas kept most of what a status read of every target
+/// left behind.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
