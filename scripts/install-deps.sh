@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs, on Debian, what Flotilla needs and the machine lacks; installs nothing twice.
-#   scripts/install-deps.sh           build needs: protoc (etcd-client's build script)
+#   scripts/install-deps.sh           build needs: protoc (etcd-client's build script),
+#                                     make (tikv-jemalloc-sys builds jemalloc for the agent)
 #   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
 #                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
 #                                     strace (observability test: no connections without
@@ -17,6 +18,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 have protoc || apt_pkgs+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || apt_pkgs+=(libprotobuf-dev)
+have make || apt_pkgs+=(make)
 
 if [ "$want_test" = 1 ]; then
   have etcd || apt_pkgs+=(etcd-server)
