@@ -273,13 +273,14 @@ impl Driver for SqliteDriver {
     }
 
     async fn connect_read(&self) -> Result<Box<dyn Session>, DriverError> {
-        let permit = read_permits()
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| DriverError::Permanent {
-                message: "the agent is shutting down".into(),
-            })?;
+        let permit =
+            read_permits()
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| DriverError::Permanent {
+                    message: "the agent is shutting down".into(),
+                })?;
         let missing = match &self.path {
             Some(p) => !tokio::fs::try_exists(p).await.unwrap_or(false),
             None => false,
