@@ -285,6 +285,22 @@ async fn result_sets(conn: &mut PgConnection, sql: String) -> Result<Vec<Vec<PgR
     Ok(sets)
 }
 
+/// Whether `flotilla_history` and `flotilla_fence` exist in the session's schema (one simple
+/// query).
+async fn tables_exist(conn: &mut PgConnection) -> Result<(bool, bool), DriverError> {
+    async {
+        let row = sqlx::raw_sql(
+            "SELECT to_regclass('flotilla_history') IS NOT NULL, \
+             to_regclass('flotilla_fence') IS NOT NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+    .await
+    .map_err(on(D, "look up flotilla tables"))
+}
+
 /// One boolean from a simple query (one round trip, nothing prepared).
 async fn simple_bool(conn: &mut PgConnection, sql: String) -> Result<bool, sqlx::Error> {
     sqlx::raw_sql(AssertSqlSafe(sql))
@@ -315,15 +331,8 @@ impl Session for PostgresSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
         // Fast path, read-only: both tables exist (they and the fence row are created in one
         // transaction, so the row exists too).
-        let ready = simple_bool(
-            &mut self.conn,
-            "SELECT to_regclass('flotilla_history') IS NOT NULL \
-             AND to_regclass('flotilla_fence') IS NOT NULL"
-                .to_owned(),
-        )
-        .await
-        .map_err(on(D, "look up flotilla tables"))?;
-        if !ready {
+        let (history, fence) = tables_exist(&mut self.conn).await?;
+        if !(history && fence) {
             let mut tx = self
                 .conn
                 .begin()
@@ -383,17 +392,7 @@ impl Session for PostgresSession {
         let (history, fence) = if self.schema_ready {
             (true, true)
         } else {
-            let row = sqlx::raw_sql(
-                "SELECT to_regclass('flotilla_history') IS NOT NULL, \
-                 to_regclass('flotilla_fence') IS NOT NULL",
-            )
-            .fetch_one(&mut self.conn)
-            .await
-            .map_err(on(D, "look up flotilla tables"))?;
-            (
-                row.try_get(0).map_err(on(D, "look up flotilla tables"))?,
-                row.try_get(1).map_err(on(D, "look up flotilla tables"))?,
-            )
+            tables_exist(&mut self.conn).await?
         };
         // Both reads in one round trip, as one implicit transaction.
         let mut sql = String::new();

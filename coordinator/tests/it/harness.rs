@@ -515,3 +515,27 @@ pub(crate) async fn migrate_by_hand(
     }
     Ok(())
 }
+
+/// Two revisions, `0001_a` then `0002_b`, for the planning tests.
+pub(crate) fn two_revisions() -> Result<tempfile::TempDir> {
+    migrations(&[
+        (
+            "0001_a.sql",
+            &revision(
+                "0001_a",
+                None,
+                "CREATE TABLE a (id INTEGER);",
+                "DROP TABLE a;",
+            ),
+        ),
+        (
+            "0002_b.sql",
+            &revision(
+                "0002_b",
+                Some("0001_a"),
+                "CREATE TABLE b (id INTEGER);",
+                "DROP TABLE b;",
+            ),
+        ),
+    ])
+}

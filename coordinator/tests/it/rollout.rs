@@ -690,26 +690,7 @@ async fn an_unknown_goal_is_refused_before_anything_starts() -> Result<()> {
 async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<()> {
     use flotilla_coordinator::revision::Goal;
 
-    let set = migrations(&[
-        (
-            "0001_a.sql",
-            &revision(
-                "0001_a",
-                None,
-                "CREATE TABLE a (id INTEGER);",
-                "DROP TABLE a;",
-            ),
-        ),
-        (
-            "0002_b.sql",
-            &revision(
-                "0002_b",
-                Some("0001_a"),
-                "CREATE TABLE b (id INTEGER);",
-                "DROP TABLE b;",
-            ),
-        ),
-    ])?;
+    let set = two_revisions()?;
     let (_dir, targets) = sqlite_targets("t", 2)?;
     let agent = TestAgent::start("agent-view", targets).await?;
     let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
@@ -747,30 +728,6 @@ async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<
         assert_eq!(rollouts, [want, want], "{id}: each step ran once");
     }
     Ok(())
-}
-
-/// Two revisions, `0001_a` then `0002_b`, for the planning tests.
-fn two_revisions() -> Result<tempfile::TempDir> {
-    migrations(&[
-        (
-            "0001_a.sql",
-            &revision(
-                "0001_a",
-                None,
-                "CREATE TABLE a (id INTEGER);",
-                "DROP TABLE a;",
-            ),
-        ),
-        (
-            "0002_b.sql",
-            &revision(
-                "0002_b",
-                Some("0001_a"),
-                "CREATE TABLE b (id INTEGER);",
-                "DROP TABLE b;",
-            ),
-        ),
-    ])
 }
 
 /// The applied revisions each target of a planning snapshot was planned from, by id.
