@@ -35,8 +35,9 @@ const D: Dialect = Dialect::Postgres;
 const LOCK_KEY: &str = "('x' || substr(md5('flotilla:migrate:' || current_database() || '.' || \
                         current_schema()), 1, 16))::bit(64)::bigint";
 
-/// A different key, held for the duration of `ensure_schema`'s transaction only: concurrent
-/// `CREATE TABLE IF NOT EXISTS` can otherwise fail on PostgreSQL's catalog unique indexes.
+/// A different key, held by the transaction that creates Flotilla's tables (`begin_write`)
+/// until it ends: concurrent `CREATE TABLE IF NOT EXISTS` can otherwise fail on PostgreSQL's
+/// catalog unique indexes.
 const SCHEMA_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(('x' || substr(md5('flotilla:schema:' \
      || current_database() || '.' || current_schema()), 1, 16))::bit(64)::bigint)";
 
@@ -174,7 +175,9 @@ pub struct PostgresSession {
     conn: PgConnection,
     /// Whether this session holds the advisory lock (taken once, not stacked).
     locked: bool,
-    /// Whether Flotilla's tables are known to exist (`ensure_schema` ran on this session).
+    /// Whether Flotilla's tables are known to exist: this session found them, or committed a
+    /// transaction that created them. Until then every writing transaction creates them
+    /// first (`begin_write`).
     schema_ready: bool,
 }
 
@@ -326,35 +329,43 @@ async fn finish<T>(
     }
 }
 
+/// Begin a transaction that writes Flotilla's tables. Unless `tables_known` (the session saw
+/// or committed them), it first creates them if they do not exist, in this transaction and
+/// under the schema lock (held until it ends): concurrent creators wait for each other, and
+/// a rollback takes the creation with it. The fence row starts at token 0; the caller's
+/// `fence` raises it.
+async fn begin_write(
+    conn: &mut PgConnection,
+    tables_known: bool,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, DriverError> {
+    let mut tx = conn.begin().await.map_err(on(D, "begin transaction"))?;
+    if !tables_known {
+        let sql = format!(
+            "{SCHEMA_LOCK_SQL}; {SCHEMA} \
+             INSERT INTO flotilla_fence (id, token, updated_at) SELECT 1, 0, {} \
+             WHERE NOT EXISTS (SELECT 1 FROM flotilla_fence WHERE id = 1);",
+            now_ms()
+        );
+        let created = sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .map(|_| ())
+            .map_err(on(D, "create flotilla tables"));
+        if let Err(e) = created {
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    }
+    Ok(tx)
+}
+
 #[async_trait]
 impl Session for PostgresSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
-        // Fast path, read-only: both tables exist (they and the fence row are created in one
-        // transaction, so the row exists too).
-        let (history, fence) = tables_exist(&mut self.conn).await?;
-        if !(history && fence) {
-            let mut tx = self
-                .conn
-                .begin()
-                .await
-                .map_err(on(D, "begin transaction"))?;
-            // One round trip. The commit need not wait for its WAL flush: nothing relies on
-            // these tables before a later transaction writes to them, and that one's
-            // (synchronous) commit flushes the WAL up to itself, this creation included.
-            let sql = format!(
-                "SET LOCAL synchronous_commit TO OFF; {SCHEMA_LOCK_SQL}; {SCHEMA} \
-                 INSERT INTO flotilla_fence (id, token, updated_at) SELECT 1, 0, {} \
-                 WHERE NOT EXISTS (SELECT 1 FROM flotilla_fence WHERE id = 1);",
-                now_ms()
-            );
-            let result = sqlx::raw_sql(AssertSqlSafe(sql))
-                .execute(&mut *tx)
-                .await
-                .map(|_| ())
-                .map_err(on(D, "create flotilla tables"));
-            finish(tx, result).await?;
-        }
-        self.schema_ready = true;
+        // Nothing to do yet: PostgreSQL's DDL is transactional, so the tables are created
+        // inside this session's first writing transaction (`begin_write`), which then
+        // commits them with its own rows, or rolls them back with them. That saves a
+        // transaction of its own on every tenant migrated for the first time.
         Ok(())
     }
 
@@ -387,13 +398,15 @@ impl Session for PostgresSession {
     }
 
     async fn read_state(&mut self) -> Result<TargetState, DriverError> {
-        // Unless this session created or found them, look the tables up first: a target
-        // nobody migrated has none, and Status must not create them (nor fail).
+        // Unless this session committed or found them, look the tables up first: a target
+        // nobody migrated has none (it reads as one at base, and nothing is read), and Status
+        // must not create them (nor fail).
         let (history, fence) = if self.schema_ready {
             (true, true)
         } else {
             tables_exist(&mut self.conn).await?
         };
+        self.schema_ready = history && fence;
         // Both reads in one round trip, as one implicit transaction.
         let mut sql = String::new();
         if history {
@@ -433,11 +446,9 @@ impl Session for PostgresSession {
         observer: &dyn StepObserver,
     ) -> Result<Vec<HistoryRow>, GroupFailure> {
         let last = steps.len().saturating_sub(1);
-        let mut tx = self
-            .conn
-            .begin()
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known)
             .await
-            .map_err(on(D, "begin transaction"))
             .map_err(GroupFailure::at(0))?;
         let result = async {
             fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
@@ -475,6 +486,7 @@ impl Session for PostgresSession {
                     .await
                     .map_err(on(D, "commit"))
                     .map_err(GroupFailure::at(last))?;
+                self.schema_ready = true;
                 Ok(rows)
             }
             Err(e) => {
@@ -485,11 +497,8 @@ impl Session for PostgresSession {
     }
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {
-        let mut tx = self
-            .conn
-            .begin()
-            .await
-            .map_err(on(D, "begin transaction"))?;
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known).await?;
         let result = async {
             fence(&mut tx, meta).await?;
             let row = new_row(
@@ -504,7 +513,9 @@ impl Session for PostgresSession {
             Ok(rows.first().map_or(0, |r| r.id))
         }
         .await;
-        finish(tx, result).await
+        let id = finish(tx, result).await?;
+        self.schema_ready = true;
+        Ok(id)
     }
 
     async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError> {
@@ -547,11 +558,8 @@ impl Session for PostgresSession {
         } else {
             RowStatus::Abandoned
         };
-        let mut tx = self
-            .conn
-            .begin()
-            .await
-            .map_err(on(D, "begin transaction"))?;
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known).await?;
         let result = async {
             fence(&mut tx, meta).await?;
             let id: Option<i64> = sqlx::query_scalar(
@@ -572,7 +580,9 @@ impl Session for PostgresSession {
             Ok(())
         }
         .await;
-        finish(tx, result).await
+        finish(tx, result).await?;
+        self.schema_ready = true;
+        Ok(())
     }
 
     async fn stamp_as(
@@ -582,11 +592,8 @@ impl Session for PostgresSession {
         meta: &StepMeta,
         status: RowStatus,
     ) -> Result<(), DriverError> {
-        let mut tx = self
-            .conn
-            .begin()
-            .await
-            .map_err(on(D, "begin transaction"))?;
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known).await?;
         let result = async {
             fence(&mut tx, meta).await?;
             let rows = revisions
@@ -596,7 +603,9 @@ impl Session for PostgresSession {
             insert_history(&mut tx, rows).await.map(|_| ())
         }
         .await;
-        finish(tx, result).await
+        finish(tx, result).await?;
+        self.schema_ready = true;
+        Ok(())
     }
 
     async fn foreign_tables(&mut self) -> Result<Vec<crate::foreign::ForeignTable>, DriverError> {

@@ -477,7 +477,9 @@ async fn syntax_error(targets: &mut impl Targets) -> Result<()> {
     Ok(())
 }
 
-/// Several sessions creating Flotilla's tables at once all succeed, with one fence row.
+/// Several sessions creating Flotilla's tables at once all succeed, and so do their first
+/// writes at once (on PostgreSQL the writes are what creates the tables): one fence row, and
+/// each write's history row with an id of its own.
 async fn concurrent_ensure_schema(targets: &mut impl Targets) -> Result<()> {
     let driver = targets.fresh().await?;
     let mut sessions = Vec::new();
@@ -488,13 +490,86 @@ async fn concurrent_ensure_schema(targets: &mut impl Targets) -> Result<()> {
     for r in results {
         r.context("concurrent ensure_schema")?;
     }
+    let writes = futures::future::join_all(sessions.iter_mut().enumerate().map(|(i, s)| {
+        let revision = format!("000{}", i + 1);
+        async move {
+            s.stamp(&[(revision, "a".repeat(64))], Direction::Up, &meta(1))
+                .await
+        }
+    }))
+    .await;
+    for w in writes {
+        w.context("concurrent first writes")?;
+    }
     for s in sessions {
         s.close().await;
     }
     let mut s = session(driver.as_ref()).await?;
-    s.stamp(&[("0001".into(), "a".repeat(64))], Direction::Up, &meta(1))
-        .await?;
-    ensure!(s.read_state().await?.fence_token == 1);
+    let state = s.read_state().await?;
+    let mut ids: Vec<i64> = state.history.iter().map(|r| r.id).collect();
+    ids.dedup();
+    ensure!(
+        ids.len() == 4 && state.history.len() == 4 && state.fence_token == 1,
+        "after 4 concurrent first writes: {state:?}"
+    );
+    s.close().await;
+    Ok(())
+}
+
+/// A first write that fails leaves the target as it was: nothing recorded, the fence at 0,
+/// and on PostgreSQL not even Flotilla's tables (they were created in the transaction that
+/// rolled back). The next write creates them and records its row.
+async fn failed_first_write_leaves_nothing(targets: &mut impl Targets) -> Result<()> {
+    let d = targets.dialect();
+    let driver = targets.fresh().await?;
+    let mut s = session(driver.as_ref()).await?;
+    // MySQL commits DDL at once: its failing step is DML only.
+    let bad = step(
+        "0001_bad",
+        match d {
+            Dialect::Mysql => "INSERT INTO no_such_table VALUES (1);",
+            _ => {
+                "CREATE TABLE first_t (id INT PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);"
+            }
+        },
+    );
+    let err = s.apply_transactional(&bad, &meta(3)).await;
+    ensure!(err.is_err(), "the failing step succeeded");
+    let state = s.read_state().await?;
+    ensure!(
+        state.history.is_empty() && state.fence_token == 0,
+        "after a failed first write: {state:?}"
+    );
+    if d == Dialect::Postgres {
+        let gone = s
+            .execute_non_transactional("SELECT count(*) FROM flotilla_history")
+            .await;
+        ensure!(
+            gone.is_err(),
+            "flotilla_history outlived the rolled-back transaction that created it"
+        );
+        ensure!(
+            !table_names(s.as_mut())
+                .await?
+                .iter()
+                .any(|t| t == "first_t"),
+            "the failed step's table is still there"
+        );
+    }
+    s.apply_transactional(
+        &step(
+            "0001_good",
+            "UPDATE flotilla_fence SET updated_at = updated_at WHERE 1 = 0",
+        ),
+        &meta(3),
+    )
+    .await
+    .context("the next first write")?;
+    let state = s.read_state().await?;
+    ensure!(
+        state.history.len() == 1 && state.is_applied("0001_good") && state.fence_token == 3,
+        "after the next write: {state:?}"
+    );
     s.close().await;
     Ok(())
 }
@@ -609,6 +684,9 @@ async fn all_scenarios(targets: &mut impl Targets) -> Result<()> {
     concurrent_ensure_schema(targets)
         .await
         .context("concurrent_ensure_schema")?;
+    failed_first_write_leaves_nothing(targets)
+        .await
+        .context("failed_first_write_leaves_nothing")?;
     lock_wait_is_transient(targets)
         .await
         .context("lock_wait_is_transient")?;
