@@ -75,6 +75,10 @@ struct Options {
         default_value = "4,16"
     )]
     pg_max_parallel: Vec<u32>,
+    /// Rounds of the PostgreSQL comparison (each method once per round, in rotating order,
+    /// on fresh databases); the figures are medians
+    #[arg(long, env = "FLOTILLA_BENCH_PG_ROUNDS", default_value_t = 3)]
+    pg_rounds: usize,
     /// SQLite tenant files
     #[arg(long, env = "FLOTILLA_BENCH_SQLITE_TENANTS", default_value_t = 1000)]
     sqlite_tenants: usize,
@@ -192,6 +196,7 @@ async fn main_async(o: Options) -> Result<()> {
         let settings = PgSettings {
             baseline_parallel: o.pg_parallel,
             max_parallel: o.pg_max_parallel.clone(),
+            rounds: o.pg_rounds,
         };
         for &n in &o.pg_tenants {
             println!(
@@ -235,7 +240,7 @@ async fn main_async(o: Options) -> Result<()> {
     let doc = json!({
         "machine": machine,
         "settings": {
-            "pg_tenants": o.pg_tenants, "pg_parallel": o.pg_parallel,
+            "pg_tenants": o.pg_tenants, "pg_parallel": o.pg_parallel, "pg_rounds": o.pg_rounds,
             "pg_max_parallel": o.pg_max_parallel, "sqlite_tenants": o.sqlite_tenants,
             "sqlite_max_parallel": o.sqlite_max_parallel,
             "sqlite_loop_parallel": o.sqlite_loop_parallel, "noop_targets": o.noop_targets,

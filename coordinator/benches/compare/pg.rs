@@ -23,6 +23,8 @@ pub(crate) struct PgSettings {
     pub(crate) baseline_parallel: usize,
     /// flotilla `--max-parallel` values, each on fresh databases.
     pub(crate) max_parallel: Vec<u32>,
+    /// Times every method runs (figures are medians).
+    pub(crate) rounds: usize,
 }
 
 /// The figures for one N.
@@ -30,6 +32,8 @@ pub(crate) struct PgSettings {
 pub(crate) struct PgResult {
     pub(crate) tenants: usize,
     pub(crate) revisions: usize,
+    /// Rounds run; the durations below are each method's median over them.
+    pub(crate) rounds: usize,
     pub(crate) raw: Duration,
     pub(crate) sqlx: Duration,
     /// One run per `--max-parallel`, in the order asked.
@@ -37,6 +41,8 @@ pub(crate) struct PgResult {
     pub(crate) sqlx_noop: Duration,
     pub(crate) flotilla_noop: RolloutRun,
     pub(crate) flotilla_validate: Duration,
+    /// Every round's values.
+    pub(crate) every: Value,
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {
@@ -75,6 +81,9 @@ impl PgResult {
         json!({
             "tenants": self.tenants,
             "revisions": self.revisions,
+            "rounds": self.rounds,
+            "figures": "median over the rounds",
+            "every_round": self.every,
             "raw_psql_s": self.raw.as_secs_f64(),
             "sqlx_cli_s": self.sqlx.as_secs_f64(),
             "flotilla": per_mp,
@@ -113,6 +122,37 @@ async fn prepare(bins: &Bins, pg: &Postgres, dbs: &[String]) -> Result<Duration>
     let t0 = Instant::now();
     create_all(pg, dbs).await.context("create databases")?;
     psql(bins, pg, "postgres", "CHECKPOINT").await?;
+    Ok(t0.elapsed())
+}
+
+/// Drops a method's databases (one psql session, one statement at a time: `DROP DATABASE`
+/// cannot run in a transaction block). Untimed; returns how long it took.
+async fn drop_all(bins: &Bins, pg: &Postgres, dbs: &[String], dir: &Path) -> Result<Duration> {
+    let t0 = Instant::now();
+    let file = dir.join("drop.sql");
+    let script: String = dbs
+        .iter()
+        .map(|db| format!("DROP DATABASE {db};\n"))
+        .collect();
+    std::fs::write(&file, script)?;
+    let port = pg.port().to_string();
+    let a = args(&[
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-f",
+        &file.display().to_string(),
+    ]);
+    run_ok(&bins.psql, &a).await.context("drop databases")?;
     Ok(t0.elapsed())
 }
 
@@ -229,7 +269,30 @@ fn agent_toml(pg: &Postgres, pattern: &str) -> String {
     )
 }
 
-/// Every method at N tenants.
+/// One method of the comparison.
+#[derive(Debug, Clone, Copy)]
+enum Method {
+    Raw,
+    Sqlx,
+    Flotilla(u32),
+}
+
+/// The middle value (the lower middle of an even count).
+fn median<T: Clone>(mut v: Vec<T>, key: impl Fn(&T) -> Duration) -> Option<T> {
+    v.sort_by_key(|x| key(x));
+    let mid = v.len().checked_sub(1)? / 2;
+    v.into_iter().nth(mid)
+}
+
+fn secs_list(v: &[Duration]) -> Value {
+    json!(v.iter().map(Duration::as_secs_f64).collect::<Vec<f64>>())
+}
+
+/// Every method at N tenants, `settings.rounds` times. Each round runs every method on its
+/// own fresh N databases, which are dropped when it is done, so that every method finds the
+/// server with the same databases (autovacuum visits each one); the order of the methods
+/// rotates from round to round, so that none always runs first. The figures are each
+/// method's median over the rounds; `rounds` keeps every value.
 pub(crate) async fn bench(
     bins: &Bins,
     pg: &Postgres,
@@ -242,86 +305,132 @@ pub(crate) async fn bench(
     std::fs::create_dir_all(&dir)?;
     let steps = fx.steps.len();
     let p = settings.baseline_parallel;
-    let mut setup = Duration::ZERO;
-    setup += prepare(bins, pg, &names(n, "raw")).await?;
-    let raw = raw(bins, pg, fx, &names(n, "raw"), p, &dir)
-        .await
-        .context("raw psql")?;
-    check_applied(bins, pg, &names(n, "raw")).await?;
-    println!(
-        "  raw psql, 1 txn per db, {p} sessions: {:.2} s",
-        raw.as_secs_f64()
-    );
-
     let source = dir.join("sqlx-migrations");
     fx.write_sqlx_dir(&source)?;
-    let sqlx_dbs = names(n, "sqlx");
-    setup += prepare(bins, pg, &sqlx_dbs).await?;
-    let sqlx = sqlx_loop(bins, pg, &source, &sqlx_dbs, p)
-        .await
-        .context("sqlx-cli loop")?;
-    check_applied(bins, pg, &sqlx_dbs).await?;
-    println!("  sqlx-cli loop, {p} parallel: {:.2} s", sqlx.as_secs_f64());
-
-    let mut flotilla = Vec::new();
-    let mut noop = None;
-    for &mp in &settings.max_parallel {
-        let set = format!("fl{mp}");
-        let fleet_dir = dir.join(&set);
-        setup += prepare(bins, pg, &names(n, &set)).await?;
-        let fleet = Fleet::start(
-            bins,
-            &format!("bench-pg-{set}"),
-            &agent_toml(pg, &format!("b{n}_{set}_tenant_%")),
-            n,
-            &fx.dir,
-            &fleet_dir.join("state"),
-            &fleet_dir,
-        )
-        .await?;
-        let r = fleet
-            .rollout(&format!("pg{n}-mp{mp}"), mp, n * steps)
-            .await?;
-        println!(
-            "  flotilla rollout --canary 0 --max-parallel {mp}: {:.2} s (coordinator {:.0} µs/step, agent {:.0} µs/step)",
-            r.wall.as_secs_f64(),
-            r.coordinator_us_per_step(),
-            r.agent_us_per_step()
-        );
-        check_applied(bins, pg, &names(n, &set)).await?;
-        flotilla.push(r);
-        if noop.is_none() {
-            let again = fleet
-                .rollout(&format!("pg{n}-noop"), mp, 0)
-                .await
-                .context("no-op rollout")?;
-            let validate = fleet.validate().await?;
-            println!(
-                "  no-op flotilla rollout: {:.2} s; flotilla validate: {:.2} s",
-                again.wall.as_secs_f64(),
-                validate.as_secs_f64()
-            );
-            noop = Some((again, validate));
+    let mut methods = vec![Method::Raw, Method::Sqlx];
+    methods.extend(settings.max_parallel.iter().map(|&mp| Method::Flotilla(mp)));
+    let rounds = settings.rounds.max(1);
+    let mut setup = Duration::ZERO;
+    let (mut raws, mut sqlxs, mut sqlx_noops) = (Vec::new(), Vec::new(), Vec::new());
+    let mut flotillas: Vec<Vec<RolloutRun>> = vec![Vec::new(); settings.max_parallel.len()];
+    let (mut noops, mut validates) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if rounds > 1 {
+            println!("  round {} of {rounds}:", round + 1);
         }
-        fleet.stop().await?;
+        let mut order = methods.clone();
+        order.rotate_left(round % methods.len());
+        for method in order {
+            match method {
+                Method::Raw => {
+                    let dbs = names(n, &format!("raw{round}"));
+                    setup += prepare(bins, pg, &dbs).await?;
+                    let t = raw(bins, pg, fx, &dbs, p, &dir).await.context("raw psql")?;
+                    check_applied(bins, pg, &dbs).await?;
+                    println!(
+                        "  raw psql, 1 txn per db, {p} sessions: {:.2} s",
+                        t.as_secs_f64()
+                    );
+                    raws.push(t);
+                    setup += drop_all(bins, pg, &dbs, &dir).await?;
+                }
+                Method::Sqlx => {
+                    let dbs = names(n, &format!("sqlx{round}"));
+                    setup += prepare(bins, pg, &dbs).await?;
+                    let t = sqlx_loop(bins, pg, &source, &dbs, p)
+                        .await
+                        .context("sqlx-cli loop")?;
+                    check_applied(bins, pg, &dbs).await?;
+                    let again = sqlx_loop(bins, pg, &source, &dbs, p)
+                        .await
+                        .context("sqlx-cli no-op")?;
+                    println!(
+                        "  sqlx-cli loop, {p} parallel: {:.2} s; no-op sqlx-cli loop: {:.2} s",
+                        t.as_secs_f64(),
+                        again.as_secs_f64()
+                    );
+                    sqlxs.push(t);
+                    sqlx_noops.push(again);
+                    setup += drop_all(bins, pg, &dbs, &dir).await?;
+                }
+                Method::Flotilla(mp) => {
+                    let set = format!("fl{mp}r{round}");
+                    let dbs = names(n, &set);
+                    let fleet_dir = dir.join(&set);
+                    setup += prepare(bins, pg, &dbs).await?;
+                    let fleet = Fleet::start(
+                        bins,
+                        &format!("bench-pg-{set}"),
+                        &agent_toml(pg, &format!("b{n}_{set}_tenant_%")),
+                        n,
+                        &fx.dir,
+                        &fleet_dir.join("state"),
+                        &fleet_dir,
+                    )
+                    .await?;
+                    let r = fleet
+                        .rollout(&format!("pg{n}-mp{mp}-r{round}"), mp, n * steps)
+                        .await?;
+                    println!(
+                        "  flotilla rollout --canary 0 --max-parallel {mp}: {:.2} s (coordinator {:.0} µs/step, agent {:.0} µs/step)",
+                        r.wall.as_secs_f64(),
+                        r.coordinator_us_per_step(),
+                        r.agent_us_per_step()
+                    );
+                    check_applied(bins, pg, &dbs).await?;
+                    // The no-op reruns on the first --max-parallel's fleet.
+                    if settings.max_parallel.first() == Some(&mp) {
+                        let again = fleet
+                            .rollout(&format!("pg{n}-noop-r{round}"), mp, 0)
+                            .await
+                            .context("no-op rollout")?;
+                        let validate = fleet.validate().await?;
+                        println!(
+                            "  no-op flotilla rollout: {:.2} s; flotilla validate: {:.2} s",
+                            again.wall.as_secs_f64(),
+                            validate.as_secs_f64()
+                        );
+                        noops.push(again);
+                        validates.push(validate);
+                    }
+                    fleet.stop().await?;
+                    if let Some(i) = settings.max_parallel.iter().position(|&m| m == mp) {
+                        flotillas[i].push(r);
+                    }
+                    setup += drop_all(bins, pg, &dbs, &dir).await?;
+                }
+            }
+        }
     }
-    let (flotilla_noop, flotilla_validate) = noop.context("no --max-parallel given")?;
-    let sqlx_noop = sqlx_loop(bins, pg, &source, &sqlx_dbs, p)
-        .await
-        .context("sqlx-cli no-op")?;
-    println!("  no-op sqlx-cli loop: {:.2} s", sqlx_noop.as_secs_f64());
     println!(
-        "  (untimed: creating the databases and checkpoints took {:.1} s)",
+        "  (untimed: creating and dropping the databases, and checkpoints, took {:.1} s)",
         setup.as_secs_f64()
     );
+    let every = json!({
+        "raw_psql_s": secs_list(&raws),
+        "sqlx_cli_s": secs_list(&sqlxs),
+        "sqlx_cli_noop_s": secs_list(&sqlx_noops),
+        "flotilla_s": settings.max_parallel.iter().zip(&flotillas).map(|(mp, runs)| {
+            json!({"max_parallel": mp, "wall_s": runs.iter().map(|r| r.wall.as_secs_f64()).collect::<Vec<f64>>()})
+        }).collect::<Vec<Value>>(),
+        "flotilla_noop_s": noops.iter().map(|r| r.wall.as_secs_f64()).collect::<Vec<f64>>(),
+        "flotilla_validate_s": secs_list(&validates),
+    });
+    let id = |d: &Duration| *d;
+    let wall = |r: &RolloutRun| r.wall;
     Ok(PgResult {
         tenants: n,
         revisions: steps,
-        raw,
-        sqlx,
-        flotilla,
-        sqlx_noop,
-        flotilla_noop,
-        flotilla_validate,
+        rounds,
+        raw: median(raws, id).context("no round ran")?,
+        sqlx: median(sqlxs, id).context("no round ran")?,
+        flotilla: flotillas
+            .into_iter()
+            .map(|runs| median(runs, wall).context("no round ran"))
+            .collect::<Result<Vec<_>>>()?,
+        sqlx_noop: median(sqlx_noops, id).context("no round ran")?,
+        flotilla_noop: median(noops, wall).context("no --max-parallel given")?,
+        flotilla_validate: median(validates, id).context("no --max-parallel given")?,
+        every,
     })
 }

@@ -88,7 +88,9 @@ pub(crate) fn pg_table(results: &[PgResult], parallel: usize) -> String {
         s(r.flotilla_validate)
     });
     let revisions = results.first().map_or(0, |r| r.revisions);
-    let mut header = format!("| PostgreSQL, {revisions} revisions, fsync on |");
+    let rounds = results.first().map_or(0, |r| r.rounds);
+    let mut header =
+        format!("| PostgreSQL, {revisions} revisions, fsync on, median of {rounds} round(s) |");
     let mut rule = String::from("|---|");
     for r in results {
         header.push_str(&format!(" N = {} |", r.tenants));
