@@ -166,7 +166,7 @@ pub async fn serve(
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });
     let api = Api::new(engine.clone(), trace_of, tls.agents.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = flotilla_agent::service::incoming(listener);
     let result = builder
         .add_service(health_service)
         .add_service(reflection_v1)
