@@ -167,8 +167,11 @@ pub trait Driver: Send + Sync + 'static {
 /// is left open (its transaction is rolled back).
 #[async_trait]
 pub trait Session: Send {
-    /// Create `flotilla_history` and `flotilla_fence` if they do not exist (idempotent, safe
-    /// to race with another session doing the same).
+    /// Make sure `flotilla_history` and `flotilla_fence` exist before the session's first write
+    /// (idempotent, safe to race with another session doing the same). SQLite and MySQL create
+    /// them here; PostgreSQL, whose DDL is transactional, creates them inside the session's
+    /// first writing transaction instead (one transaction less per new tenant), and a read
+    /// before that finds a target without them at base.
     async fn ensure_schema(&mut self) -> Result<(), DriverError>;
 
     /// Try once, without waiting, to take the target's migration lock (`pg_try_advisory_lock`,

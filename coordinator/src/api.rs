@@ -674,7 +674,7 @@ fn watch_stream(
     engine: Arc<Engine>,
     id: String,
     first: pb::Rollout,
-    mut updates: tokio::sync::broadcast::Receiver<String>,
+    mut updates: tokio::sync::broadcast::Receiver<crate::engine::RolloutUpdate>,
 ) -> WatchStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
@@ -692,14 +692,31 @@ fn watch_stream(
         // building and sending the state is O(targets), updates arrive per step. The interval
         // grows with the rollout (100 ms up to 100 targets, 325 ms at 1,000, 1 s from 3,700):
         // a watcher of a large rollout gets a few states a second, not a stream of copies.
+        // The rollout's end is read at once: `rollout start --wait` returns when it ends.
         let mut last_read = tokio::time::Instant::now();
+        let ended = |u: &Result<crate::engine::RolloutUpdate, _>| matches!(u, Ok(u) if u.terminal && u.id == id);
         while !is_done(&last) {
+            let mut end_seen = false;
             tokio::select! {
                 _ = tx.closed() => return,
-                _ = updates.recv() => {}
+                u = updates.recv() => end_seen = ended(&u),
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            tokio::time::sleep_until(last_read + min_gap(last.targets.len())).await;
+            if !end_seen {
+                let gap = tokio::time::sleep_until(last_read + min_gap(last.targets.len()));
+                tokio::pin!(gap);
+                loop {
+                    tokio::select! {
+                        () = &mut gap => break,
+                        u = updates.recv() => {
+                            let closed = matches!(u, Err(tokio::sync::broadcast::error::RecvError::Closed));
+                            if closed || ended(&u) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
             while !matches!(
                 updates.try_recv(),
                 Err(tokio::sync::broadcast::error::TryRecvError::Empty

@@ -94,6 +94,14 @@ pub struct Term {
     pub cancel: CancellationToken,
 }
 
+/// A rollout's records were written: `terminal` when the write ended it (watchers then read
+/// it at once instead of waiting out their rate limit).
+#[derive(Debug, Clone)]
+pub struct RolloutUpdate {
+    pub id: String,
+    pub terminal: bool,
+}
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -126,7 +134,7 @@ pub struct Engine {
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: EngineConfig,
     term: watch::Sender<Option<Term>>,
-    updates: broadcast::Sender<String>,
+    updates: broadcast::Sender<RolloutUpdate>,
     controls: Mutex<HashMap<String, watch::Sender<Control>>>,
     tasks: TaskTracker,
     /// The last state seen of each target (see `view.rs`).
@@ -194,13 +202,20 @@ impl Engine {
         }
     }
 
-    /// Rollout ids whose state changed; for watchers.
-    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+    /// Rollouts whose state changed; for watchers.
+    pub fn subscribe(&self) -> broadcast::Receiver<RolloutUpdate> {
         self.updates.subscribe()
     }
 
     pub(crate) fn notify(&self, id: &str) {
-        let _ = self.updates.send(id.to_owned());
+        self.notify_with(id, false);
+    }
+
+    fn notify_with(&self, id: &str, terminal: bool) {
+        let _ = self.updates.send(RolloutUpdate {
+            id: id.to_owned(),
+            terminal,
+        });
     }
 
     /// Lead while `shutdown` is not cancelled: take the lock (blocking as a standby while
@@ -309,7 +324,7 @@ impl Engine {
         )
         .await?;
         self.live.put_rollout(term.token, rec);
-        self.notify(&rec.id);
+        self.notify_with(&rec.id, rec.state.is_terminal());
         Ok(())
     }
 
