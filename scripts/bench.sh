@@ -15,10 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --test
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release --locked -p flotilla-coordinator -p flotilla-agent --bins
+cargo build --release --locked -p flotilla-cli -p flotilla-agent --bins
 if [ ! -x "$target/tools/bin/sqlx" ]; then
   echo "bench: installing sqlx-cli into $target/tools" >&2
   cargo install --locked --root "$target/tools" sqlx-cli --no-default-features --features postgres,rustls
 fi
 # The bench finds the binaries under the same target dir (<target>/release, <target>/tools).
-cargo bench --locked -p flotilla-coordinator --bench compare -- "$@"
+cargo bench --locked -p flotilla-cli --bench compare -- "$@"

@@ -46,7 +46,7 @@ if [[ ${FLOTILLA_IMAGE_SKIP_BUILD:-0} != 1 ]]; then
     # --target: RUSTFLAGS then apply to the binaries only, not to build scripts/proc macros.
     RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
         cargo build --release --locked --target "$host" \
-        -p flotilla-coordinator -p flotilla-agent --bin flotilla --bin flotilla-agent
+        -p flotilla-cli -p flotilla-agent --bin flotilla --bin flotilla-agent
 fi
 for b in flotilla flotilla-agent; do
     [[ -x $bin_dir/$b ]] || die "$bin_dir/$b was not built"

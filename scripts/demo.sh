@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cargo run --locked -q -p flotilla-coordinator --bin flotilla -- demo "$@"
+cargo run --locked -q -p flotilla-cli --bin flotilla -- demo "$@"

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::{
-    AppliedRevision, IssueKind, MigrateRequest, RepairRequest, RepairResponse, RevisionIssue,
-    StampRequest, StampResponse, StatusRequest, StatusResponse, StepEvent, TargetStatus,
-    TargetValidation, ValidateRequest, ValidateResponse,
+    IssueKind, MigrateRequest, RepairRequest, RepairResponse, RevisionIssue, StampRequest,
+    StampResponse, StatusRequest, StatusResponse, StepEvent, TargetStatus, TargetValidation,
+    ValidateRequest, ValidateResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -26,9 +26,11 @@ use crate::executor::{
     EventSink, Executor, Locker, PlannedStep, driver_error, needs_dirty_protocol,
 };
 use crate::fence::FenceMemory;
-use crate::history::{HistoryRow, TargetState};
 use crate::service::validate as check;
+use crate::status::{empty_status, target_status};
 use crate::target::{Target, Targets};
+use flotilla_core::history::TargetState;
+use flotilla_rpc::convert::CatalogProto;
 
 mod adopt;
 mod backups;
@@ -57,61 +59,6 @@ impl std::fmt::Debug for Agent {
         f.debug_struct("Agent")
             .field("agent_id", &self.config.agent_id)
             .finish_non_exhaustive()
-    }
-}
-
-fn applied_revision(row: &HistoryRow) -> AppliedRevision {
-    AppliedRevision {
-        revision: row.revision.clone(),
-        checksum: row.checksum.clone(),
-        direction: row.direction.to_proto() as i32,
-        status: row.status.as_str().to_owned(),
-        applied_at_unix_ms: row.applied_at_ms,
-        duration_ms: row.duration_ms,
-        rollout_id: row.rollout_id.clone(),
-        agent_id: row.agent_id.clone(),
-        fencing_token: row.fencing_token,
-    }
-}
-
-pub(crate) fn target_status(
-    target: &Target,
-    state: &TargetState,
-    include_history: bool,
-) -> TargetStatus {
-    let mut ts = empty_status(target);
-    let applied = state.applied();
-    ts.applied = applied.iter().map(|r| applied_revision(r)).collect();
-    // The agent does not know the revision graph: its head is the newest applied revision;
-    // the coordinator derives the graph heads from `applied`.
-    ts.heads = applied
-        .last()
-        .map(|r| r.revision.clone())
-        .into_iter()
-        .collect();
-    if let Some(d) = state.dirty() {
-        ts.dirty = true;
-        ts.dirty_revision = d.revision.clone();
-    }
-    ts.last_step = state.last_step().map(applied_revision);
-    ts.fence_token = state.fence_token;
-    if include_history {
-        ts.history = state.history.iter().map(applied_revision).collect();
-    }
-    ts
-}
-
-fn empty_status(target: &Target) -> TargetStatus {
-    TargetStatus {
-        target_id: target.id.clone(),
-        dialect: target.dialect.to_proto() as i32,
-        labels: target
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        host: target.driver.host(),
-        ..TargetStatus::default()
     }
 }
 
@@ -160,7 +107,7 @@ async fn stamp_locked(
     s: &mut dyn Session,
     target: &str,
     pairs: &[(String, String)],
-    direction: crate::types::Direction,
+    direction: flotilla_core::Direction,
     meta: &StepMeta,
 ) -> Result<TargetState, AgentError> {
     let state = s.read_state().await.map_err(|e| driver_error(target, e))?;
@@ -289,7 +236,7 @@ impl Agent {
             .zip(&req.steps)
             .map(|((spec, up_checksum), s)| PlannedStep {
                 dirty_protocol: needs_dirty_protocol(target.dialect, &spec.sql, spec.transactional),
-                backup_tables: if spec.direction == crate::types::Direction::Up {
+                backup_tables: if spec.direction == flotilla_core::Direction::Up {
                     s.backup_tables.clone()
                 } else {
                     vec![]

@@ -6,56 +6,21 @@
 //! step makes is fenced: the fence row is checked and raised in the same transaction as the
 //! step (transactional) or as the dirty mark (non-transactional).
 
-use std::fmt;
-
 use async_trait::async_trait;
 
-use crate::backup::BackupRecord;
-use crate::catalog::Catalog;
-use crate::foreign::ForeignTable;
-use crate::history::{HistoryRow, RowStatus, TargetState};
-use crate::types::{Dialect, Direction};
+use flotilla_core::backup::BackupRecord;
+use flotilla_core::catalog::Catalog;
+pub use flotilla_core::error_class::ErrorClass;
+use flotilla_core::foreign::ForeignTable;
+use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::{Dialect, Direction};
 
 mod classify;
 mod common;
 pub(crate) mod foreign;
 pub mod mysql;
 pub mod postgres;
-pub mod split;
 pub mod sqlite;
-
-/// Classes of transient errors: retried with backoff, reported on retry events and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorClass {
-    /// Connection refused, reset, closed, or the server is shutting down / starting up.
-    Connection,
-    /// Serialization failure (PostgreSQL 40001).
-    Serialization,
-    /// Deadlock detected (PostgreSQL 40P01, MySQL 1213).
-    Deadlock,
-    /// Lock wait timeout (PostgreSQL 55P03, MySQL 1205).
-    LockTimeout,
-    /// SQLITE_BUSY / SQLITE_LOCKED.
-    Busy,
-}
-
-impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Connection => "connection",
-            ErrorClass::Serialization => "serialization",
-            ErrorClass::Deadlock => "deadlock",
-            ErrorClass::LockTimeout => "lock_timeout",
-            ErrorClass::Busy => "busy",
-        }
-    }
-}
-
-impl fmt::Display for ErrorClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What went wrong talking to a target database. Messages never contain the database URL.
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +239,7 @@ pub trait Session: Send {
     /// Every recorded backup (none when `flotilla_backups` does not exist). Writes nothing.
     async fn list_backups(&mut self) -> Result<Vec<BackupRecord>, DriverError>;
 
-    /// Fenced: put the backups' data back (see `crate::backup`), mark them restored, and
+    /// Fenced: put the backups' data back (see `flotilla_core::backup`), mark them restored, and
     /// insert a `restored` history row per revision with `checksum`. Returns rows written.
     async fn restore_backups(
         &mut self,

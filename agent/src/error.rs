@@ -11,61 +11,7 @@ use tonic::{Code, Status};
 
 use crate::config::ConfigError;
 
-/// Metadata key holding the stable reason of an error status.
-pub const REASON_METADATA_KEY: &str = "flotilla-reason";
-
-/// Stable reasons, one per kind of failure. Their strings are a public contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    InvalidRequest,
-    UnknownTarget,
-    ChecksumMismatch,
-    StaleFencingToken,
-    TargetDirty,
-    NotDirty,
-    NotAdoptable,
-    LockTimeout,
-    RetriesExhausted,
-    SqlError,
-    DatabaseUnavailable,
-    Cancelled,
-    PlanStale,
-    BackupFailed,
-    Config,
-    Internal,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::InvalidRequest => "INVALID_REQUEST",
-            Reason::UnknownTarget => "UNKNOWN_TARGET",
-            Reason::ChecksumMismatch => "CHECKSUM_MISMATCH",
-            Reason::StaleFencingToken => "STALE_FENCING_TOKEN",
-            Reason::TargetDirty => "TARGET_DIRTY",
-            Reason::NotDirty => "NOT_DIRTY",
-            Reason::NotAdoptable => "NOT_ADOPTABLE",
-            Reason::LockTimeout => "LOCK_TIMEOUT",
-            Reason::RetriesExhausted => "RETRIES_EXHAUSTED",
-            Reason::SqlError => "SQL_ERROR",
-            Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
-            Reason::Cancelled => "CANCELLED",
-            Reason::PlanStale => "PLAN_STALE",
-            Reason::BackupFailed => "BACKUP_FAILED",
-            Reason::Config => "CONFIG",
-            Reason::Internal => "INTERNAL",
-        }
-    }
-
-    /// Parse the reason back out of a status produced by the agent (metadata first, then
-    /// the message prefix).
-    pub fn of_status(status: &Status) -> Option<&str> {
-        if let Some(v) = status.metadata().get(REASON_METADATA_KEY) {
-            return v.to_str().ok();
-        }
-        status.message().split_once(": ").map(|(r, _)| r)
-    }
-}
+pub use flotilla_rpc::reason::{REASON_METADATA_KEY, Reason};
 
 /// Everything that can go wrong in the agent, with the ids an operator needs.
 #[derive(Debug, thiserror::Error)]

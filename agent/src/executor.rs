@@ -12,76 +12,35 @@
 //!
 //! Cancellation (agent shutdown, client gone) is checked between steps and during waits,
 //! never inside a database call: the step in flight commits or rolls back.
+//!
+//! Here: the request's run over its steps, its session and cached state (`Link`), and the
+//! backup before a step. Beside it: `executor/lock.rs` (lock waits), `executor/dirty.rs` (a
+//! dirty-protocol step), `executor/group.rs` (a transactional run), `executor/step.rs` (how
+//! far a step got and whether it is already done), `executor/report.rs` (events and metrics
+//! at a step's and the run's end), `executor/events.rs` (the event stream).
 
+mod dirty;
+mod events;
 mod group;
 mod lock;
+mod report;
+mod step;
 
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use flotilla_proto::step_event::Event;
-use flotilla_proto::{
-    StepEvent, StepFailed, StepRetrying, StepSkipped, StepStarted, StepSucceeded,
-};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use tracing::Instrument;
 
+pub(crate) use events::{EventCtx, EventSink};
 pub(crate) use lock::Locker;
 
 use crate::config::{LockConfig, RetryConfig};
-use crate::driver::{DriverError, ErrorClass, Session, StepMeta, StepSpec};
+use crate::driver::{DriverError, Session, StepMeta, StepSpec};
 use crate::error::AgentError;
-use crate::history::{HistoryRow, RowStatus, TargetState};
 use crate::target::Target;
-use crate::types::{Dialect, Direction};
-
-/// Where a Migrate call's events go (the gRPC stream).
-#[derive(Clone)]
-pub(crate) struct EventSink {
-    tx: mpsc::Sender<Result<StepEvent, Status>>,
-    target_id: String,
-}
-
-impl EventSink {
-    pub(crate) fn new(tx: mpsc::Sender<Result<StepEvent, Status>>, target_id: String) -> Self {
-        EventSink { tx, target_id }
-    }
-
-    /// Whether the client stopped listening.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    pub(crate) fn for_step(&self, revision: &str, direction: Direction) -> EventCtx {
-        EventCtx {
-            sink: self.clone(),
-            revision: revision.to_owned(),
-            direction,
-        }
-    }
-}
-
-/// An event sink bound to the step the events are about.
-pub(crate) struct EventCtx {
-    sink: EventSink,
-    revision: String,
-    direction: Direction,
-}
-
-impl EventCtx {
-    pub(crate) async fn emit(&self, event: Event) {
-        let ev = StepEvent {
-            target_id: self.sink.target_id.clone(),
-            revision: self.revision.clone(),
-            direction: self.direction.to_proto() as i32,
-            event: Some(event),
-        };
-        // A closed stream means the client left; the executor notices between steps.
-        let _ = self.sink.tx.send(Ok(ev)).await;
-    }
-}
+use flotilla_core::Dialect;
+use flotilla_core::history::TargetState;
 
 /// Why an attempt stopped: a database error (transient ones may be retried) or a final one.
 pub(crate) enum Failure {
@@ -140,26 +99,6 @@ pub(crate) fn driver_error(target: &str, e: DriverError) -> AgentError {
             message,
         },
     }
-}
-
-/// How far a step got, carried across attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Progress {
-    /// Nothing of this step was sent to the database.
-    Fresh,
-    /// The step's transaction (or its dirty mark) was sent: it may have committed.
-    Sent,
-    /// The dirty mark is committed; the SQL has not run.
-    Marked { row_id: i64 },
-    /// The non-transactional SQL is running (an error here leaves the target dirty).
-    Executing { row_id: i64 },
-    /// The SQL ran; the dirty row remains to be marked clean.
-    Executed { row_id: i64, duration_ms: u64 },
-}
-
-enum Outcome {
-    Applied,
-    Skipped(&'static str),
 }
 
 fn millis(d: Duration) -> u64 {
@@ -295,47 +234,6 @@ impl Executor {
         result
     }
 
-    /// The last event of a run whose steps all succeeded: the target's state as this
-    /// request's session knows it (still under the lock) and, when asked, its catalog
-    /// fingerprint, so the coordinator needs neither a Status nor a Validate call. A failure
-    /// to read either only leaves the event out (or the fingerprint empty): the steps stand.
-    async fn finished(&self, link: &mut Link, last: &PlannedStep) {
-        let Some(session) = link.session.as_mut() else {
-            return;
-        };
-        if link.state.is_none() {
-            match session.read_state().await {
-                Ok(state) => link.state = Some(state),
-                Err(e) => {
-                    tracing::warn!(target_id = %self.target.id, error = %e, "cannot read the state after the run");
-                    return;
-                }
-            }
-        }
-        let fingerprint = if self.report_fingerprint {
-            match session.catalog().await {
-                Ok(catalog) => catalog.fingerprint(),
-                Err(e) => {
-                    tracing::warn!(target_id = %self.target.id, error = %e, "cannot fingerprint the catalog after the run");
-                    String::new()
-                }
-            }
-        } else {
-            String::new()
-        };
-        let Some(state) = link.state.as_ref() else {
-            return;
-        };
-        let status = crate::agent::target_status(&self.target, state, false);
-        self.sink
-            .for_step(&last.spec.revision, last.spec.direction)
-            .emit(Event::Finished(flotilla_proto::MigrateFinished {
-                status: Some(status),
-                fingerprint,
-            }))
-            .await;
-    }
-
     /// The target's state on the request's session (connecting and locking first if needed),
     /// from the cache when nothing changed it since it was read. The first read checks the
     /// plan precondition.
@@ -426,313 +324,6 @@ impl Executor {
                 link.reconnect().await;
                 Err(failed(e.to_string()))
             }
-        }
-    }
-
-    async fn fail(&self, ctx: &EventCtx, step: &PlannedStep, e: &AgentError, dirty: bool) {
-        let rolled_back = matches!(
-            e,
-            AgentError::Sql {
-                rolled_back: true,
-                ..
-            }
-        );
-        let dirty = dirty || matches!(e, AgentError::Sql { dirty: true, .. });
-        metrics::counter!(
-            "flotilla_agent_steps_total",
-            "dialect" => self.target.dialect.as_str(),
-            "direction" => step.spec.direction.as_str(),
-            "outcome" => "failed",
-        )
-        .increment(1);
-        tracing::warn!(error = %e, dirty, rolled_back, "step failed");
-        ctx.emit(Event::Failed(StepFailed {
-            reason: e.failure_reason() as i32,
-            message: e.to_string(),
-            dirty,
-            rolled_back,
-        }))
-        .await;
-    }
-
-    async fn run_step(
-        &self,
-        link: &mut Link,
-        step: &PlannedStep,
-        ctx: &EventCtx,
-    ) -> Result<(), AgentError> {
-        let started = Instant::now();
-        let mut delays = self.retry.delays();
-        let mut attempt = 0u32;
-        let mut progress = Progress::Fresh;
-        loop {
-            attempt += 1;
-            let res = self.attempt(link, step, attempt, &mut progress, ctx).await;
-            // A dirty-protocol step changes the state in several commits: read it afresh.
-            link.invalidate();
-            let err = match res {
-                Ok(outcome) => {
-                    self.succeed(ctx, step, outcome, started.elapsed(), attempt)
-                        .await;
-                    return Ok(());
-                }
-                Err(Failure::Fatal(e @ AgentError::PlanStale { .. })) => return Err(e),
-                Err(Failure::Fatal(e)) => e,
-                Err(Failure::Driver(DriverError::Transient { class, message }))
-                    if !matches!(progress, Progress::Executing { .. }) =>
-                {
-                    if class == ErrorClass::Connection {
-                        link.reconnect().await;
-                    }
-                    let next = delays
-                        .next()
-                        .filter(|d| started.elapsed() + *d <= self.retry.max_elapsed);
-                    let Some(delay) = next else {
-                        let e = AgentError::RetriesExhausted {
-                            target: self.target.id.clone(),
-                            revision: step.spec.revision.clone(),
-                            attempts: attempt,
-                            last_error: format!("{class}: {message}"),
-                        };
-                        let dirty = matches!(progress, Progress::Executed { .. });
-                        self.fail(ctx, step, &e, dirty).await;
-                        return Err(e);
-                    };
-                    metrics::counter!("flotilla_agent_retries_total", "dialect" => self.target.dialect.as_str(), "error_class" => class.as_str())
-                        .increment(1);
-                    tracing::warn!(attempt, delay_ms = millis(delay), error_class = %class, error = %message, "transient error; retrying");
-                    ctx.emit(Event::Retrying(StepRetrying {
-                        attempt,
-                        delay_ms: millis(delay),
-                        error: message,
-                        error_class: class.as_str().to_owned(),
-                    }))
-                    .await;
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => continue,
-                        () = self.cancel.cancelled() => {
-                            AgentError::Cancelled { target: self.target.id.clone() }
-                        }
-                    }
-                }
-                Err(Failure::Driver(e)) => self.step_error(step, progress, e),
-            };
-            let dirty = matches!(
-                progress,
-                Progress::Executing { .. } | Progress::Executed { .. }
-            );
-            self.fail(ctx, step, &err, dirty).await;
-            return Err(err);
-        }
-    }
-
-    async fn succeed(
-        &self,
-        ctx: &EventCtx,
-        step: &PlannedStep,
-        outcome: Outcome,
-        elapsed: Duration,
-        attempts: u32,
-    ) {
-        let dialect = self.target.dialect.as_str();
-        let direction = step.spec.direction.as_str();
-        let (label, event) = match outcome {
-            Outcome::Applied => {
-                metrics::histogram!("flotilla_agent_step_duration_seconds", "dialect" => dialect, "direction" => direction)
-                    .record(elapsed.as_secs_f64());
-                tracing::info!(duration_ms = millis(elapsed), attempts, "step applied");
-                let ev = StepSucceeded {
-                    duration_ms: millis(elapsed),
-                    attempts,
-                };
-                ("succeeded", Event::Succeeded(ev))
-            }
-            Outcome::Skipped(reason) => {
-                tracing::info!(reason, "step skipped");
-                (
-                    "skipped",
-                    Event::Skipped(StepSkipped {
-                        reason: reason.to_owned(),
-                    }),
-                )
-            }
-        };
-        metrics::counter!("flotilla_agent_steps_total", "dialect" => dialect, "direction" => direction, "outcome" => label)
-            .increment(1);
-        ctx.emit(event).await;
-    }
-
-    /// The final error for a database error that is not retried.
-    fn step_error(&self, step: &PlannedStep, progress: Progress, e: DriverError) -> AgentError {
-        let target = self.target.id.clone();
-        let revision = step.spec.revision.clone();
-        match (e, progress) {
-            (e @ DriverError::StaleToken { .. }, _) => driver_error(&target, e),
-            (DriverError::Transient { class, message }, _) => AgentError::Sql {
-                target,
-                revision,
-                message: format!(
-                    "{class} error while the non-transactional step ran ({message}); it may be \
-                     half-applied and the target is left dirty"
-                ),
-                dirty: true,
-                rolled_back: false,
-            },
-            (DriverError::Permanent { message }, Progress::Sent) if !step.dirty_protocol => {
-                AgentError::Sql {
-                    target,
-                    revision,
-                    message,
-                    dirty: false,
-                    rolled_back: true,
-                }
-            }
-            (
-                DriverError::Permanent { message },
-                Progress::Executing { .. } | Progress::Executed { .. },
-            ) => AgentError::Sql {
-                target,
-                revision,
-                message,
-                dirty: true,
-                rolled_back: false,
-            },
-            (DriverError::Permanent { message }, _) => AgentError::Database { target, message },
-        }
-    }
-
-    fn is_ours(&self, row: &HistoryRow, step: &PlannedStep) -> bool {
-        row.revision == step.spec.revision
-            && row.direction == step.spec.direction
-            && row.rollout_id == self.meta.rollout_id
-            && row.agent_id == self.meta.agent_id
-            && row.fencing_token == self.meta.fencing_token
-    }
-
-    /// Whether the step is already done: skipped on a first look, applied (by an earlier
-    /// attempt whose reply was lost) when it was sent before.
-    fn already_done(
-        &self,
-        state: &TargetState,
-        step: &PlannedStep,
-        sent: bool,
-    ) -> Result<Option<Outcome>, Failure> {
-        let spec = &step.spec;
-        let applied = state
-            .applied()
-            .into_iter()
-            .find(|r| r.revision == spec.revision);
-        let mismatch = |applied: &str, requested: &str| {
-            Failure::Fatal(AgentError::AppliedChecksumMismatch {
-                target: self.target.id.clone(),
-                revision: spec.revision.clone(),
-                applied: applied.to_owned(),
-                requested: requested.to_owned(),
-            })
-        };
-        match (spec.direction, applied) {
-            (Direction::Up, Some(row)) if row.checksum == spec.checksum => Ok(Some(if sent {
-                Outcome::Applied
-            } else {
-                Outcome::Skipped("already applied")
-            })),
-            (Direction::Up, Some(row)) => Err(mismatch(&row.checksum, &spec.checksum)),
-            (Direction::Down, None) => Ok(Some(if sent {
-                Outcome::Applied
-            } else {
-                Outcome::Skipped("not applied")
-            })),
-            (Direction::Down, Some(row))
-                if !step.up_checksum.is_empty() && row.checksum != step.up_checksum =>
-            {
-                Err(mismatch(&row.checksum, &step.up_checksum))
-            }
-            _ => Ok(None),
-        }
-    }
-
-    /// One attempt at a dirty-protocol step (transactional steps go through `run_group`).
-    async fn attempt(
-        &self,
-        link: &mut Link,
-        step: &PlannedStep,
-        attempt: u32,
-        progress: &mut Progress,
-        ctx: &EventCtx,
-    ) -> Result<Outcome, Failure> {
-        let (session, state) = self.state(link, ctx).await?;
-        let state = &*state;
-        match *progress {
-            Progress::Fresh | Progress::Sent => {
-                let sent = *progress == Progress::Sent;
-                if let Some(d) = state.dirty() {
-                    if !(sent && step.dirty_protocol && self.is_ours(d, step)) {
-                        return Err(Failure::Fatal(AgentError::TargetDirty {
-                            target: self.target.id.clone(),
-                            revision: d.revision.clone(),
-                        }));
-                    }
-                    // Our dirty mark committed before the connection broke; the SQL never ran.
-                    *progress = Progress::Marked { row_id: d.id };
-                } else {
-                    if let Some(outcome) = self.already_done(state, step, sent)? {
-                        return Ok(outcome);
-                    }
-                    ctx.emit(Event::Started(StepStarted { attempt })).await;
-                    *progress = Progress::Sent;
-                    let row_id = session
-                        .mark_dirty(&step.spec, &self.meta)
-                        .await
-                        .map_err(Failure::Driver)?;
-                    *progress = Progress::Marked { row_id };
-                }
-            }
-            Progress::Executed { row_id, .. } => {
-                match state
-                    .history
-                    .iter()
-                    .find(|r| r.id == row_id)
-                    .map(|r| r.status)
-                {
-                    Some(RowStatus::Applied) => return Ok(Outcome::Applied),
-                    Some(RowStatus::Dirty) => {}
-                    _ => {
-                        return Err(Failure::Fatal(AgentError::Internal(format!(
-                            "target {}: the dirty row of step {} changed while the agent was \
-                             reconnecting",
-                            self.target.id, step.spec.revision
-                        ))));
-                    }
-                }
-            }
-            Progress::Marked { .. } | Progress::Executing { .. } => {}
-        }
-        if let Progress::Marked { row_id } = *progress {
-            *progress = Progress::Executing { row_id };
-            let t0 = Instant::now();
-            session
-                .execute_non_transactional(&step.spec.sql)
-                .await
-                .map_err(Failure::Driver)?;
-            *progress = Progress::Executed {
-                row_id,
-                duration_ms: millis(t0.elapsed()),
-            };
-        }
-        match *progress {
-            Progress::Executed {
-                row_id,
-                duration_ms,
-            } => {
-                session
-                    .mark_clean(row_id, duration_ms)
-                    .await
-                    .map_err(Failure::Driver)?;
-                Ok(Outcome::Applied)
-            }
-            other => Err(Failure::Fatal(AgentError::Internal(format!(
-                "step protocol reached an unexpected state {other:?}"
-            )))),
         }
     }
 }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use flotilla_agent::config::{AgentConfig, Args};
 use flotilla_agent::register::{self, RegisterConfig};
-use flotilla_agent::telemetry::{self, TelemetryConfig};
 use flotilla_agent::{Agent, serve};
+use flotilla_rpc::telemetry::{self, TelemetryConfig};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc, configured at build time (.cargo/config.toml): the idle agent gives freed pages
@@ -35,14 +35,14 @@ async fn main() -> anyhow::Result<()> {
 async fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(addr) = args.metrics_addr {
         telemetry::install_metrics(addr)?;
-        telemetry::describe_agent_metrics();
+        flotilla_agent::metrics::describe();
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
     let config = AgentConfig::load(args)?;
     let listen = config.server.listen;
     // Checked before anything starts: no TLS on a non-loopback address needs --plaintext.
     let server = &config.server;
-    flotilla_agent::tls::check_listen(listen, server.tls.as_ref(), server.plaintext)?;
+    flotilla_rpc::tls::check_listen(listen, server.tls.as_ref(), server.plaintext)?;
     let scheme = if server.tls.is_some() {
         "https"
     } else {

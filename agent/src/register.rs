@@ -16,7 +16,7 @@ use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 
 use crate::Agent;
-use crate::tls::{ClientTls, TlsError};
+use flotilla_rpc::tls::{ClientTls, TlsError};
 
 /// Where to register and what address the coordinator should dial back.
 #[derive(Debug, Clone, Default)]

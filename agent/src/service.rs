@@ -1,13 +1,14 @@
 //! The gRPC server: `flotilla.v1.AgentService` as a thin wrapper over [`Agent`], plus gRPC
 //! health checking (SERVING) and reflection (v1 and v1alpha, so grpcurl works; it lists only
-//! the services served, `service/reflection.rs`), and
+//! the services served, `flotilla_rpc::reflection`), and
 //! [`serve`], which runs them on a given listener until a given shutdown future resolves,
 //! over TLS or mTLS when `server.tls` is set (plaintext only on loopback or with
 //! `server.plaintext`, see `tls::check_listen`).
 //!
 //! Errors become statuses in exactly one place, `AgentError::to_status` (`error.rs`).
 
-pub mod reflection;
+use flotilla_rpc::listener::incoming;
+use flotilla_rpc::reflection;
 pub mod validate;
 
 use std::future::Future;
@@ -32,7 +33,7 @@ pub enum ServeError {
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Tls(#[from] flotilla_rpc::tls::TlsError),
     #[error("grpc server: cannot read the listener's address: {0}")]
     Listener(#[source] std::io::Error),
 }
@@ -59,7 +60,7 @@ macro_rules! server_span {
             otel.kind = "server",
             $($($field)*)?
         );
-        crate::telemetry::set_remote_parent(&span, crate::telemetry::extract($req.metadata()));
+        flotilla_rpc::telemetry::set_remote_parent(&span, flotilla_rpc::telemetry::extract($req.metadata()));
         span
     }};
 }
@@ -202,12 +203,12 @@ pub async fn serve(
         .max_encoding_message_size(max);
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let server = &agent.config().server;
-    let mode = crate::tls::check_listen(addr, server.tls.as_ref(), server.plaintext)?;
+    let mode = flotilla_rpc::tls::check_listen(addr, server.tls.as_ref(), server.plaintext)?;
     let mut builder = match &server.tls {
         Some(tls) => tls.server()?,
         None => tonic::transport::Server::builder(),
     };
-    if mode == crate::tls::TransportMode::PlaintextExplicit {
+    if mode == flotilla_rpc::tls::TransportMode::PlaintextExplicit {
         tracing::warn!(%addr, "serving plaintext gRPC on a non-loopback address (--plaintext)");
     }
     tracing::info!(
@@ -248,35 +249,4 @@ pub async fn serve(
     result?;
     tracing::info!("agent stopped");
     Ok(())
-}
-
-/// The accepted connections of `listener`, with `TCP_NODELAY` set on each. A server fed its
-/// own listener ignores the builder's `tcp_nodelay`: without this, Nagle's algorithm holds a
-/// small frame (a stream's last event, its trailers) until the peer ACKs the previous one,
-/// and the peer's delayed ACK made every Migrate end about 20 ms late.
-pub fn incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio_stream::StreamExt;
-
-    /// Every connection the servers accept has Nagle's algorithm off.
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay_set() -> std::io::Result<()> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let mut accepted = super::incoming(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await?;
-        let conn = accepted
-            .next()
-            .await
-            .ok_or_else(|| std::io::Error::other("the listener ended"))??;
-        assert!(
-            conn.nodelay()?,
-            "TCP_NODELAY is off on an accepted connection"
-        );
-        Ok(())
-    }
 }

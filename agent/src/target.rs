@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, RwLock};
 use crate::config::{DiscoverySource, TargetConfig, is_valid_target_id};
 use crate::driver::{Driver, DriverError};
 use crate::error::AgentError;
-use crate::types::{Dialect, Secret};
+use flotilla_core::{Dialect, Secret};
 
 /// One target database and what the agent keeps about it in memory.
 pub(crate) struct Target {

@@ -13,8 +13,9 @@ use flotilla_proto as pb;
 
 use crate::engine::{Engine, EngineError};
 use crate::fleet::AgentClient;
-use crate::revision::Graph;
 use crate::rollout::Selector;
+use flotilla_revision::Graph;
+use flotilla_rpc::convert::DialectProto;
 
 /// What to do with one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,7 +237,7 @@ pub async fn adopt(
             let dialect = dialects
                 .get(tf.target_id.as_str())
                 .and_then(|d| pb::Dialect::try_from(*d).ok())
-                .and_then(flotilla_agent::Dialect::from_proto);
+                .and_then(flotilla_core::Dialect::from_proto);
             let Some(dialect) = dialect else {
                 out.push(outcome(
                     &tf.target_id,
@@ -299,9 +300,7 @@ mod tests {
     fn table(tool: &str, versions: &[&str], up_to: &[&str]) -> pb::ForeignVersionTable {
         pb::ForeignVersionTable {
             tool: tool.into(),
-            table: flotilla_agent::foreign::table_of(tool)
-                .unwrap_or("t")
-                .into(),
+            table: flotilla_core::foreign::table_of(tool).unwrap_or("t").into(),
             versions: versions.iter().map(|s| s.to_string()).collect(),
             up_to: up_to.iter().map(|s| s.to_string()).collect(),
             ..Default::default()

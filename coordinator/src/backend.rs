@@ -1,7 +1,9 @@
 //! Backend selection: etcd when endpoints are configured, else the embedded file lock + SQLite.
 //!
 //! [`open_backend`] returns the pair (fleet lock, state store) behind trait objects; nothing
-//! above this module knows which backend it got.
+//! above this module knows which backend it got. The backends themselves are
+//! `etcd.rs` and `embedded.rs`; the lock and store of one backend share one
+//! `FenceSignals` (`fence.rs`), created here.
 //!
 //! etcd key layout under [`BackendConfig::prefix`] (default `/flotilla`):
 //! - `{prefix}/lock` — the fleet lock key, on the holder's lease; its create revision is the
@@ -19,8 +21,11 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 
-use crate::lock::{EtcdFleetLock, FenceSignals, FileFleetLock, FleetLock};
-use crate::store::{EtcdStateStore, SqliteStateStore, StateStore, open_pool};
+use crate::embedded::{FileFleetLock, SqliteStateStore, open_pool};
+use crate::etcd::{EtcdFleetLock, EtcdStateStore};
+use crate::fence::FenceSignals;
+use crate::lock::FleetLock;
+use crate::store::StateStore;
 
 /// Default lease TTL of the etcd fleet lock.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
@@ -94,10 +99,11 @@ pub enum BackendError {
     #[error("invalid backend configuration: {0}")]
     InvalidConfig(String),
     /// The etcd client could not be built.
-    #[error("cannot set up the etcd client for {endpoints:?}: {message}")]
+    #[error("cannot set up the etcd client for {endpoints:?}: {source}")]
     Etcd {
         endpoints: Vec<String>,
-        message: String,
+        #[source]
+        source: etcd_client::Error,
     },
     /// The state directory could not be created.
     #[error(
@@ -108,8 +114,12 @@ pub enum BackendError {
         source: std::io::Error,
     },
     /// The SQLite state store could not be opened.
-    #[error("cannot open the state store {path}: {message}")]
-    Sqlite { path: PathBuf, message: String },
+    #[error("cannot open the state store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 /// Open the configured backend: etcd when `etcd_endpoints` is non-empty, else embedded.
@@ -153,9 +163,9 @@ async fn open_etcd(
         .with_keep_alive_while_idle(true);
     let client = Client::connect(&cfg.etcd_endpoints, Some(opts))
         .await
-        .map_err(|e| BackendError::Etcd {
+        .map_err(|source| BackendError::Etcd {
             endpoints: cfg.etcd_endpoints.clone(),
-            message: e.to_string(),
+            source,
         })?;
     let lock_key = etcd_lock_key(prefix);
     tracing::info!(endpoints = ?cfg.etcd_endpoints, %lock_key, ttl = ?cfg.lease_ttl, "using etcd backend");
@@ -181,10 +191,12 @@ async fn open_embedded(
             source,
         })?;
     let db = cfg.state_dir.join(STATE_DB);
-    let pool = open_pool(&db).await.map_err(|e| BackendError::Sqlite {
-        path: db.clone(),
-        message: e.to_string(),
-    })?;
+    let pool = open_pool(&db)
+        .await
+        .map_err(|source| BackendError::Sqlite {
+            path: db.clone(),
+            source,
+        })?;
     tracing::info!(state_dir = %cfg.state_dir.display(), "using embedded backend (file lock + SQLite)");
     let lock = FileFleetLock::new(
         cfg.state_dir.join(LOCK_FILE),

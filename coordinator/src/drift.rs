@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use flotilla_agent::catalog::{Catalog, Column, Constraint, Index, Table};
+use flotilla_core::catalog::{Catalog, Column, Constraint, Index, Table};
 
 /// What kind of schema object changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,29 +20,30 @@ use flotilla_proto as pb;
 use crate::fleet::AgentClient;
 use crate::lock::{FleetLock, LockError};
 use crate::registry::Registry;
-use crate::revision::Graph;
 use crate::rollout::{
     RolloutRecord, RolloutSpec, RolloutState, TargetRecord, now_ms, rollout_key, targets_prefix,
 };
 use crate::store::{StateStore, StoreError, WriteOp};
+use flotilla_revision::Graph;
 
 mod batch;
 pub mod destructive;
 mod gate;
 mod live;
 pub mod preflight;
+mod report;
 mod run;
 pub mod snapshot;
 mod target;
 pub mod validate;
-mod view;
+pub mod view;
 
 pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
 
 /// Store key holding the current leader's API address (`{"address", "token"}`).
 pub const LEADER_KEY: &str = "leader";
 
-/// Engine errors, mapped to gRPC codes in one place (`api.rs`).
+/// Engine errors, mapped to gRPC codes in one place (`api.rs`'s `status_of`).
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(
@@ -55,12 +56,44 @@ pub enum EngineError {
     Conflict(String),
     #[error("{0}")]
     InvalidArgument(String),
+    /// A goal that does not parse.
+    #[error("goal {goal:?}: {source}")]
+    InvalidGoal {
+        goal: String,
+        #[source]
+        source: flotilla_revision::InvalidGoal,
+    },
     #[error("leadership lost: fencing token {0} is stale")]
     Fenced(u64),
+    /// The state store failed (a fenced refusal is [`EngineError::Fenced`] instead).
     #[error("state store: {0}")]
-    Store(String),
+    Store(#[source] StoreError),
+    /// A record could not be encoded for the store.
+    #[error("state store: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A stored record (`what`: the rollout or the key) could not be decoded.
+    #[error("state store: {what}: {source}")]
+    Decode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A background write of target records failed earlier (see `engine/batch.rs`); every
+    /// later write of that rollout in this term reports it.
+    #[error("state store: {0}")]
+    WriteBehind(#[source] Arc<EngineError>),
+    /// A target's task panicked or was cancelled.
+    #[error("state store: target task failed: {0}")]
+    TargetTask(#[source] tokio::task::JoinError),
     #[error("{0}")]
     Unavailable(String),
+    /// The wave gate could not ask an agent for its targets' fingerprints.
+    #[error("fingerprint gate: agent {agent_id}: {}", .source.message())]
+    Gate {
+        agent_id: String,
+        #[source]
+        source: Box<tonic::Status>,
+    },
     /// `StartRollout` refused: the plan would block selected targets (a downgrade).
     #[error("{0}")]
     WouldBlock(String),
@@ -74,7 +107,7 @@ impl From<StoreError> for EngineError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Fenced { token } => EngineError::Fenced(token),
-            other => EngineError::Store(other.to_string()),
+            other => EngineError::Store(other),
         }
     }
 }
@@ -314,7 +347,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         rec.updated_at_ms = now_ms();
         rec.fencing_token = term.token;
-        let value = serde_json::to_vec(rec).map_err(|e| EngineError::Store(e.to_string()))?;
+        let value = serde_json::to_vec(rec).map_err(EngineError::Encode)?;
         self.write(
             term,
             vec![WriteOp::Put {
@@ -345,12 +378,18 @@ impl Engine {
             .get(&rollout_key(id))
             .await?
             .ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
-        let rec: RolloutRecord = serde_json::from_slice(&raw)
-            .map_err(|e| EngineError::Store(format!("rollout {id}: {e}")))?;
+        let rec: RolloutRecord =
+            serde_json::from_slice(&raw).map_err(|source| EngineError::Decode {
+                what: format!("rollout {id}"),
+                source,
+            })?;
         let mut targets = Vec::new();
         for (key, value) in self.store.list(&targets_prefix(id)).await? {
-            let t: TargetRecord = serde_json::from_slice(&value)
-                .map_err(|e| EngineError::Store(format!("{key}: {e}")))?;
+            let t: TargetRecord =
+                serde_json::from_slice(&value).map_err(|source| EngineError::Decode {
+                    what: key.clone(),
+                    source,
+                })?;
             targets.push(t);
         }
         targets.sort_by(|a, b| (a.wave, &a.target_id).cmp(&(b.wave, &b.target_id)));
@@ -372,11 +411,13 @@ impl Engine {
 
     /// Parse a goal and check it names something in the graph: an unknown revision is
     /// refused up front instead of blocking every target.
-    pub fn goal(&self, goal: &str) -> Result<crate::revision::Goal, EngineError> {
-        let parsed: crate::revision::Goal = goal
-            .parse()
-            .map_err(|e| EngineError::InvalidArgument(format!("goal {goal:?}: {e}")))?;
-        if let crate::revision::Goal::Revision(id) = &parsed
+    pub fn goal(&self, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
+        let parsed: flotilla_revision::Goal =
+            goal.parse().map_err(|source| EngineError::InvalidGoal {
+                goal: goal.to_owned(),
+                source,
+            })?;
+        if let flotilla_revision::Goal::Revision(id) = &parsed
             && !self.graph.contains(id)
         {
             return Err(EngineError::InvalidArgument(format!(
@@ -464,9 +505,9 @@ impl Engine {
         }
         let engine = self.clone();
         self.tasks.spawn(async move {
-            crate::metrics::refresh_rollouts(&engine).await;
+            report::refresh_rollouts(&engine).await;
             let result = engine.clone().run(&id, &term).await;
-            crate::metrics::refresh_rollouts(&engine).await;
+            report::refresh_rollouts(&engine).await;
             if let Err(e) = result {
                 match e {
                     EngineError::Fenced(_) => {}
@@ -531,6 +572,6 @@ impl Engine {
 
     /// All agents, for status/validate fan-out.
     pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, EngineError> {
-        self.registry.agents().await.map_err(EngineError::Store)
+        Ok(self.registry.agents().await?)
     }
 }

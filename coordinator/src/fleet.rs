@@ -11,10 +11,10 @@ use futures::stream::BoxStream;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use flotilla_agent::tls::ClientTls;
 use flotilla_proto as pb;
 use flotilla_proto::agent_service_client::AgentServiceClient;
 use flotilla_proto::agent_service_server::AgentService;
+use flotilla_rpc::tls::ClientTls;
 
 /// The step events of one Migrate call.
 pub type EventStream = BoxStream<'static, Result<pb::StepEvent, Status>>;
@@ -60,6 +60,15 @@ fn request<T>(msg: T, hook: &Option<RequestHook>) -> Request<T> {
     r
 }
 
+/// An agent address that cannot be dialed ([`RemoteAgent::new`]).
+#[derive(Debug, thiserror::Error)]
+#[error("agent {id}: {source}")]
+pub struct AgentAddressError {
+    pub id: String,
+    #[source]
+    pub source: flotilla_rpc::tls::TlsError,
+}
+
 /// An agent reached over gRPC (TLS for `https://` addresses, per the coordinator's
 /// `ClientTls`). The channel connects lazily and reconnects by itself.
 pub struct RemoteAgent {
@@ -77,10 +86,13 @@ impl RemoteAgent {
         address: &str,
         hook: Option<RequestHook>,
         tls: &ClientTls,
-    ) -> Result<RemoteAgent, String> {
+    ) -> Result<RemoteAgent, AgentAddressError> {
         let endpoint = tls
             .endpoint(address)
-            .map_err(|e| format!("agent {id}: {e}"))?
+            .map_err(|source| AgentAddressError {
+                id: id.to_owned(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -1,18 +1,18 @@
-//! Flotilla coordinator library: revision graph and planner, fleet lock, rollout engine, API and CLI.
+//! Flotilla coordinator library: the fenced fleet lock and state store (etcd or embedded),
+//! the rollout engine, the fleet view, the gRPC API and the server.
 
 pub mod adopt;
 pub mod api;
 pub mod backend;
-pub mod cli;
-pub mod demo;
 pub mod drift;
+mod embedded;
 pub mod engine;
+mod etcd;
+mod fence;
 pub mod fleet;
-pub mod import;
 pub mod lock;
 pub mod metrics;
 pub mod registry;
-pub mod revision;
 pub mod rollout;
 pub mod server;
 pub mod store;

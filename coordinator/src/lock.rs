@@ -1,10 +1,11 @@
 //! The fenced fleet lock: one coordinator at a time holds it and gets a fencing token.
 //!
-//! Two implementations sit behind [`FleetLock`]; [`crate::backend::open_backend`] picks one:
-//! - etcd (`lock/etcd.rs`): a lease kept alive every TTL/3 plus a lock key created on that
+//! This module holds the contract only; two implementations sit behind [`FleetLock`], and
+//! [`crate::backend::open_backend`] picks one:
+//! - etcd (`etcd/lock.rs`): a lease kept alive every TTL/3 plus a lock key created on that
 //!   lease; the token is the lock key's create revision.
-//! - embedded (`lock/file.rs`): an exclusive `flock` on `state_dir/coordinator.lock`; the token
-//!   is a counter in the SQLite state store bumped on every acquisition.
+//! - embedded (`embedded/lock.rs`): an exclusive `flock` on `state_dir/coordinator.lock`; the
+//!   token is a counter in the SQLite state store bumped on every acquisition.
 //!
 //! Contract shared by both:
 //! - the token is `> 0` and strictly grows from one holder to the next, across processes and
@@ -17,19 +18,16 @@
 //!
 //! **Architecture invariant:** every write of rollout state goes through the fenced
 //! [`crate::store::StateStore::write`] with the token of the current [`Leadership`]; the lock
-//! alone is advisory, the fenced write is what makes a deposed leader harmless.
+//! alone is advisory, the fenced write is what makes a deposed leader harmless. A refused
+//! fenced write cancels [`Leadership::lost`] through `FenceSignals` (`fence.rs`).
 
-mod etcd;
-mod file;
-
-use std::collections::HashMap;
+use std::error::Error;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use etcd::EtcdFleetLock;
-pub(crate) use file::FileFleetLock;
+use crate::fence::FenceSignals;
 
 /// Errors from acquiring or releasing the fleet lock.
 #[derive(Debug, thiserror::Error)]
@@ -37,12 +35,14 @@ pub enum LockError {
     /// The caller's cancellation token fired before the lock was acquired.
     #[error("lock acquisition cancelled")]
     Cancelled,
-    /// The lock service (etcd) could not be reached; retrying later may succeed.
+    /// The lock service (etcd) could not be reached; retrying later may succeed. Holds the
+    /// backend's error.
     #[error("lock service unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else (bad configuration, I/O error on the lock file, corrupt state).
+    Unavailable(#[source] Box<dyn Error + Send + Sync>),
+    /// Anything else (bad configuration, I/O error on the lock file, corrupt state). Holds the
+    /// backend's error.
     #[error("fleet lock error: {0}")]
-    Other(String),
+    Other(#[source] Box<dyn Error + Send + Sync>),
 }
 
 /// Proof of holding the fleet lock.
@@ -120,43 +120,4 @@ pub trait FleetLock: Send + Sync + 'static {
 #[async_trait::async_trait]
 pub(crate) trait LeaderGuard: Send + Sync {
     async fn release(self: Box<Self>, token: u64) -> Result<(), LockError>;
-}
-
-/// Connects fenced-write refusals in the store to the [`Leadership::lost`] token of the same
-/// process: when a write with token `t` comes back fenced, leadership `t` is gone.
-#[derive(Debug, Default)]
-pub(crate) struct FenceSignals {
-    live: Mutex<HashMap<u64, CancellationToken>>,
-}
-
-impl FenceSignals {
-    fn register(&self, token: u64, lost: CancellationToken) {
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(token, lost);
-    }
-
-    fn unregister(&self, token: u64) {
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&token);
-    }
-
-    /// The store refused a write with `token`: cancel that leadership, if it is ours.
-    pub(crate) fn fenced(&self, token: u64) {
-        let lost = self
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&token);
-        if let Some(lost) = lost {
-            tracing::warn!(
-                token,
-                "state store refused a write as fenced; leadership lost"
-            );
-            lost.cancel();
-        }
-    }
 }

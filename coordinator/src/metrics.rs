@@ -1,13 +1,15 @@
 //! The coordinator's Prometheus metrics: names and HELP texts ([`describe`]), the fleet
 //! gauges derived from a fleet status (targets by revision, version skew, drift), rollouts
-//! by state (refreshed from the store) and the current rollout's targets by state.
+//! by state and the current rollout's targets by state.
+//!
+//! **Architecture invariant:** this module only records what it is given; what to record
+//! (reading the store, the fleet view, catalogs) is the engine's (`engine/report.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use flotilla_proto as pb;
 
-use crate::engine::Engine;
 use crate::rollout::{RolloutState, TargetRecord, TargetState};
 
 const ROLLOUT_STATES: [RolloutState; 9] = [
@@ -87,7 +89,6 @@ pub fn describe() {
         Unit::Count,
         "Targets that drift: history with revisions the graph lacks or checksums that differ, or a schema fingerprint that differs from the reference of its dialect and applied set"
     );
-    flotilla_agent::telemetry::describe_agent_metrics();
     // Counters exist from the start at 0, so `increase()` (and the alert rules in
     // deploy/prometheus/) see their first increment; a series born at 1 would hide it.
     for state in ROLLOUT_STATES.into_iter().filter(|s| s.is_terminal()) {
@@ -136,93 +137,13 @@ pub fn record_fleet(targets: &[pb::FleetTarget], schema_known: bool) {
     }
 }
 
-/// Rollouts by state, from the store.
-pub async fn refresh_rollouts(engine: &Engine) {
-    let Ok(list) = engine.list().await else {
-        return;
-    };
+/// Rollouts by state: `states` holds the state of every rollout the store has.
+pub fn set_rollouts(states: impl IntoIterator<Item = RolloutState>) {
+    let states: Vec<RolloutState> = states.into_iter().collect();
     for state in ROLLOUT_STATES {
-        let n = list.iter().filter(|r| r.state == state).count();
+        let n = states.iter().filter(|s| **s == state).count();
         metrics::gauge!("flotilla_coordinator_rollouts", "state" => state.as_str()).set(n as f64);
     }
-}
-
-/// The fleet gauges from the coordinator's last view of every target (after a rollout
-/// ended: the planning snapshot updated by each Migrate's closing report), with no Status
-/// round (only when nothing is known yet are the agents asked, one Status each). After a
-/// rollout that migrated targets (`migrated_by`), the drift gauge is recomputed too: the
-/// fingerprints the rollout's Migrates reported (with the wave gate on) are used as they are,
-/// and only the other targets' catalogs are read (one Validate per agent and dialect). After
-/// a rollout that changed nothing no catalog is read and the drift gauge keeps its value.
-pub async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>) {
-    let entries = if engine.view.is_empty() {
-        match engine.snapshot(false).await {
-            Ok(snap) => snap.targets,
-            Err(_) => return,
-        }
-    } else {
-        engine.view.targets()
-    };
-    let mut targets: Vec<pb::FleetTarget> = entries
-        .iter()
-        .map(|e| pb::FleetTarget {
-            agent_id: e.agent.id().to_owned(),
-            drift: crate::api::drift_of(engine, e),
-            status: Some(e.status.clone()),
-        })
-        .collect();
-    let Some(rollout) = migrated_by else {
-        record_fleet(&targets, false);
-        return;
-    };
-    let mut fingerprints: std::collections::HashMap<String, String> =
-        match engine.get(rollout).await {
-            Ok((_, records)) => records
-                .into_iter()
-                .filter(|t| t.state == TargetState::Succeeded && !t.fingerprint.is_empty())
-                .map(|t| (t.target_id, t.fingerprint))
-                .collect(),
-            Err(_) => Default::default(),
-        };
-    let unknown: Vec<crate::engine::snapshot::FleetEntry> = entries
-        .iter()
-        .filter(|e| !fingerprints.contains_key(&e.status.target_id))
-        .cloned()
-        .collect();
-    if !unknown.is_empty() {
-        for t in engine.validate_fleet(&unknown).await.targets {
-            if t.error.is_empty() {
-                fingerprints.insert(t.target_id, t.fingerprint);
-            }
-        }
-    }
-    let observed: Vec<crate::drift::Observed> = entries
-        .iter()
-        .filter_map(|e| {
-            Some(crate::drift::Observed {
-                target: e.status.target_id.clone(),
-                dialect: e.dialect()?.as_str().to_owned(),
-                applied: e
-                    .status
-                    .applied
-                    .iter()
-                    .map(|a| a.revision.clone())
-                    .collect(),
-                fingerprint: fingerprints.get(&e.status.target_id)?.clone(),
-                canary: e.is_canary(),
-            })
-        })
-        .collect();
-    for d in crate::drift::drifted(&observed) {
-        if let Some(t) = targets
-            .iter_mut()
-            .find(|t| t.status.as_ref().is_some_and(|s| s.target_id == d.target))
-        {
-            t.drift
-                .push(format!("schema differs from {}", d.reference_target));
-        }
-    }
-    record_fleet(&targets, true);
 }
 
 /// Set the rollout-targets gauge from a rollout's target records.

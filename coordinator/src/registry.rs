@@ -3,16 +3,16 @@
 //! over the API (a leased key in the state store, so a dead agent drops out).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_agent::tls::ClientTls;
+use flotilla_rpc::tls::ClientTls;
 
 use crate::fleet::{AgentClient, RemoteAgent, RequestHook};
-use crate::store::StateStore;
+use crate::store::{StateStore, StoreError};
 
 /// Store key prefix of agent registrations.
 pub const AGENTS_PREFIX: &str = "agents/";
@@ -37,12 +37,43 @@ pub struct FleetAgent {
     pub address: String,
 }
 
+/// A fleet file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetFileError {
+    #[error("cannot read fleet file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("fleet file {}: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
 impl FleetFile {
-    pub fn load(path: &Path) -> Result<FleetFile, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read fleet file {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("fleet file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<FleetFile, FleetFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| FleetFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| FleetFileError::Parse {
+            path: path.to_owned(),
+            source,
+        })
     }
+}
+
+/// A registration that could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A registration as stored (value of `agents/<id>`).
@@ -85,27 +116,24 @@ impl Registry {
     }
 
     /// Record (or refresh) an agent's registration; it lapses `ttl` after the last call.
-    pub async fn register(&self, reg: &Registration) -> Result<(), String> {
-        let value = serde_json::to_vec(reg).map_err(|e| e.to_string())?;
+    pub async fn register(&self, reg: &Registration) -> Result<(), RegisterError> {
+        let value = serde_json::to_vec(reg)?;
         self.store
             .put_leased(&format!("{AGENTS_PREFIX}{}", reg.id), value, self.ttl)
-            .await
-            .map_err(|e| e.to_string())
+            .await?;
+        Ok(())
     }
 
     /// Heartbeat: extend a live registration's lease. False when the registration lapsed
     /// (the agent must register again).
-    pub async fn refresh(&self, agent_id: &str) -> Result<bool, String> {
+    pub async fn refresh(&self, agent_id: &str) -> Result<bool, StoreError> {
         if self.fixed.iter().any(|a| a.id() == agent_id) {
             return Ok(true);
         }
         let key = format!("{AGENTS_PREFIX}{agent_id}");
-        match self.store.get(&key).await.map_err(|e| e.to_string())? {
+        match self.store.get(&key).await? {
             Some(value) => {
-                self.store
-                    .put_leased(&key, value, self.ttl)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.put_leased(&key, value, self.ttl).await?;
                 Ok(true)
             }
             None => Ok(false),
@@ -134,13 +162,9 @@ impl Registry {
         dynamic.get(id).cloned()
     }
 
-    pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, String> {
+    pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, StoreError> {
         let mut out: Vec<Arc<dyn AgentClient>> = self.fixed.clone();
-        let regs = self
-            .store
-            .list(AGENTS_PREFIX)
-            .await
-            .map_err(|e| e.to_string())?;
+        let regs = self.store.list(AGENTS_PREFIX).await?;
         let mut dynamic = self.dynamic.lock().unwrap_or_else(|p| p.into_inner());
         let mut live = BTreeMap::new();
         for (_, value) in regs {

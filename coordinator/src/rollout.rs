@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_agent::Direction;
+use flotilla_core::Direction;
 use flotilla_proto as pb;
 
 pub mod waves;
@@ -82,6 +82,10 @@ impl Selector {
     }
 }
 
+/// Targets migrated at once when a rollout does not say (`--max-parallel`, and 0 in a
+/// StartRollout request).
+pub const DEFAULT_MAX_PARALLEL: u32 = 8;
+
 /// What a user asks for when starting a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutSpec {
@@ -90,6 +94,8 @@ pub struct RolloutSpec {
     pub selector: Selector,
     pub canary: u32,
     pub waves: Vec<WaveSize>,
+    /// At least 1 once the spec came through [`RolloutSpec::from_proto`] (0 there means
+    /// [`DEFAULT_MAX_PARALLEL`]); the engine clamps a stored 0 to 1.
     pub max_parallel: u32,
     pub max_parallel_per_host: u32,
     pub failure_budget: Budget,
@@ -113,7 +119,7 @@ impl Default for RolloutSpec {
             selector: Selector::default(),
             canary: 1,
             waves: vec![],
-            max_parallel: 8,
+            max_parallel: DEFAULT_MAX_PARALLEL,
             max_parallel_per_host: 0,
             failure_budget: Budget::Count(0),
             fingerprint_gate: true,
@@ -171,7 +177,7 @@ impl RolloutSpec {
             canary: p.canary,
             waves,
             max_parallel: if p.max_parallel == 0 {
-                8
+                DEFAULT_MAX_PARALLEL
             } else {
                 p.max_parallel
             },
@@ -313,7 +319,7 @@ pub struct StepRecord {
 pub struct TargetRecord {
     pub target_id: String,
     pub agent_id: String,
-    pub dialect: flotilla_agent::Dialect,
+    pub dialect: flotilla_core::Dialect,
     pub host: String,
     pub wave: u32,
     pub state: TargetState,
@@ -323,7 +329,7 @@ pub struct TargetRecord {
     pub retries: u32,
     pub message: String,
     pub fingerprint: String,
-    /// The state digest (`flotilla_agent::history::state_digest`) `steps` were planned from;
+    /// The state digest (`flotilla_core::history::state_digest`) `steps` were planned from;
     /// sent as the Migrate precondition so a stale plan is refused instead of re-read first.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub planned_from: String,

@@ -10,15 +10,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use flotilla_agent::tls::{ClientTls, ServerTls, TransportMode, check_listen};
 use flotilla_proto::coordinator_service_server::CoordinatorServiceServer;
+use flotilla_rpc::tls::{ClientTls, ServerTls, TransportMode, check_listen};
 
 use crate::api::Api;
-use crate::backend::{BackendConfig, open_backend};
+use crate::backend::{BackendConfig, BackendError, open_backend};
 use crate::engine::{Engine, EngineConfig};
-use crate::fleet::{AgentClient, RemoteAgent, RequestHook};
-use crate::registry::{FleetFile, Registry};
-use crate::revision::Graph;
+use crate::fleet::{AgentAddressError, AgentClient, RemoteAgent};
+use crate::registry::{FleetFile, FleetFileError, Registry};
+use crate::telemetry::Hooks;
+use flotilla_revision::Graph;
 
 /// A validated coordinator configuration.
 #[derive(Debug, Clone)]
@@ -44,30 +45,29 @@ pub struct TlsConfig {
     pub agents: ClientTls,
 }
 
+/// Why a coordinator could not be built or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("{0}")]
-    Migrations(String),
-    #[error("{0}")]
-    Backend(String),
-    #[error("{0}")]
-    Fleet(String),
-    #[error("grpc server: {0}")]
-    Serve(String),
+    /// The migrations directory does not load.
     #[error(transparent)]
-    Tls(#[from] flotilla_agent::tls::TlsError),
-}
-
-/// Extracts (traceparent, trace id) for a new rollout from the StartRollout call's metadata.
-pub type TraceOf = Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>;
-
-/// Hooks the binary supplies (`crate::telemetry::hooks()`: trace-context propagation).
-#[derive(Clone, Default)]
-pub struct Hooks {
-    /// Decorates every request sent to an agent.
-    pub agent_request: Option<RequestHook>,
-    /// Extracts (traceparent, trace id) from an incoming StartRollout.
-    pub trace_of: Option<TraceOf>,
+    Migrations(#[from] flotilla_revision::ParseErrors),
+    /// The fleet lock and state store could not be opened.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The fleet file cannot be read or parsed.
+    #[error(transparent)]
+    Fleet(#[from] FleetFileError),
+    /// An agent of the fleet file has an address that cannot be dialed.
+    #[error(transparent)]
+    Agent(#[from] AgentAddressError),
+    #[error("grpc server: cannot read the listener's address: {0}")]
+    ListenerAddress(#[source] std::io::Error),
+    #[error("grpc server: {0}")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("grpc server: {0}")]
+    Serve(#[source] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] flotilla_rpc::tls::TlsError),
 }
 
 /// Everything a running coordinator is made of; built by [`build`], served by [`serve`].
@@ -84,22 +84,18 @@ pub async fn build(
     embedded: Vec<Arc<dyn AgentClient>>,
     hooks: Hooks,
 ) -> Result<Coordinator, ServerError> {
-    let graph =
-        Graph::load_dir(&config.migrations).map_err(|e| ServerError::Migrations(e.to_string()))?;
-    let (lock, store) = open_backend(&config.backend)
-        .await
-        .map_err(|e| ServerError::Backend(e.to_string()))?;
+    let graph = Graph::load_dir(&config.migrations)?;
+    let (lock, store) = open_backend(&config.backend).await?;
     let mut agents = embedded;
     if let Some(path) = &config.fleet_file {
-        let file = FleetFile::load(path).map_err(ServerError::Fleet)?;
+        let file = FleetFile::load(path)?;
         for a in file.agents {
             let client = RemoteAgent::new(
                 &a.id,
                 &a.address,
                 hooks.agent_request.clone(),
                 &config.tls.agents,
-            )
-            .map_err(ServerError::Fleet)?;
+            )?;
             agents.push(Arc::new(client));
         }
     }
@@ -134,7 +130,7 @@ pub async fn serve(
     } = coord;
     let addr = listener
         .local_addr()
-        .map_err(|e| ServerError::Serve(format!("cannot read the listener's address: {e}")))?;
+        .map_err(ServerError::ListenerAddress)?;
     let mode = check_listen(addr, tls.server.as_ref(), tls.plaintext)?;
     let mut builder = match &tls.server {
         Some(server) => server.server()?,
@@ -158,15 +154,15 @@ pub async fn serve(
         .set_serving::<CoordinatorServiceServer<Api>>()
         .await;
     // Reflection lists only what this server serves (not the agent's service).
-    let (reflection_v1, reflection_v1alpha) = flotilla_agent::service::reflection::serving(
+    let (reflection_v1, reflection_v1alpha) = flotilla_rpc::reflection::serving(
         <CoordinatorServiceServer<Api> as tonic::server::NamedService>::NAME,
     )
-    .map_err(|e| ServerError::Serve(e.to_string()))?;
+    .map_err(ServerError::Reflection)?;
     let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });
     let api = Api::new(engine.clone(), trace_of, tls.agents.clone());
-    let incoming = flotilla_agent::service::incoming(listener);
+    let incoming = flotilla_rpc::listener::incoming(listener);
     let result = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -174,7 +170,7 @@ pub async fn serve(
         .add_service(CoordinatorServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
-        .map_err(|e| ServerError::Serve(e.to_string()));
+        .map_err(ServerError::Serve);
     let _ = lead.await;
     result
 }

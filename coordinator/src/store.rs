@@ -1,25 +1,23 @@
 //! The rollout state store: a small key-value space with fenced writes and leased keys.
 //!
-//! Two implementations sit behind [`StateStore`]; [`crate::backend::open_backend`] picks one:
-//! - etcd (`store/etcd.rs`): keys live under `{prefix}/state/`; a fenced write is one etcd
+//! This module holds the contract only; two implementations sit behind [`StateStore`], and
+//! [`crate::backend::open_backend`] picks one:
+//! - etcd (`etcd/store.rs`): keys live under `{prefix}/state/`; a fenced write is one etcd
 //!   transaction guarded by `create_revision(lock key) == token`; leased keys are put on their
 //!   own etcd lease.
-//! - embedded (`store/sqlite.rs`): `state_dir/state.db` (WAL) with tables `kv`, `leased` and
+//! - embedded (`embedded/store.rs`): `state_dir/state.db` (WAL) with tables `kv`, `leased` and
 //!   `fence`; a fenced write checks `fence.token` inside the same `BEGIN IMMEDIATE`
 //!   transaction as its puts and deletes.
 //!
 //! Keys are UTF-8 strings compared bytewise; fenced and leased keys share one key space, so
-//! give them disjoint prefixes (e.g. `rollouts/…` vs `agents/…`).
+//! give them disjoint prefixes (e.g. `rollouts/…` vs `agents/…`). A write refused as fenced is
+//! also reported to `FenceSignals` (`fence.rs`), which cancels the matching leadership.
 //!
 //! **Architecture invariant:** every write of rollout state goes through the fenced
 //! [`StateStore::write`]; [`StateStore::put_leased`] is only for self-expiring data such as
 //! agent registrations, never for rollout state.
 
-mod etcd;
-mod sqlite;
-
-pub(crate) use etcd::{EtcdFailure, EtcdStateStore, etcd_call};
-pub(crate) use sqlite::{SqliteStateStore, bump_fence, open_pool};
+use std::error::Error;
 
 /// One mutation in a fenced [`StateStore::write`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +46,13 @@ pub enum StoreError {
         "write refused: fencing token {token} is stale (another coordinator holds the fleet lock)"
     )]
     Fenced { token: u64 },
-    /// The store could not be reached or timed out; retrying may succeed.
+    /// The store could not be reached or timed out; retrying may succeed. Holds the
+    /// backend's error.
     #[error("state store unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else (invalid request, corrupt data, I/O error).
+    Unavailable(#[source] Box<dyn Error + Send + Sync>),
+    /// Anything else (invalid request, corrupt data, I/O error). Holds the backend's error.
     #[error("state store error: {0}")]
-    Other(String),
+    Other(#[source] Box<dyn Error + Send + Sync>),
 }
 
 /// Durable state shared by the coordinators of one fleet.

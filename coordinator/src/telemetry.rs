@@ -1,18 +1,30 @@
 //! Trace-context propagation for the coordinator: what goes into outgoing gRPC metadata
 //! (CLI → coordinator, coordinator → agents) and what a new rollout records as its trace.
-//! Subscriber and exporter setup is shared with the agent (`flotilla_agent::telemetry`); with
+//! Subscriber and exporter setup is shared with the agent (`flotilla_rpc::telemetry`); with
 //! no `OTEL_*` configuration nothing is exported, and propagation only carries ids.
 
 use std::sync::Arc;
 
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub use flotilla_agent::telemetry::{
+pub use flotilla_rpc::telemetry::{
     LogFormat, Telemetry, TelemetryConfig, TelemetryError, TraceExport, context_from_traceparent,
     extract, init, inject, inject_current, install_metrics, set_remote_parent, traceparent_of,
 };
 
-use crate::server::Hooks;
+use crate::fleet::RequestHook;
+
+/// Extracts (traceparent, trace id) for a new rollout from the StartRollout call's metadata.
+pub type TraceOf = Arc<dyn Fn(&tonic::metadata::MetadataMap) -> (String, String) + Send + Sync>;
+
+/// Hooks the binary supplies ([`hooks`]: trace-context propagation).
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Decorates every request sent to an agent.
+    pub agent_request: Option<RequestHook>,
+    /// Extracts (traceparent, trace id) from an incoming StartRollout.
+    pub trace_of: Option<TraceOf>,
+}
 
 /// The hooks a coordinator process uses: every agent request carries the current span's
 /// `traceparent`, and a new rollout's trace is taken from the StartRollout call.

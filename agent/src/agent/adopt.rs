@@ -10,15 +10,16 @@ use flotilla_proto::{
 use futures::StreamExt;
 use tonic::Status;
 
-use super::{Agent, open_session, target_status};
+use super::{Agent, open_session};
 use crate::driver::{DriverError, Session, StepMeta};
 use crate::error::AgentError;
 use crate::executor::driver_error;
-use crate::foreign::{ForeignTable, table_of};
-use crate::history::{RowStatus, TargetState};
 use crate::service::validate as check;
+use crate::status::target_status;
 use crate::target::Target;
-use crate::types::Direction;
+use flotilla_core::Direction;
+use flotilla_core::foreign::{ForeignTable, table_of};
+use flotilla_core::history::{RowStatus, TargetState};
 
 fn to_proto(t: ForeignTable) -> ForeignVersionTable {
     ForeignVersionTable {

@@ -1,6 +1,6 @@
 //! Backups on [`Agent`]: list them, restore one rollout's backups on a target (fenced, under
 //! the target's locks, recorded as a `restored` history row), prune old ones. The backups
-//! themselves are taken by the executor before a step that asks for them (`crate::backup`).
+//! themselves are taken by the executor before a step that asks for them (`flotilla_core::backup`).
 
 use flotilla_proto::{
     ListBackupsRequest, ListBackupsResponse, PruneBackupsRequest, PruneBackupsResponse,
@@ -8,12 +8,14 @@ use flotilla_proto::{
 };
 use tonic::Status;
 
-use super::{Agent, open_session, target_status};
-use crate::backup::{BackupRecord, to_prune};
+use super::{Agent, open_session};
 use crate::error::AgentError;
 use crate::executor::driver_error;
 use crate::service::validate as check;
+use crate::status::target_status;
 use crate::target::Target;
+use flotilla_core::backup::{BackupRecord, to_prune};
+use flotilla_rpc::convert::BackupProto;
 
 async fn read_backups(target: &Target) -> Result<Vec<BackupRecord>, AgentError> {
     let mut session = open_session(target).await?;

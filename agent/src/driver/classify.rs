@@ -7,7 +7,7 @@ use sqlx::mysql::MySqlDatabaseError;
 use sqlx::postgres::PgDatabaseError;
 
 use crate::driver::{DriverError, ErrorClass};
-use crate::types::Dialect;
+use flotilla_core::Dialect;
 
 /// Classify `err` from a `dialect` connection; `context` says what was being done
 /// ("apply 0003_users up") and prefixes the message.

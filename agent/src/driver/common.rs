@@ -4,9 +4,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::driver::{DriverError, StepMeta};
-use crate::history::{HistoryRow, RowStatus};
-use crate::types::Direction;
-use crate::types::Secret;
+use flotilla_core::Direction;
+use flotilla_core::Secret;
+use flotilla_core::history::{HistoryRow, RowStatus};
 
 /// How long a driver waits for a connection (TCP + handshake + authentication).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

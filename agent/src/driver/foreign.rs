@@ -1,4 +1,4 @@
-//! Reading other tools' version tables on a session's connection (see `crate::foreign` for
+//! Reading other tools' version tables on a session's connection (see `flotilla_core::foreign` for
 //! the queries and what the rows mean); one macro so each driver runs it on its own
 //! connection type.
 
@@ -9,8 +9,8 @@ macro_rules! read_foreign {
     ($conn:expr, $dialect:expr) => {{
         let mut out = Vec::new();
         let mut result: Result<(), $crate::driver::DriverError> = Ok(());
-        for (tool, table) in $crate::foreign::TOOLS {
-            let sql = $crate::foreign::exists_sql($dialect, table);
+        for (tool, table) in flotilla_core::foreign::TOOLS {
+            let sql = flotilla_core::foreign::exists_sql($dialect, table);
             let found: Result<i64, _> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .fetch_one(&mut *$conn)
                 .await;
@@ -25,14 +25,15 @@ macro_rules! read_foreign {
                     break;
                 }
             }
-            let Some(sql) = $crate::foreign::rows_sql($dialect, tool) else {
+            let Some(sql) = flotilla_core::foreign::rows_sql($dialect, tool) else {
                 continue;
             };
-            let rows = sqlx::query_as::<_, $crate::foreign::RawRow>(sqlx::AssertSqlSafe(sql))
-                .fetch_all(&mut *$conn)
-                .await
-                .map_err(|e| format!("cannot read {table}: {e}"));
-            out.push($crate::foreign::interpret(tool, table, rows));
+            let rows =
+                sqlx::query_as::<_, flotilla_core::foreign::RawRow>(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&mut *$conn)
+                    .await
+                    .map_err(|e| format!("cannot read {table}: {e}"));
+            out.push(flotilla_core::foreign::interpret(tool, table, rows));
         }
         result.map(|()| out)
     }};

@@ -15,10 +15,12 @@ use flotilla_proto::StepRetrying;
 use flotilla_proto::StepStarted;
 use flotilla_proto::step_event::Event;
 
-use super::{EventCtx, Executor, Failure, Link, Outcome, PlannedStep, Progress, millis};
+use super::events::EventCtx;
+use super::step::{Outcome, Progress};
+use super::{Executor, Failure, Link, PlannedStep, millis};
 use crate::driver::{DriverError, ErrorClass, StepObserver, StepSpec};
 use crate::error::AgentError;
-use crate::history::TargetState;
+use flotilla_core::history::TargetState;
 
 /// Streams `StepStarted` for the step the driver is about to run, or stops the run before
 /// it once the agent shuts down or the client left (the steps before it commit).

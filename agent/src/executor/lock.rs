@@ -9,7 +9,8 @@ use flotilla_proto::{LockAcquired, LockWaiting};
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventCtx, Failure};
+use super::Failure;
+use super::events::EventCtx;
 use crate::driver::Session;
 use crate::error::AgentError;
 use crate::target::Target;

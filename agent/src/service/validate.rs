@@ -7,7 +7,8 @@ use flotilla_proto::{MigrateRequest, RepairRequest, StampRequest, StatusRequest,
 use crate::config::{MAX_TARGET_ID_LEN, is_valid_target_id};
 use crate::driver::StepSpec;
 use crate::error::AgentError;
-use crate::types::{Direction, checksum, is_valid_revision_id};
+use flotilla_core::{Direction, checksum, is_valid_revision_id};
+use flotilla_rpc::convert::DirectionProto;
 
 /// Most steps in one Migrate request.
 pub const MAX_STEPS: usize = 10_000;
@@ -168,12 +169,12 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
             return Err(invalid(f("backup_tables"), "more than 64 tables"));
         }
         for t in &s.backup_tables {
-            if !crate::backup::is_valid_table(t) {
+            if !flotilla_core::backup::is_valid_table(t) {
                 return Err(invalid(
                     f("backup_tables"),
                     format!(
                         "{t:?}: expected 1 to {} characters of A-Z a-z 0-9 _ . $ \" `",
-                        crate::backup::MAX_TABLE_LEN
+                        flotilla_core::backup::MAX_TABLE_LEN
                     ),
                 ));
             }

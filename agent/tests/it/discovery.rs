@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Result;
+use flotilla_agent::Agent;
 use flotilla_agent::config::{DiscoveryConfig, DiscoverySource};
-use flotilla_agent::{Agent, Dialect, Secret};
+use flotilla_core::{Dialect, Secret};
 use flotilla_proto::StatusRequest;
 use flotilla_testkit::Postgres;
 

@@ -2,15 +2,15 @@
 //! PostgreSQL and MariaDB (ephemeral servers from the testkit), one fresh database each.
 
 use anyhow::{Context, Result, bail, ensure};
-use flotilla_agent::Dialect;
-use flotilla_agent::Secret;
-use flotilla_agent::checksum;
 use flotilla_agent::driver::mysql::{self, MysqlDriver};
 use flotilla_agent::driver::postgres::{self, PostgresDriver};
 use flotilla_agent::driver::sqlite::SqliteDriver;
 use flotilla_agent::driver::{Driver, DriverError, ErrorClass, Session, StepMeta, StepSpec};
-use flotilla_agent::history::RowStatus;
-use flotilla_agent::types::Direction;
+use flotilla_core::Dialect;
+use flotilla_core::Secret;
+use flotilla_core::checksum;
+use flotilla_core::history::RowStatus;
+use flotilla_core::types::Direction;
 
 /// Makes fresh, empty target databases of one dialect.
 trait Targets {
@@ -379,7 +379,7 @@ async fn migration_lock(targets: &mut impl Targets) -> Result<()> {
 async fn fingerprint_of(
     targets: &mut impl Targets,
     sqls: &[&str],
-) -> Result<(String, flotilla_agent::catalog::Catalog)> {
+) -> Result<(String, flotilla_core::catalog::Catalog)> {
     let driver = targets.fresh().await?;
     let mut s = session(driver.as_ref()).await?;
     for (i, sql) in sqls.iter().enumerate() {

@@ -5,7 +5,8 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result, ensure};
-use flotilla_agent::{Dialect, EventStream};
+use flotilla_agent::EventStream;
+use flotilla_core::Dialect;
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{FailureReason, StepEvent};
 use flotilla_testkit::{FaultProxy, Postgres};

@@ -4,7 +4,8 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use flotilla_agent::config::RawConfig;
-use flotilla_agent::{Agent, AgentConfig, Dialect};
+use flotilla_agent::{Agent, AgentConfig};
+use flotilla_core::Dialect;
 use flotilla_proto::{
     MigrateRequest, RepairRequest, StampRequest, StatusRequest, Step, ValidateRequest,
 };
@@ -351,7 +352,7 @@ async fn stamp_over_grpc() -> Result<()> {
             fencing_token: 4,
             revisions: vec![flotilla_proto::ExpectedRevision {
                 revision: "0001_a".into(),
-                checksum: flotilla_agent::checksum("CREATE TABLE a (id INTEGER);"),
+                checksum: flotilla_core::checksum("CREATE TABLE a (id INTEGER);"),
             }],
             direction: flotilla_proto::Direction::Up as i32,
             rollout_id: "stamp-1".into(),
@@ -383,7 +384,7 @@ async fn stamp_over_grpc() -> Result<()> {
             fencing_token: 3,
             revisions: vec![flotilla_proto::ExpectedRevision {
                 revision: "0002_b".into(),
-                checksum: flotilla_agent::checksum("x"),
+                checksum: flotilla_core::checksum("x"),
             }],
             direction: flotilla_proto::Direction::Up as i32,
             rollout_id: String::new(),

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use flotilla_agent::Agent;
 use flotilla_agent::service::validate::{MAX_FENCING_TOKEN, MAX_ROLLOUT_ID_LEN};
-use flotilla_agent::{Agent, Dialect, checksum};
+use flotilla_core::{Dialect, checksum};
 use flotilla_proto::agent_service_client::AgentServiceClient;
 use flotilla_proto::{
     Direction, ExpectedRevision, RepairRequest, StampRequest, StatusRequest, StatusResponse,
@@ -387,7 +388,7 @@ async fn reflection_lists_only_served_services() -> Result<()> {
         .collect();
     listed.sort_unstable();
     let mut want = vec!["flotilla.v1.AgentService", "grpc.health.v1.Health"];
-    want.extend(flotilla_agent::service::reflection::REFLECTION);
+    want.extend(flotilla_rpc::reflection::REFLECTION);
     want.sort_unstable();
     ensure!(listed == want, "grpcurl list:\n{list}");
     for service in &want {

@@ -15,8 +15,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result, ensure};
+use flotilla_agent::Agent;
 use flotilla_agent::service::validate::MAX_FENCING_TOKEN;
-use flotilla_agent::{Agent, Dialect, checksum};
+use flotilla_core::{Dialect, checksum};
 use flotilla_proto::agent_service_client::AgentServiceClient;
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, ensure};
 use flotilla_agent::driver::{Driver, Session};
-use flotilla_agent::{Dialect, Secret};
+use flotilla_core::{Dialect, Secret};
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{FailureReason, MigrateRequest};
 use tonic::Code;

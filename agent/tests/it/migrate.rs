@@ -1,7 +1,7 @@
 //! Migrate: plans applied once, failures rolled back, fencing, checksums, the dirty protocol.
 
 use anyhow::{Context, Result, ensure};
-use flotilla_agent::Dialect;
+use flotilla_core::Dialect;
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{FailureReason, RepairRequest};
 use tonic::Code;
@@ -416,7 +416,7 @@ async fn down_steps_remove_and_skip() -> Result<()> {
     ensure!(ok.error.is_none(), "{:?}", ok.error);
     let down = |rev: &str, sql: &str, up_sql: &str| flotilla_proto::Step {
         direction: flotilla_proto::Direction::Down as i32,
-        up_checksum: flotilla_agent::checksum(up_sql),
+        up_checksum: flotilla_core::checksum(up_sql),
         backup_tables: vec![],
         ..up(rev, sql)
     };

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use flotilla_agent::config::{LockConfig, RetryConfig};
-use flotilla_agent::{Agent, AgentConfig, Dialect, EventStream, Secret, TargetConfig, checksum};
+use flotilla_agent::{Agent, AgentConfig, EventStream, TargetConfig};
+use flotilla_core::{Dialect, Secret, checksum};
 use flotilla_proto::agent_service_client::AgentServiceClient;
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use flotilla_agent::tls::ClientTls;
+use flotilla_rpc::tls::ClientTls;
 use flotilla_testkit::{Pki, eventually, free_port};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;

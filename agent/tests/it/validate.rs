@@ -2,7 +2,7 @@
 //! schemas independently of the order they were built in.
 
 use anyhow::{Context, Result, ensure};
-use flotilla_agent::{Dialect, checksum};
+use flotilla_core::{Dialect, checksum};
 use flotilla_proto::{ExpectedRevision, IssueKind, ValidateRequest};
 
 use crate::support::{Backend, agent, migrate, run, up};

@@ -32,7 +32,7 @@ struct Pending {
     /// A delayed flush is scheduled.
     scheduled: bool,
     /// A background flush failed (not fenced: that cancels the term); later calls report it.
-    failed: Option<String>,
+    failed: Option<Arc<EngineError>>,
 }
 
 /// The staged target records of one rollout in one term.
@@ -65,7 +65,7 @@ impl TargetWriter {
         let schedule = {
             let mut p = self.lock();
             if let Some(e) = &p.failed {
-                return Err(EngineError::Store(e.clone()));
+                return Err(EngineError::WriteBehind(e.clone()));
             }
             p.records.insert(rec.target_id.clone(), rec.clone());
             let schedule = !p.scheduled;
@@ -82,7 +82,7 @@ impl TargetWriter {
                             && !matches!(e, EngineError::Fenced(_))
                         {
                             tracing::warn!(rollout = %me.rollout, "writing target records: {e}");
-                            me.lock().failed = Some(e.to_string());
+                            me.lock().failed = Some(Arc::new(e));
                         }
                     }
                 }
@@ -97,7 +97,7 @@ impl TargetWriter {
         let records = {
             let mut p = self.lock();
             if let Some(e) = &p.failed {
-                return Err(EngineError::Store(e.clone()));
+                return Err(EngineError::WriteBehind(e.clone()));
             }
             p.scheduled = false;
             std::mem::take(&mut p.records)
@@ -128,7 +128,7 @@ pub(crate) async fn write_records(
                         key: target_key(rollout, &t.target_id),
                         value,
                     })
-                    .map_err(|e| EngineError::Store(e.to_string()))
+                    .map_err(EngineError::Encode)
             })
             .collect::<Result<Vec<_>, _>>()?;
         engine.write(term, ops).await?;

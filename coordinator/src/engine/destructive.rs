@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_agent::{Dialect, Direction};
+use flotilla_core::{Dialect, Direction};
 
-use crate::revision::lint::{self, RevisionFinding};
-use crate::revision::{Goal, Graph, PlannedStep};
 use crate::rollout::RolloutSpec;
+use flotilla_revision::lint::{self, RevisionFinding};
+use flotilla_revision::{Goal, Graph, PlannedStep};
 
 use super::snapshot::{TargetPlanOutcome, plan_target};
 use super::{Engine, EngineError};

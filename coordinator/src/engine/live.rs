@@ -98,7 +98,7 @@ impl LiveRollouts {
 mod tests {
     use super::*;
     use crate::rollout::{RolloutSpec, RolloutState, TargetState};
-    use flotilla_agent::Dialect;
+    use flotilla_core::Dialect;
 
     fn rollout() -> RolloutRecord {
         RolloutRecord {

@@ -2,11 +2,11 @@
 //! rollout record exists, so a downgrade that would block targets is refused up front and
 //! nothing runs (unless the spec says `allow_blocked`).
 
-use flotilla_agent::{Dialect, Direction};
+use flotilla_core::{Dialect, Direction};
 use flotilla_proto as pb;
 
-use crate::revision::{self, Blocked, Goal, Graph};
 use crate::rollout::RolloutSpec;
+use flotilla_revision::{Blocked, Goal, Graph};
 
 use super::snapshot::{TargetPlanOutcome, history_of, plan_target};
 use super::{Engine, EngineError};
@@ -26,7 +26,7 @@ pub fn downgrade_block(
     allow_downgrade: bool,
 ) -> Option<String> {
     let d = dialect.filter(|_| status.error.is_empty())?;
-    let by_downgrade = match revision::plan(graph, &history_of(status), goal, d) {
+    let by_downgrade = match flotilla_revision::plan(graph, &history_of(status), goal, d) {
         Err(Blocked::Irreversible { .. }) => true,
         Ok(plan) => !allow_downgrade && plan.steps.iter().any(|s| s.direction == Direction::Down),
         Err(_) => false,

@@ -10,11 +10,11 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, watch};
 
-use flotilla_agent::Dialect;
+use flotilla_core::Dialect;
 use flotilla_proto as pb;
 
-use crate::revision::Goal;
 use crate::rollout::{RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves};
+use flotilla_revision::Goal;
 
 use super::batch::{TargetWriter, write_records};
 use super::snapshot::{PlanMemo, TargetPlanOutcome, state_digest_of};
@@ -68,7 +68,7 @@ impl Engine {
             // ran (the planning Status and each Migrate's closing state and fingerprint).
             if !term.cancel.is_cancelled() {
                 let migrated = matches!(result, Ok(true)).then_some(id);
-                crate::metrics::record_fleet_view(&engine, migrated).await;
+                super::report::record_fleet_view(&engine, migrated).await;
             }
             result.map(|_| ())
         };
@@ -91,9 +91,13 @@ impl Engine {
                 .await
                 .map(|()| true);
         }
-        let goal: Goal =
-            rec.spec.goal.parse().map_err(|e| {
-                EngineError::InvalidArgument(format!("goal {:?}: {e}", rec.spec.goal))
+        let goal: Goal = rec
+            .spec
+            .goal
+            .parse()
+            .map_err(|source| EngineError::InvalidGoal {
+                goal: rec.spec.goal.clone(),
+                source,
             })?;
         if !rec.planned {
             self.plan_rollout(term, &mut rec, &goal).await?;
@@ -453,7 +457,7 @@ impl Engine {
                 done = running.next() => match done {
                     Some(Ok(Ok(t))) => { targets.insert(t.target_id.clone(), t); }
                     Some(Ok(Err(e))) => return Err(e),
-                    Some(Err(join)) => return Err(EngineError::Store(format!("target task failed: {join}"))),
+                    Some(Err(join)) => return Err(EngineError::TargetTask(join)),
                     None => break,
                 },
                 changed = control.changed() => {
@@ -492,7 +496,7 @@ impl Engine {
                 "resumed".into()
             };
             self.put_rollout(term, rec).await?;
-            crate::metrics::refresh_rollouts(self).await;
+            super::report::refresh_rollouts(self).await;
         }
         Ok(())
     }
@@ -542,11 +546,9 @@ impl Engine {
                     include_catalog: false,
                 })
                 .await
-                .map_err(|e| {
-                    EngineError::Unavailable(format!(
-                        "fingerprint gate: agent {agent_id}: {}",
-                        e.message()
-                    ))
+                .map_err(|source| EngineError::Gate {
+                    agent_id: agent_id.clone(),
+                    source: Box::new(source),
                 })?;
             for v in resp.targets {
                 if let Some(t) = targets.get_mut(&v.target_id) {

@@ -6,14 +6,18 @@ use std::sync::Arc;
 use backon::{ExponentialBuilder, Retryable};
 use futures::future::join_all;
 
-use flotilla_agent::{Dialect, Direction};
+use flotilla_core::{Dialect, Direction};
 use flotilla_proto as pb;
 
 use crate::fleet::{AgentClient, is_retryable};
-use crate::revision::{self, Goal, Graph, TargetHistory};
 use crate::rollout::Selector;
+use flotilla_revision::{Goal, Graph, TargetHistory};
 
 use super::{Engine, EngineError};
+use flotilla_rpc::convert::DialectProto;
+
+/// Label marking a canary target (also the wave-0 preference of rollouts).
+pub const CANARY_LABEL: &str = "flotilla.io/canary";
 
 /// One target as its agent reported it.
 #[derive(Clone)]
@@ -27,7 +31,7 @@ impl FleetEntry {
     pub fn is_canary(&self) -> bool {
         self.status
             .labels
-            .get(super::validate::CANARY_LABEL)
+            .get(CANARY_LABEL)
             .is_some_and(|v| v == "true")
     }
 
@@ -48,7 +52,7 @@ pub struct FleetSnapshot {
 /// The plan for one target, or why it is left alone.
 #[derive(Debug, Clone)]
 pub enum TargetPlanOutcome {
-    Steps(Vec<revision::PlannedStep>),
+    Steps(Vec<flotilla_revision::PlannedStep>),
     Blocked(String),
 }
 
@@ -58,7 +62,7 @@ pub fn history_of(status: &pb::TargetStatus) -> TargetHistory {
         applied: status
             .applied
             .iter()
-            .map(|a| revision::AppliedRevision {
+            .map(|a| flotilla_revision::AppliedRevision {
                 revision: a.revision.clone(),
                 checksum: a.checksum.clone(),
             })
@@ -69,7 +73,7 @@ pub fn history_of(status: &pb::TargetStatus) -> TargetHistory {
 
 /// The digest of the state a plan from `status` is based on (the Migrate precondition).
 pub fn state_digest_of(status: &pb::TargetStatus) -> String {
-    flotilla_agent::history::state_digest(
+    flotilla_core::history::state_digest(
         status
             .applied
             .iter()
@@ -92,7 +96,7 @@ pub fn plan_target(
     let Some(dialect) = dialect else {
         return TargetPlanOutcome::Blocked("agent reported no dialect".into());
     };
-    match revision::plan(graph, &history_of(status), goal, dialect) {
+    match flotilla_revision::plan(graph, &history_of(status), goal, dialect) {
         Ok(plan) => {
             if !allow_downgrade && plan.steps.iter().any(|s| s.direction == Direction::Down) {
                 let downs = plan

@@ -15,13 +15,14 @@ use flotilla_proto as pb;
 use pb::step_event::Event;
 
 use crate::fleet::is_retryable;
-use crate::revision::Goal;
-use crate::revision::PlannedStep;
 use crate::rollout::{RolloutRecord, StepRecord, TargetRecord, TargetState};
+use flotilla_revision::Goal;
+use flotilla_revision::PlannedStep;
 
 use super::batch::TargetWriter;
 use super::snapshot::{FleetEntry, TargetPlanOutcome, plan_target, state_digest_of};
 use super::{Engine, EngineError, Term};
+use flotilla_rpc::convert::DirectionProto;
 
 /// The agent's reason for a refused stale plan.
 const PLAN_STALE: &str = "PLAN_STALE";
@@ -188,10 +189,10 @@ impl Engine {
                         .map(|r| r.up_checksum(rec.dialect))
                         .unwrap_or_default(),
                     backup_tables: match s.direction {
-                        flotilla_agent::Direction::Up => {
+                        flotilla_core::Direction::Up => {
                             self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
                         }
-                        flotilla_agent::Direction::Down => vec![],
+                        flotilla_core::Direction::Down => vec![],
                     },
                 })
                 .collect(),
@@ -358,7 +359,7 @@ impl Engine {
     }
 }
 
-fn step_record(s: &crate::revision::PlannedStep) -> StepRecord {
+fn step_record(s: &flotilla_revision::PlannedStep) -> StepRecord {
     StepRecord {
         revision: s.revision.clone(),
         direction: s.direction,
@@ -370,12 +371,15 @@ fn step_record(s: &crate::revision::PlannedStep) -> StepRecord {
 /// Whether the agent refused the request's plan as stale.
 fn is_stale(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::FailedPrecondition
-        && flotilla_agent::Reason::of_status(status) == Some(PLAN_STALE)
+        && flotilla_rpc::reason::Reason::of_status(status) == Some(PLAN_STALE)
 }
 
 /// The steps recorded when the rollout was planned, with their SQL from the graph (the
 /// graph is the one they were planned from: the rollout refuses to run on another digest).
-fn recorded_steps(graph: &crate::revision::Graph, rec: &TargetRecord) -> Option<Vec<PlannedStep>> {
+fn recorded_steps(
+    graph: &flotilla_revision::Graph,
+    rec: &TargetRecord,
+) -> Option<Vec<PlannedStep>> {
     if rec.planned_from.is_empty() || rec.steps.is_empty() || rec.steps_done > 0 {
         return None;
     }
@@ -384,8 +388,8 @@ fn recorded_steps(graph: &crate::revision::Graph, rec: &TargetRecord) -> Option<
         .map(|s| {
             let r = graph.get(&s.revision)?;
             let sql = match s.direction {
-                flotilla_agent::Direction::Up => r.up_sql(rec.dialect),
-                flotilla_agent::Direction::Down => r.down_sql(rec.dialect)?,
+                flotilla_core::Direction::Up => r.up_sql(rec.dialect),
+                flotilla_core::Direction::Down => r.down_sql(rec.dialect)?,
             };
             Some(PlannedStep {
                 revision: s.revision.clone(),

@@ -7,18 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use flotilla_agent::Dialect;
-use flotilla_agent::catalog::Catalog;
+use flotilla_core::Dialect;
+use flotilla_core::catalog::Catalog;
 use flotilla_proto as pb;
 
 use crate::drift::{self, Difference, Observed};
 use crate::fleet::AgentClient;
-use crate::revision::Graph;
+use flotilla_revision::Graph;
 
 use super::{Engine, FleetEntry};
-
-/// Label marking a canary target (also the wave-0 preference of rollouts).
-pub const CANARY_LABEL: &str = "flotilla.io/canary";
+use flotilla_rpc::convert::CatalogProto;
 
 /// What `validate` reports for a set of targets.
 #[derive(Debug, Default)]

@@ -54,3 +54,22 @@ impl FleetView {
         self.entries().is_empty()
     }
 }
+
+/// Revisions of a target that the graph lacks or whose checksum differs.
+pub fn drift_of(engine: &super::Engine, e: &FleetEntry) -> Vec<String> {
+    let Some(dialect) = e.dialect() else {
+        return vec![];
+    };
+    let graph = engine.graph();
+    e.status
+        .applied
+        .iter()
+        .filter_map(|a| match graph.get(&a.revision) {
+            None => Some(format!("{}: unknown revision", a.revision)),
+            Some(r) if r.up_checksum(dialect) != a.checksum => {
+                Some(format!("{}: checksum differs", a.revision))
+            }
+            Some(_) => None,
+        })
+        .collect()
+}

@@ -1,18 +1,19 @@
 //! MySQL backups: `CREATE TABLE flotilla_bk_* AS SELECT * FROM <t>` beside the table, recorded
-//! in `flotilla_backups`; restore as `crate::backup` describes. DDL commits implicitly on
+//! in `flotilla_backups`; restore as `flotilla_core::backup` describes. DDL commits implicitly on
 //! MySQL, so a backup is recorded table by table and a restore adds columns back before its
 //! data transaction.
 
 use sqlx::mysql::MySqlConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use super::{D, fence, finish, insert_history};
-use crate::backup::{BackupRecord, backup_table_name, bare_name};
+use super::history::{fence, insert_history};
+use super::{D, finish};
 use crate::driver::classify::on;
 use crate::driver::common::{from_db, new_row, now_ms};
 use crate::driver::{DriverError, StepMeta};
-use crate::history::RowStatus;
-use crate::types::Direction;
+use flotilla_core::Direction;
+use flotilla_core::backup::{BackupRecord, backup_table_name, bare_name};
+use flotilla_core::history::RowStatus;
 
 const TABLE: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_backups (

@@ -1,19 +1,20 @@
 //! SQLite backups: `VACUUM INTO` a file in `<db>.flotilla-backups/` beside the database (the
 //! whole database, consistent), one `flotilla_backups` row per affected table; restore
-//! attaches the file and puts the tables' data back as `crate::backup` describes.
+//! attaches the file and puts the tables' data back as `flotilla_core::backup` describes.
 
 use std::path::PathBuf;
 
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Connection, Row};
 
-use super::{D, fence, insert_history};
-use crate::backup::{BackupRecord, backup_file_name, bare_name};
+use super::D;
+use super::history::{fence, insert_history};
 use crate::driver::classify::on;
 use crate::driver::common::{from_db, new_row, now_ms};
 use crate::driver::{DriverError, StepMeta};
-use crate::history::RowStatus;
-use crate::types::Direction;
+use flotilla_core::Direction;
+use flotilla_core::backup::{BackupRecord, backup_file_name, bare_name};
+use flotilla_core::history::RowStatus;
 
 const TABLE: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_backups (

@@ -6,8 +6,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use crate::history::{HistoryRow, RowStatus, TargetState};
-use crate::types::Direction;
+use flotilla_core::Direction;
+use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
 
 /// One distinct copy of each string the cached states hold. Entries nobody else holds any
 /// more are dropped whenever the set has doubled since the last sweep, so it stays in

@@ -1,0 +1,383 @@
+//! A MySQL/MariaDB session: one dedicated connection, the migration lock as a named lock
+//! (`GET_LOCK`), and the `Session` operations on it.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::catalog::catalog;
+use super::history::{SCHEMA, fence, insert_history, raw_row};
+use super::{D, backup, finish, mysql_needs_dirty_protocol, text};
+use crate::driver::classify::on;
+use crate::driver::common::{
+    CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
+    now_ms, to_db,
+};
+use crate::driver::{DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
+use flotilla_core::catalog::Catalog;
+use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::{Dialect, Direction};
+
+/// `GET_LOCK` names are limited to 64 characters: long database names are hashed.
+const LOCK_NAME: &str = "CONCAT('flotilla:', IF(CHAR_LENGTH(DATABASE()) <= 55, DATABASE(), \
+                         SHA1(DATABASE())))";
+
+/// One connection to a MySQL/MariaDB database.
+pub struct MysqlSession {
+    pub(super) conn: MySqlConnection,
+    /// Whether this session holds the named lock (taken once, not nested).
+    pub(super) locked: bool,
+}
+
+#[async_trait]
+impl Session for MysqlSession {
+    async fn ensure_schema(&mut self) -> Result<(), DriverError> {
+        // Fast path, read-only: the fence row exists (so do both tables; DDL commits
+        // implicitly, so the row is created last).
+        let ready: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name IN ('flotilla_history', 'flotilla_fence')",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(on(D, "look up flotilla tables"))?;
+        if ready == 2 {
+            let fence: Option<i64> =
+                sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
+                    .fetch_optional(&mut self.conn)
+                    .await
+                    .map_err(on(D, "read fence"))?;
+            if fence.is_some() {
+                return Ok(());
+            }
+        }
+        // DDL commits implicitly: each statement stands alone, all are idempotent.
+        for ddl in SCHEMA {
+            sqlx::raw_sql(ddl)
+                .execute(&mut self.conn)
+                .await
+                .map_err(on(D, "create flotilla tables"))?;
+        }
+        sqlx::query("INSERT IGNORE INTO flotilla_fence (id, token, updated_at) VALUES (1, 0, ?)")
+            .bind(now_ms())
+            .execute(&mut self.conn)
+            .await
+            .map_err(on(D, "create fence row"))?;
+        Ok(())
+    }
+
+    async fn try_lock(&mut self) -> Result<bool, DriverError> {
+        if self.locked {
+            return Ok(true);
+        }
+        let sql = format!("SELECT CAST(GET_LOCK({LOCK_NAME}, 0) AS SIGNED)");
+        let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(on(D, "take migration lock"))?;
+        self.locked = got == Some(1);
+        Ok(self.locked)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DriverError> {
+        if !self.locked {
+            return Ok(());
+        }
+        let sql = format!("SELECT CAST(RELEASE_LOCK({LOCK_NAME}) AS SIGNED)");
+        sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(sql))
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(on(D, "release migration lock"))?;
+        self.locked = false;
+        Ok(())
+    }
+
+    async fn read_state(&mut self) -> Result<TargetState, DriverError> {
+        let tables = sqlx::query(
+            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('flotilla_history', 'flotilla_fence')",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(on(D, "look up flotilla tables"))?;
+        let names: Vec<String> = tables
+            .iter()
+            .map(|r| text(r, 0))
+            .collect::<Result<_, _>>()
+            .map_err(on(D, "look up flotilla tables"))?;
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            let mut state = TargetState::default();
+            if names.iter().any(|n| n == "flotilla_history") {
+                let sql = format!("SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id");
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(on(D, "read flotilla_history"))?;
+                for r in rows {
+                    state
+                        .history
+                        .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
+                }
+            }
+            if names.iter().any(|n| n == "flotilla_fence") {
+                let token: Option<i64> =
+                    sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(on(D, "read fence"))?;
+                state.fence_token = from_db(token.unwrap_or(0));
+            }
+            Ok(state)
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn apply_group(
+        &mut self,
+        steps: &[StepSpec],
+        meta: &StepMeta,
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        if let Some((i, step)) = steps
+            .iter()
+            .enumerate()
+            .find(|(_, s)| mysql_needs_dirty_protocol(&s.sql))
+        {
+            return Err(GroupFailure {
+                index: i,
+                error: DriverError::Permanent {
+                    message: format!(
+                        "step {} {} has statements that mysql commits implicitly (ddl): \
+                         it must run with the dirty protocol, not in one transaction",
+                        step.revision, step.direction
+                    ),
+                },
+            });
+        }
+        let last = steps.len().saturating_sub(1);
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))
+            .map_err(GroupFailure::at(0))?;
+        let result = async {
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                // MySQL refuses a query with no statement ("Query was empty"): a section
+                // holding only comments (a merge revision) is a no-op that is still recorded.
+                if !flotilla_core::split::split_statements(&step.sql, Dialect::Mysql).is_empty() {
+                    sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(on(D, &context))
+                        .map_err(GroupFailure::at(i))?;
+                }
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(
+                    insert_history(&mut tx, row)
+                        .await
+                        .map_err(GroupFailure::at(i))?,
+                );
+            }
+            Ok(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let row = new_row(
+                &step.revision,
+                &step.checksum,
+                step.direction,
+                RowStatus::Dirty,
+                0,
+                meta,
+            );
+            Ok(insert_history(&mut tx, row).await?.id)
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError> {
+        if flotilla_core::split::split_statements(sql, Dialect::Mysql).is_empty() {
+            return Ok(());
+        }
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut self.conn)
+            .await
+            .map_err(on(D, "run non-transactional step"))?;
+        Ok(())
+    }
+
+    async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {
+        let done = sqlx::query(
+            "UPDATE flotilla_history SET status = 'applied', duration_ms = ? \
+             WHERE id = ? AND status = 'dirty'",
+        )
+        .bind(to_db(duration_ms, "duration")?)
+        .bind(row_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(on(D, "mark history row clean"))?;
+        if done.rows_affected() == 0 {
+            return Err(DriverError::Permanent {
+                message: format!("flotilla_history has no dirty row with id {row_id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn repair(
+        &mut self,
+        revision: &str,
+        applied: bool,
+        meta: &StepMeta,
+    ) -> Result<(), DriverError> {
+        let status = if applied {
+            RowStatus::Applied
+        } else {
+            RowStatus::Abandoned
+        };
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM flotilla_history WHERE revision = ? AND status = 'dirty' \
+                 ORDER BY id DESC LIMIT 1 FOR UPDATE",
+            )
+            .bind(revision)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(on(D, "find dirty row"))?;
+            let id = id.ok_or_else(|| no_dirty_row(revision))?;
+            sqlx::query("UPDATE flotilla_history SET status = ? WHERE id = ?")
+                .bind(status.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(on(D, "repair history row"))?;
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn stamp_as(
+        &mut self,
+        revisions: &[(String, String)],
+        direction: Direction,
+        meta: &StepMeta,
+        status: RowStatus,
+    ) -> Result<(), DriverError> {
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            for (revision, checksum) in revisions {
+                let row = new_row(revision, checksum, direction, status, 0, meta);
+                insert_history(&mut tx, row).await?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn foreign_tables(
+        &mut self,
+    ) -> Result<Vec<flotilla_core::foreign::ForeignTable>, DriverError> {
+        crate::driver::foreign::read_foreign!(&mut self.conn, D)
+    }
+
+    async fn catalog(&mut self) -> Result<Catalog, DriverError> {
+        catalog(&mut self.conn).await.map_err(on(D, "read catalog"))
+    }
+
+    async fn backup(
+        &mut self,
+        tables: &[String],
+        revision: &str,
+        meta: &StepMeta,
+    ) -> Result<Vec<flotilla_core::backup::BackupRecord>, DriverError> {
+        backup::backup(&mut self.conn, tables, revision, meta).await
+    }
+
+    async fn list_backups(
+        &mut self,
+    ) -> Result<Vec<flotilla_core::backup::BackupRecord>, DriverError> {
+        backup::list(&mut self.conn).await
+    }
+
+    async fn restore_backups(
+        &mut self,
+        backups: &[flotilla_core::backup::BackupRecord],
+        checksum: &str,
+        meta: &StepMeta,
+    ) -> Result<u64, DriverError> {
+        backup::restore(&mut self.conn, backups, checksum, meta).await
+    }
+
+    async fn drop_backups(
+        &mut self,
+        backups: &[flotilla_core::backup::BackupRecord],
+    ) -> Result<(), DriverError> {
+        backup::drop(&mut self.conn, backups).await
+    }
+
+    async fn close(mut self: Box<Self>) {
+        // The server drops a closed session's locks only once it notices the disconnect:
+        // release the migration lock first so the next session can take it at once.
+        let _ = tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, self.unlock()).await;
+        let _ = self.conn.close().await;
+    }
+}

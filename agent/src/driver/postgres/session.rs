@@ -1,0 +1,336 @@
+//! A PostgreSQL session: one dedicated connection, the migration lock as a session advisory
+//! lock, and the `Session` operations on it.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgConnection;
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use super::catalog::catalog;
+use super::history::{begin_write, fence, insert_history, raw_row, tables_exist};
+use super::simple::{result_sets, simple_bool};
+use super::{D, backup, finish};
+use crate::driver::classify::on;
+use crate::driver::common::{
+    CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
+    to_db,
+};
+use crate::driver::{DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
+use flotilla_core::Direction;
+use flotilla_core::catalog::Catalog;
+use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::split::split_statements;
+
+/// The advisory lock key: first 64 bits of md5 over a constant, the database and the schema.
+const LOCK_KEY: &str = "('x' || substr(md5('flotilla:migrate:' || current_database() || '.' || \
+                        current_schema()), 1, 16))::bit(64)::bigint";
+
+/// One connection to a PostgreSQL database.
+pub struct PostgresSession {
+    pub(super) conn: PgConnection,
+    /// Whether this session holds the advisory lock (taken once, not stacked).
+    pub(super) locked: bool,
+    /// Whether Flotilla's tables are known to exist: this session found them, or committed a
+    /// transaction that created them. Until then every writing transaction creates them
+    /// first (`begin_write`).
+    pub(super) schema_ready: bool,
+}
+
+#[async_trait]
+impl Session for PostgresSession {
+    async fn ensure_schema(&mut self) -> Result<(), DriverError> {
+        // Nothing to do yet: PostgreSQL's DDL is transactional, so the tables are created
+        // inside this session's first writing transaction (`begin_write`), which then
+        // commits them with its own rows, or rolls them back with them. That saves a
+        // transaction of its own on every tenant migrated for the first time.
+        Ok(())
+    }
+
+    async fn try_lock(&mut self) -> Result<bool, DriverError> {
+        if self.locked {
+            return Ok(true);
+        }
+        let taken = simple_bool(
+            &mut self.conn,
+            format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
+        )
+        .await
+        .map_err(on(D, "take migration lock"))?;
+        self.locked = taken;
+        Ok(taken)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DriverError> {
+        if !self.locked {
+            return Ok(());
+        }
+        simple_bool(
+            &mut self.conn,
+            format!("SELECT pg_advisory_unlock({LOCK_KEY})"),
+        )
+        .await
+        .map_err(on(D, "release migration lock"))?;
+        self.locked = false;
+        Ok(())
+    }
+
+    async fn read_state(&mut self) -> Result<TargetState, DriverError> {
+        // Unless this session committed or found them, look the tables up first: a target
+        // nobody migrated has none (it reads as one at base, and nothing is read), and Status
+        // must not create them (nor fail).
+        let (history, fence) = if self.schema_ready {
+            (true, true)
+        } else {
+            tables_exist(&mut self.conn).await?
+        };
+        self.schema_ready = history && fence;
+        // Both reads in one round trip, as one implicit transaction.
+        let mut sql = String::new();
+        if history {
+            sql.push_str(&format!(
+                "SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id;"
+            ));
+        }
+        if fence {
+            sql.push_str("SELECT token FROM flotilla_fence WHERE id = 1;");
+        }
+        let mut state = TargetState::default();
+        if sql.is_empty() {
+            return Ok(state);
+        }
+        let mut sets = result_sets(&mut self.conn, sql)
+            .await
+            .map_err(on(D, "read flotilla tables"))?
+            .into_iter();
+        if history {
+            for r in sets.next().unwrap_or_default() {
+                state
+                    .history
+                    .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
+            }
+        }
+        if fence && let Some(r) = sets.next().unwrap_or_default().first() {
+            let token: i64 = r.try_get(0).map_err(on(D, "read fence"))?;
+            state.fence_token = from_db(token);
+        }
+        Ok(state)
+    }
+
+    async fn apply_group(
+        &mut self,
+        steps: &[StepSpec],
+        meta: &StepMeta,
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        let last = steps.len().saturating_sub(1);
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known)
+            .await
+            .map_err(GroupFailure::at(0))?;
+        let result = async {
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, &context))
+                    .map_err(GroupFailure::at(i))?;
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(row);
+            }
+            let at = rows.len().saturating_sub(1);
+            insert_history(&mut tx, rows)
+                .await
+                .map_err(GroupFailure::at(at))
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                self.schema_ready = true;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known).await?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let row = new_row(
+                &step.revision,
+                &step.checksum,
+                step.direction,
+                RowStatus::Dirty,
+                0,
+                meta,
+            );
+            let rows = insert_history(&mut tx, vec![row]).await?;
+            Ok(rows.first().map_or(0, |r| r.id))
+        }
+        .await;
+        let id = finish(tx, result).await?;
+        self.schema_ready = true;
+        Ok(id)
+    }
+
+    async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError> {
+        for (i, stmt) in split_statements(sql, D).into_iter().enumerate() {
+            let context = format!("run non-transactional statement {}", i + 1);
+            sqlx::raw_sql(AssertSqlSafe(stmt))
+                .execute(&mut self.conn)
+                .await
+                .map_err(on(D, &context))?;
+        }
+        Ok(())
+    }
+
+    async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {
+        let done = sqlx::query(
+            "UPDATE flotilla_history SET status = 'applied', duration_ms = $1 \
+             WHERE id = $2 AND status = 'dirty'",
+        )
+        .bind(to_db(duration_ms, "duration")?)
+        .bind(row_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(on(D, "mark history row clean"))?;
+        if done.rows_affected() == 0 {
+            return Err(DriverError::Permanent {
+                message: format!("flotilla_history has no dirty row with id {row_id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn repair(
+        &mut self,
+        revision: &str,
+        applied: bool,
+        meta: &StepMeta,
+    ) -> Result<(), DriverError> {
+        let status = if applied {
+            RowStatus::Applied
+        } else {
+            RowStatus::Abandoned
+        };
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known).await?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM flotilla_history WHERE revision = $1 AND status = 'dirty' \
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(revision)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(on(D, "find dirty row"))?;
+            let id = id.ok_or_else(|| no_dirty_row(revision))?;
+            sqlx::query("UPDATE flotilla_history SET status = $1 WHERE id = $2")
+                .bind(status.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(on(D, "repair history row"))?;
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await?;
+        self.schema_ready = true;
+        Ok(())
+    }
+
+    async fn stamp_as(
+        &mut self,
+        revisions: &[(String, String)],
+        direction: Direction,
+        meta: &StepMeta,
+        status: RowStatus,
+    ) -> Result<(), DriverError> {
+        let known = self.schema_ready;
+        let mut tx = begin_write(&mut self.conn, known).await?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let rows = revisions
+                .iter()
+                .map(|(revision, checksum)| new_row(revision, checksum, direction, status, 0, meta))
+                .collect();
+            insert_history(&mut tx, rows).await.map(|_| ())
+        }
+        .await;
+        finish(tx, result).await?;
+        self.schema_ready = true;
+        Ok(())
+    }
+
+    async fn foreign_tables(
+        &mut self,
+    ) -> Result<Vec<flotilla_core::foreign::ForeignTable>, DriverError> {
+        crate::driver::foreign::read_foreign!(&mut self.conn, D)
+    }
+
+    async fn catalog(&mut self) -> Result<Catalog, DriverError> {
+        catalog(&mut self.conn).await.map_err(on(D, "read catalog"))
+    }
+
+    async fn backup(
+        &mut self,
+        tables: &[String],
+        revision: &str,
+        meta: &StepMeta,
+    ) -> Result<Vec<flotilla_core::backup::BackupRecord>, DriverError> {
+        backup::backup(&mut self.conn, tables, revision, meta).await
+    }
+
+    async fn list_backups(
+        &mut self,
+    ) -> Result<Vec<flotilla_core::backup::BackupRecord>, DriverError> {
+        backup::list(&mut self.conn).await
+    }
+
+    async fn restore_backups(
+        &mut self,
+        backups: &[flotilla_core::backup::BackupRecord],
+        checksum: &str,
+        meta: &StepMeta,
+    ) -> Result<u64, DriverError> {
+        backup::restore(&mut self.conn, backups, checksum, meta).await
+    }
+
+    async fn drop_backups(
+        &mut self,
+        backups: &[flotilla_core::backup::BackupRecord],
+    ) -> Result<(), DriverError> {
+        backup::drop(&mut self.conn, backups).await
+    }
+
+    async fn close(mut self: Box<Self>) {
+        // The server drops a closed session's locks only once it notices the disconnect:
+        // release the migration lock first so the next session can take it at once.
+        let _ = tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, self.unlock()).await;
+        let _ = self.conn.close().await;
+    }
+}

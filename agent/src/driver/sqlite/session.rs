@@ -1,0 +1,401 @@
+//! A SQLite session: one connection to the database file, plus the migration lock file
+//! while it is held; the `Session` operations on it.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Connection};
+
+use super::catalog::catalog;
+use super::history::{SCHEMA, fence, insert_history, raw_row};
+use super::{D, backup};
+use crate::driver::classify::on;
+use crate::driver::common::{HISTORY_COLUMNS, history_row, millis, new_row, no_dirty_row, to_db};
+use crate::driver::{DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
+use flotilla_core::Direction;
+use flotilla_core::catalog::Catalog;
+use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+
+/// One connection to a SQLite database, plus the migration lock file while it is held.
+pub struct SqliteSession {
+    pub(super) conn: SqliteConnection,
+    pub(super) lock_path: Option<PathBuf>,
+    /// The open, exclusively locked lock file; dropping it releases the lock.
+    pub(super) lock: Option<File>,
+    /// A read-only session's place among [`read_permits`].
+    pub(super) _read: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// How many read-only sessions (Status, Validate) may be open at once in this process: one
+/// per CPU, at least 2. A SQLite read is local CPU and disk work, and sqlx runs each
+/// connection on a thread of its own, so more at once than there are CPUs only adds threads
+/// and the malloc arenas their allocations leave behind (about 2 MiB of an agent's idle RSS
+/// at 1,000 targets with 16 at once; README, Performance).
+pub(super) fn read_permits() -> &'static Arc<tokio::sync::Semaphore> {
+    static PERMITS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cpus.max(2)))
+    })
+}
+
+impl SqliteSession {
+    async fn own_tables(&mut self) -> Result<(bool, bool), DriverError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('flotilla_history', 'flotilla_fence')",
+        )
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(on(D, "read sqlite_master"))?;
+        Ok((
+            names.iter().any(|n| n == "flotilla_history"),
+            names.iter().any(|n| n == "flotilla_fence"),
+        ))
+    }
+}
+
+#[async_trait]
+impl Session for SqliteSession {
+    async fn ensure_schema(&mut self) -> Result<(), DriverError> {
+        // Fast path, read-only (no write lock): both tables exist; they and the fence row are
+        // created in one transaction, so the row exists too.
+        if self.own_tables().await? == (true, true) {
+            return Ok(());
+        }
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        sqlx::raw_sql(SCHEMA)
+            .execute(&mut *tx)
+            .await
+            .map_err(on(D, "create flotilla tables"))?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO flotilla_fence (id, token, updated_at) VALUES (1, 0, ?1)",
+        )
+        .bind(crate::driver::common::now_ms())
+        .execute(&mut *tx)
+        .await
+        .map_err(on(D, "create fence row"))?;
+        tx.commit().await.map_err(on(D, "commit"))
+    }
+
+    async fn try_lock(&mut self) -> Result<bool, DriverError> {
+        if self.lock.is_some() {
+            return Ok(true);
+        }
+        let Some(path) = self.lock_path.clone() else {
+            // An in-memory database belongs to this connection alone.
+            return Ok(true);
+        };
+        let taken = tokio::task::spawn_blocking(move || -> std::io::Result<Option<File>> {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            match file.try_lock() {
+                Ok(()) => Ok(Some(file)),
+                Err(TryLockError::WouldBlock) => Ok(None),
+                Err(TryLockError::Error(e)) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| DriverError::Permanent {
+            message: format!("lock file task failed: {e}"),
+        })?
+        .map_err(|e| DriverError::Permanent {
+            message: format!("cannot lock the migration lock file: {e}"),
+        })?;
+        let ok = taken.is_some();
+        self.lock = taken;
+        Ok(ok)
+    }
+
+    async fn unlock(&mut self) -> Result<(), DriverError> {
+        if let Some(file) = self.lock.take() {
+            // Closing the file releases the lock; unlock first to be explicit.
+            let _ = file.unlock();
+        }
+        Ok(())
+    }
+
+    async fn read_state(&mut self) -> Result<TargetState, DriverError> {
+        let (has_history, has_fence) = self.own_tables().await?;
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let mut state = TargetState::default();
+        if has_history {
+            let sql = format!("SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id");
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(on(D, "read flotilla_history"))?;
+            for r in rows {
+                state
+                    .history
+                    .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
+            }
+        }
+        if has_fence {
+            let token: Option<i64> =
+                sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(on(D, "read fence"))?;
+            state.fence_token = crate::driver::common::from_db(token.unwrap_or(0));
+        }
+        tx.commit().await.map_err(on(D, "commit"))?;
+        Ok(state)
+    }
+
+    async fn apply_group(
+        &mut self,
+        steps: &[StepSpec],
+        meta: &StepMeta,
+        observer: &dyn StepObserver,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        let last = steps.len().saturating_sub(1);
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(on(D, "begin transaction"))
+            .map_err(GroupFailure::at(0))?;
+        let result = async {
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, &context))
+                    .map_err(GroupFailure::at(i))?;
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(
+                    insert_history(&mut tx, row)
+                        .await
+                        .map_err(GroupFailure::at(i))?,
+                );
+            }
+            Ok(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let row = new_row(
+                &step.revision,
+                &step.checksum,
+                step.direction,
+                RowStatus::Dirty,
+                0,
+                meta,
+            );
+            insert_history(&mut tx, row).await
+        }
+        .await;
+        match result {
+            Ok(row) => {
+                tx.commit().await.map_err(on(D, "commit"))?;
+                Ok(row.id)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError> {
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut self.conn)
+            .await
+            .map_err(on(D, "run non-transactional step"))?;
+        Ok(())
+    }
+
+    async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {
+        let done = sqlx::query(
+            "UPDATE flotilla_history SET status = 'applied', duration_ms = ?1 \
+             WHERE id = ?2 AND status = 'dirty'",
+        )
+        .bind(to_db(duration_ms, "duration")?)
+        .bind(row_id)
+        .execute(&mut self.conn)
+        .await
+        .map_err(on(D, "mark history row clean"))?;
+        if done.rows_affected() == 0 {
+            return Err(DriverError::Permanent {
+                message: format!("flotilla_history has no dirty row with id {row_id}"),
+            });
+        }
+        Ok(())
+    }
+
+    async fn repair(
+        &mut self,
+        revision: &str,
+        applied: bool,
+        meta: &StepMeta,
+    ) -> Result<(), DriverError> {
+        let status = if applied {
+            RowStatus::Applied
+        } else {
+            RowStatus::Abandoned
+        };
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            let id: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM flotilla_history WHERE revision = ?1 AND status = 'dirty' \
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(revision)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(on(D, "find dirty row"))?;
+            let id = id.ok_or_else(|| no_dirty_row(revision))?;
+            sqlx::query("UPDATE flotilla_history SET status = ?1 WHERE id = ?2")
+                .bind(status.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(on(D, "repair history row"))?;
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn stamp_as(
+        &mut self,
+        revisions: &[(String, String)],
+        direction: Direction,
+        meta: &StepMeta,
+        status: RowStatus,
+    ) -> Result<(), DriverError> {
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let result = async {
+            fence(&mut tx, meta).await?;
+            for (revision, checksum) in revisions {
+                let row = new_row(revision, checksum, direction, status, 0, meta);
+                insert_history(&mut tx, row).await?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn foreign_tables(
+        &mut self,
+    ) -> Result<Vec<flotilla_core::foreign::ForeignTable>, DriverError> {
+        crate::driver::foreign::read_foreign!(&mut self.conn, D)
+    }
+
+    async fn catalog(&mut self) -> Result<Catalog, DriverError> {
+        catalog(&mut self.conn).await.map_err(on(D, "read catalog"))
+    }
+
+    async fn backup(
+        &mut self,
+        tables: &[String],
+        revision: &str,
+        meta: &StepMeta,
+    ) -> Result<Vec<flotilla_core::backup::BackupRecord>, DriverError> {
+        backup::backup(&mut self.conn, tables, revision, meta).await
+    }
+
+    async fn list_backups(
+        &mut self,
+    ) -> Result<Vec<flotilla_core::backup::BackupRecord>, DriverError> {
+        backup::list(&mut self.conn).await
+    }
+
+    async fn restore_backups(
+        &mut self,
+        backups: &[flotilla_core::backup::BackupRecord],
+        checksum: &str,
+        meta: &StepMeta,
+    ) -> Result<u64, DriverError> {
+        backup::restore(&mut self.conn, backups, checksum, meta).await
+    }
+
+    async fn drop_backups(
+        &mut self,
+        backups: &[flotilla_core::backup::BackupRecord],
+    ) -> Result<(), DriverError> {
+        backup::drop(&mut self.conn, backups).await
+    }
+
+    async fn close(mut self: Box<Self>) {
+        if let Some(file) = self.lock.take() {
+            let _ = file.unlock();
+        }
+        let _ = self.conn.close().await;
+    }
+}
+
+/// Commit on success, roll back on error.
+async fn finish(
+    tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    result: Result<(), DriverError>,
+) -> Result<(), DriverError> {
+    match result {
+        Ok(()) => tx.commit().await.map_err(on(D, "commit")),
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Where a Migrate call's events go: the gRPC stream, and a sink bound to one step.
+
+use flotilla_proto::StepEvent;
+use flotilla_proto::step_event::Event;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use flotilla_core::Direction;
+use flotilla_rpc::convert::DirectionProto;
+
+/// Where a Migrate call's events go (the gRPC stream).
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    tx: mpsc::Sender<Result<StepEvent, Status>>,
+    target_id: String,
+}
+
+impl EventSink {
+    pub(crate) fn new(tx: mpsc::Sender<Result<StepEvent, Status>>, target_id: String) -> Self {
+        EventSink { tx, target_id }
+    }
+
+    /// Whether the client stopped listening.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    pub(crate) fn for_step(&self, revision: &str, direction: Direction) -> EventCtx {
+        EventCtx {
+            sink: self.clone(),
+            revision: revision.to_owned(),
+            direction,
+        }
+    }
+}
+
+/// An event sink bound to the step the events are about.
+pub(crate) struct EventCtx {
+    sink: EventSink,
+    revision: String,
+    direction: Direction,
+}
+
+impl EventCtx {
+    pub(crate) async fn emit(&self, event: Event) {
+        let ev = StepEvent {
+            target_id: self.sink.target_id.clone(),
+            revision: self.revision.clone(),
+            direction: self.direction.to_proto() as i32,
+            event: Some(event),
+        };
+        // A closed stream means the client left; the executor notices between steps.
+        let _ = self.sink.tx.send(Ok(ev)).await;
+    }
+}

@@ -1,0 +1,74 @@
+//! `flotilla`: the coordinator server and CLI. Parses flags, sets up logging and tracing
+//! (`flotilla_coordinator::telemetry`) and dispatches; the work is in the library
+//! (`flotilla_cli`: offline and online commands, `serve`, `demo`).
+//! Exit codes: 0 ok, 1 error, 2 usage, 3 problems found, 4 rollout failed, 5 wait timed out,
+//! 6 targets blocked.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flotilla_cli::{self as cli, Cli, Command};
+use flotilla_coordinator::telemetry::{self, TelemetryConfig};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (default_level, service_name) = match cli.command {
+        Command::Coordinator(_) => ("info", "flotilla-coordinator"),
+        Command::Demo(_) => ("warn", "flotilla-coordinator"),
+        _ => ("warn", "flotilla"),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::EXIT_ERROR);
+        }
+    };
+    // The OTLP exporter's channel is created on this runtime.
+    let guard = rt.enter();
+    let filter =
+        EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let telemetry = match telemetry::init(TelemetryConfig {
+        service_name,
+        log_format: cli.global.log_format,
+        log_filter: filter,
+        stderr: true,
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(cli::EXIT_ERROR);
+        }
+    };
+    tracing::info!(export = %telemetry.export(), "trace export");
+
+    let result = match cli.command {
+        Command::Offline(cmd) => {
+            let mut stdout = std::io::stdout().lock();
+            cli::offline::run(cmd, &cli.global, &mut stdout).map(|o| o.exit_code())
+        }
+        command => rt.block_on(async {
+            let mut stdout = std::io::stdout();
+            match command {
+                Command::Online(cmd) => cli::online::run(cmd, &cli.global, &mut stdout).await,
+                Command::Coordinator(args) => {
+                    cli::serve::run(args, &cli.global, telemetry::hooks()).await
+                }
+                Command::Demo(args) => {
+                    flotilla_cli::demo::run(args, &cli.global, &mut stdout).await
+                }
+                Command::Offline(_) => unreachable!("handled above"),
+            }
+        }),
+    };
+    rt.block_on(telemetry.shutdown());
+    drop(guard);
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

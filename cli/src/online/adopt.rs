@@ -1,0 +1,89 @@
+//! `flotilla adopt [--from TOOL] [-l SELECTOR] [--dry-run]`: record, on each selected target,
+//! the history another tool's version table shows (see `flotilla_coordinator::adopt`). Exit 3 when a target
+//! is blocked.
+
+use std::io::Write;
+
+use clap::Args;
+use serde_json::json;
+
+use flotilla_proto as pb;
+
+use super::client::{ClientArgs, rpc};
+use super::spec::SelectArgs;
+use crate::error::CliError;
+use crate::exit::{EXIT_OK, EXIT_PROBLEMS};
+use crate::import::Tool;
+use crate::render::emit;
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Only this tool's version table (default: whichever one a target has)
+    #[arg(long, value_enum, env = "FLOTILLA_ADOPT_FROM")]
+    pub from: Option<Tool>,
+    /// Show what would be adopted, write nothing
+    #[arg(long, env = "FLOTILLA_ADOPT_DRY_RUN")]
+    pub dry_run: bool,
+}
+
+pub(super) async fn run(
+    args: AdoptArgs,
+    json: bool,
+    out: &mut (dyn Write + Send),
+) -> Result<u8, CliError> {
+    let mut c = args.client.connect().await?;
+    let resp = c
+        .adopt(pb::AdoptRequest {
+            selector: Some(args.select.selector()?.to_proto()),
+            from: args.from.map(|t| t.as_str().to_owned()).unwrap_or_default(),
+            dry_run: args.dry_run,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let blocked = resp
+        .targets
+        .iter()
+        .filter(|t| t.outcome == "blocked")
+        .count();
+    if json {
+        let targets: Vec<_> = resp
+            .targets
+            .iter()
+            .map(|t| {
+                json!({
+                    "target": t.target_id,
+                    "agent": t.agent_id,
+                    "tool": t.tool,
+                    "outcome": t.outcome,
+                    "revisions": t.revisions,
+                    "reason": t.reason,
+                })
+            })
+            .collect();
+        emit(out, &json!({ "targets": targets, "blocked": blocked }))?;
+    } else {
+        for t in &resp.targets {
+            let what = if t.revisions.is_empty() {
+                t.reason.clone()
+            } else {
+                format!(
+                    "{} revision(s), up to {}",
+                    t.revisions.len(),
+                    t.revisions.join(", ")
+                )
+            };
+            writeln!(
+                out,
+                "{:<24} {:<12} {:<15} {what}",
+                t.target_id, t.outcome, t.tool
+            )
+            .map_err(CliError::Output)?;
+        }
+    }
+    Ok(if blocked > 0 { EXIT_PROBLEMS } else { EXIT_OK })
+}

@@ -1,0 +1,113 @@
+//! Which targets and what to do with them: [`SelectArgs`] (`--selector`, `--target`) builds a
+//! [`Selector`], [`SpecArgs`] (goal, waves, parallelism, budget, permissions) a
+//! [`RolloutSpec`] for `plan` and `rollout start`.
+
+use clap::Args;
+
+use flotilla_coordinator::rollout::{
+    Budget, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
+};
+
+use crate::error::CliError;
+
+/// Which targets: `--selector tier=gold,region=eu` and/or `--target ID` (repeatable).
+#[derive(Debug, Clone, Args, Default)]
+pub struct SelectArgs {
+    /// Label selector: key=value[,key=value]; `dialect` and `agent` match implicitly
+    #[arg(long, short = 'l', env = "FLOTILLA_SELECTOR", value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Only these targets (repeatable)
+    #[arg(long = "target", value_name = "ID")]
+    pub targets: Vec<String>,
+}
+
+impl SelectArgs {
+    pub fn selector(&self) -> Result<Selector, CliError> {
+        let mut sel = match &self.selector {
+            Some(s) => Selector::parse(s).map_err(CliError::Refused)?,
+            None => Selector::default(),
+        };
+        sel.target_ids = self.targets.clone();
+        Ok(sel)
+    }
+}
+
+/// What a rollout should do.
+#[derive(Debug, Clone, Args)]
+pub struct SpecArgs {
+    /// Goal: head, base, a revision id, -N or +N
+    #[arg(
+        long = "to",
+        default_value = "head",
+        env = "FLOTILLA_GOAL",
+        allow_hyphen_values = true
+    )]
+    pub goal: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Targets in the canary wave (0 = no canary)
+    #[arg(long, default_value_t = 1, env = "FLOTILLA_CANARY")]
+    pub canary: u32,
+    /// Wave sizes after the canary, e.g. --wave 10% --wave 50% (the rest forms a last wave)
+    #[arg(
+        long = "wave",
+        value_name = "N|P%",
+        env = "FLOTILLA_WAVES",
+        value_delimiter = ','
+    )]
+    pub waves: Vec<String>,
+    /// Targets migrated at once
+    #[arg(long, default_value_t = DEFAULT_MAX_PARALLEL, env = "FLOTILLA_MAX_PARALLEL",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: u32,
+    /// Targets migrated at once on one database host (0 = no limit)
+    #[arg(long, default_value_t = 0, env = "FLOTILLA_MAX_PARALLEL_PER_HOST")]
+    pub max_parallel_per_host: u32,
+    /// Failed targets tolerated before the rollout halts: N or P%
+    #[arg(long, default_value = "0", env = "FLOTILLA_FAILURE_BUDGET")]
+    pub failure_budget: String,
+    /// Do not compare schema fingerprints with the canary's after each wave
+    #[arg(long, env = "FLOTILLA_NO_FINGERPRINT_GATE")]
+    pub no_fingerprint_gate: bool,
+    /// Allow down steps (implied by --to base and --to -N)
+    #[arg(long, env = "FLOTILLA_ALLOW_DOWNGRADE")]
+    pub allow_downgrade: bool,
+    /// Start even if the downgrade blocks some targets (irreversible revisions): migrate the
+    /// rest, leave those untouched; the rollout then ends `blocked` (exit 6)
+    #[arg(long, env = "FLOTILLA_ALLOW_BLOCKED")]
+    pub allow_blocked: bool,
+    /// One transaction per step, instead of one per target for consecutive transactional
+    /// steps (where a failing step also rolls back the steps before it)
+    #[arg(long, env = "FLOTILLA_TRANSACTION_PER_STEP")]
+    pub transaction_per_step: bool,
+    /// Run revisions with destructive lint findings (drop table/column/schema, truncate)
+    /// that their file does not allow with `-- lint: allow destructive`
+    #[arg(long, env = "FLOTILLA_ALLOW_DESTRUCTIVE")]
+    pub allow_destructive: bool,
+}
+
+impl SpecArgs {
+    pub fn spec(&self) -> Result<RolloutSpec, CliError> {
+        let waves = self
+            .waves
+            .iter()
+            .map(|w| WaveSize::parse(w))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(CliError::Refused)?;
+        let implied_down = self.goal == "base" || self.goal.starts_with('-');
+        Ok(RolloutSpec {
+            goal: self.goal.clone(),
+            selector: self.select.selector()?,
+            canary: self.canary,
+            waves,
+            max_parallel: self.max_parallel,
+            max_parallel_per_host: self.max_parallel_per_host,
+            failure_budget: Budget::parse(&self.failure_budget).map_err(CliError::Refused)?,
+            fingerprint_gate: !self.no_fingerprint_gate,
+            allow_downgrade: self.allow_downgrade || implied_down,
+            allow_blocked: self.allow_blocked,
+            transaction_per_step: self.transaction_per_step,
+            allow_destructive: self.allow_destructive,
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! Live rollout progress: indicatif bars on a terminal (overall targets, current wave),
+//! plain lines otherwise (one per wave, state change and finished target).
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use flotilla_proto as pb;
+
+use crate::render::{state_name, target_state_name};
+
+pub struct Progress {
+    bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
+}
+
+fn done(t: &pb::TargetProgress) -> bool {
+    !matches!(target_state_name(t.state), "pending" | "running")
+}
+
+impl Progress {
+    pub fn new(tty: bool) -> Progress {
+        let bars = tty.then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let style =
+                ProgressStyle::with_template("{prefix:>8} [{bar:40.cyan/blue}] {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            let all = multi.add(
+                ProgressBar::new(0)
+                    .with_style(style.clone())
+                    .with_prefix("targets"),
+            );
+            let wave = multi.add(ProgressBar::new(0).with_style(style).with_prefix("wave"));
+            (multi, all, wave)
+        });
+        Progress { bars }
+    }
+
+    pub fn update(&mut self, r: &pb::Rollout, last: Option<&pb::Rollout>) {
+        let total = r.targets.len() as u64;
+        let finished = r.targets.iter().filter(|t| done(t)).count() as u64;
+        let in_wave: Vec<&pb::TargetProgress> = r
+            .targets
+            .iter()
+            .filter(|t| t.wave == r.current_wave)
+            .collect();
+        let wave_done = in_wave.iter().filter(|t| done(t)).count() as u64;
+        let failed = r
+            .targets
+            .iter()
+            .filter(|t| target_state_name(t.state) == "failed")
+            .count();
+        let retries: u32 = r.targets.iter().map(|t| t.retries).sum();
+        match &self.bars {
+            Some((_, all, wave)) => {
+                all.set_length(total);
+                all.set_position(finished);
+                all.set_message(format!(
+                    "{} · {failed} failed · {retries} retries",
+                    state_name(r.state)
+                ));
+                wave.set_length(in_wave.len() as u64);
+                wave.set_position(wave_done);
+                wave.set_message(format!(
+                    "wave {}/{}",
+                    (r.current_wave + 1).min(r.wave_count),
+                    r.wave_count
+                ));
+            }
+            None => {
+                let prev_state = last.map(|l| l.state);
+                let prev_wave = last.map(|l| l.current_wave);
+                if prev_state != Some(r.state) || prev_wave != Some(r.current_wave) {
+                    eprintln!(
+                        "[{}] wave {}/{}: {finished}/{total} targets done, {failed} failed {}",
+                        state_name(r.state),
+                        (r.current_wave + 1).min(r.wave_count),
+                        r.wave_count,
+                        if r.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!("— {}", r.message)
+                        }
+                    );
+                }
+                for t in r.targets.iter().filter(|t| {
+                    done(t) && matches!(target_state_name(t.state), "failed" | "blocked")
+                }) {
+                    let before =
+                        last.and_then(|l| l.targets.iter().find(|o| o.target_id == t.target_id));
+                    if before.is_none_or(|b| b.state != t.state) {
+                        eprintln!(
+                            "  {} {}: {}",
+                            target_state_name(t.state),
+                            t.target_id,
+                            t.message
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some((_, all, wave)) = self.bars.take() {
+            // The report that follows repeats the final counts: leave a clean line for it.
+            wave.finish_and_clear();
+            all.finish_and_clear();
+        }
+    }
+}

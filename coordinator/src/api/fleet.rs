@@ -1,0 +1,96 @@
+//! Fleet calls: every target's state with its drift (and schema drift on request), fleet
+//! validation, and one target's history. Read-only: any coordinator answers them.
+
+use tonic::{Request, Response, Status};
+
+use flotilla_proto as pb;
+
+use super::{Api, check_id, status_of};
+use crate::engine::validate::{FleetValidation, drift_line};
+use crate::engine::view::drift_of;
+use crate::rollout::Selector;
+
+/// Add each schema-drifted target's one-line diff to its `drift` list.
+pub fn add_schema_drift(targets: &mut [pb::FleetTarget], v: &FleetValidation) {
+    for d in &v.schema_drift {
+        if let Some(t) = targets.iter_mut().find(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.target_id == d.target_id)
+        }) {
+            t.drift.push(drift_line(d));
+        }
+    }
+}
+
+pub(super) async fn status(
+    api: &Api,
+    req: Request<pb::FleetStatusRequest>,
+) -> Result<Response<pb::FleetStatusResponse>, Status> {
+    let req = req.into_inner();
+    let selector = Selector::from_proto(req.selector.as_ref());
+    let snap = api.engine.select(&selector).await.map_err(status_of)?;
+    let mut targets: Vec<pb::FleetTarget> = snap
+        .targets
+        .iter()
+        .map(|e| pb::FleetTarget {
+            agent_id: e.agent.id().to_owned(),
+            drift: drift_of(&api.engine, e),
+            status: Some(e.status.clone()),
+        })
+        .collect();
+    for (agent, err) in snap.unreachable {
+        targets.push(pb::FleetTarget {
+            agent_id: agent,
+            status: Some(pb::TargetStatus {
+                error: format!("agent unreachable: {err}"),
+                ..Default::default()
+            }),
+            drift: vec![],
+        });
+    }
+    if req.include_schema {
+        add_schema_drift(
+            &mut targets,
+            &api.engine.validate_fleet(&snap.targets).await,
+        );
+    }
+    let graph = api.engine.graph();
+    crate::metrics::record_fleet(&targets, req.include_schema);
+    Ok(Response::new(pb::FleetStatusResponse {
+        targets,
+        graph_heads: graph.heads().iter().map(|h| h.to_string()).collect(),
+        graph_digest: graph.digest(),
+    }))
+}
+
+pub(super) async fn validate(
+    api: &Api,
+    req: Request<pb::FleetValidateRequest>,
+) -> Result<Response<pb::FleetValidateResponse>, Status> {
+    let selector = Selector::from_proto(req.into_inner().selector.as_ref());
+    let snap = api.engine.select(&selector).await.map_err(status_of)?;
+    let v = api.engine.validate_fleet(&snap.targets).await;
+    metrics::gauge!("flotilla_fleet_drift_targets").set(v.drifted_targets().len() as f64);
+    Ok(Response::new(pb::FleetValidateResponse {
+        targets: v.targets,
+        groups: v.groups,
+        schema_drift: v.schema_drift,
+    }))
+}
+
+pub(super) async fn history(
+    api: &Api,
+    req: Request<pb::HistoryRequest>,
+) -> Result<Response<pb::HistoryResponse>, Status> {
+    let id = req.into_inner().target_id;
+    check_id("target id", &id)?;
+    let e = api
+        .engine
+        .target_status(&id, true)
+        .await
+        .map_err(status_of)?;
+    Ok(Response::new(pb::HistoryResponse {
+        target: Some(e.status),
+    }))
+}

@@ -1,0 +1,96 @@
+//! What the engine reports to the metrics after a rollout or a store change: rollouts by
+//! state (read from the store) and the fleet gauges from the fleet view, with the drift gauge
+//! recomputed from the fingerprints a rollout's Migrates reported.
+
+use flotilla_proto as pb;
+
+use crate::metrics;
+use crate::rollout::TargetState;
+
+use super::Engine;
+
+/// Rollouts by state, from the store.
+pub(crate) async fn refresh_rollouts(engine: &Engine) {
+    let Ok(list) = engine.list().await else {
+        return;
+    };
+    metrics::set_rollouts(list.iter().map(|r| r.state));
+}
+
+/// The fleet gauges from the coordinator's last view of every target (after a rollout
+/// ended: the planning snapshot updated by each Migrate's closing report), with no Status
+/// round (only when nothing is known yet are the agents asked, one Status each). After a
+/// rollout that migrated targets (`migrated_by`), the drift gauge is recomputed too: the
+/// fingerprints the rollout's Migrates reported (with the wave gate on) are used as they are,
+/// and only the other targets' catalogs are read (one Validate per agent and dialect). After
+/// a rollout that changed nothing no catalog is read and the drift gauge keeps its value.
+pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>) {
+    let entries = if engine.view.is_empty() {
+        match engine.snapshot(false).await {
+            Ok(snap) => snap.targets,
+            Err(_) => return,
+        }
+    } else {
+        engine.view.targets()
+    };
+    let mut targets: Vec<pb::FleetTarget> = entries
+        .iter()
+        .map(|e| pb::FleetTarget {
+            agent_id: e.agent.id().to_owned(),
+            drift: super::view::drift_of(engine, e),
+            status: Some(e.status.clone()),
+        })
+        .collect();
+    let Some(rollout) = migrated_by else {
+        metrics::record_fleet(&targets, false);
+        return;
+    };
+    let mut fingerprints: std::collections::HashMap<String, String> =
+        match engine.get(rollout).await {
+            Ok((_, records)) => records
+                .into_iter()
+                .filter(|t| t.state == TargetState::Succeeded && !t.fingerprint.is_empty())
+                .map(|t| (t.target_id, t.fingerprint))
+                .collect(),
+            Err(_) => Default::default(),
+        };
+    let unknown: Vec<super::snapshot::FleetEntry> = entries
+        .iter()
+        .filter(|e| !fingerprints.contains_key(&e.status.target_id))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        for t in engine.validate_fleet(&unknown).await.targets {
+            if t.error.is_empty() {
+                fingerprints.insert(t.target_id, t.fingerprint);
+            }
+        }
+    }
+    let observed: Vec<crate::drift::Observed> = entries
+        .iter()
+        .filter_map(|e| {
+            Some(crate::drift::Observed {
+                target: e.status.target_id.clone(),
+                dialect: e.dialect()?.as_str().to_owned(),
+                applied: e
+                    .status
+                    .applied
+                    .iter()
+                    .map(|a| a.revision.clone())
+                    .collect(),
+                fingerprint: fingerprints.get(&e.status.target_id)?.clone(),
+                canary: e.is_canary(),
+            })
+        })
+        .collect();
+    for d in crate::drift::drifted(&observed) {
+        if let Some(t) = targets
+            .iter_mut()
+            .find(|t| t.status.as_ref().is_some_and(|s| s.target_id == d.target))
+        {
+            t.drift
+                .push(format!("schema differs from {}", d.reference_target));
+        }
+    }
+    metrics::record_fleet(&targets, true);
+}
