@@ -317,6 +317,7 @@ impl Agent {
                 agent_id: self.config.agent_id.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").to_owned(),
                 targets: targets.iter().map(|t| empty_status(t)).collect(),
+                fence_floor: self.fence.floor(),
             });
         }
         let timeout = self.config.status.timeout;
@@ -350,6 +351,7 @@ impl Agent {
             agent_id: self.config.agent_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             targets,
+            fence_floor: self.fence.floor(),
         })
     }
 

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use flotilla_core::fencing::epoch_of;
 use flotilla_proto::FailureReason;
 use tonic::{Code, Status};
 
@@ -40,11 +41,7 @@ pub enum AgentError {
         applied: String,
         requested: String,
     },
-    #[error(
-        "target {target}: stale fencing token {offered}: token {current} was already accepted \
-         or announced; another coordinator holds the lock (if none holds {current}, see README \
-         \"Recovering from a poisoned fencing token\")"
-    )]
+    #[error("target {target}: {}", stale_token_reason(*offered, *current))]
     StaleToken {
         target: String,
         offered: u64,
@@ -215,6 +212,30 @@ impl From<AgentError> for Status {
     }
 }
 
+/// Why a token was refused: the same lock backend's newer term, or another backend's
+/// (a lower fencing epoch, `flotilla_core::fencing`), each with what to do.
+fn stale_token_reason(offered: u64, current: u64) -> String {
+    let (ours, theirs) = (epoch_of(offered), epoch_of(current));
+    if ours < theirs {
+        format!(
+            "stale fencing token {offered} (fencing epoch {ours}): this fleet follows fencing \
+             epoch {theirs} (token {current} was accepted or announced), which \
+             `flotilla fence takeover` gave another lock backend; this coordinator's lock \
+             backend is not the one the fleet follows: stop this coordinator, or, if its \
+             backend is to lead from now on, stop the others and run \
+             `flotilla fence takeover --yes` against it"
+        )
+    } else {
+        format!(
+            "stale fencing token {offered}: token {current} was already accepted or announced; \
+             another coordinator holds the lock (if none holds {current}: after a change of \
+             lock backend or a recreated etcd cluster, run `flotilla fence takeover --yes` \
+             against the coordinator that is to lead; otherwise see README \
+             \"Recovering from a poisoned fencing token\")"
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +255,31 @@ mod tests {
         );
         assert!(s.message().contains("250ms"));
         assert_eq!(Reason::of_status(&s), Some("LOCK_TIMEOUT"));
+    }
+
+    #[test]
+    fn a_stale_token_says_whether_another_backend_took_over() {
+        let same = AgentError::StaleToken {
+            target: "t1".into(),
+            offered: 5,
+            current: 7,
+        }
+        .to_string();
+        assert!(
+            same.contains("another coordinator holds the lock"),
+            "{same}"
+        );
+        let other = AgentError::StaleToken {
+            target: "t1".into(),
+            offered: 7,
+            current: (1 << 40) | 2,
+        }
+        .to_string();
+        assert!(
+            other.contains("fencing epoch 0")
+                && other.contains("follows fencing epoch 1")
+                && other.contains("flotilla fence takeover --yes"),
+            "{other}"
+        );
     }
 }

@@ -19,6 +19,7 @@ use crate::error::CliError;
 mod adopt;
 mod backups;
 mod client;
+mod fence;
 mod fleet;
 mod habits;
 mod rollout;
@@ -44,6 +45,9 @@ pub enum OnlineCommand {
     /// Start, follow and control rollouts
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Fencing across lock backends: `fence takeover --yes` after a change of backend
+    #[command(subcommand)]
+    Fence(fence::FenceCommand),
     /// Record the history another tool's version table shows (alembic_version,
     /// flyway_schema_history, _sqlx_migrations, schema_migrations) as adopted, running nothing
     Adopt(adopt::AdoptArgs),
@@ -134,6 +138,7 @@ pub async fn run(
     match cmd {
         OnlineCommand::Plan { client, spec } => fleet::plan(&client, &spec, json, out).await,
         OnlineCommand::Rollout(cmd) => rollout::run(cmd, json, out).await,
+        OnlineCommand::Fence(cmd) => fence::run(cmd, json, out).await,
         OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
         OnlineCommand::Backups(args) => backups::run(args, json, out).await,
         OnlineCommand::Status { client, select } => {

@@ -16,6 +16,7 @@
 mod adopt;
 mod agents;
 mod backups;
+mod fence;
 mod fleet;
 mod forward;
 mod rollouts;
@@ -242,5 +243,12 @@ impl CoordinatorService for Api {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         agents::heartbeat(self, req).await
+    }
+
+    async fn fence_takeover(
+        &self,
+        req: Request<pb::FenceTakeoverRequest>,
+    ) -> Result<Response<pb::FenceTakeoverResponse>, Status> {
+        fence::takeover(self, req).await
     }
 }

@@ -8,6 +8,7 @@
 //! that same token, so a stale leader is refused by both the store and the agents.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use flotilla_revision::Graph;
 
 mod batch;
 pub mod destructive;
+pub mod fencing;
 mod gate;
 mod live;
 pub mod preflight;
@@ -123,8 +125,33 @@ pub enum Control {
 /// A leader term: the fencing token and a token cancelled the moment leadership ends.
 #[derive(Clone, Debug)]
 pub struct Term {
+    /// The lock backend's token ([`crate::lock::Leadership`]): every state-store write of
+    /// this term is fenced with it.
     pub token: u64,
+    /// What agents are sent: `token` in this backend's fencing epoch
+    /// (`flotilla_core::fencing`), shared by the term's clones; a takeover raises it.
+    agent_token: Arc<AtomicU64>,
     pub cancel: CancellationToken,
+}
+
+impl Term {
+    pub(crate) fn new(token: u64, agent_token: u64) -> Term {
+        Term {
+            token,
+            agent_token: Arc::new(AtomicU64::new(agent_token)),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The fencing token every agent request of this term carries.
+    pub fn agent_token(&self) -> u64 {
+        self.agent_token.load(Ordering::SeqCst)
+    }
+
+    /// A takeover moved this backend to a higher fencing epoch.
+    pub(crate) fn raise_agent_token(&self, token: u64) {
+        self.agent_token.fetch_max(token, Ordering::SeqCst);
+    }
 }
 
 /// A rollout's records were written: `terminal` when the write ended it (watchers then read
@@ -267,11 +294,22 @@ impl Engine {
                     }
                 }
             };
-            let term = Term {
-                token: leadership.token,
-                cancel: CancellationToken::new(),
+            let term = match self.term_of(&leadership).await {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!("cannot lead: {e}");
+                    drop(leadership.release().await);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(self.config.lock_retry) => continue,
+                    }
+                }
             };
-            tracing::info!(token = term.token, "took the fleet lock: leading");
+            tracing::info!(
+                token = term.token,
+                agent_token = term.agent_token(),
+                "took the fleet lock: leading"
+            );
             metrics::counter!("flotilla_coordinator_lock_acquired_total").increment(1);
             metrics::gauge!("flotilla_coordinator_lock_held").set(1.0);
             self.term.send_replace(Some(term.clone()));
@@ -288,8 +326,9 @@ impl Engine {
             }
             // Announce the new token to every agent (one Status each): from now on they
             // refuse the previous leader's steps on every target, touched or not.
-            let announce = tracing::info_span!("announce_token", token = term.token);
-            match tracing::Instrument::instrument(self.announce(term.token), announce).await {
+            let announce = tracing::info_span!("announce_token", token = term.agent_token());
+            match tracing::Instrument::instrument(self.announce(term.agent_token()), announce).await
+            {
                 Ok(unreachable) => {
                     for (agent, err) in &unreachable {
                         tracing::warn!(agent = %agent, "cannot announce the new fencing token: {err}");

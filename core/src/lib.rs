@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod error_class;
+pub mod fencing;
 pub mod foreign;
 pub mod history;
 pub mod split;

@@ -256,6 +256,52 @@ impl TestCoordinator {
         wait_leader: bool,
     ) -> Result<TestCoordinator> {
         let dir = tempfile::tempdir()?;
+        let state_dir = dir.path().join("state");
+        Self::start_at(
+            migrations,
+            agents,
+            etcd,
+            prefix,
+            wait_leader,
+            dir,
+            state_dir,
+        )
+        .await
+    }
+
+    /// An embedded coordinator whose state lives in `state_dir` (kept by the caller, so a
+    /// later coordinator can resume the same backend).
+    pub(crate) async fn start_embedded_in(
+        migrations: &Path,
+        agents: &[&TestAgent],
+        state_dir: &Path,
+    ) -> Result<TestCoordinator> {
+        let entries: Vec<(String, String)> = agents
+            .iter()
+            .map(|a| (a.id.clone(), a.address.clone()))
+            .collect();
+        let dir = tempfile::tempdir()?;
+        Self::start_at(
+            migrations,
+            &entries,
+            None,
+            "/flotilla",
+            true,
+            dir,
+            state_dir.to_owned(),
+        )
+        .await
+    }
+
+    async fn start_at(
+        migrations: &Path,
+        agents: &[(String, String)],
+        etcd: Option<&str>,
+        prefix: &str,
+        wait_leader: bool,
+        dir: tempfile::TempDir,
+        state_dir: PathBuf,
+    ) -> Result<TestCoordinator> {
         let fleet = fleet_file_of(dir.path(), agents)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}", listener.local_addr()?);
@@ -265,7 +311,7 @@ impl TestCoordinator {
                 etcd_endpoints: etcd.map(|e| vec![e.to_owned()]).unwrap_or_default(),
                 prefix: prefix.to_owned(),
                 lease_ttl: Duration::from_secs(5),
-                state_dir: dir.path().join("state"),
+                state_dir,
                 holder_id: format!("test-coordinator-{}", uuid::Uuid::new_v4()),
             },
             fleet_file: Some(fleet),

@@ -33,8 +33,14 @@ pub(super) async fn adopt(
         .term()
         .ok_or_else(|| status_of(EngineError::NotLeader))?;
     let selector = Selector::from_proto(req.selector.as_ref());
-    let targets = crate::adopt::adopt(&api.engine, term.token, &selector, from, req.dry_run)
-        .await
-        .map_err(status_of)?;
+    let targets = crate::adopt::adopt(
+        &api.engine,
+        term.agent_token(),
+        &selector,
+        from,
+        req.dry_run,
+    )
+    .await
+    .map_err(status_of)?;
     Ok(Response::new(pb::AdoptResponse { targets }))
 }

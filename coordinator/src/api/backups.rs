@@ -65,7 +65,7 @@ pub(super) async fn restore(
         .restore_backup(pb::RestoreBackupRequest {
             target_id: req.target_id,
             rollout_id: req.rollout_id,
-            fencing_token: term.token,
+            fencing_token: term.agent_token(),
         })
         .await?;
     Ok(Response::new(resp))

@@ -54,7 +54,7 @@ pub(super) async fn stamp(
             .agent
             .stamp(pb::StampRequest {
                 target_id: req.target_id.clone(),
-                fencing_token: term.token,
+                fencing_token: term.agent_token(),
                 revisions,
                 direction: direction.to_proto() as i32,
                 rollout_id: "stamp".into(),
@@ -85,7 +85,7 @@ pub(super) async fn repair(
         .agent
         .repair(pb::RepairRequest {
             target_id: req.target_id,
-            fencing_token: term.token,
+            fencing_token: term.agent_token(),
             revision,
             applied: req.applied,
         })

@@ -188,7 +188,7 @@ impl Engine {
     pub async fn snapshot(&self, include_history: bool) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         // While leading, every Status announces the term's token to the agents.
-        let token = self.term().map(|t| t.token).unwrap_or(0);
+        let token = self.term().map(|t| t.agent_token()).unwrap_or(0);
         let calls = agents.iter().map(|agent| async move {
             let req = pb::StatusRequest {
                 include_history,
@@ -249,7 +249,7 @@ impl Engine {
     }
 
     /// `req` to one agent, retried with backoff while it is unreachable.
-    async fn status_of_agent(
+    pub(super) async fn status_of_agent(
         &self,
         agent: &Arc<dyn AgentClient>,
         req: pb::StatusRequest,
@@ -288,7 +288,7 @@ impl Engine {
         allow_downgrade: bool,
     ) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
-        let token = self.term().map(|t| t.token).unwrap_or(0);
+        let token = self.term().map(|t| t.agent_token()).unwrap_or(0);
         let known: std::collections::HashMap<String, FleetEntry> = self
             .view
             .targets()
@@ -468,7 +468,7 @@ impl Engine {
         // Ask every agent about this one target only (agents that do not serve it answer
         // NOT_FOUND): one cheap call each instead of reading every target of the fleet.
         let agents = self.agents().await?;
-        let token = self.term().map(|t| t.token).unwrap_or(0);
+        let token = self.term().map(|t| t.agent_token()).unwrap_or(0);
         let calls = agents.iter().map(|agent| async move {
             let req = pb::StatusRequest {
                 target_ids: vec![target_id.to_owned()],

@@ -170,7 +170,7 @@ impl Engine {
         let req = pb::MigrateRequest {
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
-            fencing_token: term.token,
+            fencing_token: term.agent_token(),
             expected_state,
             transaction_per_step: rollout.spec.transaction_per_step,
             // The gate compares fingerprints: read on the Migrate's own connection.
@@ -294,7 +294,7 @@ impl Engine {
             .status(pb::StatusRequest {
                 target_ids: vec![rec.target_id.clone()],
                 include_history: false,
-                fencing_token: term.token,
+                fencing_token: term.agent_token(),
                 ..Default::default()
             })
             .await
