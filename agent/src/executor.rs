@@ -23,6 +23,7 @@ mod dirty;
 mod events;
 mod group;
 mod lock;
+mod probe;
 mod report;
 mod step;
 

@@ -44,7 +44,9 @@ pub fn from_wire_ms(ms: u64) -> Option<Duration> {
 
 /// The wire form of an optional duration (0 = not set), saturating.
 pub fn to_wire_ms(d: Option<Duration>) -> u64 {
-    d.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1))
+    d.map_or(0, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    })
 }
 
 /// Parse `500ms`, `90s`, `5m`, `1h` or plain seconds.

@@ -642,7 +642,10 @@ mod tests {
         assert_eq!(r.lock_timeout, Some(Duration::from_millis(500)));
         assert_eq!(r.statement_timeout, Some(Duration::from_secs(600)));
         assert_eq!(plain.lock_timeout, None);
-        assert_eq!(r.up_checksum(Dialect::Postgres), plain.up_checksum(Dialect::Postgres));
+        assert_eq!(
+            r.up_checksum(Dialect::Postgres),
+            plain.up_checksum(Dialect::Postgres)
+        );
         let e = parse(&format!(
             "-- revision: a\n-- lock-timeout: soon\n-- statement-timeout: 0s\n{body}"
         ))

@@ -101,6 +101,9 @@ pub struct LockConfig {
     pub wait: Duration,
     /// Longest pause between two `try_lock` polls (polls start at 10ms and double).
     pub max_poll_interval: Duration,
+    /// Default bound on each lock wait of a step's statements (`lock_timeout`,
+    /// `lock_wait_timeout`, `busy_timeout`); a rollout's or a revision's bound wins over it.
+    pub step_timeout: Duration,
 }
 
 impl Default for LockConfig {
@@ -108,6 +111,7 @@ impl Default for LockConfig {
         LockConfig {
             wait: Duration::from_secs(30),
             max_poll_interval: Duration::from_millis(250),
+            step_timeout: flotilla_core::bounds::DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -176,6 +180,9 @@ impl AgentConfig {
                 "retry.max_delay_ms",
                 "initial delay must be > 0 and max delay >= initial delay",
             ));
+        }
+        if self.lock.step_timeout.is_zero() {
+            return Err(invalid("lock.step_timeout_ms", "must be > 0"));
         }
         if self.lock.max_poll_interval.is_zero() {
             return Err(invalid("lock.max_poll_interval_ms", "must be > 0"));
