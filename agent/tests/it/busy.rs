@@ -161,7 +161,7 @@ async fn step_waits_at_most_its_bound_and_retries(
         .events
         .iter()
         .find_map(|e| match &e.event {
-            Some(Event::Succeeded(s)) => Some(s.clone()),
+            Some(Event::Succeeded(s)) => Some(*s),
             _ => None,
         })
         .context("no StepSucceeded")?;
