@@ -296,3 +296,62 @@ async fn postgres_retry_budget_exhausted_names_the_blocker() -> Result<()> {
 async fn mariadb_retry_budget_exhausted_names_the_blocker() -> Result<()> {
     retry_budget_exhausted_names_the_blocker(Dialect::Mysql).await
 }
+
+/// MariaDB DDL runs under the dirty protocol: a two-statement step whose second statement
+/// waits on the held table is not left dirty but retried from that statement (the first, a
+/// CREATE TABLE, is not run again, or the retry would fail on "table exists").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_ddl_step_resumes_after_its_done_statements() -> Result<()> {
+    let backend = Backend::start(Dialect::Mysql).await?;
+    let mut busy = busy(&backend).await?;
+    let agent = agent(vec![crate::support::target(
+        "t1",
+        Dialect::Mysql,
+        &busy.url,
+    )])
+    .await?;
+    let step = up(
+        REVISION,
+        "CREATE TABLE audit (id INT PRIMARY KEY);\nALTER TABLE accounts ADD COLUMN note VARCHAR(20);",
+    );
+    let mut stream = agent
+        .migrate(MigrateRequest {
+            step_lock_timeout_ms: 300,
+            retry_max_attempts: 100,
+            retry_max_elapsed_ms: 60_000,
+            ..migrate("t1", "r1", 1, vec![step])
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("migrate refused: {s:?}"))?;
+    let mut retries = 0;
+    while retries < 2 {
+        let ev = next_event(&mut stream).await?;
+        match ev.event {
+            Some(Event::Retrying(r)) => {
+                ensure!(r.error_class == "lock_timeout", "{r:?}");
+                retries += 1;
+            }
+            Some(Event::Succeeded(_) | Event::Failed(_)) => {
+                bail!("the step ended while the blocker held the table: {ev:?}")
+            }
+            _ => {}
+        }
+    }
+    // Meanwhile the target is dirty (the step is under way), with the first statement done.
+    let mut check = Db::connect(Dialect::Mysql, &busy.url).await?;
+    check.exec("SELECT id FROM audit").await?;
+    busy.blocker.exec("COMMIT").await?;
+    let rest = collect(stream).await?;
+    ensure!(rest.error.is_none(), "migrate failed: {:?}", rest.kinds());
+    let ts = status(&agent, "t1", true).await?;
+    ensure!(!ts.dirty, "target left dirty: {ts:?}");
+    let rows = ts
+        .history
+        .iter()
+        .filter(|h| h.revision == REVISION)
+        .map(|h| h.status.as_str())
+        .collect::<Vec<_>>();
+    ensure!(rows == ["applied"], "history of {REVISION}: {rows:?}");
+    check.exec("SELECT note FROM accounts").await?;
+    Ok(())
+}
