@@ -181,8 +181,13 @@ impl AgentConfig {
                 "initial delay must be > 0 and max delay >= initial delay",
             ));
         }
-        if self.lock.step_timeout.is_zero() {
-            return Err(invalid("lock.step_timeout_ms", "must be > 0"));
+        // PostgreSQL's lock_timeout is 32-bit milliseconds.
+        if self.lock.step_timeout.is_zero() || self.lock.step_timeout.as_millis() > i32::MAX as u128
+        {
+            return Err(invalid(
+                "lock.step_timeout_ms",
+                format!("must be 1 to {} (about 24 days)", i32::MAX),
+            ));
         }
         if self.lock.max_poll_interval.is_zero() {
             return Err(invalid("lock.max_poll_interval_ms", "must be > 0"));
