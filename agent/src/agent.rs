@@ -227,7 +227,20 @@ impl Agent {
     /// Request errors (invalid, unknown target, checksum mismatch) are returned before any
     /// event; everything after that is streamed.
     pub async fn migrate(&self, req: MigrateRequest) -> Result<EventStream, Status> {
-        let steps = check::migrate_request(&req)?;
+        let mut steps = check::migrate_request(&req)?;
+        for (spec, _) in &mut steps {
+            if spec.bounds.lock_timeout.is_zero() {
+                spec.bounds.lock_timeout = self.config.lock.step_timeout;
+            }
+        }
+        // The rollout's retry budget, where it sets one, replaces the agent's.
+        let mut retry = self.config.retry.clone();
+        if req.retry_max_attempts > 0 {
+            retry.max_attempts = req.retry_max_attempts;
+        }
+        if req.retry_max_elapsed_ms > 0 {
+            retry.max_elapsed = Duration::from_millis(req.retry_max_elapsed_ms);
+        }
         let target = self.targets.lookup(&req.target_id).await?;
         self.ensure_running(&target.id)?;
         self.check_fence(&target.id, req.fencing_token)?;
@@ -263,7 +276,7 @@ impl Agent {
             sink: EventSink::new(tx.clone(), target.id.clone()),
             target,
             meta: self.meta(&req.rollout_id, req.fencing_token),
-            retry: self.config.retry.clone(),
+            retry,
             lock: self.config.lock.clone(),
             lock_wait,
             cancel: self.shutdown.child_token(),

@@ -9,12 +9,14 @@
 use async_trait::async_trait;
 
 use flotilla_core::backup::BackupRecord;
+use flotilla_core::bounds::StepBounds;
 use flotilla_core::catalog::Catalog;
 pub use flotilla_core::error_class::ErrorClass;
 use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
 use flotilla_core::{Dialect, Direction};
 
+pub mod blockers;
 mod classify;
 mod common;
 pub(crate) mod foreign;
@@ -57,6 +59,8 @@ pub struct StepSpec {
     pub sql: String,
     pub checksum: String,
     pub transactional: bool,
+    /// How long its statements may wait for a lock (and run, when set).
+    pub bounds: StepBounds,
 }
 
 /// Told when each step of a transactional run is about to start (the executor streams
@@ -90,6 +94,17 @@ impl GroupFailure {
     pub fn at(index: usize) -> impl FnOnce(DriverError) -> GroupFailure {
         move |error| GroupFailure { index, error }
     }
+}
+
+/// A non-transactional step failed at a statement: the `done` statements before it ran (and
+/// committed, each on its own), the failing one and the rest did not.
+#[derive(Debug)]
+pub struct StatementFailure {
+    pub done: usize,
+    pub error: DriverError,
+    /// The failing statement applied nothing and the step may go on after the `done` ones
+    /// (MySQL: a lock wait timeout or a deadlock of a statement the splitter delimits).
+    pub resumable: bool,
 }
 
 /// Who is applying a step: recorded on the history row and used for the fence check.
@@ -186,6 +201,33 @@ pub trait Session: Send {
     /// Run `sql` outside an explicit transaction, one statement at a time where the dialect
     /// requires it (PostgreSQL `CREATE INDEX CONCURRENTLY`).
     async fn execute_non_transactional(&mut self, sql: &str) -> Result<(), DriverError>;
+
+    /// Run a non-transactional step's statements (core's splitter), one at a time, starting
+    /// after the first `from` of them (done by an earlier attempt), with the step's bounds on
+    /// lock waits set for them and the session's own restored after. On error: how many
+    /// statements are done in total.
+    async fn run_statements(
+        &mut self,
+        step: &StepSpec,
+        from: usize,
+    ) -> Result<(), StatementFailure>;
+
+    /// The server's id of this session's connection (PostgreSQL backend pid, MySQL connection
+    /// id), when known: what another session asks about while this one waits for a lock.
+    fn backend_id(&self) -> Option<u64> {
+        None
+    }
+
+    /// Read on ANOTHER connection while `waiter` (a `backend_id`) waits: the lock it waits
+    /// for and the sessions that hold it. `None` when it waits for no lock, or the dialect
+    /// cannot tell (SQLite).
+    async fn lock_blockers(
+        &mut self,
+        waiter: u64,
+    ) -> Result<Option<blockers::LockBlock>, DriverError> {
+        let _ = waiter;
+        Ok(None)
+    }
 
     /// Turn the dirty row `row_id` into `applied` with its duration.
     async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError>;

@@ -72,6 +72,22 @@ pub enum AgentError {
         attempts: u32,
         last_error: String,
     },
+    #[error(
+        "target {target}: step {revision}: could not get {what} within {}, {attempts} attempts, \
+         {blocked}; each attempt was rolled back, nothing of the step is applied: retry when \
+         the blocking transaction ends (or end it)",
+        flotilla_core::bounds::format_duration(*within)
+    )]
+    StepLockTimeout {
+        target: String,
+        revision: String,
+        /// "the lock on accounts" or "a lock".
+        what: String,
+        within: Duration,
+        attempts: u32,
+        /// Who held it, as last seen ("blocked by pid 12 running ...").
+        blocked: String,
+    },
     #[error("target {target}: step {revision} failed: {message}")]
     Sql {
         target: String,
@@ -131,7 +147,9 @@ impl AgentError {
             AgentError::TargetDirty { .. } => Reason::TargetDirty,
             AgentError::NotDirty { .. } => Reason::NotDirty,
             AgentError::NotAdoptable { .. } => Reason::NotAdoptable,
-            AgentError::LockTimeout { .. } => Reason::LockTimeout,
+            AgentError::LockTimeout { .. } | AgentError::StepLockTimeout { .. } => {
+                Reason::LockTimeout
+            }
             AgentError::RetriesExhausted { .. } => Reason::RetriesExhausted,
             AgentError::Sql { .. } | AgentError::Database { .. } => Reason::SqlError,
             AgentError::BackupFailed { .. } => Reason::BackupFailed,
@@ -156,7 +174,9 @@ impl AgentError {
             | AgentError::PlanStale { .. }
             | AgentError::BackupFailed { .. }
             | AgentError::NotAdoptable { .. } => Code::FailedPrecondition,
-            AgentError::LockTimeout { .. } => Code::DeadlineExceeded,
+            AgentError::LockTimeout { .. } | AgentError::StepLockTimeout { .. } => {
+                Code::DeadlineExceeded
+            }
             AgentError::RetriesExhausted { .. }
             | AgentError::Unavailable { .. }
             | AgentError::Cancelled { .. } => Code::Unavailable,
@@ -175,7 +195,9 @@ impl AgentError {
             }
             AgentError::StaleToken { .. } => FailureReason::StaleFencingToken,
             AgentError::TargetDirty { .. } => FailureReason::TargetDirty,
-            AgentError::LockTimeout { .. } => FailureReason::LockTimeout,
+            AgentError::LockTimeout { .. } | AgentError::StepLockTimeout { .. } => {
+                FailureReason::LockTimeout
+            }
             AgentError::RetriesExhausted { .. } | AgentError::Unavailable { .. } => {
                 FailureReason::RetriesExhausted
             }

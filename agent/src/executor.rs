@@ -8,13 +8,16 @@
 //! the state is read again first, so a step whose commit happened but whose reply was lost
 //! is recognised and not applied twice. The only transient error never retried is one
 //! raised while a non-transactional step's SQL runs: it may be half-applied, so the target
-//! stays dirty for an operator's `Repair`.
+//! stays dirty for an operator's `Repair` (except a MySQL lock wait timeout or deadlock,
+//! which applied nothing of its statement: the step resumes there). Every step runs with its
+//! lock-wait bound (`StepSpec::bounds`), so a lock timeout is one of the retried errors.
 //!
 //! Cancellation (agent shutdown, client gone) is checked between steps and during waits,
 //! never inside a database call: the step in flight commits or rolls back.
 //!
 //! Here: the request's run over its steps, its session and cached state (`Link`), and the
-//! backup before a step. Beside it: `executor/lock.rs` (lock waits), `executor/dirty.rs` (a
+//! backup before a step. Beside it: `executor/lock.rs` (lock waits), `executor/probe.rs`
+//! (who holds the lock a step waits for), `executor/dirty.rs` (a
 //! dirty-protocol step), `executor/group.rs` (a transactional run), `executor/step.rs` (how
 //! far a step got and whether it is already done), `executor/report.rs` (events and metrics
 //! at a step's and the run's end), `executor/events.rs` (the event stream).
@@ -23,6 +26,7 @@ mod dirty;
 mod events;
 mod group;
 mod lock;
+mod probe;
 mod report;
 mod step;
 

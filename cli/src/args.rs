@@ -48,20 +48,9 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Parse `500ms`, `90s`, `5m`, `1h` or plain seconds.
+/// Parse `500ms`, `90s`, `5m`, `1h` or plain seconds (the syntax revision headers use too).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
-    })
+    flotilla_core::bounds::parse_duration(s)
 }
 
 #[cfg(test)]

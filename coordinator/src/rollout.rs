@@ -110,6 +110,16 @@ pub struct RolloutSpec {
     /// Run revisions with destructive lint findings that their files do not allow.
     #[serde(default)]
     pub allow_destructive: bool,
+    /// Bound on each lock wait of a step, in milliseconds (0 = each agent's default); a
+    /// revision's `-- lock-timeout:` header wins over it.
+    #[serde(default)]
+    pub lock_timeout_ms: u64,
+    /// Retry budget per step: attempts, the first included (0 = each agent's default).
+    #[serde(default)]
+    pub retry_max_attempts: u32,
+    /// Retry budget per step: total time in milliseconds (0 = each agent's default).
+    #[serde(default)]
+    pub retry_max_elapsed_ms: u64,
 }
 
 impl Default for RolloutSpec {
@@ -127,6 +137,9 @@ impl Default for RolloutSpec {
             allow_blocked: false,
             transaction_per_step: false,
             allow_destructive: false,
+            lock_timeout_ms: 0,
+            retry_max_attempts: 0,
+            retry_max_elapsed_ms: 0,
         }
     }
 }
@@ -146,6 +159,9 @@ impl RolloutSpec {
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
             allow_destructive: self.allow_destructive,
+            lock_timeout_ms: self.lock_timeout_ms,
+            retry_max_attempts: self.retry_max_attempts,
+            retry_max_elapsed_ms: self.retry_max_elapsed_ms,
         }
     }
 
@@ -166,6 +182,14 @@ impl RolloutSpec {
             .collect::<Result<Vec<_>, _>>()?;
         if waves.len() > 1000 {
             return Err("more than 1000 waves".into());
+        }
+        // PostgreSQL's lock_timeout is 32-bit milliseconds.
+        if p.lock_timeout_ms > i32::MAX as u64 {
+            return Err(format!(
+                "lock timeout {} ms is longer than {} ms",
+                p.lock_timeout_ms,
+                i32::MAX
+            ));
         }
         let failure_budget = match &p.failure_budget {
             Some(b) => Budget::from_proto(b)?,
@@ -188,6 +212,9 @@ impl RolloutSpec {
             allow_blocked: p.allow_blocked,
             transaction_per_step: p.transaction_per_step,
             allow_destructive: p.allow_destructive,
+            lock_timeout_ms: p.lock_timeout_ms,
+            retry_max_attempts: p.retry_max_attempts,
+            retry_max_elapsed_ms: p.retry_max_elapsed_ms,
         })
     }
 }

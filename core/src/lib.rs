@@ -7,6 +7,7 @@
 //! sides of the wire and the pure planner can share it.
 
 pub mod backup;
+pub mod bounds;
 pub mod catalog;
 pub mod error_class;
 pub mod fencing;

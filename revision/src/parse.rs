@@ -4,7 +4,9 @@
 //! # File format (public contract, also in README.md)
 //!
 //! A header of `-- key: value` lines (keys `revision`, `revises`, `description`,
-//! `transactional`, `lint` (`allow <rule>[, <rule>...]`), `backup` (`true`/`false`); other comment lines without a `key:` and blank lines are allowed), then
+//! `transactional`, `lint` (`allow <rule>[, <rule>...]`), `backup` (`true`/`false`),
+//! `lock-timeout` and `statement-timeout` (`500ms`, `2s`, `10m`, `1h`); other comment lines
+//! without a `key:` and blank lines are allowed), then
 //! sections opened by marker lines `-- migrate:up`, `-- migrate:down`, optionally followed by a
 //! dialect (`postgres`, `mysql`, `sqlite`) that overrides the plain section for that dialect.
 //!
@@ -19,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use flotilla_core::{Dialect, checksum, is_valid_revision_id};
 
@@ -84,6 +87,11 @@ pub struct Revision {
     /// `-- backup: true`: the agent backs up the tables the up section touches before it runs,
     /// even when the linter finds nothing destructive.
     pub backup: bool,
+    /// `-- lock-timeout: 500ms`: the longest wait of one of its statements for a lock (wins
+    /// over the rollout's and the agent's bound).
+    pub lock_timeout: Option<Duration>,
+    /// `-- statement-timeout: 10m`: the longest run of one statement (PostgreSQL).
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Revision {
@@ -136,13 +144,15 @@ impl Revision {
 }
 
 /// Header values are mapped to these fixed keys.
-const KEYS: [&str; 6] = [
+const KEYS: [&str; 8] = [
     "revision",
     "revises",
     "description",
     "transactional",
     "lint",
     "backup",
+    "lock-timeout",
+    "statement-timeout",
 ];
 /// Ids that would read as a goal keyword.
 const RESERVED: [&str; 3] = ["head", "heads", "base"];
@@ -365,6 +375,37 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         },
     };
 
+    let mut timeout = |key: &'static str| {
+        let (v, line) = headers.get(key)?;
+        match flotilla_core::bounds::parse_duration(v) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                errors.push(err(
+                    Some(*line),
+                    ParseErrorKind::BadTimeout {
+                        key,
+                        value: (*v).into(),
+                        why: "it must be more than 0".into(),
+                    },
+                ));
+                None
+            }
+            Err(why) => {
+                errors.push(err(
+                    Some(*line),
+                    ParseErrorKind::BadTimeout {
+                        key,
+                        value: (*v).into(),
+                        why,
+                    },
+                ));
+                None
+            }
+        }
+    };
+    let lock_timeout = timeout("lock-timeout");
+    let statement_timeout = timeout("statement-timeout");
+
     let mut up = Sections::default();
     let mut down = Sections::default();
     for (k, (i, marker)) in markers.iter().enumerate() {
@@ -436,6 +477,8 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         revises_line,
         lint_allow,
         backup,
+        lock_timeout,
+        statement_timeout,
     })
 }
 
@@ -586,5 +629,33 @@ mod tests {
         assert!(check_revision_id("-3").is_err());
         assert!(check_revision_id("-3a").is_ok());
         assert!(check_revision_id("0001_init").is_ok());
+    }
+
+    #[test]
+    fn timeout_headers_bound_the_step_and_leave_the_checksum_alone() {
+        let body = "-- migrate:up\nALTER TABLE t ADD COLUMN c INT;\n";
+        let plain = parse(&format!("-- revision: a\n{body}")).unwrap();
+        let r = parse(&format!(
+            "-- revision: a\n-- lock-timeout: 500ms\n-- statement-timeout: 10m\n{body}"
+        ))
+        .unwrap();
+        assert_eq!(r.lock_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(r.statement_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(plain.lock_timeout, None);
+        assert_eq!(
+            r.up_checksum(Dialect::Postgres),
+            plain.up_checksum(Dialect::Postgres)
+        );
+        let e = parse(&format!(
+            "-- revision: a\n-- lock-timeout: soon\n-- statement-timeout: 0s\n{body}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            [
+                "m.sql:2: bad lock-timeout value \"soon\": bad duration \"soon\": write a number and a unit, like 500ms or 2s (write it like 500ms, 2s or 10m)",
+                "m.sql:3: bad statement-timeout value \"0s\": it must be more than 0 (write it like 500ms, 2s or 10m)",
+            ]
+        );
     }
 }

@@ -41,6 +41,9 @@ pub struct Args {
     /// Default bound on the migration lock wait, in milliseconds.
     #[arg(long, env = "FLOTILLA_LOCK_WAIT_MS")]
     pub lock_wait_ms: Option<u64>,
+    /// Default bound on each lock wait of a step's statements, in milliseconds (2000).
+    #[arg(long, env = "FLOTILLA_STEP_LOCK_TIMEOUT_MS")]
+    pub step_lock_timeout_ms: Option<u64>,
     /// First retry delay for transient errors, in milliseconds.
     #[arg(long, env = "FLOTILLA_RETRY_INITIAL_DELAY_MS")]
     pub retry_initial_delay_ms: Option<u64>,
@@ -97,6 +100,9 @@ impl Args {
         }
         if let Some(v) = self.lock_wait_ms {
             cfg.lock.wait = ms(v);
+        }
+        if let Some(v) = self.step_lock_timeout_ms {
+            cfg.lock.step_timeout = ms(v);
         }
         if let Some(v) = self.retry_initial_delay_ms {
             cfg.retry.initial_delay = ms(v);

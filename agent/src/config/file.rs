@@ -56,6 +56,7 @@ pub struct RawRetry {
 pub struct RawLock {
     pub wait_ms: Option<u64>,
     pub max_poll_interval_ms: Option<u64>,
+    pub step_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -197,6 +198,9 @@ impl RawConfig {
         if let Some(v) = self.lock.max_poll_interval_ms {
             cfg.lock.max_poll_interval = ms(v);
         }
+        if let Some(v) = self.lock.step_timeout_ms {
+            cfg.lock.step_timeout = ms(v);
+        }
         if let Some(v) = self.status.concurrency {
             cfg.status.concurrency = v;
         }
@@ -289,6 +293,7 @@ mod tests {
             max_attempts = 3
             [lock]
             wait_ms = 1500
+            step_timeout_ms = 500
             [[targets]]
             id = "t1"
             url = "postgres://u:secret@db/t1"
@@ -311,6 +316,7 @@ mod tests {
         assert_eq!(cfg.retry.max_attempts, 3);
         assert_eq!(cfg.retry.initial_delay, Duration::from_millis(50));
         assert_eq!(cfg.lock.wait, Duration::from_millis(1500));
+        assert_eq!(cfg.lock.step_timeout, Duration::from_millis(500));
         assert_eq!(cfg.targets[0].dialect, Dialect::Postgres);
         assert_eq!(cfg.targets[1].dialect, Dialect::Mysql);
         assert_eq!(cfg.targets[0].labels["tier"], "gold");
@@ -335,6 +341,7 @@ mod tests {
                 "targets[0].id",
             ),
             ("[retry]\nmax_attempts = 0", "retry.max_attempts"),
+            ("[lock]\nstep_timeout_ms = 0", "lock.step_timeout_ms"),
             ("[retry]\nbogus = 1", "unknown field"),
             (
                 "[[discover]]\nurl = \"postgres://h/db\"",

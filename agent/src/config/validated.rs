@@ -101,6 +101,9 @@ pub struct LockConfig {
     pub wait: Duration,
     /// Longest pause between two `try_lock` polls (polls start at 10ms and double).
     pub max_poll_interval: Duration,
+    /// Default bound on each lock wait of a step's statements (`lock_timeout`,
+    /// `lock_wait_timeout`, `busy_timeout`); a rollout's or a revision's bound wins over it.
+    pub step_timeout: Duration,
 }
 
 impl Default for LockConfig {
@@ -108,6 +111,7 @@ impl Default for LockConfig {
         LockConfig {
             wait: Duration::from_secs(30),
             max_poll_interval: Duration::from_millis(250),
+            step_timeout: flotilla_core::bounds::DEFAULT_LOCK_TIMEOUT,
         }
     }
 }
@@ -175,6 +179,14 @@ impl AgentConfig {
             return Err(invalid(
                 "retry.max_delay_ms",
                 "initial delay must be > 0 and max delay >= initial delay",
+            ));
+        }
+        // PostgreSQL's lock_timeout is 32-bit milliseconds.
+        if self.lock.step_timeout.is_zero() || self.lock.step_timeout.as_millis() > i32::MAX as u128
+        {
+            return Err(invalid(
+                "lock.step_timeout_ms",
+                format!("must be 1 to {} (about 24 days)", i32::MAX),
             ));
         }
         if self.lock.max_poll_interval.is_zero() {

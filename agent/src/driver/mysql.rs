@@ -22,6 +22,7 @@ use crate::driver::{Driver, DriverError, ErrorClass, Session};
 use flotilla_core::{Dialect, Secret};
 
 mod backup;
+mod blockers;
 mod catalog;
 mod discovery;
 mod history;
@@ -76,6 +77,7 @@ impl MysqlDriver {
         Ok(MysqlSession {
             conn: connect(&self.options).await?,
             locked: false,
+            id: None,
         })
     }
 }

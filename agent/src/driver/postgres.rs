@@ -19,6 +19,7 @@ use crate::driver::{Driver, DriverError, ErrorClass, Session};
 use flotilla_core::{Dialect, Secret};
 
 mod backup;
+mod blockers;
 mod catalog;
 mod discovery;
 mod history;
@@ -75,6 +76,7 @@ impl PostgresDriver {
             conn: connect(&self.options).await?,
             locked: false,
             schema_ready: false,
+            pid: None,
         })
     }
 }

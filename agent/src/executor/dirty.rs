@@ -1,6 +1,9 @@
 //! A dirty-protocol step (non-transactional, or MySQL DDL): mark the target dirty, run the
 //! SQL, mark the row clean, each its own commit, with retries of transient errors. An error
-//! while the SQL runs leaves the target dirty for an operator's `Repair`.
+//! while the SQL runs leaves the target dirty for an operator's `Repair`, except a MySQL
+//! statement that failed on its lock wait (1205) or a deadlock (1213): it applied nothing, so
+//! the step is retried from that statement (the ones before it are done). When the retry
+//! budget runs out with no statement done, the dirty row is abandoned: the target is clean.
 
 use std::time::Instant;
 
@@ -8,6 +11,7 @@ use flotilla_proto::step_event::Event;
 use flotilla_proto::{StepRetrying, StepStarted};
 
 use super::events::EventCtx;
+use super::probe::Seen;
 use super::step::{Outcome, Progress};
 use super::{Executor, Failure, Link, PlannedStep, millis};
 use crate::driver::{DriverError, ErrorClass};
@@ -25,9 +29,12 @@ impl Executor {
         let mut delays = self.retry.delays();
         let mut attempt = 0u32;
         let mut progress = Progress::Fresh;
+        let mut seen = Seen::default();
         loop {
             attempt += 1;
-            let res = self.attempt(link, step, attempt, &mut progress, ctx).await;
+            let res = self
+                .attempt(link, step, attempt, &mut progress, ctx, &mut seen)
+                .await;
             // A dirty-protocol step changes the state in several commits: read it afresh.
             link.invalidate();
             let err = match res {
@@ -48,13 +55,34 @@ impl Executor {
                         .next()
                         .filter(|d| started.elapsed() + *d <= self.retry.max_elapsed);
                     let Some(delay) = next else {
-                        let e = AgentError::RetriesExhausted {
-                            target: self.target.id.clone(),
-                            revision: step.spec.revision.clone(),
-                            attempts: attempt,
-                            last_error: format!("{class}: {message}"),
+                        let last = DriverError::Transient { class, message };
+                        let mut e = self.exhausted(
+                            &step.spec.revision,
+                            &step.spec.bounds,
+                            attempt,
+                            last,
+                            &seen,
+                        );
+                        let dirty = match progress {
+                            Progress::Executed { .. } => true,
+                            Progress::Marked { row_id, done: 0 } => {
+                                !self.abandon(link, step, row_id, ctx).await
+                            }
+                            Progress::Marked { done, .. } => {
+                                e = AgentError::Sql {
+                                    target: self.target.id.clone(),
+                                    revision: step.spec.revision.clone(),
+                                    message: format!(
+                                        "{e}; but statements 1 to {done} of the step ran before \
+                                         and stay applied, so the target is left dirty"
+                                    ),
+                                    dirty: true,
+                                    rolled_back: false,
+                                };
+                                true
+                            }
+                            _ => false,
                         };
-                        let dirty = matches!(progress, Progress::Executed { .. });
                         self.fail(ctx, step, &e, dirty).await;
                         return Err(e);
                     };
@@ -94,6 +122,7 @@ impl Executor {
         attempt: u32,
         progress: &mut Progress,
         ctx: &EventCtx,
+        seen: &mut Seen,
     ) -> Result<Outcome, Failure> {
         let (session, state) = self.state(link, ctx).await?;
         let state = &*state;
@@ -108,7 +137,10 @@ impl Executor {
                         }));
                     }
                     // Our dirty mark committed before the connection broke; the SQL never ran.
-                    *progress = Progress::Marked { row_id: d.id };
+                    *progress = Progress::Marked {
+                        row_id: d.id,
+                        done: 0,
+                    };
                 } else {
                     if let Some(outcome) = self.already_done(state, step, sent)? {
                         return Ok(outcome);
@@ -119,7 +151,7 @@ impl Executor {
                         .mark_dirty(&step.spec, &self.meta)
                         .await
                         .map_err(Failure::Driver)?;
-                    *progress = Progress::Marked { row_id };
+                    *progress = Progress::Marked { row_id, done: 0 };
                 }
             }
             Progress::Executed { row_id, .. } => {
@@ -142,13 +174,32 @@ impl Executor {
             }
             Progress::Marked { .. } | Progress::Executing { .. } => {}
         }
-        if let Progress::Marked { row_id } = *progress {
-            *progress = Progress::Executing { row_id };
+        if let Progress::Marked { row_id, done } = *progress {
+            *progress = Progress::Executing { row_id, done };
             let t0 = Instant::now();
-            session
-                .execute_non_transactional(&step.spec.sql)
-                .await
-                .map_err(Failure::Driver)?;
+            let waiter = session.backend_id();
+            let ran = self
+                .watched(
+                    waiter,
+                    step.spec.bounds.lock_timeout,
+                    seen,
+                    session.run_statements(&step.spec, done),
+                )
+                .await;
+            if let Err(f) = ran {
+                *progress = if f.resumable {
+                    Progress::Marked {
+                        row_id,
+                        done: f.done,
+                    }
+                } else {
+                    Progress::Executing {
+                        row_id,
+                        done: f.done,
+                    }
+                };
+                return Err(Failure::Driver(f.error));
+            }
             *progress = Progress::Executed {
                 row_id,
                 duration_ms: millis(t0.elapsed()),
@@ -168,6 +219,46 @@ impl Executor {
             other => Err(Failure::Fatal(AgentError::Internal(format!(
                 "step protocol reached an unexpected state {other:?}"
             )))),
+        }
+    }
+
+    /// Turn this step's dirty row (`row_id`, no statement of it ran) into `abandoned`, so the
+    /// target is not left dirty by a step that applied nothing. False when that failed (the
+    /// target then stays dirty for an operator).
+    async fn abandon(
+        &self,
+        link: &mut Link,
+        step: &PlannedStep,
+        row_id: i64,
+        ctx: &EventCtx,
+    ) -> bool {
+        let res = match self.state(link, ctx).await {
+            Ok((session, state)) => {
+                let ours = state.dirty().is_some_and(|d| d.id == row_id);
+                if !ours {
+                    return state.dirty().is_none();
+                }
+                session
+                    .repair(&step.spec.revision, false, &self.meta)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(Failure::Driver(e)) => Err(e.to_string()),
+            Err(Failure::Fatal(e)) => Err(e.to_string()),
+        };
+        link.invalidate();
+        match res {
+            Ok(()) => {
+                tracing::info!(
+                    row_id,
+                    "no statement of the step ran: its dirty mark is abandoned"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not abandon the dirty mark; the target stays dirty");
+                false
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use flotilla_proto::StepStarted;
 use flotilla_proto::step_event::Event;
 
 use super::events::EventCtx;
+use super::probe::Seen;
 use super::step::{Outcome, Progress};
 use super::{Executor, Failure, Link, PlannedStep, millis};
 use crate::driver::{DriverError, ErrorClass, StepObserver, StepSpec};
@@ -94,6 +95,8 @@ struct Carry {
     sent: bool,
     /// Steps already reported (skipped or applied), by index in the unit.
     reported: Vec<bool>,
+    /// Who held the lock the attempts waited for, as last seen.
+    seen: Seen,
 }
 
 impl Executor {
@@ -115,6 +118,7 @@ impl Executor {
         let mut carry = Carry {
             sent: false,
             reported: vec![false; unit.len()],
+            seen: Seen::default(),
         };
         loop {
             attempt += 1;
@@ -138,12 +142,14 @@ impl Executor {
                         .next()
                         .filter(|d| started.elapsed() + *d <= self.retry.max_elapsed);
                     let Some(delay) = next else {
-                        let e = AgentError::RetriesExhausted {
-                            target: self.target.id.clone(),
-                            revision: step.spec.revision.clone(),
-                            attempts: attempt,
-                            last_error: format!("{class}: {message}"),
-                        };
+                        let last = DriverError::Transient { class, message };
+                        let e = self.exhausted(
+                            &step.spec.revision,
+                            &step.spec.bounds,
+                            attempt,
+                            last,
+                            &carry.seen,
+                        );
                         self.fail(ctx, step, &e, false).await;
                         return Err(e);
                     };
@@ -255,7 +261,20 @@ impl Executor {
             spans,
         };
         carry.sent = true;
-        let applied = session.apply_group(&specs, &self.meta, &observer).await;
+        let bound = specs
+            .iter()
+            .map(|s| s.bounds.lock_timeout)
+            .min()
+            .unwrap_or_default();
+        let waiter = session.backend_id();
+        let applied = self
+            .watched(
+                waiter,
+                bound,
+                &mut carry.seen,
+                session.apply_group(&specs, &self.meta, &observer),
+            )
+            .await;
         match applied {
             Ok(rows) => {
                 for (&i, row) in todo.iter().zip(&rows) {

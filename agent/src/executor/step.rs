@@ -14,10 +14,13 @@ pub(super) enum Progress {
     Fresh,
     /// The step's transaction (or its dirty mark) was sent: it may have committed.
     Sent,
-    /// The dirty mark is committed; the SQL has not run.
-    Marked { row_id: i64 },
-    /// The non-transactional SQL is running (an error here leaves the target dirty).
-    Executing { row_id: i64 },
+    /// The dirty mark is committed; the first `done` statements of the SQL ran (MySQL: an
+    /// earlier attempt stopped at a lock wait or deadlock, which applied nothing of its
+    /// statement), the rest has not.
+    Marked { row_id: i64, done: usize },
+    /// The non-transactional SQL is running (an error here leaves the target dirty, except a
+    /// MySQL lock wait or deadlock, which returns to `Marked`).
+    Executing { row_id: i64, done: usize },
     /// The SQL ran; the dirty row remains to be marked clean.
     Executed { row_id: i64, duration_ms: u64 },
 }

@@ -7,6 +7,9 @@ use flotilla_proto::{MigrateRequest, RepairRequest, StampRequest, StatusRequest,
 use crate::config::{MAX_TARGET_ID_LEN, is_valid_target_id};
 use crate::driver::StepSpec;
 use crate::error::AgentError;
+use std::time::Duration;
+
+use flotilla_core::bounds::{StepBounds, from_wire_ms};
 use flotilla_core::{Direction, checksum, is_valid_revision_id};
 use flotilla_rpc::convert::DirectionProto;
 
@@ -18,6 +21,20 @@ pub const MAX_SQL_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LIST: usize = 100_000;
 /// Longest rollout id: `flotilla_history.rollout_id` is VARCHAR(128) on every dialect.
 pub const MAX_ROLLOUT_ID_LEN: usize = 128;
+/// Longest bound on a lock wait or a statement: PostgreSQL's `lock_timeout` and
+/// `statement_timeout` are 32-bit milliseconds (about 24 days).
+pub const MAX_BOUND_MS: u64 = i32::MAX as u64;
+
+fn bound_ms(field: &str, ms: u64) -> Result<(), AgentError> {
+    if ms > MAX_BOUND_MS {
+        return Err(invalid(
+            field,
+            format!("{ms} ms; at most {MAX_BOUND_MS} (PostgreSQL's limit)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Highest fencing token: tokens are stored in signed BIGINT columns (`flotilla_fence.token`,
 /// `flotilla_history.fencing_token`) on every dialect, and etcd revisions are int64 too.
 pub const MAX_FENCING_TOKEN: u64 = i64::MAX as u64;
@@ -141,6 +158,7 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
     if !req.expected_state.is_empty() {
         checksum_field("expected_state", &req.expected_state)?;
     }
+    bound_ms("step_lock_timeout_ms", req.step_lock_timeout_ms)?;
     if req.steps.is_empty() {
         return Err(invalid("steps", "is empty: send at least one step"));
     }
@@ -162,6 +180,8 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
             ));
         }
         checksum_field(&f("checksum"), &s.checksum)?;
+        bound_ms(&f("lock_timeout_ms"), s.lock_timeout_ms)?;
+        bound_ms(&f("statement_timeout_ms"), s.statement_timeout_ms)?;
         if !s.up_checksum.is_empty() {
             checksum_field(&f("up_checksum"), &s.up_checksum)?;
         }
@@ -195,6 +215,16 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
                 sql: s.sql.clone(),
                 checksum: computed,
                 transactional: s.transactional,
+                // The agent's default applies where neither the step nor the request sets
+                // one (`Agent::migrate`).
+                bounds: StepBounds {
+                    lock_timeout: StepBounds::resolve(
+                        from_wire_ms(s.lock_timeout_ms),
+                        from_wire_ms(req.step_lock_timeout_ms),
+                        Duration::ZERO,
+                    ),
+                    statement_timeout: from_wire_ms(s.statement_timeout_ms),
+                },
             },
             s.up_checksum.to_ascii_lowercase(),
         ));
@@ -256,6 +286,7 @@ mod tests {
             transactional: true,
             up_checksum: String::new(),
             backup_tables: vec![],
+            ..Default::default()
         }
     }
 
@@ -276,6 +307,26 @@ mod tests {
             Err(e) => format!("other: {e}"),
             Ok(_) => "ok".into(),
         }
+    }
+
+    #[test]
+    fn bounds_come_from_the_step_then_the_request_and_are_checked() {
+        let mut r = req(vec![step("a", "select 1"), step("b", "select 2")]);
+        r.step_lock_timeout_ms = 300;
+        r.steps[0].lock_timeout_ms = 100;
+        r.steps[0].statement_timeout_ms = 60_000;
+        let Ok(steps) = migrate_request(&r) else {
+            panic!("refused")
+        };
+        assert_eq!(steps[0].0.bounds.lock_timeout, Duration::from_millis(100));
+        assert_eq!(
+            steps[0].0.bounds.statement_timeout,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(steps[1].0.bounds.lock_timeout, Duration::from_millis(300));
+        assert_eq!(steps[1].0.bounds.statement_timeout, None);
+        r.steps[1].lock_timeout_ms = MAX_BOUND_MS + 1;
+        assert_eq!(field_of(migrate_request(&r)), "steps[1].lock_timeout_ms");
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn step(revision: &str, sql: &str) -> StepSpec {
         sql: sql.into(),
         checksum: checksum(sql),
         transactional: true,
+        bounds: Default::default(),
     }
 }
 

@@ -119,6 +119,7 @@ fn step() -> impl Strategy<Value = Step> {
                 transactional,
                 up_checksum,
                 backup_tables: vec![],
+                ..Default::default()
             },
         )
 }
@@ -149,6 +150,7 @@ fn request() -> impl Strategy<Value = Req> {
                     expected_state,
                     transaction_per_step,
                     report_fingerprint,
+                    ..Default::default()
                 })
             }),
         2 => (target_id(), token(), proptest::collection::vec(expected(), 0..3), direction(), rollout_id())

@@ -1,5 +1,6 @@
 //! Agent integration tests: one test binary, one module per area.
 
+mod busy;
 mod discovery;
 mod drivers;
 mod fault;

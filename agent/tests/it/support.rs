@@ -29,6 +29,7 @@ pub(crate) fn up(revision: &str, sql: &str) -> Step {
         transactional: true,
         up_checksum: String::new(),
         backup_tables: vec![],
+        ..Default::default()
     }
 }
 
@@ -66,6 +67,7 @@ pub(crate) fn config(targets: Vec<TargetConfig>) -> AgentConfig {
         lock: LockConfig {
             wait: Duration::from_secs(5),
             max_poll_interval: Duration::from_millis(50),
+            ..LockConfig::default()
         },
         ..AgentConfig::default()
     }

@@ -2,13 +2,21 @@
 //! [`Selector`], [`SpecArgs`] (goal, waves, parallelism, budget, permissions) a
 //! [`RolloutSpec`] for `plan` and `rollout start`.
 
+use std::time::Duration;
+
 use clap::Args;
 
 use flotilla_coordinator::rollout::{
     Budget, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
 };
 
+use crate::args::parse_duration;
 use crate::error::CliError;
+
+/// A flag's duration in wire milliseconds (0 = not given).
+fn ms(d: Option<Duration>) -> u64 {
+    flotilla_core::bounds::to_wire_ms(d)
+}
 
 /// Which targets: `--selector tier=gold,region=eu` and/or `--target ID` (repeatable).
 #[derive(Debug, Clone, Args, Default)]
@@ -84,6 +92,16 @@ pub struct SpecArgs {
     /// that their file does not allow with `-- lint: allow destructive`
     #[arg(long, env = "FLOTILLA_ALLOW_DESTRUCTIVE")]
     pub allow_destructive: bool,
+    /// Bound on each lock wait of a step (e.g. 500ms; default: each agent's, 2s); a
+    /// revision's `-- lock-timeout:` header wins. A step that hits it rolls back and retries
+    #[arg(long, value_parser = parse_duration, env = "FLOTILLA_LOCK_TIMEOUT")]
+    pub lock_timeout: Option<Duration>,
+    /// Retry budget per step: attempts, the first included (default: each agent's, 8)
+    #[arg(long, env = "FLOTILLA_RETRY_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_attempts: Option<u32>,
+    /// Retry budget per step: total time (e.g. 30s; default: each agent's, 60s)
+    #[arg(long, value_parser = parse_duration, env = "FLOTILLA_RETRY_MAX_TIME")]
+    pub retry_max_time: Option<Duration>,
 }
 
 impl SpecArgs {
@@ -108,6 +126,9 @@ impl SpecArgs {
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
             allow_destructive: self.allow_destructive,
+            lock_timeout_ms: ms(self.lock_timeout),
+            retry_max_attempts: self.retry_attempts.unwrap_or(0),
+            retry_max_elapsed_ms: ms(self.retry_max_time),
         })
     }
 }

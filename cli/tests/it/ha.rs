@@ -308,6 +308,7 @@ async fn a_stale_leader_is_fenced_by_etcd_and_by_the_agents() -> Result<()> {
                     transactional: true,
                     up_checksum: String::new(),
                     backup_tables: vec![],
+                    ..Default::default()
                 }],
                 lock_wait_ms: 0,
                 ..Default::default()

@@ -2,6 +2,7 @@
 
 mod adopt;
 mod backups;
+mod busy;
 mod cli_online;
 mod dashboards;
 mod destructive;

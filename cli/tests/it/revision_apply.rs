@@ -95,6 +95,7 @@ async fn run_plan(
                 .map(|r| r.up_checksum(d))
                 .unwrap_or_default(),
             backup_tables: vec![],
+            ..Default::default()
         })
         .collect();
     let mut stream = agent

@@ -261,6 +261,30 @@ fn check_reports_errors_and_warnings_with_exit_codes() {
 }
 
 #[test]
+fn check_validates_timeout_headers_with_file_and_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("0001.sql"),
+        "-- revision: 0001\n-- lock-timeout: 500ms\n-- statement-timeout: 10m\n-- migrate:up\nCREATE TABLE t (id int);\n-- migrate:down\nDROP TABLE t;\n",
+    )
+    .expect("write");
+    assert_eq!(flotilla(dir, &["check"]).code, 0);
+    std::fs::write(
+        dir.join("0002.sql"),
+        "-- revision: 0002\n-- revises: 0001\n-- lock-timeout: 2 seconds\n-- migrate:up\nALTER TABLE t ADD COLUMN c int;\n-- migrate:down\nALTER TABLE t DROP COLUMN c;\n",
+    )
+    .expect("write");
+    let r = flotilla(dir, &["check"]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    let text = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        text.contains("0002.sql:3: error[bad_timeout]: bad lock-timeout value \"2 seconds\""),
+        "{text}"
+    );
+}
+
+#[test]
 fn missing_directory_is_an_error_with_a_hint() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let r = flotilla(&tmp.path().join("absent"), &["revisions"]);

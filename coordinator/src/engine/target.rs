@@ -22,6 +22,7 @@ use flotilla_revision::PlannedStep;
 use super::batch::TargetWriter;
 use super::snapshot::{FleetEntry, TargetPlanOutcome, plan_target, state_digest_of};
 use super::{Engine, EngineError, Term};
+use flotilla_core::bounds::to_wire_ms;
 use flotilla_rpc::convert::DirectionProto;
 
 /// The agent's reason for a refused stale plan.
@@ -175,6 +176,9 @@ impl Engine {
             transaction_per_step: rollout.spec.transaction_per_step,
             // The gate compares fingerprints: read on the Migrate's own connection.
             report_fingerprint: rollout.spec.fingerprint_gate,
+            step_lock_timeout_ms: rollout.spec.lock_timeout_ms,
+            retry_max_attempts: rollout.spec.retry_max_attempts,
+            retry_max_elapsed_ms: rollout.spec.retry_max_elapsed_ms,
             steps: steps
                 .iter()
                 .map(|s| pb::Step {
@@ -194,6 +198,15 @@ impl Engine {
                         }
                         flotilla_core::Direction::Down => vec![],
                     },
+                    // The revision's own bounds (headers) win over the rollout's.
+                    lock_timeout_ms: to_wire_ms(
+                        self.graph.get(&s.revision).and_then(|r| r.lock_timeout),
+                    ),
+                    statement_timeout_ms: to_wire_ms(
+                        self.graph
+                            .get(&s.revision)
+                            .and_then(|r| r.statement_timeout),
+                    ),
                 })
                 .collect(),
             lock_wait_ms: 0,

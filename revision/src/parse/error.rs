@@ -14,7 +14,7 @@ pub enum ParseErrorKind {
     #[error("cannot read: {message}")]
     Io { message: String },
     #[error(
-        "unknown header key {key:?}: expected revision, revises, description, transactional, lint or backup"
+        "unknown header key {key:?}: expected revision, revises, description, transactional, lint, backup, lock-timeout or statement-timeout"
     )]
     UnknownKey { key: String },
     #[error("header key {key:?} given twice")]
@@ -34,6 +34,12 @@ pub enum ParseErrorKind {
     UnknownLintRule { rule: String },
     #[error("bad backup value {value:?}: expected true or false")]
     BadBackup { value: String },
+    #[error("bad {key} value {value:?}: {why} (write it like 500ms, 2s or 10m)")]
+    BadTimeout {
+        key: &'static str,
+        value: String,
+        why: String,
+    },
     #[error("{message}")]
     LintConfig { message: String },
     #[error("statement outside a section: put SQL after `-- migrate:up` or `-- migrate:down`")]
@@ -76,6 +82,7 @@ impl ParseErrorKind {
             ParseErrorKind::BadLint { .. } => "bad_lint",
             ParseErrorKind::UnknownLintRule { .. } => "unknown_lint_rule",
             ParseErrorKind::BadBackup { .. } => "bad_backup",
+            ParseErrorKind::BadTimeout { .. } => "bad_timeout",
             ParseErrorKind::LintConfig { .. } => "lint_config",
             ParseErrorKind::OutsideSection => "outside_section",
             ParseErrorKind::UnknownMarker { .. } => "unknown_marker",

@@ -48,7 +48,7 @@ fn unknown_key() {
             "-- revision: a\n-- revison: typo\n-- migrate:up\nSELECT 1;\n"
         ),
         [
-            "m/a.sql:2: unknown header key \"revison\": expected revision, revises, description, transactional, lint or backup"
+            "m/a.sql:2: unknown header key \"revison\": expected revision, revises, description, transactional, lint, backup, lock-timeout or statement-timeout"
         ]
     );
 }

@@ -10,14 +10,20 @@ use sqlx::{AssertSqlSafe, Connection};
 use super::catalog::catalog;
 use super::history::{SCHEMA, fence, insert_history, raw_row};
 use super::{D, backup, finish, mysql_needs_dirty_protocol, text};
+use crate::driver::blockers::LockBlock;
 use crate::driver::classify::on;
 use crate::driver::common::{
     CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
     now_ms, to_db,
 };
-use crate::driver::{DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
+use crate::driver::{
+    DriverError, ErrorClass, GroupFailure, Session, StatementFailure, StepMeta, StepObserver,
+    StepSpec,
+};
+use flotilla_core::bounds::StepBounds;
 use flotilla_core::catalog::Catalog;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::split::{first_keyword, split_statements};
 use flotilla_core::{Dialect, Direction};
 
 /// `GET_LOCK` names are limited to 64 characters: long database names are hashed.
@@ -29,6 +35,37 @@ pub struct MysqlSession {
     pub(super) conn: MySqlConnection,
     /// Whether this session holds the named lock (taken once, not nested).
     pub(super) locked: bool,
+    /// `CONNECTION_ID()`, learnt with the migration lock.
+    pub(super) id: Option<u64>,
+}
+
+/// MySQL's lock waits are whole seconds: a bound below 1 s waits 1 s.
+fn wait_secs(bounds: &StepBounds) -> u64 {
+    bounds.lock_timeout.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// Bound the session's metadata-lock (`lock_wait_timeout`) and row-lock
+/// (`innodb_lock_wait_timeout`) waits for the statements that follow.
+async fn set_bounds(conn: &mut MySqlConnection, bounds: &StepBounds) -> Result<(), sqlx::Error> {
+    let secs = wait_secs(bounds);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET SESSION lock_wait_timeout = {secs}, innodb_lock_wait_timeout = {secs}"
+    )))
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Whether a statement is a stored program (`CREATE PROCEDURE/FUNCTION/TRIGGER/EVENT`),
+/// whose body the splitter cannot delimit: a step with one is sent whole and not resumed.
+fn is_compound(stmt: &str) -> bool {
+    first_keyword(stmt, Dialect::Mysql).as_deref() == Some("CREATE")
+        && stmt.split_whitespace().take(8).any(|w| {
+            matches!(
+                w.to_ascii_uppercase().as_str(),
+                "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT"
+            )
+        })
 }
 
 #[async_trait]
@@ -72,11 +109,14 @@ impl Session for MysqlSession {
         if self.locked {
             return Ok(true);
         }
-        let sql = format!("SELECT CAST(GET_LOCK({LOCK_NAME}, 0) AS SIGNED)");
-        let got: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+        let sql = format!(
+            "SELECT CAST(GET_LOCK({LOCK_NAME}, 0) AS SIGNED), CAST(CONNECTION_ID() AS UNSIGNED)"
+        );
+        let (got, id): (Option<i64>, u64) = sqlx::query_as(AssertSqlSafe(sql))
             .fetch_one(&mut self.conn)
             .await
             .map_err(on(D, "take migration lock"))?;
+        self.id = Some(id);
         self.locked = got == Some(1);
         Ok(self.locked)
     }
@@ -163,6 +203,11 @@ impl Session for MysqlSession {
             });
         }
         let last = steps.len().saturating_sub(1);
+        let first = steps.first().map(|s| s.bounds).unwrap_or_default();
+        set_bounds(&mut self.conn, &first)
+            .await
+            .map_err(on(D, "set lock wait timeout"))
+            .map_err(GroupFailure::at(0))?;
         let mut tx = self
             .conn
             .begin()
@@ -178,6 +223,12 @@ impl Session for MysqlSession {
                 }
                 let context = format!("apply {} {}", step.revision, step.direction);
                 let started = Instant::now();
+                if wait_secs(&step.bounds) != wait_secs(&first) {
+                    set_bounds(&mut tx, &step.bounds)
+                        .await
+                        .map_err(on(D, "set lock wait timeout"))
+                        .map_err(GroupFailure::at(i))?;
+                }
                 // MySQL refuses a query with no statement ("Query was empty"): a section
                 // holding only comments (a merge revision) is a no-op that is still recorded.
                 if !flotilla_core::split::split_statements(&step.sql, Dialect::Mysql).is_empty() {
@@ -250,6 +301,81 @@ impl Session for MysqlSession {
             .await
             .map_err(on(D, "run non-transactional step"))?;
         Ok(())
+    }
+
+    async fn run_statements(
+        &mut self,
+        step: &StepSpec,
+        from: usize,
+    ) -> Result<(), StatementFailure> {
+        use futures::TryStreamExt;
+        // A lock wait timeout (1205) or deadlock (1213) applied nothing of its statement.
+        let at = |done: usize| {
+            move |error: DriverError| StatementFailure {
+                done,
+                resumable: matches!(
+                    error.class(),
+                    Some(ErrorClass::LockTimeout | ErrorClass::Deadlock)
+                ),
+                error,
+            }
+        };
+        let statements = split_statements(&step.sql, Dialect::Mysql);
+        if statements.len() <= from {
+            return Ok(());
+        }
+        set_bounds(&mut self.conn, &step.bounds)
+            .await
+            .map_err(on(D, "set lock wait timeout"))
+            .map_err(at(from))?;
+        let result = if from == 0 && statements.iter().any(|s| is_compound(s)) {
+            // Sent whole (the server delimits stored programs); on error, the statements
+            // that completed are counted from the results the server sent before it.
+            let mut done = 0;
+            let mut stream =
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str())).fetch_many(&mut self.conn);
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(sqlx::Either::Left(_))) => done += 1,
+                    Ok(Some(sqlx::Either::Right(_))) => {}
+                    Ok(None) => break Ok(()),
+                    Err(e) => {
+                        // The splitter cannot find where a stored program ends: resume only
+                        // when nothing ran.
+                        let mut f = at(done)(on(D, "run non-transactional step")(e));
+                        f.resumable &= done == 0;
+                        break Err(f);
+                    }
+                }
+            }
+        } else {
+            let mut result = Ok(());
+            for (i, stmt) in statements.iter().enumerate().skip(from) {
+                let context = format!("run non-transactional statement {}", i + 1);
+                if let Err(e) = sqlx::raw_sql(AssertSqlSafe(*stmt))
+                    .execute(&mut self.conn)
+                    .await
+                {
+                    result = Err(at(i)(on(D, &context)(e)));
+                    break;
+                }
+            }
+            result
+        };
+        let _ = sqlx::raw_sql(
+            "SET SESSION lock_wait_timeout = DEFAULT, innodb_lock_wait_timeout = DEFAULT",
+        )
+        .execute(&mut self.conn)
+        .await;
+        result
+    }
+
+    fn backend_id(&self) -> Option<u64> {
+        self.id
+    }
+
+    async fn lock_blockers(&mut self, waiter: u64) -> Result<Option<LockBlock>, DriverError> {
+        super::blockers::lock_blockers(&mut self.conn, waiter).await
     }
 
     async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {

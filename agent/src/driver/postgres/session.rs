@@ -11,13 +11,17 @@ use super::catalog::catalog;
 use super::history::{begin_write, fence, insert_history, raw_row, tables_exist};
 use super::simple::{result_sets, simple_bool};
 use super::{D, backup, finish};
+use crate::driver::blockers::LockBlock;
 use crate::driver::classify::on;
 use crate::driver::common::{
     CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
     to_db,
 };
-use crate::driver::{DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
+use crate::driver::{
+    DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver, StepSpec,
+};
 use flotilla_core::Direction;
+use flotilla_core::bounds::StepBounds;
 use flotilla_core::catalog::Catalog;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
 use flotilla_core::split::split_statements;
@@ -35,6 +39,21 @@ pub struct PostgresSession {
     /// transaction that created them. Until then every writing transaction creates them
     /// first (`begin_write`).
     pub(super) schema_ready: bool,
+    /// The backend pid, learnt with the migration lock (no round trip of its own).
+    pub(super) pid: Option<u64>,
+}
+
+/// `SET [LOCAL]` statements that bound the step's lock waits (and statements, when set).
+fn bounds_sql(bounds: &StepBounds, local: bool) -> String {
+    let scope = if local { "LOCAL " } else { "" };
+    let statement = bounds.statement_timeout.map_or_else(
+        || "DEFAULT".to_owned(),
+        |d| format!("'{}ms'", d.as_millis()),
+    );
+    format!(
+        "SET {scope}lock_timeout = '{}ms'; SET {scope}statement_timeout = {statement};\n",
+        bounds.lock_timeout.as_millis().max(1)
+    )
 }
 
 #[async_trait]
@@ -51,12 +70,17 @@ impl Session for PostgresSession {
         if self.locked {
             return Ok(true);
         }
-        let taken = simple_bool(
-            &mut self.conn,
-            format!("SELECT pg_try_advisory_lock({LOCK_KEY})"),
-        )
+        // The backend pid comes with it: what a second connection asks about while a step
+        // of this session waits for a lock.
+        let row = sqlx::raw_sql(AssertSqlSafe(format!(
+            "SELECT pg_try_advisory_lock({LOCK_KEY}), pg_backend_pid()"
+        )))
+        .fetch_one(&mut self.conn)
         .await
         .map_err(on(D, "take migration lock"))?;
+        let taken: bool = row.try_get(0).map_err(on(D, "take migration lock"))?;
+        let pid: i32 = row.try_get(1).map_err(on(D, "read backend pid"))?;
+        self.pid = u64::try_from(pid).ok();
         self.locked = taken;
         Ok(taken)
     }
@@ -137,7 +161,9 @@ impl Session for PostgresSession {
                 }
                 let context = format!("apply {} {}", step.revision, step.direction);
                 let started = Instant::now();
-                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                // The step's bounds ride in the same round trip, for this transaction only.
+                let sql = format!("{}{}", bounds_sql(&step.bounds, true), step.sql);
+                sqlx::raw_sql(AssertSqlSafe(sql))
                     .execute(&mut *tx)
                     .await
                     .map_err(on(D, &context))
@@ -205,6 +231,53 @@ impl Session for PostgresSession {
                 .map_err(on(D, &context))?;
         }
         Ok(())
+    }
+
+    async fn run_statements(
+        &mut self,
+        step: &StepSpec,
+        from: usize,
+    ) -> Result<(), StatementFailure> {
+        let at = |done: usize| {
+            move |error| StatementFailure {
+                done,
+                error,
+                resumable: false,
+            }
+        };
+        sqlx::raw_sql(AssertSqlSafe(bounds_sql(&step.bounds, false)))
+            .execute(&mut self.conn)
+            .await
+            .map_err(on(D, "set lock timeout"))
+            .map_err(at(from))?;
+        let mut result = Ok(());
+        for (i, stmt) in split_statements(&step.sql, D)
+            .into_iter()
+            .enumerate()
+            .skip(from)
+        {
+            let context = format!("run non-transactional statement {}", i + 1);
+            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(stmt))
+                .execute(&mut self.conn)
+                .await
+            {
+                result = Err(at(i)(on(D, &context)(e)));
+                break;
+            }
+        }
+        // Back to the session's own values; a broken connection is dropped anyway.
+        let _ = sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout")
+            .execute(&mut self.conn)
+            .await;
+        result
+    }
+
+    fn backend_id(&self) -> Option<u64> {
+        self.pid
+    }
+
+    async fn lock_blockers(&mut self, waiter: u64) -> Result<Option<LockBlock>, DriverError> {
+        super::blockers::lock_blockers(&mut self.conn, waiter).await
     }
 
     async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {

@@ -15,10 +15,13 @@ use super::history::{SCHEMA, fence, insert_history, raw_row};
 use super::{D, backup};
 use crate::driver::classify::on;
 use crate::driver::common::{HISTORY_COLUMNS, history_row, millis, new_row, no_dirty_row, to_db};
-use crate::driver::{DriverError, GroupFailure, Session, StepMeta, StepObserver, StepSpec};
+use crate::driver::{
+    DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver, StepSpec,
+};
 use flotilla_core::Direction;
 use flotilla_core::catalog::Catalog;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use std::time::Duration;
 
 /// One connection to a SQLite database, plus the migration lock file while it is held.
 pub struct SqliteSession {
@@ -28,6 +31,18 @@ pub struct SqliteSession {
     pub(super) lock: Option<File>,
     /// A read-only session's place among [`read_permits`].
     pub(super) _read: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// `PRAGMA busy_timeout`: how long the connection waits for another's write lock.
+async fn busy_timeout(conn: &mut SqliteConnection, wait: Duration) -> Result<(), DriverError> {
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "PRAGMA busy_timeout = {}",
+        wait.as_millis().clamp(1, i32::MAX as u128)
+    )))
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(on(D, "set busy timeout"))
 }
 
 /// How many read-only sessions (Status, Validate) may be open at once in this process: one
@@ -56,6 +71,68 @@ impl SqliteSession {
             names.iter().any(|n| n == "flotilla_history"),
             names.iter().any(|n| n == "flotilla_fence"),
         ))
+    }
+}
+
+impl SqliteSession {
+    /// `apply_group` once the busy timeout is set.
+    async fn apply_group_bounded(
+        &mut self,
+        steps: &[StepSpec],
+        meta: &StepMeta,
+        observer: &dyn StepObserver,
+        last: usize,
+    ) -> Result<Vec<HistoryRow>, GroupFailure> {
+        let mut tx = self
+            .conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(on(D, "begin transaction"))
+            .map_err(GroupFailure::at(0))?;
+        let result = async {
+            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            let mut rows = Vec::with_capacity(steps.len());
+            for (i, step) in steps.iter().enumerate() {
+                if !observer.started(i).await {
+                    break;
+                }
+                let context = format!("apply {} {}", step.revision, step.direction);
+                let started = Instant::now();
+                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, &context))
+                    .map_err(GroupFailure::at(i))?;
+                let row = new_row(
+                    &step.revision,
+                    &step.checksum,
+                    step.direction,
+                    RowStatus::Applied,
+                    millis(started.elapsed()),
+                    meta,
+                );
+                rows.push(
+                    insert_history(&mut tx, row)
+                        .await
+                        .map_err(GroupFailure::at(i))?,
+                );
+            }
+            Ok(rows)
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                tx.commit()
+                    .await
+                    .map_err(on(D, "commit"))
+                    .map_err(GroupFailure::at(last))?;
+                Ok(rows)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -165,56 +242,37 @@ impl Session for SqliteSession {
         observer: &dyn StepObserver,
     ) -> Result<Vec<HistoryRow>, GroupFailure> {
         let last = steps.len().saturating_sub(1);
-        let mut tx = self
-            .conn
-            .begin_with("BEGIN IMMEDIATE")
+        // The step's bound on waiting for the write lock; the session's own is restored after.
+        let wait = steps
+            .iter()
+            .map(|s| s.bounds.lock_timeout)
+            .min()
+            .unwrap_or(flotilla_core::bounds::DEFAULT_LOCK_TIMEOUT);
+        busy_timeout(&mut self.conn, wait)
             .await
-            .map_err(on(D, "begin transaction"))
             .map_err(GroupFailure::at(0))?;
-        let result = async {
-            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
-            let mut rows = Vec::with_capacity(steps.len());
-            for (i, step) in steps.iter().enumerate() {
-                if !observer.started(i).await {
-                    break;
-                }
-                let context = format!("apply {} {}", step.revision, step.direction);
-                let started = Instant::now();
-                sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(on(D, &context))
-                    .map_err(GroupFailure::at(i))?;
-                let row = new_row(
-                    &step.revision,
-                    &step.checksum,
-                    step.direction,
-                    RowStatus::Applied,
-                    millis(started.elapsed()),
-                    meta,
-                );
-                rows.push(
-                    insert_history(&mut tx, row)
-                        .await
-                        .map_err(GroupFailure::at(i))?,
-                );
-            }
-            Ok(rows)
-        }
-        .await;
-        match result {
-            Ok(rows) => {
-                tx.commit()
-                    .await
-                    .map_err(on(D, "commit"))
-                    .map_err(GroupFailure::at(last))?;
-                Ok(rows)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let result = self.apply_group_bounded(steps, meta, observer, last).await;
+        let _ = busy_timeout(&mut self.conn, super::BUSY_TIMEOUT).await;
+        result
+    }
+
+    async fn run_statements(
+        &mut self,
+        step: &StepSpec,
+        from: usize,
+    ) -> Result<(), StatementFailure> {
+        // SQLite steps are not resumed: a failure counts nothing as done.
+        let at = |error| StatementFailure {
+            done: from,
+            error,
+            resumable: false,
+        };
+        busy_timeout(&mut self.conn, step.bounds.lock_timeout)
+            .await
+            .map_err(at)?;
+        let result = self.execute_non_transactional(&step.sql).await.map_err(at);
+        let _ = busy_timeout(&mut self.conn, super::BUSY_TIMEOUT).await;
+        result
     }
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {
