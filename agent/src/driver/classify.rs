@@ -76,6 +76,26 @@ fn classify_database(dialect: Dialect, db: &dyn DatabaseError) -> (Option<ErrorC
     }
 }
 
+/// Every class a `dialect`'s errors can be retried for: what the classifiers below return,
+/// plus the connection errors (I/O, pool) every dialect can meet and the driver-made ones
+/// (a lost connection, SQLite's busy timeout). The retry counter is created at 0 for each.
+pub(crate) fn transient_classes(dialect: Dialect) -> &'static [ErrorClass] {
+    match dialect {
+        Dialect::Postgres => &[
+            ErrorClass::Connection,
+            ErrorClass::Serialization,
+            ErrorClass::Deadlock,
+            ErrorClass::LockTimeout,
+        ],
+        Dialect::Mysql => &[
+            ErrorClass::Connection,
+            ErrorClass::Deadlock,
+            ErrorClass::LockTimeout,
+        ],
+        Dialect::Sqlite => &[ErrorClass::Connection, ErrorClass::Busy],
+    }
+}
+
 /// PostgreSQL SQLSTATE → transient class.
 pub(crate) fn postgres_class(sqlstate: &str) -> Option<ErrorClass> {
     match sqlstate {
@@ -129,6 +149,29 @@ mod tests {
         assert_eq!(sqlite_class(517), Some(ErrorClass::Busy)); // SQLITE_BUSY_SNAPSHOT
         assert_eq!(sqlite_class(262), Some(ErrorClass::Busy)); // SQLITE_LOCKED_SHAREDCACHE
         assert_eq!(sqlite_class(1), None);
+    }
+
+    #[test]
+    fn every_class_a_classifier_returns_is_listed_for_its_dialect() {
+        let listed =
+            |d: Dialect, c: Option<ErrorClass>| c.is_none_or(|c| transient_classes(d).contains(&c));
+        for code in [
+            "08006", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03",
+        ] {
+            assert!(listed(Dialect::Postgres, postgres_class(code)), "{code}");
+        }
+        for number in [1213, 1205, 2006, 2013, 1040, 1053, 1927] {
+            assert!(listed(Dialect::Mysql, mysql_class(number)), "{number}");
+        }
+        for code in [5, 6, 261, 262, 517] {
+            assert!(listed(Dialect::Sqlite, sqlite_class(code)), "{code}");
+        }
+        for d in Dialect::ALL {
+            assert!(
+                transient_classes(d).contains(&ErrorClass::Connection),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

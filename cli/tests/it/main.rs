@@ -9,6 +9,7 @@ mod drift;
 mod ha;
 mod harness;
 mod lock;
+mod metrics_truth;
 mod observability;
 mod outcomes;
 mod reflection;

@@ -289,16 +289,16 @@ pub(super) fn s(v: impl ToString) -> String {
     v.to_string()
 }
 
-struct Fleet {
-    agents: Vec<(String, u16, Proc)>,
-    coordinator: Proc,
-    coordinator_url: String,
+pub(super) struct Fleet {
+    pub(super) agents: Vec<(String, u16, Proc)>,
+    pub(super) coordinator: Proc,
+    pub(super) coordinator_url: String,
 }
 
 /// Start agents (`id`, targets `ID=URL`, extra args, env) and a coordinator with a static
 /// fleet file pointing at them; wait until the coordinator leads.
 #[allow(clippy::type_complexity)]
-async fn start_fleet(
+pub(super) async fn start_fleet(
     dir: &Path,
     migrations: &Path,
     agents: &[(&str, Vec<String>, Vec<String>, Vec<(&str, String)>)],
@@ -390,7 +390,7 @@ async fn start_fleet(
 }
 
 impl Fleet {
-    async fn stop(self) -> Result<(String, Vec<String>)> {
+    pub(super) async fn stop(self) -> Result<(String, Vec<String>)> {
         let coordinator = self.coordinator.stop().await?;
         let mut agents = Vec::new();
         for (_, _, p) in self.agents {
@@ -813,7 +813,7 @@ pub(crate) async fn scrape(port: u16) -> Result<String> {
     Ok(body.to_owned())
 }
 
-fn promtool_check(name: &str, text: &str) -> Result<()> {
+pub(super) fn promtool_check(name: &str, text: &str) -> Result<()> {
     use std::io::Write;
     let mut child = match std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -153,6 +153,8 @@ impl Engine {
                         t.state = TargetState::Skipped;
                         t.message = "rollout aborted".into();
                         writer.stage(t)?;
+                        crate::metrics::target_transition(TargetState::Pending, t.state);
+                        crate::metrics::targets_finished(t.state, 1);
                     }
                     writer.flush().await?;
                     return self
@@ -343,6 +345,11 @@ impl Engine {
             }
         }
         write_records(self, term, &rec.id, &records).await?;
+        // Planning is where these targets end: they never run, so count them here.
+        for state in [TargetState::Skipped, TargetState::Blocked] {
+            let n = records.iter().filter(|t| t.state == state).count();
+            crate::metrics::targets_finished(state, n);
+        }
         rec.planned = true;
         rec.wave_count = waves.len() as u32;
         rec.current_wave = 0;

@@ -126,7 +126,7 @@ impl Engine {
                     }
                 },
             }
-            metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => rec.state.as_str()).increment(1);
+            crate::metrics::targets_finished(rec.state, 1);
             crate::metrics::target_transition(TargetState::Running, rec.state);
             writer.stage(&rec)?;
             return Ok(rec);
