@@ -274,6 +274,10 @@ impl Agent {
         self.tasks.spawn(
             async move {
                 if let Err(e) = exec.run(planned).await {
+                    flotilla_rpc::telemetry::record_failure(
+                        &tracing::Span::current(),
+                        &e.to_string(),
+                    );
                     let _ = tx.send(Err(e.to_status())).await;
                 }
             }

@@ -9,6 +9,7 @@
 
 use flotilla_rpc::listener::incoming;
 use flotilla_rpc::reflection;
+use flotilla_rpc::span_stream::InSpan;
 pub mod validate;
 
 use std::future::Future;
@@ -65,17 +66,35 @@ macro_rules! server_span {
     }};
 }
 
+/// The failure a Migrate stream item reports: a failed step's message, or the request's
+/// error status.
+fn step_failure(item: &Result<flotilla_proto::StepEvent, Status>) -> Option<String> {
+    match item {
+        Ok(ev) => match &ev.event {
+            Some(flotilla_proto::step_event::Event::Failed(f)) => Some(f.message.clone()),
+            _ => None,
+        },
+        Err(status) => Some(status.message().to_owned()),
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
     type MigrateStream = EventStream;
 
     async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<EventStream>, Status> {
         let span = server_span!(req, "Migrate", target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id);
-        self.agent
+        let events = self
+            .agent
             .migrate(req.into_inner())
-            .instrument(span)
-            .await
-            .map(Response::new)
+            .instrument(span.clone())
+            .await?;
+        // The server span covers the stream, not only the call that returned it.
+        Ok(Response::new(Box::pin(InSpan::new(
+            events,
+            span,
+            step_failure,
+        ))))
     }
 
     async fn validate(

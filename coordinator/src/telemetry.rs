@@ -9,7 +9,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use flotilla_rpc::telemetry::{
     LogFormat, Telemetry, TelemetryConfig, TelemetryError, TraceExport, context_from_traceparent,
-    extract, init, inject, inject_current, install_metrics, set_remote_parent, traceparent_of,
+    extract, init, inject, inject_current, install_metrics, record_failure, set_remote_parent,
+    traceparent_of,
 };
 
 use crate::fleet::RequestHook;

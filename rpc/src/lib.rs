@@ -9,5 +9,6 @@ pub mod listener;
 pub mod prometheus;
 pub mod reason;
 pub mod reflection;
+pub mod span_stream;
 pub mod telemetry;
 pub mod tls;

@@ -436,6 +436,20 @@ pub fn set_remote_parent(span: &tracing::Span, cx: opentelemetry::Context) {
     }
 }
 
+/// Mark `span` failed as OpenTelemetry's conventions have it: status ERROR with `message`
+/// (the database's own words, where a database said it) and an `exception` event carrying
+/// it as `exception.message`, so `{status=error}` and span-derived error rates see it.
+pub fn record_failure(span: &tracing::Span, message: &str) {
+    span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+    span.add_event(
+        "exception",
+        vec![opentelemetry::KeyValue::new(
+            "exception.message",
+            message.to_owned(),
+        )],
+    );
+}
+
 // ---- Prometheus ----
 
 /// Histogram buckets (seconds) for every `*_seconds` metric.

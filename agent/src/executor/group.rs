@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use flotilla_proto::StepRetrying;
 use flotilla_proto::StepStarted;
 use flotilla_proto::step_event::Event;
+use tracing::Instrument;
 
 use super::events::EventCtx;
 use super::step::{Outcome, Progress};
@@ -144,7 +145,8 @@ impl Executor {
                             attempts: attempt,
                             last_error: format!("{class}: {message}"),
                         };
-                        self.fail(ctx, step, &e, false).await;
+                        let span = spans.get(index).unwrap_or_else(tracing::Span::current);
+                        self.fail(ctx, step, &e, false).instrument(span).await;
                         return Err(e);
                     };
                     metrics::counter!("flotilla_agent_retries_total", "dialect" => self.target.dialect.as_str(), "error_class" => class.as_str())
@@ -184,7 +186,9 @@ impl Executor {
                     e
                 }
             };
-            self.fail(ctx, step, &err, false).await;
+            // In the step's span: the failure is recorded on it (status ERROR, `exception`).
+            let span = spans.get(index).unwrap_or_else(tracing::Span::current);
+            self.fail(ctx, step, &err, false).instrument(span).await;
             return Err(err);
         }
     }

@@ -17,5 +17,6 @@ mod registry;
 mod revision_apply;
 mod revision_cli;
 mod rollout;
+mod span_status;
 mod store;
 mod tls;

@@ -37,21 +37,21 @@ pub(super) const DEADLINE: Duration = Duration::from_secs(90);
 
 /// A span as received, with the `service.name` of its resource.
 #[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    span: Span,
+pub(super) struct Received {
+    pub(super) service: String,
+    pub(super) span: Span,
 }
 
 impl Received {
-    fn trace_id(&self) -> String {
+    pub(super) fn trace_id(&self) -> String {
         hex::encode(&self.span.trace_id)
     }
-    fn attr(&self, key: &str) -> Option<String> {
+    pub(super) fn attr(&self, key: &str) -> Option<String> {
         attr(&self.span.attributes, key)
     }
 }
 
-fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+pub(super) fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     let v = attrs
         .iter()
         .find(|kv| kv.key == key)?
@@ -69,12 +69,12 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
+pub(super) struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    fn spans(&self) -> Vec<Received> {
+    pub(super) fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -106,7 +106,7 @@ impl TraceService for Receiver {
 }
 
 /// The receiver on 127.0.0.1:<free port>; served until the test's runtime ends.
-async fn start_receiver() -> Result<(SocketAddr, Receiver)> {
+pub(super) async fn start_receiver() -> Result<(SocketAddr, Receiver)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let receiver = Receiver::default();

@@ -126,6 +126,9 @@ impl Engine {
                     }
                 },
             }
+            if rec.state == TargetState::Failed {
+                crate::telemetry::record_failure(&tracing::Span::current(), &rec.message);
+            }
             crate::metrics::targets_finished(rec.state, 1);
             crate::metrics::target_transition(TargetState::Running, rec.state);
             writer.stage(&rec)?;
