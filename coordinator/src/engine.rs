@@ -288,7 +288,8 @@ impl Engine {
             }
             // Announce the new token to every agent (one Status each): from now on they
             // refuse the previous leader's steps on every target, touched or not.
-            let announce = tracing::info_span!("announce_token", token = term.token);
+            let announce =
+                tracing::info_span!("announce_token", flotilla.fencing_token = term.token);
             match tracing::Instrument::instrument(self.announce(term.token), announce).await {
                 Ok(unreachable) => {
                     for (agent, err) in &unreachable {

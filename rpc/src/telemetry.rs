@@ -188,6 +188,10 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let otel = tracing_opentelemetry::layer()
         // Span fields named `target` (the database target) are ours, not the module path.
         .with_target(false)
+        // No per-span noise: source location, thread, busy/idle time.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_tracer(tracer)
         .with_filter(otel_filter);
     let dispatch = DispatchSlot::default();

@@ -55,9 +55,11 @@ impl StepSpans {
             created[index] = true;
             spans[index] = Some(tracing::info_span!(
                 "step",
-                target = %exec.target.id,
-                revision = %step.spec.revision,
-                direction = %step.spec.direction,
+                flotilla.target = %exec.target.id,
+                flotilla.revision = %step.spec.revision,
+                flotilla.direction = %step.spec.direction,
+                flotilla.rollout.id = %exec.meta.rollout_id,
+                db.system = exec.target.dialect.db_system(),
             ));
         }
     }

@@ -695,7 +695,10 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
         );
     }
     let targets = named("target");
-    let target_ids: BTreeSet<String> = targets.iter().filter_map(|t| t.attr("target")).collect();
+    let target_ids: BTreeSet<String> = targets
+        .iter()
+        .filter_map(|t| t.attr("flotilla.target"))
+        .collect();
     assert_eq!(target_ids, BTreeSet::from([s("pg1"), s("sq1")]));
     for t in &targets {
         assert_eq!(t.service, "flotilla-coordinator");
@@ -711,7 +714,9 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
     let steps = named("step");
     assert_eq!(steps.len(), 4, "{}", summary());
     for step in &steps {
-        let target = step.attr("target").context("step without target")?;
+        let target = step
+            .attr("flotilla.target")
+            .context("step without target")?;
         assert_eq!(
             step.service,
             if target == "pg1" {
@@ -727,15 +732,18 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
         let coord = parent(rpc).context("the agent's Migrate span has no parent in the trace")?;
         assert_eq!(coord.span.name, "target", "{}", summary());
         assert_eq!(coord.service, "flotilla-coordinator");
-        assert_eq!(coord.attr("target").as_deref(), Some(target.as_str()));
+        assert_eq!(
+            coord.attr("flotilla.target").as_deref(),
+            Some(target.as_str())
+        );
     }
 
     // The forced retry is an event of pg1's first step span: attempt, delay, error class.
     let slow = steps
         .iter()
         .find(|r| {
-            r.attr("target").as_deref() == Some("pg1")
-                && r.attr("revision").as_deref() == Some("0001_slow")
+            r.attr("flotilla.target").as_deref() == Some("pg1")
+                && r.attr("flotilla.revision").as_deref() == Some("0001_slow")
         })
         .context("no step span for pg1 0001_slow")?;
     let retry = slow
@@ -763,7 +771,7 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
                 .iter()
                 .any(|e| e.name.contains("retrying")),
             "unexpected retry on {:?}",
-            other.attr("revision")
+            other.attr("flotilla.revision")
         );
     }
     Ok(())

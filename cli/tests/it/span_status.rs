@@ -1,7 +1,9 @@
 //! Issue 31, what traces say about a failed step: every span from the agent's `step` up to the
 //! coordinator's `rollout` has status ERROR with the database's message (the step span also
 //! an `exception` event), and the agent's `AgentService/Migrate` server span covers its
-//! stream (it lasts at least as long as its `migrate` child). The real binaries export over
+//! stream (it lasts at least as long as its `migrate` child); spans of both sides carry the
+//! same namespaced keys (`flotilla.target`, `flotilla.rollout.id`, `db.system`) and no
+//! per-span noise (`code.*`, `thread.*`, `busy_ns`, `idle_ns`). The real binaries export over
 //! OTLP/gRPC to a receiver in the test.
 
 use anyhow::{Context, Result, ensure};
@@ -119,7 +121,7 @@ async fn a_failed_step_is_an_error_on_every_span_up_to_the_rollout() -> Result<(
     // The failed step: ERROR with the database's message, and an `exception` event.
     let failed_step = named("step")
         .into_iter()
-        .find(|r| r.attr("revision").as_deref() == Some("0002_fails"))
+        .find(|r| r.attr("flotilla.revision").as_deref() == Some("0002_fails"))
         .with_context(|| format!("no step span for 0002_fails:\n{}", summary()))?;
     let message = error_message(failed_step)
         .with_context(|| format!("the failed step's span is not ERROR:\n{}", summary()))?;
@@ -140,7 +142,7 @@ async fn a_failed_step_is_an_error_on_every_span_up_to_the_rollout() -> Result<(
     // The step before it succeeded: not an error.
     let ok_step = named("step")
         .into_iter()
-        .find(|r| r.attr("revision").as_deref() == Some("0001_ok"))
+        .find(|r| r.attr("flotilla.revision").as_deref() == Some("0001_ok"))
         .with_context(|| format!("no step span for 0001_ok:\n{}", summary()))?;
     ensure!(
         error_message(ok_step).is_none(),
@@ -180,6 +182,53 @@ async fn a_failed_step_is_an_error_on_every_span_up_to_the_rollout() -> Result<(
             duration_ns(child)
         );
     }
+    // The same namespaced keys on both sides, and no per-span noise.
+    let target = named("target")[0];
+    for (name, r) in [
+        ("target", target),
+        ("step", failed_step),
+        ("migrate", named("migrate")[0]),
+    ] {
+        assert_eq!(r.attr("flotilla.target").as_deref(), Some("f1"), "{name}");
+        assert_eq!(
+            r.attr("flotilla.rollout.id").as_deref(),
+            Some(id.as_str()),
+            "{name}"
+        );
+        assert_eq!(r.attr("db.system").as_deref(), Some("sqlite"), "{name}");
+    }
+    assert_eq!(
+        named("rollout")[0].attr("flotilla.rollout.id").as_deref(),
+        Some(id.as_str())
+    );
+    for r in &spans {
+        let noise: Vec<&str> = r
+            .span
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .filter(|k| {
+                k.starts_with("code.")
+                    || k.starts_with("thread.")
+                    || [
+                        "busy_ns",
+                        "idle_ns",
+                        "target",
+                        "rollout",
+                        "rollout_id",
+                        "revision",
+                    ]
+                    .contains(k)
+            })
+            .collect();
+        ensure!(
+            noise.is_empty(),
+            "{} ({}) carries {noise:?}",
+            r.span.name,
+            r.service
+        );
+    }
+
     // What was received, for `--nocapture` runs.
     eprintln!("{}", summary());
     Ok(())

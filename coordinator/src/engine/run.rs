@@ -144,7 +144,7 @@ impl Engine {
                 rec.current_wave = wave;
                 self.put_rollout(term, &mut rec).await?;
             }
-            let wave_span = tracing::info_span!("wave", wave);
+            let wave_span = tracing::info_span!("wave", flotilla.wave = wave);
             let end = tracing::Instrument::instrument(
                 self.run_wave(
                     term,

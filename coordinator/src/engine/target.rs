@@ -42,7 +42,7 @@ enum Attempt {
 impl Engine {
     /// Run one target to a terminal state. Returns the final record; `Err` only when the
     /// term ended (the caller stops) or the store failed.
-    #[tracing::instrument(name = "target", skip_all, fields(target = %rec.target_id, agent = %rec.agent_id, wave = rec.wave, rollout = %rollout.id))]
+    #[tracing::instrument(name = "target", skip_all, fields(flotilla.target = %rec.target_id, flotilla.agent.id = %rec.agent_id, flotilla.wave = rec.wave, flotilla.rollout.id = %rollout.id, db.system = rec.dialect.db_system()))]
     pub(crate) async fn run_target(
         &self,
         term: &Term,
