@@ -1,6 +1,6 @@
 //! Error classification: sqlx errors become [`DriverError::Transient`] (worth a retry, with a
-//! class) or [`DriverError::Permanent`], with the database's own message and code and never
-//! the connection URL.
+//! class) or [`DriverError::Permanent`], with the database's own message and code
+//! (PostgreSQL's DETAIL and HINT lines too) and never the connection URL.
 
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
@@ -46,14 +46,21 @@ fn classify_database(dialect: Dialect, db: &dyn DatabaseError) -> (Option<ErrorC
     let message = db.message().trim().to_owned();
     match dialect {
         Dialect::Postgres => {
-            let code = match db.try_downcast_ref::<PgDatabaseError>() {
+            let pg = db.try_downcast_ref::<PgDatabaseError>();
+            let code = match pg {
                 Some(pg) => pg.code().to_owned(),
                 None => db.code().map(|c| c.into_owned()).unwrap_or_default(),
             };
-            (
-                postgres_class(&code),
-                format!("{message} (sqlstate {code})"),
-            )
+            // The DETAIL and HINT lines say what the message alone does not (which key is
+            // duplicated, which row violates the constraint): keep them, as psql shows them.
+            let mut text = format!("{message} (sqlstate {code})");
+            if let Some(detail) = pg.and_then(|pg| pg.detail()) {
+                text.push_str(&format!("; detail: {}", detail.trim()));
+            }
+            if let Some(hint) = pg.and_then(|pg| pg.hint()) {
+                text.push_str(&format!("; hint: {}", hint.trim()));
+            }
+            (postgres_class(&code), text)
         }
         Dialect::Mysql => match db.try_downcast_ref::<MySqlDatabaseError>() {
             Some(my) => {
