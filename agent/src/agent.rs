@@ -267,10 +267,11 @@ impl Agent {
         let token = req.fencing_token;
         let span = tracing::info_span!(
             "migrate",
-            target = %target.id,
-            rollout_id = %req.rollout_id,
-            fencing_token = req.fencing_token,
-            steps = planned.len(),
+            flotilla.target = %target.id,
+            flotilla.rollout.id = %req.rollout_id,
+            flotilla.fencing_token = req.fencing_token,
+            flotilla.steps = planned.len(),
+            db.system = target.dialect.db_system(),
         );
         let exec = Executor {
             sink: EventSink::new(tx.clone(), target.id.clone()),
@@ -287,6 +288,10 @@ impl Agent {
         self.tasks.spawn(
             async move {
                 if let Err(e) = exec.run(planned).await {
+                    flotilla_rpc::telemetry::record_failure(
+                        &tracing::Span::current(),
+                        &e.to_string(),
+                    );
                     let _ = tx.send(Err(e.to_status())).await;
                 }
             }

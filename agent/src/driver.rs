@@ -19,6 +19,7 @@ use flotilla_core::{Dialect, Direction};
 pub mod blockers;
 mod classify;
 mod common;
+pub(crate) use classify::transient_classes;
 pub(crate) mod foreign;
 pub mod mysql;
 pub mod postgres;

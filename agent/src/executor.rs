@@ -207,9 +207,11 @@ impl Executor {
             let outcome = if step.dirty_protocol {
                 let span = tracing::info_span!(
                     "step",
-                    target = %self.target.id,
-                    revision = %step.spec.revision,
-                    direction = %step.spec.direction,
+                    flotilla.target = %self.target.id,
+                    flotilla.revision = %step.spec.revision,
+                    flotilla.direction = %step.spec.direction,
+                    flotilla.rollout.id = %self.meta.rollout_id,
+                    db.system = self.target.dialect.db_system(),
                 );
                 self.run_step(&mut link, step, &ctx).instrument(span).await
             } else {

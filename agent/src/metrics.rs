@@ -33,6 +33,14 @@ pub fn describe() {
         Unit::Seconds,
         "Time a target's migration lock was held by one Migrate request, by dialect"
     );
+    // Counters exist from the start at 0 for every label value they can take, so panels show
+    // 0 rather than "No data" and `increase()` sees the first retry.
+    for dialect in flotilla_core::Dialect::ALL {
+        for class in crate::driver::transient_classes(dialect) {
+            metrics::counter!("flotilla_agent_retries_total", "dialect" => dialect.as_str(), "error_class" => class.as_str())
+                .increment(0);
+        }
+    }
     metrics::describe_gauge!(
         "flotilla_agent_registered",
         Unit::Count,

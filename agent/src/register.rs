@@ -77,6 +77,9 @@ pub async fn run(
     config: RegisterConfig,
     cancel: CancellationToken,
 ) -> Result<(), RegisterError> {
+    // Before anything can refuse the configuration: an agent told to register that never
+    // does must say so (the FlotillaAgentNotRegistered alert reads this gauge).
+    registered(false);
     if !(config.advertise.starts_with("http://") || config.advertise.starts_with("https://")) {
         return Err(RegisterError::Advertise(config.advertise));
     }
@@ -90,7 +93,6 @@ pub async fn run(
         "plaintext".to_owned()
     };
     tracing::info!(coordinator = %config.coordinator, %transport, "registering with the coordinator");
-    registered(false);
     let mut client = CoordinatorServiceClient::new(endpoint.connect_lazy());
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))

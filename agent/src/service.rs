@@ -9,6 +9,7 @@
 
 use flotilla_rpc::listener::incoming;
 use flotilla_rpc::reflection;
+use flotilla_rpc::span_stream::InSpan;
 pub mod validate;
 
 use std::future::Future;
@@ -65,17 +66,35 @@ macro_rules! server_span {
     }};
 }
 
+/// The failure a Migrate stream item reports: a failed step's message, or the request's
+/// error status.
+fn step_failure(item: &Result<flotilla_proto::StepEvent, Status>) -> Option<String> {
+    match item {
+        Ok(ev) => match &ev.event {
+            Some(flotilla_proto::step_event::Event::Failed(f)) => Some(f.message.clone()),
+            _ => None,
+        },
+        Err(status) => Some(status.message().to_owned()),
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
     type MigrateStream = EventStream;
 
     async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<EventStream>, Status> {
-        let span = server_span!(req, "Migrate", target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id);
-        self.agent
+        let span = server_span!(req, "Migrate", flotilla.target = %req.get_ref().target_id, flotilla.rollout.id = %req.get_ref().rollout_id);
+        let events = self
+            .agent
             .migrate(req.into_inner())
-            .instrument(span)
-            .await
-            .map(Response::new)
+            .instrument(span.clone())
+            .await?;
+        // The server span covers the stream, not only the call that returned it.
+        Ok(Response::new(Box::pin(InSpan::new(
+            events,
+            span,
+            step_failure,
+        ))))
     }
 
     async fn validate(
@@ -103,7 +122,7 @@ impl AgentService for AgentGrpc {
     }
 
     async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
-        let span = server_span!(req, "Stamp", target = %req.get_ref().target_id);
+        let span = server_span!(req, "Stamp", flotilla.target = %req.get_ref().target_id);
         self.agent
             .stamp(req.into_inner())
             .instrument(span)
@@ -115,7 +134,7 @@ impl AgentService for AgentGrpc {
         &self,
         req: Request<RepairRequest>,
     ) -> Result<Response<RepairResponse>, Status> {
-        let span = server_span!(req, "Repair", target = %req.get_ref().target_id, revision = %req.get_ref().revision);
+        let span = server_span!(req, "Repair", flotilla.target = %req.get_ref().target_id, flotilla.revision = %req.get_ref().revision);
         self.agent
             .repair(req.into_inner())
             .instrument(span)
@@ -151,7 +170,7 @@ impl AgentService for AgentGrpc {
         &self,
         req: Request<flotilla_proto::RestoreBackupRequest>,
     ) -> Result<Response<flotilla_proto::RestoreBackupResponse>, Status> {
-        let span = server_span!(req, "RestoreBackup", target = %req.get_ref().target_id, rollout_id = %req.get_ref().rollout_id);
+        let span = server_span!(req, "RestoreBackup", flotilla.target = %req.get_ref().target_id, flotilla.rollout.id = %req.get_ref().rollout_id);
         self.agent
             .restore_backup(req.into_inner())
             .instrument(span)
@@ -175,7 +194,7 @@ impl AgentService for AgentGrpc {
         &self,
         req: Request<flotilla_proto::AdoptTargetRequest>,
     ) -> Result<Response<StampResponse>, Status> {
-        let span = server_span!(req, "Adopt", target = %req.get_ref().target_id, tool = %req.get_ref().tool);
+        let span = server_span!(req, "Adopt", flotilla.target = %req.get_ref().target_id, flotilla.tool = %req.get_ref().tool);
         self.agent
             .adopt(req.into_inner())
             .instrument(span)

@@ -15,6 +15,40 @@ fn done(t: &pb::TargetProgress) -> bool {
     !matches!(target_state_name(t.state), "pending" | "running")
 }
 
+/// How the ended targets ended: a failed target has ended, it is not "done".
+fn outcomes(r: &pb::Rollout) -> String {
+    let count = |state: &str| {
+        r.targets
+            .iter()
+            .filter(|t| target_state_name(t.state) == state)
+            .count()
+    };
+    format!(
+        "{} migrated, {} at the goal, {} failed, {} blocked",
+        count("succeeded"),
+        count("skipped"),
+        count("failed"),
+        count("blocked")
+    )
+}
+
+/// The plain progress line of a rollout's state or wave change.
+fn summary_line(r: &pb::Rollout) -> String {
+    let ended = r.targets.iter().filter(|t| done(t)).count();
+    let mut line = format!(
+        "[{}] wave {}/{}: {ended}/{} targets ended ({})",
+        state_name(r.state),
+        (r.current_wave + 1).min(r.wave_count),
+        r.wave_count,
+        r.targets.len(),
+        outcomes(r)
+    );
+    if !r.message.is_empty() {
+        line.push_str(&format!(" — {}", r.message));
+    }
+    line
+}
+
 impl Progress {
     pub fn new(tty: bool) -> Progress {
         let bars = tty.then(|| {
@@ -36,26 +70,22 @@ impl Progress {
 
     pub fn update(&mut self, r: &pb::Rollout, last: Option<&pb::Rollout>) {
         let total = r.targets.len() as u64;
-        let finished = r.targets.iter().filter(|t| done(t)).count() as u64;
+        let ended = r.targets.iter().filter(|t| done(t)).count() as u64;
         let in_wave: Vec<&pb::TargetProgress> = r
             .targets
             .iter()
             .filter(|t| t.wave == r.current_wave)
             .collect();
         let wave_done = in_wave.iter().filter(|t| done(t)).count() as u64;
-        let failed = r
-            .targets
-            .iter()
-            .filter(|t| target_state_name(t.state) == "failed")
-            .count();
         let retries: u32 = r.targets.iter().map(|t| t.retries).sum();
         match &self.bars {
             Some((_, all, wave)) => {
                 all.set_length(total);
-                all.set_position(finished);
+                all.set_position(ended);
                 all.set_message(format!(
-                    "{} · {failed} failed · {retries} retries",
-                    state_name(r.state)
+                    "{} · {} · {retries} retries",
+                    state_name(r.state),
+                    outcomes(r)
                 ));
                 wave.set_length(in_wave.len() as u64);
                 wave.set_position(wave_done);
@@ -69,17 +99,7 @@ impl Progress {
                 let prev_state = last.map(|l| l.state);
                 let prev_wave = last.map(|l| l.current_wave);
                 if prev_state != Some(r.state) || prev_wave != Some(r.current_wave) {
-                    eprintln!(
-                        "[{}] wave {}/{}: {finished}/{total} targets done, {failed} failed {}",
-                        state_name(r.state),
-                        (r.current_wave + 1).min(r.wave_count),
-                        r.wave_count,
-                        if r.message.is_empty() {
-                            String::new()
-                        } else {
-                            format!("— {}", r.message)
-                        }
-                    );
+                    eprintln!("{}", summary_line(r));
                 }
                 for t in r.targets.iter().filter(|t| {
                     done(t) && matches!(target_state_name(t.state), "failed" | "blocked")
@@ -105,5 +125,36 @@ impl Progress {
             wave.finish_and_clear();
             all.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(id: &str, state: pb::TargetState) -> pb::TargetProgress {
+        pb::TargetProgress {
+            target_id: id.to_owned(),
+            state: state as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_failed_target_has_ended_but_is_not_done() {
+        let r = pb::Rollout {
+            state: pb::RolloutState::Halted as i32,
+            wave_count: 2,
+            current_wave: 0,
+            message: "canary failed".into(),
+            targets: vec![
+                target("t1", pb::TargetState::Failed),
+                target("t2", pb::TargetState::Pending),
+                target("t3", pb::TargetState::Skipped),
+            ],
+            ..Default::default()
+        };
+        expect_test::expect![[r#"[halted] wave 1/2: 2/3 targets ended (0 migrated, 1 at the goal, 1 failed, 0 blocked) — canary failed"#]]
+            .assert_eq(&summary_line(&r));
     }
 }

@@ -326,7 +326,10 @@ impl Engine {
             }
             // Announce the new token to every agent (one Status each): from now on they
             // refuse the previous leader's steps on every target, touched or not.
-            let announce = tracing::info_span!("announce_token", token = term.agent_token());
+            let announce = tracing::info_span!(
+                "announce_token",
+                flotilla.fencing_token = term.agent_token()
+            );
             match tracing::Instrument::instrument(self.announce(term.agent_token()), announce).await
             {
                 Ok(unreachable) => {

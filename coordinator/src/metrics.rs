@@ -5,8 +5,7 @@
 //! **Architecture invariant:** this module only records what it is given; what to record
 //! (reading the store, the fleet view, catalogs) is the engine's (`engine/report.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use flotilla_proto as pb;
 
@@ -33,8 +32,9 @@ const TARGET_STATES: [TargetState; 6] = [
     TargetState::Blocked,
 ];
 
-/// Revision label values set before, so a revision no target is at any more drops to 0.
-static SEEN_REVISIONS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// HELP of `flotilla_fleet_targets`, a family the `/metrics` listener renders itself
+/// (`flotilla_rpc::prometheus`): its revisions come and go.
+const FLEET_TARGETS_HELP: &str = "Reachable targets by current revision (heads, comma-separated; base = none); a revision no target is at has no series";
 
 /// HELP texts and units of the coordinator's metrics (and the embedded agents').
 pub fn describe() {
@@ -73,11 +73,6 @@ pub fn describe() {
         "flotilla_coordinator_lease_losses_total",
         Unit::Count,
         "Times this coordinator lost the fleet lock while leading (all rollout work cancelled)"
-    );
-    describe_gauge!(
-        "flotilla_fleet_targets",
-        Unit::Count,
-        "Reachable targets by current revision (heads, comma-separated; base = none)"
     );
     describe_gauge!(
         "flotilla_fleet_version_skew",
@@ -123,14 +118,13 @@ pub fn record_fleet(targets: &[pb::FleetTarget], schema_known: bool) {
             drift += 1;
         }
     }
-    let mut seen = SEEN_REVISIONS.lock().unwrap_or_else(|p| p.into_inner());
-    for rev in seen.iter().filter(|r| !by_revision.contains_key(*r)) {
-        metrics::gauge!("flotilla_fleet_targets", "revision" => rev.clone()).set(0.0);
-    }
-    for (rev, n) in &by_revision {
-        metrics::gauge!("flotilla_fleet_targets", "revision" => rev.clone()).set(*n as f64);
-        seen.insert(rev.clone());
-    }
+    // Replaced as a whole: a revision no reachable target is at any more is no series at all.
+    flotilla_rpc::prometheus::replace_gauge_family(
+        "flotilla_fleet_targets",
+        FLEET_TARGETS_HELP,
+        "revision",
+        by_revision.iter().map(|(rev, n)| (rev.clone(), *n as f64)),
+    );
     metrics::gauge!("flotilla_fleet_version_skew").set(by_revision.len() as f64);
     if schema_known {
         metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
@@ -156,6 +150,16 @@ pub fn set_rollout_targets<'a>(targets: impl IntoIterator<Item = &'a TargetRecor
         let n = counts.get(state.as_str()).copied().unwrap_or(0);
         metrics::gauge!("flotilla_coordinator_rollout_targets", "state" => state.as_str())
             .set(n as f64);
+    }
+}
+
+/// Targets that reached the final `state` (`flotilla_coordinator_targets_finished_total`):
+/// a run target when it ends, and the targets a rollout's planning leaves skipped (already
+/// at the goal) or blocked, or its abort leaves skipped; none of those ever runs.
+pub fn targets_finished(state: TargetState, n: usize) {
+    if n > 0 {
+        metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => state.as_str())
+            .increment(n as u64);
     }
 }
 

@@ -9,7 +9,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use flotilla_rpc::telemetry::{
     LogFormat, Telemetry, TelemetryConfig, TelemetryError, TraceExport, context_from_traceparent,
-    extract, init, inject, inject_current, install_metrics, set_remote_parent, traceparent_of,
+    extract, init, inject, inject_current, install_metrics, record_failure, set_remote_parent,
+    traceparent_of,
 };
 
 use crate::fleet::RequestHook;
@@ -57,7 +58,11 @@ pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> (String, String) {
 /// The span of one rollout run, continuing the trace recorded when the rollout started (so
 /// a new leader resuming it adds to the same trace).
 pub fn rollout_span(rollout_id: &str, token: u64, traceparent: &str) -> tracing::Span {
-    let span = tracing::info_span!("rollout", rollout = %rollout_id, token);
+    let span = tracing::info_span!(
+        "rollout",
+        flotilla.rollout.id = %rollout_id,
+        flotilla.fencing_token = token
+    );
     set_remote_parent(&span, context_from_traceparent(traceparent));
     span
 }

@@ -26,6 +26,15 @@ impl Dialect {
             Dialect::Sqlite => "sqlite",
         }
     }
+
+    /// OpenTelemetry's `db.system` name of the dialect (MariaDB is served as `mysql`).
+    pub fn db_system(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgresql",
+            Dialect::Mysql => "mysql",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
 }
 
 impl fmt::Display for Dialect {

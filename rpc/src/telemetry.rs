@@ -188,6 +188,10 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     let otel = tracing_opentelemetry::layer()
         // Span fields named `target` (the database target) are ours, not the module path.
         .with_target(false)
+        // No per-span noise: source location, thread, busy/idle time.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_tracer(tracer)
         .with_filter(otel_filter);
     let dispatch = DispatchSlot::default();
@@ -436,6 +440,20 @@ pub fn set_remote_parent(span: &tracing::Span, cx: opentelemetry::Context) {
     }
 }
 
+/// Mark `span` failed as OpenTelemetry's conventions have it: status ERROR with `message`
+/// (the database's own words, where a database said it) and an `exception` event carrying
+/// it as `exception.message`, so `{status=error}` and span-derived error rates see it.
+pub fn record_failure(span: &tracing::Span, message: &str) {
+    span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
+    span.add_event(
+        "exception",
+        vec![opentelemetry::KeyValue::new(
+            "exception.message",
+            message.to_owned(),
+        )],
+    );
+}
+
 // ---- Prometheus ----
 
 /// Histogram buckets (seconds) for every `*_seconds` metric.
@@ -443,22 +461,24 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
-/// Install the global `metrics` recorder with a Prometheus HTTP listener on `addr` (it
-/// answers `/metrics`). Call inside a Tokio runtime.
+/// Install the global `metrics` recorder and serve it on `addr` (`/metrics`, with the gauge
+/// families of [`crate::prometheus::replace_gauge_family`]). Call inside a Tokio runtime.
 pub fn install_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
-    let err = |e: metrics_exporter_prometheus::BuildError| TelemetryError::Metrics {
-        addr,
-        message: e.to_string(),
-    };
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let err = |message: String| TelemetryError::Metrics { addr, message };
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|e| err(e.to_string()))?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             SECONDS_BUCKETS,
         )
-        .map_err(err)?
-        .install()
-        .map_err(err)
+        .map_err(|e| err(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| err(e.to_string()))?;
+    crate::prometheus::serve(listener, handle);
+    Ok(())
 }
 
 #[cfg(test)]

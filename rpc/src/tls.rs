@@ -183,13 +183,18 @@ fn read_key(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// An error's message with its causes (tonic wraps rustls errors as sources; a refused
-/// handshake is only explained by the innermost one).
+/// handshake is only explained by the innermost one). A cause whose words are already in the
+/// message is left out: wrappers that repeat their source (hyper's `tcp connect error`) would
+/// otherwise say it twice.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !text.is_empty() && !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
@@ -506,6 +511,67 @@ impl ClientTls {
         } else {
             Err(address("expected an http:// or https:// URL".to_owned()))
         }
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn causes_already_said_are_left_out() {
+        let e = Layer(
+            "transport error",
+            Some(Box::new(Layer(
+                "tcp connect error: Connection refused",
+                Some(Box::new(Layer(
+                    "tcp connect error",
+                    Some(Box::new(Layer("Connection refused", None))),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "transport error: tcp connect error: Connection refused"
+        );
+        let plain = Layer("a", Some(Box::new(Layer("b", None))));
+        assert_eq!(error_chain(&plain), "a: b");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_so_once() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(1);
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("a valid url");
+        let err = endpoint
+            .connect()
+            .await
+            .expect_err("nothing listens on the port");
+        let text = error_chain(&err);
+        assert!(text.contains("Connection refused"), "{text}");
+        assert_eq!(
+            text.matches("tcp connect error").count(),
+            1,
+            "said once: {text}"
+        );
     }
 }
 

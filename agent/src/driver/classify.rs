@@ -1,6 +1,6 @@
 //! Error classification: sqlx errors become [`DriverError::Transient`] (worth a retry, with a
-//! class) or [`DriverError::Permanent`], with the database's own message and code and never
-//! the connection URL.
+//! class) or [`DriverError::Permanent`], with the database's own message and code
+//! (PostgreSQL's DETAIL and HINT lines too) and never the connection URL.
 
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
@@ -46,14 +46,21 @@ fn classify_database(dialect: Dialect, db: &dyn DatabaseError) -> (Option<ErrorC
     let message = db.message().trim().to_owned();
     match dialect {
         Dialect::Postgres => {
-            let code = match db.try_downcast_ref::<PgDatabaseError>() {
+            let pg = db.try_downcast_ref::<PgDatabaseError>();
+            let code = match pg {
                 Some(pg) => pg.code().to_owned(),
                 None => db.code().map(|c| c.into_owned()).unwrap_or_default(),
             };
-            (
-                postgres_class(&code),
-                format!("{message} (sqlstate {code})"),
-            )
+            // The DETAIL and HINT lines say what the message alone does not (which key is
+            // duplicated, which row violates the constraint): keep them, as psql shows them.
+            let mut text = format!("{message} (sqlstate {code})");
+            if let Some(detail) = pg.and_then(|pg| pg.detail()) {
+                text.push_str(&format!("; detail: {}", detail.trim()));
+            }
+            if let Some(hint) = pg.and_then(|pg| pg.hint()) {
+                text.push_str(&format!("; hint: {}", hint.trim()));
+            }
+            (postgres_class(&code), text)
         }
         Dialect::Mysql => match db.try_downcast_ref::<MySqlDatabaseError>() {
             Some(my) => {
@@ -73,6 +80,26 @@ fn classify_database(dialect: Dialect, db: &dyn DatabaseError) -> (Option<ErrorC
                 format!("{message} (sqlite code {code})"),
             )
         }
+    }
+}
+
+/// Every class a `dialect`'s errors can be retried for: what the classifiers below return,
+/// plus the connection errors (I/O, pool) every dialect can meet and the driver-made ones
+/// (a lost connection, SQLite's busy timeout). The retry counter is created at 0 for each.
+pub(crate) fn transient_classes(dialect: Dialect) -> &'static [ErrorClass] {
+    match dialect {
+        Dialect::Postgres => &[
+            ErrorClass::Connection,
+            ErrorClass::Serialization,
+            ErrorClass::Deadlock,
+            ErrorClass::LockTimeout,
+        ],
+        Dialect::Mysql => &[
+            ErrorClass::Connection,
+            ErrorClass::Deadlock,
+            ErrorClass::LockTimeout,
+        ],
+        Dialect::Sqlite => &[ErrorClass::Connection, ErrorClass::Busy],
     }
 }
 
@@ -129,6 +156,29 @@ mod tests {
         assert_eq!(sqlite_class(517), Some(ErrorClass::Busy)); // SQLITE_BUSY_SNAPSHOT
         assert_eq!(sqlite_class(262), Some(ErrorClass::Busy)); // SQLITE_LOCKED_SHAREDCACHE
         assert_eq!(sqlite_class(1), None);
+    }
+
+    #[test]
+    fn every_class_a_classifier_returns_is_listed_for_its_dialect() {
+        let listed =
+            |d: Dialect, c: Option<ErrorClass>| c.is_none_or(|c| transient_classes(d).contains(&c));
+        for code in [
+            "08006", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03",
+        ] {
+            assert!(listed(Dialect::Postgres, postgres_class(code)), "{code}");
+        }
+        for number in [1213, 1205, 2006, 2013, 1040, 1053, 1927] {
+            assert!(listed(Dialect::Mysql, mysql_class(number)), "{number}");
+        }
+        for code in [5, 6, 261, 262, 517] {
+            assert!(listed(Dialect::Sqlite, sqlite_class(code)), "{code}");
+        }
+        for d in Dialect::ALL {
+            assert!(
+                transient_classes(d).contains(&ErrorClass::Connection),
+                "{d:?}"
+            );
+        }
     }
 
     #[test]

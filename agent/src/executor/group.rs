@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use flotilla_proto::StepRetrying;
 use flotilla_proto::StepStarted;
 use flotilla_proto::step_event::Event;
+use tracing::Instrument;
 
 use super::events::EventCtx;
 use super::probe::Seen;
@@ -55,9 +56,11 @@ impl StepSpans {
             created[index] = true;
             spans[index] = Some(tracing::info_span!(
                 "step",
-                target = %exec.target.id,
-                revision = %step.spec.revision,
-                direction = %step.spec.direction,
+                flotilla.target = %exec.target.id,
+                flotilla.revision = %step.spec.revision,
+                flotilla.direction = %step.spec.direction,
+                flotilla.rollout.id = %exec.meta.rollout_id,
+                db.system = exec.target.dialect.db_system(),
             ));
         }
     }
@@ -150,7 +153,8 @@ impl Executor {
                             last,
                             &carry.seen,
                         );
-                        self.fail(ctx, step, &e, false).await;
+                        let span = spans.get(index).unwrap_or_else(tracing::Span::current);
+                        self.fail(ctx, step, &e, false).instrument(span).await;
                         return Err(e);
                     };
                     metrics::counter!("flotilla_agent_retries_total", "dialect" => self.target.dialect.as_str(), "error_class" => class.as_str())
@@ -190,7 +194,9 @@ impl Executor {
                     e
                 }
             };
-            self.fail(ctx, step, &err, false).await;
+            // In the step's span: the failure is recorded on it (status ERROR, `exception`).
+            let span = spans.get(index).unwrap_or_else(tracing::Span::current);
+            self.fail(ctx, step, &err, false).instrument(span).await;
             return Err(err);
         }
     }

@@ -76,6 +76,12 @@ impl Executor {
         )
         .increment(1);
         tracing::warn!(error = %e, dirty, rolled_back, "step failed");
+        // The step's span, when the failure is a step's (the `migrate` span records the
+        // request's failure itself, once).
+        let span = tracing::Span::current();
+        if span.metadata().is_some_and(|m| m.name() == "step") {
+            flotilla_rpc::telemetry::record_failure(&span, &e.to_string());
+        }
         ctx.emit(Event::Failed(StepFailed {
             reason: e.failure_reason() as i32,
             message: e.to_string(),

@@ -249,6 +249,38 @@ async fn postgres_failing_step_rolls_back() -> Result<()> {
     failing_step_rolls_back(Dialect::Postgres).await
 }
 
+/// A PostgreSQL failure keeps the server's DETAIL line: which key is duplicated.
+#[tokio::test]
+async fn postgres_failure_message_keeps_the_detail_line() -> Result<()> {
+    let backend = Backend::start(Dialect::Postgres).await?;
+    let agent = agent(vec![backend.fresh_target("t1").await?]).await?;
+    let setup = up(
+        "0001_accounts",
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, email VARCHAR(100));\n\
+         INSERT INTO accounts VALUES (1, 'a@example.com'), (2, 'a@example.com');",
+    );
+    let first = run(&agent, migrate("t1", "r1", 1, vec![setup])).await?;
+    ensure!(first.error.is_none(), "{:?}", first.error);
+    let unique = up(
+        "0002_unique_email",
+        "CREATE UNIQUE INDEX ux_accounts_email ON accounts (email);",
+    );
+    let out = run(&agent, migrate("t1", "r2", 1, vec![unique])).await?;
+    let failed = out.failed().context("no StepFailed event")?;
+    for part in [
+        "could not create unique index \"ux_accounts_email\"",
+        "sqlstate 23505",
+        "detail: Key (email)=(a@example.com) is duplicated.",
+    ] {
+        assert!(
+            failed.message.contains(part),
+            "{part:?} in {}",
+            failed.message
+        );
+    }
+    Ok(())
+}
+
 /// Issue test 3: a failing DDL step on MariaDB marks the target dirty; Repair clears it.
 #[tokio::test]
 async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {

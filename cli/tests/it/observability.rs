@@ -37,21 +37,21 @@ pub(super) const DEADLINE: Duration = Duration::from_secs(90);
 
 /// A span as received, with the `service.name` of its resource.
 #[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    span: Span,
+pub(super) struct Received {
+    pub(super) service: String,
+    pub(super) span: Span,
 }
 
 impl Received {
-    fn trace_id(&self) -> String {
+    pub(super) fn trace_id(&self) -> String {
         hex::encode(&self.span.trace_id)
     }
-    fn attr(&self, key: &str) -> Option<String> {
+    pub(super) fn attr(&self, key: &str) -> Option<String> {
         attr(&self.span.attributes, key)
     }
 }
 
-fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+pub(super) fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
     let v = attrs
         .iter()
         .find(|kv| kv.key == key)?
@@ -69,12 +69,12 @@ fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
+pub(super) struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    fn spans(&self) -> Vec<Received> {
+    pub(super) fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -106,7 +106,7 @@ impl TraceService for Receiver {
 }
 
 /// The receiver on 127.0.0.1:<free port>; served until the test's runtime ends.
-async fn start_receiver() -> Result<(SocketAddr, Receiver)> {
+pub(super) async fn start_receiver() -> Result<(SocketAddr, Receiver)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let receiver = Receiver::default();
@@ -289,16 +289,16 @@ pub(super) fn s(v: impl ToString) -> String {
     v.to_string()
 }
 
-struct Fleet {
-    agents: Vec<(String, u16, Proc)>,
-    coordinator: Proc,
-    coordinator_url: String,
+pub(super) struct Fleet {
+    pub(super) agents: Vec<(String, u16, Proc)>,
+    pub(super) coordinator: Proc,
+    pub(super) coordinator_url: String,
 }
 
 /// Start agents (`id`, targets `ID=URL`, extra args, env) and a coordinator with a static
 /// fleet file pointing at them; wait until the coordinator leads.
 #[allow(clippy::type_complexity)]
-async fn start_fleet(
+pub(super) async fn start_fleet(
     dir: &Path,
     migrations: &Path,
     agents: &[(&str, Vec<String>, Vec<String>, Vec<(&str, String)>)],
@@ -390,7 +390,7 @@ async fn start_fleet(
 }
 
 impl Fleet {
-    async fn stop(self) -> Result<(String, Vec<String>)> {
+    pub(super) async fn stop(self) -> Result<(String, Vec<String>)> {
         let coordinator = self.coordinator.stop().await?;
         let mut agents = Vec::new();
         for (_, _, p) in self.agents {
@@ -695,7 +695,10 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
         );
     }
     let targets = named("target");
-    let target_ids: BTreeSet<String> = targets.iter().filter_map(|t| t.attr("target")).collect();
+    let target_ids: BTreeSet<String> = targets
+        .iter()
+        .filter_map(|t| t.attr("flotilla.target"))
+        .collect();
     assert_eq!(target_ids, BTreeSet::from([s("pg1"), s("sq1")]));
     for t in &targets {
         assert_eq!(t.service, "flotilla-coordinator");
@@ -711,7 +714,9 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
     let steps = named("step");
     assert_eq!(steps.len(), 4, "{}", summary());
     for step in &steps {
-        let target = step.attr("target").context("step without target")?;
+        let target = step
+            .attr("flotilla.target")
+            .context("step without target")?;
         assert_eq!(
             step.service,
             if target == "pg1" {
@@ -727,15 +732,18 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
         let coord = parent(rpc).context("the agent's Migrate span has no parent in the trace")?;
         assert_eq!(coord.span.name, "target", "{}", summary());
         assert_eq!(coord.service, "flotilla-coordinator");
-        assert_eq!(coord.attr("target").as_deref(), Some(target.as_str()));
+        assert_eq!(
+            coord.attr("flotilla.target").as_deref(),
+            Some(target.as_str())
+        );
     }
 
     // The forced retry is an event of pg1's first step span: attempt, delay, error class.
     let slow = steps
         .iter()
         .find(|r| {
-            r.attr("target").as_deref() == Some("pg1")
-                && r.attr("revision").as_deref() == Some("0001_slow")
+            r.attr("flotilla.target").as_deref() == Some("pg1")
+                && r.attr("flotilla.revision").as_deref() == Some("0001_slow")
         })
         .context("no step span for pg1 0001_slow")?;
     let retry = slow
@@ -763,7 +771,7 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
                 .iter()
                 .any(|e| e.name.contains("retrying")),
             "unexpected retry on {:?}",
-            other.attr("revision")
+            other.attr("flotilla.revision")
         );
     }
     Ok(())
@@ -813,7 +821,7 @@ pub(crate) async fn scrape(port: u16) -> Result<String> {
     Ok(body.to_owned())
 }
 
-fn promtool_check(name: &str, text: &str) -> Result<()> {
+pub(super) fn promtool_check(name: &str, text: &str) -> Result<()> {
     use std::io::Write;
     let mut child = match std::process::Command::new("promtool")
         .args(["check", "metrics"])

@@ -54,6 +54,22 @@ enum WaveEnd {
     Aborted,
 }
 
+/// The failed targets' messages (`target: message`), the first few, for a span's status.
+fn failed_of<'a>(targets: impl Iterator<Item = &'a TargetRecord>) -> String {
+    const SHOWN: usize = 3;
+    let failed: Vec<&TargetRecord> = targets.filter(|t| t.state == TargetState::Failed).collect();
+    let mut out = failed
+        .iter()
+        .take(SHOWN)
+        .map(|t| format!("{}: {}", t.target_id, t.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failed.len() > SHOWN {
+        out.push_str(&format!(" (and {} more)", failed.len() - SHOWN));
+    }
+    out
+}
+
 impl Engine {
     /// Run (or resume) rollout `id` until it ends or the term ends, in a `rollout` span that
     /// continues the trace recorded when the rollout started.
@@ -128,7 +144,7 @@ impl Engine {
                 rec.current_wave = wave;
                 self.put_rollout(term, &mut rec).await?;
             }
-            let wave_span = tracing::info_span!("wave", wave);
+            let wave_span = tracing::info_span!("wave", flotilla.wave = wave);
             let end = tracing::Instrument::instrument(
                 self.run_wave(
                     term,
@@ -153,6 +169,8 @@ impl Engine {
                         t.state = TargetState::Skipped;
                         t.message = "rollout aborted".into();
                         writer.stage(t)?;
+                        crate::metrics::target_transition(TargetState::Pending, t.state);
+                        crate::metrics::targets_finished(t.state, 1);
                     }
                     writer.flush().await?;
                     return self
@@ -247,6 +265,16 @@ impl Engine {
         } else {
             RolloutState::Succeeded
         };
+        if state != RolloutState::Succeeded {
+            // The rollout span says what failed in the databases' words, not only how many.
+            let detail = failed_of(targets.values());
+            let why = if detail.is_empty() {
+                summary.clone()
+            } else {
+                format!("{summary}: {detail}")
+            };
+            crate::telemetry::record_failure(&tracing::Span::current(), &why);
+        }
         self.finish(term, &mut rec, state, summary).await?;
         Ok(succeeded + failed > 0)
     }
@@ -259,6 +287,9 @@ impl Engine {
         message: String,
     ) -> Result<(), EngineError> {
         tracing::info!(rollout = %rec.id, state = state.as_str(), "{message}");
+        if matches!(state, RolloutState::Halted | RolloutState::Failed) {
+            crate::telemetry::record_failure(&tracing::Span::current(), &message);
+        }
         rec.state = state;
         rec.message = message;
         self.put_rollout(term, rec).await?;
@@ -343,6 +374,11 @@ impl Engine {
             }
         }
         write_records(self, term, &rec.id, &records).await?;
+        // Planning is where these targets end: they never run, so count them here.
+        for state in [TargetState::Skipped, TargetState::Blocked] {
+            let n = records.iter().filter(|t| t.state == state).count();
+            crate::metrics::targets_finished(state, n);
+        }
         rec.planned = true;
         rec.wave_count = waves.len() as u32;
         rec.current_wave = 0;
@@ -470,6 +506,10 @@ impl Engine {
         }
         // What the budget, the gate and a new leader read from here on is durable.
         writer.flush().await?;
+        let failed = failed_of(targets.values().filter(|t| t.wave == wave));
+        if !failed.is_empty() {
+            crate::telemetry::record_failure(&tracing::Span::current(), &failed);
+        }
         if *control.borrow() == Control::Abort {
             return Ok(WaveEnd::Aborted);
         }

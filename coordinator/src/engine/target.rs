@@ -43,7 +43,7 @@ enum Attempt {
 impl Engine {
     /// Run one target to a terminal state. Returns the final record; `Err` only when the
     /// term ended (the caller stops) or the store failed.
-    #[tracing::instrument(name = "target", skip_all, fields(target = %rec.target_id, agent = %rec.agent_id, wave = rec.wave, rollout = %rollout.id))]
+    #[tracing::instrument(name = "target", skip_all, fields(flotilla.target = %rec.target_id, flotilla.agent.id = %rec.agent_id, flotilla.wave = rec.wave, flotilla.rollout.id = %rollout.id, db.system = rec.dialect.db_system()))]
     pub(crate) async fn run_target(
         &self,
         term: &Term,
@@ -127,7 +127,10 @@ impl Engine {
                     }
                 },
             }
-            metrics::counter!("flotilla_coordinator_targets_finished_total", "state" => rec.state.as_str()).increment(1);
+            if rec.state == TargetState::Failed {
+                crate::telemetry::record_failure(&tracing::Span::current(), &rec.message);
+            }
+            crate::metrics::targets_finished(rec.state, 1);
             crate::metrics::target_transition(TargetState::Running, rec.state);
             writer.stage(&rec)?;
             return Ok(rec);
