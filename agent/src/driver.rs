@@ -250,17 +250,20 @@ pub trait Session: Send {
         direction: Direction,
         meta: &StepMeta,
     ) -> Result<(), DriverError> {
-        self.stamp_as(revisions, direction, meta, RowStatus::Stamped)
+        self.stamp_as(revisions, direction, meta, RowStatus::Stamped, &[])
             .await
     }
 
-    /// `stamp` with the rows' status: `stamped`, or `adopted` (from another tool's table).
+    /// `stamp` with the rows' status: `stamped`, or `adopted` (from another tool's table);
+    /// then, in the same fenced transaction, the `then` statements (retiring the other
+    /// tool's version table: `flotilla_core::foreign::retire_sql`).
     async fn stamp_as(
         &mut self,
         revisions: &[(String, String)],
         direction: Direction,
         meta: &StepMeta,
         status: RowStatus,
+        then: &[String],
     ) -> Result<(), DriverError>;
 
     /// Other tools' version tables on the target and what they record (`crate::foreign`).

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use flotilla_core::foreign::table_of;
 use flotilla_proto as pb;
 
 use crate::engine::{Engine, EngineError};
@@ -185,6 +186,7 @@ pub async fn adopt(
     selector: &Selector,
     from: Option<&str>,
     dry_run: bool,
+    retire: bool,
 ) -> Result<Vec<pb::AdoptedTarget>, EngineError> {
     let snap = engine.select(selector).await?;
     let graph = engine.graph();
@@ -230,6 +232,32 @@ pub async fn adopt(
             targets.iter().map(|(id, d)| (id.as_str(), *d)).collect();
         for tf in &report.targets {
             let d = decide(graph, tf, from);
+            if let (Decision::Skipped { tool, .. }, true, false) = (&d, retire, dry_run)
+                && tf.history_rows > 0
+                && !tool.is_empty()
+            {
+                // Adopted earlier: retire its version table now.
+                let req = pb::AdoptTargetRequest {
+                    target_id: tf.target_id.clone(),
+                    fencing_token: token,
+                    tool: tool.clone(),
+                    revisions: vec![],
+                    retire_foreign: true,
+                };
+                let mut o = outcome(&tf.target_id, &agent_id, d.clone(), dry_run);
+                match agent.adopt(req).await {
+                    Ok(_) => {
+                        o.outcome = "retired".into();
+                        o.reason = format!("{} retired", table_of(&o.tool).unwrap_or(""));
+                    }
+                    Err(e) => {
+                        o.outcome = "blocked".into();
+                        o.reason = e.message().to_owned();
+                    }
+                }
+                out.push(o);
+                continue;
+            }
             let (Decision::Adopt { tool, revisions }, false) = (&d, dry_run) else {
                 out.push(outcome(&tf.target_id, &agent_id, d, dry_run));
                 continue;
@@ -262,6 +290,7 @@ pub async fn adopt(
                         checksum: r.up_checksum(dialect),
                     })
                     .collect(),
+                retire_foreign: retire,
             };
             let d = match agent.adopt(req).await {
                 Ok(_) => d,
@@ -270,7 +299,11 @@ pub async fn adopt(
                     reason: e.message().to_owned(),
                 },
             };
-            out.push(outcome(&tf.target_id, &agent_id, d, dry_run));
+            let mut o = outcome(&tf.target_id, &agent_id, d, dry_run);
+            if retire && o.outcome == "adopted" {
+                o.reason = format!("{} retired", table_of(&o.tool).unwrap_or(""));
+            }
+            out.push(o);
         }
     }
     out.sort_by(|a, b| (&a.target_id, &a.agent_id).cmp(&(&b.target_id, &b.agent_id)));

@@ -90,6 +90,50 @@ pub fn rows_sql(dialect: Dialect, tool: &str) -> Option<String> {
     })
 }
 
+/// The mark a retired version table carries: Alembic's version, Flyway's script name,
+/// sqlx's description start. Chosen so the other tool stops at once with this word in its
+/// error (`Can't locate revision identified by 'flotilla_retired'`).
+pub const RETIRED: &str = "flotilla_retired";
+
+/// Statements that retire `tool`'s version table after Flotilla adopted the target, so a
+/// deploy job still running that tool fails at once instead of running DDL again, and
+/// touches nothing: Alembic finds a version it does not know, golang-migrate a dirty
+/// version, Flyway and sqlx a failed migration. Run in the adoption's fenced transaction;
+/// running them again changes nothing. `None` for an unknown tool.
+pub fn retire_sql(dialect: Dialect, tool: &str) -> Option<Vec<String>> {
+    let empty_bytes = match dialect {
+        Dialect::Postgres => "decode('', 'hex')",
+        Dialect::Mysql | Dialect::Sqlite => "X''",
+    };
+    Some(match tool {
+        "alembic" => vec![
+            format!("DELETE FROM alembic_version WHERE version_num <> '{RETIRED}'"),
+            format!(
+                "INSERT INTO alembic_version (version_num) SELECT '{RETIRED}' \
+                 WHERE NOT EXISTS (SELECT 1 FROM alembic_version WHERE version_num = '{RETIRED}')"
+            ),
+        ],
+        "golang-migrate" => vec!["UPDATE schema_migrations SET dirty = TRUE".to_owned()],
+        "sqlx" => vec![format!(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             SELECT 9223372036854775807, '{RETIRED}: migrations are run by flotilla now', FALSE, \
+             {empty_bytes}, 0 \
+             WHERE NOT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = 9223372036854775807)"
+        )],
+        "flyway" => vec![format!(
+            "INSERT INTO flyway_schema_history \
+             (installed_rank, version, description, type, script, checksum, installed_by, \
+             execution_time, success) \
+             SELECT m.next_rank, '999999999', 'retired: migrations are run by flotilla now', \
+             'SQL', '{RETIRED}', NULL, 'flotilla', 0, FALSE \
+             FROM (SELECT COALESCE(MAX(installed_rank), 0) + 1 AS next_rank, \
+             SUM(CASE WHEN script = '{RETIRED}' THEN 1 ELSE 0 END) AS retired \
+             FROM flyway_schema_history) AS m WHERE COALESCE(m.retired, 0) = 0"
+        )],
+        _ => return None,
+    })
+}
+
 /// Interpret the rows of `tool`'s table (or the error reading them).
 pub fn interpret(tool: &str, table: &str, rows: Result<Vec<RawRow>, String>) -> ForeignTable {
     let mut t = ForeignTable {
@@ -134,6 +178,26 @@ pub fn interpret(tool: &str, table: &str, rows: Result<Vec<RawRow>, String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_tool_can_be_retired_on_every_dialect() {
+        for (tool, table) in TOOLS {
+            for dialect in Dialect::ALL {
+                let sql = retire_sql(dialect, tool).expect(tool);
+                assert!(
+                    !sql.is_empty() && sql.iter().all(|s| s.contains(table)),
+                    "{sql:?}"
+                );
+            }
+        }
+        assert_eq!(retire_sql(Dialect::Postgres, "liquibase"), None);
+        assert!(
+            retire_sql(Dialect::Mysql, "alembic")
+                .unwrap()
+                .concat()
+                .contains(RETIRED)
+        );
+    }
 
     fn row(v: &str, ok: &str, kind: &str) -> RawRow {
         (Some(v.into()), ok.into(), kind.into())

@@ -18,7 +18,7 @@ use crate::service::validate as check;
 use crate::status::target_status;
 use crate::target::Target;
 use flotilla_core::Direction;
-use flotilla_core::foreign::{ForeignTable, table_of};
+use flotilla_core::foreign::{ForeignTable, retire_sql, table_of};
 use flotilla_core::history::{RowStatus, TargetState};
 
 fn to_proto(t: ForeignTable) -> ForeignVersionTable {
@@ -53,13 +53,22 @@ async fn adopt_locked(
     tool: &str,
     pairs: &[(String, String)],
     meta: &StepMeta,
+    retire: &[String],
 ) -> Result<TargetState, AgentError> {
     let refuse = |reason: String| AgentError::NotAdoptable {
         target: target.to_owned(),
         reason,
     };
     let state = s.read_state().await.map_err(|e| driver_error(target, e))?;
-    if !state.history.is_empty() {
+    // Retiring alone, after an earlier adoption: the target is Flotilla's already.
+    let retire_only = pairs.is_empty() && !retire.is_empty();
+    if retire_only && state.history.is_empty() {
+        return Err(refuse(format!(
+            "it has no flotilla_history rows: adopt it before retiring its {} table",
+            table_of(tool).unwrap_or(tool)
+        )));
+    }
+    if !retire_only && !state.history.is_empty() {
         return Err(refuse(format!(
             "it already has {} flotilla_history row(s): Flotilla manages it (use stamp to change its history)",
             state.history.len()
@@ -75,13 +84,13 @@ async fn adopt_locked(
             table_of(tool).unwrap_or(tool)
         )));
     };
-    if table.dirty {
+    if table.dirty && !retire_only {
         return Err(refuse(format!(
             "{} records a failed or half-applied migration: fix it with {tool} first",
             table.table
         )));
     }
-    s.stamp_as(pairs, Direction::Up, meta, RowStatus::Adopted)
+    s.stamp_as(pairs, Direction::Up, meta, RowStatus::Adopted, retire)
         .await
         .map_err(|e| driver_error(target, e))?;
     s.read_state().await.map_err(|e| driver_error(target, e))
@@ -122,15 +131,23 @@ impl Agent {
         })
     }
 
-    /// Record `req.revisions` as adopted from `req.tool`. Fenced.
+    /// Record `req.revisions` as adopted from `req.tool`, and with `retire_foreign` retire
+    /// the tool's version table in the same transaction (`flotilla_core::foreign::
+    /// retire_sql`); with no revisions and `retire_foreign`, only retire it on a target
+    /// Flotilla already manages. Fenced.
     pub async fn adopt(&self, req: AdoptTargetRequest) -> Result<StampResponse, Status> {
-        check::stamp_request(&StampRequest {
-            target_id: req.target_id.clone(),
-            fencing_token: req.fencing_token,
-            revisions: req.revisions.clone(),
-            direction: PbDirection::Up as i32,
-            rollout_id: "adopt".into(),
-        })?;
+        if req.revisions.is_empty() && req.retire_foreign {
+            check::target_id("target_id", &req.target_id)?;
+            check::fencing_token(req.fencing_token)?;
+        } else {
+            check::stamp_request(&StampRequest {
+                target_id: req.target_id.clone(),
+                fencing_token: req.fencing_token,
+                revisions: req.revisions.clone(),
+                direction: PbDirection::Up as i32,
+                rollout_id: "adopt".into(),
+            })?;
+        }
         if table_of(&req.tool).is_none() {
             return Err(AgentError::InvalidRequest {
                 field: "tool".into(),
@@ -146,12 +163,31 @@ impl Agent {
             .iter()
             .map(|r| (r.revision.clone(), r.checksum.clone()))
             .collect();
+        let retire = if req.retire_foreign {
+            retire_sql(target.dialect, &req.tool).unwrap_or_default()
+        } else {
+            vec![]
+        };
         let (guard, mut session) = self.locked(&target).await?;
-        let res = adopt_locked(session.as_mut(), &target.id, &req.tool, &pairs, &meta).await;
+        let res = adopt_locked(
+            session.as_mut(),
+            &target.id,
+            &req.tool,
+            &pairs,
+            &meta,
+            &retire,
+        )
+        .await;
         Self::release(session).await;
         drop(guard);
         let status = res?;
-        tracing::info!(target = %target.id, tool = %req.tool, revisions = pairs.len(), "adopted");
+        tracing::info!(
+            target = %target.id,
+            tool = %req.tool,
+            revisions = pairs.len(),
+            retired = req.retire_foreign,
+            "adopted"
+        );
         Ok(StampResponse {
             target: Some(target_status(&target, &status, false)),
         })

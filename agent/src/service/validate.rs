@@ -43,7 +43,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> AgentError {
     AgentError::invalid(field, message)
 }
 
-fn target_id(field: &str, id: &str) -> Result<(), AgentError> {
+pub(crate) fn target_id(field: &str, id: &str) -> Result<(), AgentError> {
     if !is_valid_target_id(id) {
         let shown: String = id.chars().take(64).collect();
         return Err(invalid(

@@ -1,4 +1,4 @@
-//! `flotilla adopt [--from TOOL] [-l SELECTOR] [--dry-run]`: record, on each selected target,
+//! `flotilla adopt [--from TOOL] [-l SELECTOR] [--dry-run | --retire-foreign]`: record, on each selected target,
 //! the history another tool's version table shows (see `flotilla_coordinator::adopt`). Exit 3 when a target
 //! is blocked.
 
@@ -28,6 +28,14 @@ pub struct AdoptArgs {
     /// Show what would be adopted, write nothing
     #[arg(long, env = "FLOTILLA_ADOPT_DRY_RUN")]
     pub dry_run: bool,
+    /// Also retire the other tool's version table (on targets adopted now or earlier), so a
+    /// deploy job still running that tool fails at once instead of running DDL again
+    #[arg(
+        long,
+        env = "FLOTILLA_ADOPT_RETIRE_FOREIGN",
+        conflicts_with = "dry_run"
+    )]
+    pub retire_foreign: bool,
 }
 
 pub(super) async fn run(
@@ -41,6 +49,7 @@ pub(super) async fn run(
             selector: Some(args.select.selector()?.to_proto()),
             from: args.from.map(|t| t.as_str().to_owned()).unwrap_or_default(),
             dry_run: args.dry_run,
+            retire_foreign: args.retire_foreign,
         })
         .await
         .map_err(rpc)?

@@ -698,3 +698,90 @@ async fn a_version_table_naming_an_unknown_revision_blocks_only_that_target() ->
     );
     Ok(())
 }
+
+/// `alembic upgrade REV` expected to fail: what it printed.
+fn alembic_upgrade_fails(project: &Path, url: &str, rev: &str) -> Result<String> {
+    let url = url
+        .replacen("postgres://", "postgresql+psycopg2://", 1)
+        .replacen("mysql://", "mysql+pymysql://", 1);
+    let out = std::process::Command::new("python3")
+        .args(["-m", "alembic", "upgrade", rev])
+        .current_dir(project)
+        .env("DATABASE_URL", url)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        !out.status.success(),
+        "alembic upgrade {rev} succeeded: {said}"
+    );
+    Ok(said)
+}
+
+/// After `adopt --retire-foreign` a stale `alembic upgrade head` (a deploy job nobody
+/// removed) stops at once with the retirement mark and changes nothing, on PostgreSQL and
+/// MariaDB; a target adopted earlier is retired by a later `--retire-foreign`.
+#[tokio::test]
+async fn a_retired_alembic_table_stops_alembic_before_it_touches_anything() -> Result<()> {
+    require_alembic()?;
+    let work = tempfile::tempdir()?;
+    let project = work.path().join("project");
+    copy_dir(&fixture("alembic"), &project)?;
+    let pg = flotilla_testkit::Postgres::start().await?;
+    let my = flotilla_testkit::MariaDb::start().await?;
+    // Tenants part way (so a re-run would have DDL to do).
+    let pg_url = pg.fresh_database().await?;
+    alembic_upgrade(&project, &pg_url, A)?;
+    let my_url = my.fresh_database().await?;
+    alembic_upgrade(&project, &my_url, C)?;
+    let late_url = pg.fresh_database().await?;
+    alembic_upgrade(&project, &late_url, A)?;
+
+    let migrations = work.path().join("migrations");
+    import("alembic", &project, &migrations).await?;
+    let agent = TestAgent::start(
+        "retire",
+        vec![
+            target("pg1", Dialect::Postgres, &pg_url, &[]),
+            target("my1", Dialect::Mysql, &my_url, &[]),
+            target("late", Dialect::Postgres, &late_url, &[("when", "late")]),
+        ],
+    )
+    .await?;
+    let coord = TestCoordinator::start(&migrations, &[&agent], None).await?;
+
+    // `late` is adopted without retiring, the others with it.
+    let (code, first) = adopt(&coord, &["-l", "when=late"]).await?;
+    ensure!(code == 0 && first["late"].0 == "adopted", "{first:?}");
+    let (code, adopted) = adopt(&coord, &["--retire-foreign"]).await?;
+    ensure!(
+        code == 0,
+        "adopt --retire-foreign exited {code}: {adopted:?}"
+    );
+    for (id, outcome) in [("pg1", "adopted"), ("my1", "adopted"), ("late", "retired")] {
+        let (got, _, reason) = adopted.get(id).with_context(|| format!("{id} missing"))?;
+        ensure!(
+            got == outcome && reason.contains("alembic_version retired"),
+            "{id}: {got} {reason}"
+        );
+    }
+
+    for (id, url) in [("pg1", &pg_url), ("my1", &my_url), ("late", &late_url)] {
+        let before = fingerprint(&agent.agent, id).await?;
+        let err = alembic_upgrade_fails(&project, url, "head")?;
+        ensure!(
+            err.contains(flotilla_core::foreign::RETIRED),
+            "{id}: alembic did not stop on the retirement mark: {err}"
+        );
+        ensure!(
+            fingerprint(&agent.agent, id).await? == before,
+            "{id}: the failed alembic run changed the schema"
+        );
+    }
+    // Flotilla itself is not stopped by it: the targets roll to head.
+    rollout_to_head(&coord, &[]).await?;
+    Ok(())
+}

@@ -39,6 +39,7 @@ pub(super) async fn adopt(
         &selector,
         from,
         req.dry_run,
+        req.retire_foreign,
     )
     .await
     .map_err(status_of)?;

@@ -441,6 +441,7 @@ impl Session for MysqlSession {
         direction: Direction,
         meta: &StepMeta,
         status: RowStatus,
+        then: &[String],
     ) -> Result<(), DriverError> {
         let mut tx = self
             .conn
@@ -452,6 +453,12 @@ impl Session for MysqlSession {
             for (revision, checksum) in revisions {
                 let row = new_row(revision, checksum, direction, status, 0, meta);
                 insert_history(&mut tx, row).await?;
+            }
+            for sql in then {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, "retire the other tool's version table"))?;
             }
             Ok(())
         }

@@ -342,6 +342,7 @@ impl Session for PostgresSession {
         direction: Direction,
         meta: &StepMeta,
         status: RowStatus,
+        then: &[String],
     ) -> Result<(), DriverError> {
         let known = self.schema_ready;
         let mut tx = begin_write(&mut self.conn, known).await?;
@@ -351,7 +352,14 @@ impl Session for PostgresSession {
                 .iter()
                 .map(|(revision, checksum)| new_row(revision, checksum, direction, status, 0, meta))
                 .collect();
-            insert_history(&mut tx, rows).await.map(|_| ())
+            insert_history(&mut tx, rows).await.map(|_| ())?;
+            for sql in then {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, "retire the other tool's version table"))?;
+            }
+            Ok(())
         }
         .await;
         finish(tx, result).await?;

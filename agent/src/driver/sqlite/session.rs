@@ -377,6 +377,7 @@ impl Session for SqliteSession {
         direction: Direction,
         meta: &StepMeta,
         status: RowStatus,
+        then: &[String],
     ) -> Result<(), DriverError> {
         let mut tx = self
             .conn
@@ -388,6 +389,12 @@ impl Session for SqliteSession {
             for (revision, checksum) in revisions {
                 let row = new_row(revision, checksum, direction, status, 0, meta);
                 insert_history(&mut tx, row).await?;
+            }
+            for sql in then {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(on(D, "retire the other tool's version table"))?;
             }
             Ok(())
         }
