@@ -22,12 +22,14 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
+    /// The selector, checked against its bounds before any call (exit 2 when outside).
     pub fn selector(&self) -> Result<Selector, CliError> {
         let mut sel = match &self.selector {
-            Some(s) => Selector::parse(s).map_err(CliError::Refused)?,
+            Some(s) => Selector::parse(s)?,
             None => Selector::default(),
         };
         sel.target_ids = self.targets.clone();
+        sel.check()?;
         Ok(sel)
     }
 }

@@ -16,5 +16,6 @@ mod registry;
 mod revision_apply;
 mod revision_cli;
 mod rollout;
+mod selection;
 mod store;
 mod tls;

@@ -101,6 +101,9 @@ impl Engine {
             })?;
         if !rec.planned {
             self.plan_rollout(term, &mut rec, &goal).await?;
+            if rec.state.is_terminal() {
+                return Ok(false);
+            }
         }
         let (_, targets) = self.get(id).await?;
         self.live.start(term.token, &rec, &targets);
@@ -285,6 +288,20 @@ impl Engine {
                 .collect::<Vec<_>>()
                 .join(", ");
             tracing::warn!(rollout = %rec.id, "agents unreachable while planning, their targets are left out: {list}");
+        }
+        // The start checked the selection; targets can still vanish before planning. A
+        // rollout of nothing fails instead of succeeding on zero targets.
+        if snap.targets.is_empty() {
+            rec.planned = true;
+            let why = super::preflight::empty_selection(
+                &rec.spec.selector,
+                None,
+                &snap.unreachable,
+                "the rollout did nothing",
+            );
+            return self
+                .finish(term, rec, RolloutState::Failed, why.to_string())
+                .await;
         }
         let mut runnable = Vec::new();
         let mut records = Vec::new();

@@ -40,6 +40,17 @@ impl FleetEntry {
             .ok()
             .and_then(Dialect::from_proto)
     }
+
+    /// Whether `selector` selects this target (labels, id, implicit `dialect` and `agent`).
+    pub fn matches(&self, selector: &Selector) -> bool {
+        let dialect = self.dialect().map(Dialect::as_str).unwrap_or("");
+        selector.matches(
+            &self.status.target_id,
+            &self.status.labels,
+            dialect,
+            self.agent.id(),
+        )
+    }
 }
 
 /// The fleet at one moment: every reachable target, and the agents that could not be asked.
@@ -186,14 +197,35 @@ impl Engine {
     /// Ask every agent for the state of all its targets: one `Status` RPC per agent, in
     /// parallel, retried with backoff while the agent is unreachable.
     pub async fn snapshot(&self, include_history: bool) -> Result<FleetSnapshot, EngineError> {
+        self.ask_fleet(pb::StatusRequest {
+            include_history,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Every agent's targets as listed, none read (`identities_only`: ids, dialects,
+    /// labels, hosts; no database is touched). The view is left as it is.
+    pub async fn listing(&self) -> Result<FleetSnapshot, EngineError> {
+        self.ask_fleet(pb::StatusRequest {
+            identities_only: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `req` to every agent in parallel (with this term's token, if leading), retried with
+    /// backoff while an agent is unreachable; what full reads report goes into the view.
+    async fn ask_fleet(&self, req: pb::StatusRequest) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         // While leading, every Status announces the term's token to the agents.
         let token = self.term().map(|t| t.token).unwrap_or(0);
+        let identities_only = req.identities_only;
+        let req = &req;
         let calls = agents.iter().map(|agent| async move {
             let req = pb::StatusRequest {
-                include_history,
                 fencing_token: token,
-                ..Default::default()
+                ..req.clone()
             };
             (agent.clone(), self.status_of_agent(agent, req).await)
         });
@@ -217,7 +249,9 @@ impl Engine {
         }
         snap.targets
             .sort_by(|a, b| a.status.target_id.cmp(&b.status.target_id));
-        self.view.record_snapshot(&snap, &answered);
+        if !identities_only {
+            self.view.record_snapshot(&snap, &answered);
+        }
         Ok(snap)
     }
 
@@ -452,10 +486,7 @@ impl Engine {
     /// The snapshot restricted to `selector`.
     pub async fn select(&self, selector: &Selector) -> Result<FleetSnapshot, EngineError> {
         let mut snap = self.snapshot(false).await?;
-        snap.targets.retain(|e| {
-            let dialect = e.dialect().map(Dialect::as_str).unwrap_or("");
-            selector.matches(&e.status.target_id, &e.status.labels, dialect, e.agent.id())
-        });
+        snap.targets.retain(|e| e.matches(selector));
         Ok(snap)
     }
 
