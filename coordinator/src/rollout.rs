@@ -57,6 +57,10 @@ pub struct RolloutSpec {
     /// Run revisions with destructive lint findings that their files do not allow.
     #[serde(default)]
     pub allow_destructive: bool,
+    /// Run on targets that have another tool's version table and no Flotilla history
+    /// (otherwise blocked: adopt them first).
+    #[serde(default)]
+    pub allow_foreign: bool,
 }
 
 impl Default for RolloutSpec {
@@ -74,6 +78,7 @@ impl Default for RolloutSpec {
             allow_blocked: false,
             transaction_per_step: false,
             allow_destructive: false,
+            allow_foreign: false,
         }
     }
 }
@@ -93,6 +98,7 @@ impl RolloutSpec {
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
             allow_destructive: self.allow_destructive,
+            allow_foreign: self.allow_foreign,
         }
     }
 
@@ -135,6 +141,7 @@ impl RolloutSpec {
             allow_blocked: p.allow_blocked,
             transaction_per_step: p.transaction_per_step,
             allow_destructive: p.allow_destructive,
+            allow_foreign: p.allow_foreign,
         })
     }
 }

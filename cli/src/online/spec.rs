@@ -86,6 +86,11 @@ pub struct SpecArgs {
     /// that their file does not allow with `-- lint: allow destructive`
     #[arg(long, env = "FLOTILLA_ALLOW_DESTRUCTIVE")]
     pub allow_destructive: bool,
+    /// Migrate targets that have another tool's version table (alembic_version,
+    /// flyway_schema_history, _sqlx_migrations, schema_migrations) and no Flotilla history,
+    /// from base, after review; otherwise they are blocked: `flotilla adopt` them first
+    #[arg(long, env = "FLOTILLA_ALLOW_FOREIGN")]
+    pub allow_foreign: bool,
 }
 
 impl SpecArgs {
@@ -110,6 +115,7 @@ impl SpecArgs {
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
             allow_destructive: self.allow_destructive,
+            allow_foreign: self.allow_foreign,
         })
     }
 }

@@ -6,6 +6,7 @@ mod cli_online;
 mod dashboards;
 mod destructive;
 mod drift;
+mod foreign;
 mod ha;
 mod harness;
 mod lock;

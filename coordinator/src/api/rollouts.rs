@@ -49,7 +49,14 @@ pub(super) async fn plan(
             dialect: e.status.dialect,
             ..Default::default()
         };
-        match plan_target(graph, &e.status, e.dialect(), &goal, spec.allow_downgrade) {
+        match plan_target(
+            graph,
+            &e.status,
+            e.dialect(),
+            &goal,
+            spec.allow_downgrade,
+            spec.allow_foreign,
+        ) {
             TargetPlanOutcome::Steps(steps) => {
                 if let Some(d) = e.dialect() {
                     refusal.add(graph, d, &steps);

@@ -88,7 +88,8 @@ pub fn downgrade_block(
     if !by_downgrade {
         return None;
     }
-    match plan_target(graph, status, dialect, goal, allow_downgrade) {
+    // Only the downgrade's reason: another tool's table is not the downgrade's doing.
+    match plan_target(graph, status, dialect, goal, allow_downgrade, true) {
         TargetPlanOutcome::Blocked(why) => Some(why),
         TargetPlanOutcome::Steps(_) => None,
     }

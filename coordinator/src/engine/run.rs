@@ -278,7 +278,12 @@ impl Engine {
         goal: &Goal,
     ) -> Result<(), EngineError> {
         let snap = self
-            .planning_snapshot(&rec.spec.selector, goal, rec.spec.allow_downgrade)
+            .planning_snapshot(
+                &rec.spec.selector,
+                goal,
+                rec.spec.allow_downgrade,
+                rec.spec.allow_foreign,
+            )
             .await?;
         if !snap.unreachable.is_empty() {
             let list = snap
@@ -305,7 +310,12 @@ impl Engine {
         }
         let mut runnable = Vec::new();
         let mut records = Vec::new();
-        let mut memo = PlanMemo::new(&self.graph, goal, rec.spec.allow_downgrade);
+        let mut memo = PlanMemo::new(
+            &self.graph,
+            goal,
+            rec.spec.allow_downgrade,
+            rec.spec.allow_foreign,
+        );
         for entry in &snap.targets {
             let dialect = entry.dialect().unwrap_or(Dialect::Sqlite);
             let mut t = TargetRecord {

@@ -14,7 +14,8 @@ use crate::rollout::Selector;
 use flotilla_revision::{Goal, Graph, TargetHistory};
 
 use super::{Engine, EngineError};
-use flotilla_rpc::convert::DialectProto;
+use flotilla_core::foreign::ForeignTable;
+use flotilla_rpc::convert::{DialectProto, ForeignProto};
 
 /// Label marking a canary target (also the wave-0 preference of rollouts).
 pub const CANARY_LABEL: &str = "flotilla.io/canary";
@@ -93,16 +94,32 @@ pub fn state_digest_of(status: &pb::TargetStatus) -> String {
     )
 }
 
-/// Plan one target; a plan with down steps needs `allow_downgrade`.
+/// Why a target is left alone because another tool manages it: the agent reports other
+/// tools' version tables only for a target without Flotilla history, where a plan from base
+/// would re-run what that tool ran. `None` with `allow_foreign`.
+pub fn foreign_block(status: &pb::TargetStatus, allow_foreign: bool) -> Option<String> {
+    if allow_foreign {
+        return None;
+    }
+    let table = status.foreign.first()?;
+    Some(ForeignTable::from_proto(table).blocked_reason(&status.target_id))
+}
+
+/// Plan one target; a plan with down steps needs `allow_downgrade`, a target that another
+/// tool manages ([`foreign_block`]) `allow_foreign`.
 pub fn plan_target(
     graph: &Graph,
     status: &pb::TargetStatus,
     dialect: Option<Dialect>,
     goal: &Goal,
     allow_downgrade: bool,
+    allow_foreign: bool,
 ) -> TargetPlanOutcome {
     if !status.error.is_empty() {
         return TargetPlanOutcome::Blocked(format!("unreachable: {}", status.error));
+    }
+    if let Some(why) = foreign_block(status, allow_foreign) {
+        return TargetPlanOutcome::Blocked(why);
     }
     let Some(dialect) = dialect else {
         return TargetPlanOutcome::Blocked("agent reported no dialect".into());
@@ -133,15 +150,22 @@ pub struct PlanMemo<'a> {
     graph: &'a Graph,
     goal: &'a Goal,
     allow_downgrade: bool,
+    allow_foreign: bool,
     plans: std::collections::HashMap<(Dialect, String), TargetPlanOutcome>,
 }
 
 impl<'a> PlanMemo<'a> {
-    pub fn new(graph: &'a Graph, goal: &'a Goal, allow_downgrade: bool) -> Self {
+    pub fn new(
+        graph: &'a Graph,
+        goal: &'a Goal,
+        allow_downgrade: bool,
+        allow_foreign: bool,
+    ) -> Self {
         PlanMemo {
             graph,
             goal,
             allow_downgrade,
+            allow_foreign,
             plans: Default::default(),
         }
     }
@@ -152,13 +176,25 @@ impl<'a> PlanMemo<'a> {
         status: &pb::TargetStatus,
         dialect: Option<Dialect>,
     ) -> TargetPlanOutcome {
-        let Some(d) = dialect.filter(|_| status.error.is_empty()) else {
-            return plan_target(self.graph, status, dialect, self.goal, self.allow_downgrade);
+        // Other tools' tables are not part of the state digest: such targets are not memoized.
+        let Some(d) = dialect.filter(|_| status.error.is_empty() && status.foreign.is_empty())
+        else {
+            return plan_target(
+                self.graph,
+                status,
+                dialect,
+                self.goal,
+                self.allow_downgrade,
+                self.allow_foreign,
+            );
         };
-        let (graph, goal, allow_downgrade) = (self.graph, self.goal, self.allow_downgrade);
+        let (graph, goal) = (self.graph, self.goal);
+        let (allow_downgrade, allow_foreign) = (self.allow_downgrade, self.allow_foreign);
         self.plans
             .entry((d, state_digest_of(status)))
-            .or_insert_with(|| plan_target(graph, status, dialect, goal, allow_downgrade))
+            .or_insert_with(|| {
+                plan_target(graph, status, dialect, goal, allow_downgrade, allow_foreign)
+            })
             .clone()
     }
 }
@@ -187,8 +223,12 @@ fn shared_state<'a>(
 ) -> Option<&'a pb::TargetStatus> {
     let first = *sample.first()?;
     let digest = state_digest_of(first);
+    // A sample target with another tool's table does not share the state of a clean one.
     let same = |s: &&pb::TargetStatus| {
-        s.error.is_empty() && s.dialect == first.dialect && state_digest_of(s) == digest
+        s.error.is_empty()
+            && s.foreign.is_empty()
+            && s.dialect == first.dialect
+            && state_digest_of(s) == digest
     };
     (sample.len() == expected && sample.iter().all(same)).then_some(first)
 }
@@ -320,6 +360,7 @@ impl Engine {
         selector: &Selector,
         goal: &Goal,
         allow_downgrade: bool,
+        allow_foreign: bool,
     ) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         let token = self.term().map(|t| t.token).unwrap_or(0);
@@ -330,7 +371,12 @@ impl Engine {
             .map(|e| (e.status.target_id.clone(), e))
             .collect();
         let known = &known;
-        let memo = std::sync::Mutex::new(PlanMemo::new(&self.graph, goal, allow_downgrade));
+        let memo = std::sync::Mutex::new(PlanMemo::new(
+            &self.graph,
+            goal,
+            allow_downgrade,
+            allow_foreign,
+        ));
         let memo = &memo;
         let plans_to_steps = |status: &pb::TargetStatus, dialect: Option<Dialect>| {
             let plan = memo
