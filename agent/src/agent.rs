@@ -29,8 +29,9 @@ use crate::fence::FenceMemory;
 use crate::service::validate as check;
 use crate::status::{empty_status, target_status};
 use crate::target::{Target, Targets};
+use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::TargetState;
-use flotilla_rpc::convert::CatalogProto;
+use flotilla_rpc::convert::{CatalogProto, ForeignProto};
 
 mod adopt;
 mod backups;
@@ -73,10 +74,12 @@ async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
 }
 
 /// The target's history and fence token, read without writing anything.
-async fn read_target(target: &Target) -> Result<TargetState, AgentError> {
+/// What Status reports of a target: its state and, when it has no Flotilla history, other
+/// tools' version tables.
+async fn read_status(target: &Target) -> Result<(TargetState, Vec<ForeignTable>), AgentError> {
     target
         .driver
-        .read_state()
+        .read_status()
         .await
         .map_err(|e| driver_error(&target.id, e))
 }
@@ -282,6 +285,7 @@ impl Agent {
             lock_wait,
             cancel: self.shutdown.child_token(),
             expected_state: req.expected_state.clone(),
+            allow_foreign: req.allow_foreign,
             group_transactions: !req.transaction_per_step,
             report_fingerprint: req.report_fingerprint,
         };
@@ -342,11 +346,14 @@ impl Agent {
         let include_history = req.include_history;
         let targets = futures::stream::iter(targets)
             .map(|t| async move {
-                match tokio::time::timeout(timeout, read_target(&t)).await {
-                    Ok(Ok(state)) => {
+                match tokio::time::timeout(timeout, read_status(&t)).await {
+                    Ok(Ok((state, foreign))) => {
                         // What a fence row holds was committed: it binds for every target.
                         self.fence.accepted(state.fence_token);
-                        target_status(&t, &state, include_history)
+                        TargetStatus {
+                            foreign: foreign.iter().map(ForeignProto::to_proto).collect(),
+                            ..target_status(&t, &state, include_history)
+                        }
                     }
                     Ok(Err(e)) => TargetStatus {
                         error: e.to_string(),
@@ -433,7 +440,7 @@ impl Agent {
             events: None,
         };
         let guard = locker.lock_in_process().await?;
-        let session = locker.open_locked().await.map_err(|f| match f {
+        let session = locker.open_locked(true).await.map_err(|f| match f {
             crate::executor::Failure::Driver(e) => driver_error(&target.id, e),
             crate::executor::Failure::Fatal(e) => e,
         })?;

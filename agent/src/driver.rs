@@ -142,6 +142,25 @@ pub trait Driver: Send + Sync + 'static {
         session.close().await;
         res
     }
+
+    /// What Status reports: the state as [`Driver::read_state`] reads it and, only for a
+    /// target without Flotilla history, other tools' version tables (one more query when
+    /// there is none), read on the same read-only session.
+    async fn read_status(&self) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
+        let mut session = self.connect_read().await?;
+        let res = async {
+            let state = session.read_state().await?;
+            let foreign = if state.history.is_empty() {
+                session.foreign_tables().await?
+            } else {
+                Vec::new()
+            };
+            Ok((state, foreign))
+        }
+        .await;
+        session.close().await;
+        res
+    }
 }
 
 /// One connection to a target. Every method is a complete unit: on error nothing it started

@@ -114,6 +114,10 @@ pub enum AgentError {
         expected: String,
         found: String,
     },
+    /// The target has another tool's version table and no Flotilla history, and the request
+    /// does not say `allow_foreign`: nothing ran.
+    #[error("target {target}: {reason}")]
+    ForeignHistory { target: String, reason: String },
     #[error("target {target}: database error: {message}")]
     Database { target: String, message: String },
     #[error("target {target}: database unavailable: {message}")]
@@ -156,6 +160,7 @@ impl AgentError {
             AgentError::Unavailable { .. } => Reason::DatabaseUnavailable,
             AgentError::Cancelled { .. } => Reason::Cancelled,
             AgentError::PlanStale { .. } => Reason::PlanStale,
+            AgentError::ForeignHistory { .. } => Reason::ForeignHistory,
             AgentError::Config(_) | AgentError::Discovery(_) => Reason::Config,
             AgentError::Internal(_) => Reason::Internal,
         }
@@ -172,6 +177,7 @@ impl AgentError {
             | AgentError::TargetDirty { .. }
             | AgentError::NotDirty { .. }
             | AgentError::PlanStale { .. }
+            | AgentError::ForeignHistory { .. }
             | AgentError::BackupFailed { .. }
             | AgentError::NotAdoptable { .. } => Code::FailedPrecondition,
             AgentError::LockTimeout { .. } | AgentError::StepLockTimeout { .. } => {
@@ -210,6 +216,7 @@ impl AgentError {
             | AgentError::Database { .. }
             | AgentError::NotDirty { .. }
             | AgentError::PlanStale { .. }
+            | AgentError::ForeignHistory { .. }
             | AgentError::NotAdoptable { .. }
             | AgentError::Config(_)
             | AgentError::Discovery(_)

@@ -126,6 +126,19 @@ pub(crate) struct Executor {
     pub(crate) group_transactions: bool,
     /// `MigrateRequest.report_fingerprint`: fingerprint the catalog for `MigrateFinished`.
     pub(crate) report_fingerprint: bool,
+    /// `MigrateRequest.allow_foreign`: migrate a target that has another tool's version
+    /// table and no Flotilla history. Without it such a target is refused under the lock,
+    /// before any step (checked once, with the plan precondition).
+    pub(crate) allow_foreign: bool,
+}
+
+/// Refusals of the request as a whole, found under the lock before any step ran: returned
+/// as the stream's error, with no `StepFailed` event (nothing failed).
+pub(crate) fn refused_before_steps(e: &AgentError) -> bool {
+    matches!(
+        e,
+        AgentError::PlanStale { .. } | AgentError::ForeignHistory { .. }
+    )
 }
 
 /// The request's session (with its locks) and the target's state as last read on it. The
@@ -135,7 +148,8 @@ pub(crate) struct Executor {
 pub(crate) struct Link {
     session: Option<Box<dyn Session>>,
     state: Option<TargetState>,
-    /// Whether the plan precondition was checked.
+    /// Whether the plan precondition and the foreign-table check passed (and Flotilla's
+    /// tables were made sure of, after them).
     checked: bool,
 }
 
@@ -200,7 +214,9 @@ impl Executor {
             if !step.backup_tables.is_empty()
                 && let Err(e) = self.backup(&mut link, step, &ctx).await
             {
-                self.fail(&ctx, step, &e, false).await;
+                if !refused_before_steps(&e) {
+                    self.fail(&ctx, step, &e, false).await;
+                }
                 result = Err(e);
                 break;
             }
@@ -250,7 +266,9 @@ impl Executor {
     ) -> Result<(&'l mut Box<dyn Session>, &'l mut TargetState), Failure> {
         if link.session.is_none() {
             link.state = None;
-            link.session = Some(self.locker(ctx).open_locked().await?);
+            // The request's first session creates Flotilla's tables only once the checks
+            // below passed: a refused target is left exactly as it was.
+            link.session = Some(self.locker(ctx).open_locked(link.checked).await?);
         }
         let Link {
             session,
@@ -267,7 +285,6 @@ impl Executor {
             .as_mut()
             .ok_or_else(|| Failure::Fatal(AgentError::Internal("no state".into())))?;
         if !*checked {
-            *checked = true;
             if !self.expected_state.is_empty() {
                 let found = state.digest();
                 if !found.eq_ignore_ascii_case(&self.expected_state) {
@@ -278,6 +295,19 @@ impl Executor {
                     }));
                 }
             }
+            // Another tool migrated this target and Flotilla never did: a plan from base
+            // would re-run what that tool ran. One query when it has no such table.
+            if !self.allow_foreign && state.history.is_empty() {
+                let foreign = session.foreign_tables().await.map_err(Failure::Driver)?;
+                if let Some(t) = foreign.first() {
+                    return Err(Failure::Fatal(AgentError::ForeignHistory {
+                        target: self.target.id.clone(),
+                        reason: t.blocked_reason(&self.target.id),
+                    }));
+                }
+            }
+            session.ensure_schema().await.map_err(Failure::Driver)?;
+            *checked = true;
         }
         if self.meta.fencing_token < state.fence_token {
             return Err(Failure::Driver(DriverError::StaleToken {

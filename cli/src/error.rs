@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use flotilla_revision::{ParseErrors, RenderError};
 
-use crate::exit::{EXIT_BLOCKED, EXIT_ERROR};
+use flotilla_coordinator::rollout::SelectorError;
+
+use crate::exit::{EXIT_BLOCKED, EXIT_ERROR, EXIT_USAGE};
 
 /// Why a CLI command failed (exit code 1).
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,13 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error("{0}")]
     Refused(String),
+    /// A selector outside its bounds, found before any call: exit code 2.
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+    /// The coordinator refused the request's input (INVALID_ARGUMENT: a selector that
+    /// matches no target, an unknown goal): exit code 2.
+    #[error("{0}")]
+    Usage(String),
     /// `rollout start` refused a downgrade that would block targets: exit code 6.
     #[error("{0}")]
     WouldBlock(String),
@@ -35,6 +44,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::WouldBlock(_) => EXIT_BLOCKED,
+            CliError::Selector(_) | CliError::Usage(_) => EXIT_USAGE,
             _ => EXIT_ERROR,
         }
     }

@@ -8,7 +8,8 @@
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the command failed (message on stderr).
 pub const EXIT_ERROR: u8 = 1;
-/// Exit code: bad flags or arguments (clap's own code).
+/// Exit code: bad flags or arguments (clap's own code), a selector outside its bounds, or
+/// input the coordinator refused (a selector matching no target, an unknown goal).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: `flotilla check` found errors (or warnings with `--strict`).
 pub const EXIT_PROBLEMS: u8 = 3;

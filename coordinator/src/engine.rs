@@ -490,6 +490,7 @@ impl Engine {
                 active.state.as_str()
             )));
         }
+        self.require_selection(&spec.selector, &traceparent).await?;
         self.preflight(&spec, &goal, &traceparent).await?;
         self.refuse_destructive(&spec, &goal, &traceparent).await?;
         let now = now_ms();

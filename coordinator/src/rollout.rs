@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use flotilla_core::Direction;
 use flotilla_proto as pb;
 
+pub mod selector;
 pub mod waves;
 
+pub use selector::{Selector, SelectorError};
 pub use waves::{Budget, WaveSize, assign_waves};
 
 /// Store key of a rollout record.
@@ -25,61 +27,6 @@ pub fn targets_prefix(id: &str) -> String {
 /// Store key of one target record.
 pub fn target_key(id: &str, target: &str) -> String {
     format!("targets/{id}/{target}")
-}
-
-/// Label selector: every `match_labels` entry must match; `target_ids`, when not empty,
-/// restricts to those targets. The implicit labels `dialect` and `agent` can be matched too.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Selector {
-    pub match_labels: std::collections::BTreeMap<String, String>,
-    pub target_ids: Vec<String>,
-}
-
-impl Selector {
-    pub fn matches(
-        &self,
-        target_id: &str,
-        labels: &std::collections::HashMap<String, String>,
-        dialect: &str,
-        agent: &str,
-    ) -> bool {
-        if !self.target_ids.is_empty() && !self.target_ids.iter().any(|t| t == target_id) {
-            return false;
-        }
-        self.match_labels.iter().all(|(k, v)| match k.as_str() {
-            "dialect" if !labels.contains_key("dialect") => v == dialect,
-            "agent" if !labels.contains_key("agent") => v == agent,
-            _ => labels.get(k) == Some(v),
-        })
-    }
-
-    /// Parse `k=v,k2=v2` (the CLI form).
-    pub fn parse(s: &str) -> Result<Selector, String> {
-        let mut sel = Selector::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("selector {part:?} is not key=value"))?;
-            sel.match_labels
-                .insert(k.trim().to_owned(), v.trim().to_owned());
-        }
-        Ok(sel)
-    }
-
-    pub fn to_proto(&self) -> pb::Selector {
-        pb::Selector {
-            match_labels: self.match_labels.clone().into_iter().collect(),
-            target_ids: self.target_ids.clone(),
-        }
-    }
-
-    pub fn from_proto(p: Option<&pb::Selector>) -> Selector {
-        p.map(|p| Selector {
-            match_labels: p.match_labels.clone().into_iter().collect(),
-            target_ids: p.target_ids.clone(),
-        })
-        .unwrap_or_default()
-    }
 }
 
 /// Targets migrated at once when a rollout does not say (`--max-parallel`, and 0 in a
@@ -120,6 +67,10 @@ pub struct RolloutSpec {
     /// Retry budget per step: total time in milliseconds (0 = each agent's default).
     #[serde(default)]
     pub retry_max_elapsed_ms: u64,
+    /// Run on targets that have another tool's version table and no Flotilla history
+    /// (otherwise blocked: adopt them first).
+    #[serde(default)]
+    pub allow_foreign: bool,
 }
 
 impl Default for RolloutSpec {
@@ -140,6 +91,7 @@ impl Default for RolloutSpec {
             lock_timeout_ms: 0,
             retry_max_attempts: 0,
             retry_max_elapsed_ms: 0,
+            allow_foreign: false,
         }
     }
 }
@@ -162,6 +114,7 @@ impl RolloutSpec {
             lock_timeout_ms: self.lock_timeout_ms,
             retry_max_attempts: self.retry_max_attempts,
             retry_max_elapsed_ms: self.retry_max_elapsed_ms,
+            allow_foreign: self.allow_foreign,
         }
     }
 
@@ -197,7 +150,7 @@ impl RolloutSpec {
         };
         Ok(RolloutSpec {
             goal,
-            selector: Selector::from_proto(p.selector.as_ref()),
+            selector: Selector::from_proto(p.selector.as_ref()).map_err(|e| e.to_string())?,
             canary: p.canary,
             waves,
             max_parallel: if p.max_parallel == 0 {
@@ -215,6 +168,7 @@ impl RolloutSpec {
             lock_timeout_ms: p.lock_timeout_ms,
             retry_max_attempts: p.retry_max_attempts,
             retry_max_elapsed_ms: p.retry_max_elapsed_ms,
+            allow_foreign: p.allow_foreign,
         })
     }
 }
@@ -436,19 +390,6 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn selector_matches_labels_and_implicit_keys() {
-        let sel = Selector::parse("tier=gold, dialect=sqlite").unwrap();
-        let mut labels = HashMap::new();
-        labels.insert("tier".to_owned(), "gold".to_owned());
-        assert!(sel.matches("t1", &labels, "sqlite", "a1"));
-        assert!(!sel.matches("t1", &labels, "postgres", "a1"));
-        labels.insert("tier".to_owned(), "silver".to_owned());
-        assert!(!sel.matches("t1", &labels, "sqlite", "a1"));
-        assert!(Selector::parse("nonsense").is_err());
-    }
 
     #[test]
     fn spec_round_trips_through_proto() {

@@ -43,6 +43,37 @@ pub struct ForeignTable {
     pub error: String,
 }
 
+impl ForeignTable {
+    /// Where the table says the target is: the last exact version (flyway, sqlx), else the
+    /// heads (alembic, golang-migrate, a flyway baseline), comma-separated; marked when the
+    /// table records a failure or cannot be read.
+    pub fn at(&self) -> String {
+        let mut at = match self.versions.last() {
+            Some(v) => v.clone(),
+            None if !self.up_to.is_empty() => self.up_to.join(","),
+            None => "no version".to_owned(),
+        };
+        if !self.error.is_empty() {
+            at = "an unreadable version".to_owned();
+        } else if self.dirty {
+            at.push_str(" (dirty)");
+        }
+        at
+    }
+
+    /// Why `target`, which has this table and no Flotilla history, is left alone: planning
+    /// it from base would run DDL the other tool already ran.
+    pub fn blocked_reason(&self, target: &str) -> String {
+        format!(
+            "managed by {} at {} ({}): adopt it first: flotilla adopt --target {target} \
+             (or, after review, --allow-foreign)",
+            self.tool,
+            self.at(),
+            self.table
+        )
+    }
+}
+
 /// One row as the query returns it: (version, "1" ok / "0" failed or dirty, kind).
 pub type RawRow = (Option<String>, String, String);
 
@@ -58,6 +89,29 @@ pub fn exists_sql(dialect: Dialect, table: &str) -> String {
         ),
         Dialect::Sqlite => {
             format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+        }
+    }
+}
+
+/// `SELECT COUNT(*)` of the known version tables ([`TOOLS`]) that exist on the target, in
+/// one query: the cheap check before reading them one by one.
+pub fn any_exists_sql(dialect: Dialect) -> String {
+    let names = TOOLS
+        .iter()
+        .map(|(_, t)| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match dialect {
+        Dialect::Postgres => format!(
+            "SELECT COUNT(*) FROM (SELECT to_regclass(n) AS r FROM unnest(ARRAY[{names}]) AS n) AS t \
+             WHERE r IS NOT NULL"
+        ),
+        Dialect::Mysql => format!(
+            "SELECT COUNT(*) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name IN ({names})"
+        ),
+        Dialect::Sqlite => {
+            format!("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({names})")
         }
     }
 }
@@ -232,5 +286,33 @@ mod tests {
             Err("no column dirty".into()),
         );
         assert_eq!(t.error, "no column dirty");
+    }
+
+    #[test]
+    fn blocked_reason_names_tool_version_and_the_adopt_command() {
+        let alembic = interpret(
+            "alembic",
+            "alembic_version",
+            Ok(vec![row("ae1027a6acf", "1", "head")]),
+        );
+        assert_eq!(
+            alembic.blocked_reason("t1"),
+            "managed by alembic at ae1027a6acf (alembic_version): adopt it first: \
+             flotilla adopt --target t1 (or, after review, --allow-foreign)"
+        );
+        let flyway = interpret(
+            "flyway",
+            "flyway_schema_history",
+            Ok(vec![
+                row("1", "1", "BASELINE"),
+                row("2", "1", "SQL"),
+                row("3", "0", "SQL"),
+            ]),
+        );
+        assert_eq!(flyway.at(), "2 (dirty)");
+        let empty = interpret("sqlx", "_sqlx_migrations", Ok(vec![]));
+        assert_eq!(empty.at(), "no version");
+        let broken = interpret("golang-migrate", "schema_migrations", Err("x".into()));
+        assert_eq!(broken.at(), "an unreadable version");
     }
 }

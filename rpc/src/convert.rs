@@ -5,6 +5,7 @@
 
 use flotilla_core::backup::BackupRecord;
 use flotilla_core::catalog::{Catalog, Column, Constraint, Index, Table};
+use flotilla_core::foreign::ForeignTable;
 use flotilla_core::{Dialect, Direction};
 use flotilla_proto as pb;
 
@@ -182,11 +183,55 @@ impl BackupProto for BackupRecord {
     }
 }
 
+/// Another tool's version table ([`ForeignTable`]) on the wire.
+pub trait ForeignProto: Sized {
+    fn to_proto(&self) -> pb::ForeignVersionTable;
+    fn from_proto(p: &pb::ForeignVersionTable) -> Self;
+}
+
+impl ForeignProto for ForeignTable {
+    fn to_proto(&self) -> pb::ForeignVersionTable {
+        pb::ForeignVersionTable {
+            tool: self.tool.clone(),
+            table: self.table.clone(),
+            versions: self.versions.clone(),
+            up_to: self.up_to.clone(),
+            dirty: self.dirty,
+            error: self.error.clone(),
+        }
+    }
+
+    fn from_proto(p: &pb::ForeignVersionTable) -> ForeignTable {
+        ForeignTable {
+            tool: p.tool.clone(),
+            table: p.table.clone(),
+            versions: p.versions.clone(),
+            up_to: p.up_to.clone(),
+            dirty: p.dirty,
+            error: p.error.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use flotilla_core::catalog::{Catalog, Column, Constraint, Index, Table};
+    use flotilla_core::foreign::ForeignTable;
 
-    use super::CatalogProto;
+    use super::{CatalogProto, ForeignProto};
+
+    #[test]
+    fn foreign_table_round_trips() {
+        let t = ForeignTable {
+            tool: "flyway".into(),
+            table: "flyway_schema_history".into(),
+            versions: vec!["2".into()],
+            up_to: vec!["1".into()],
+            dirty: true,
+            error: String::new(),
+        };
+        assert_eq!(ForeignTable::from_proto(&t.to_proto()), t);
+    }
 
     fn col(name: &str, ty: &str) -> Column {
         Column {

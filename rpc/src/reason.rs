@@ -23,6 +23,8 @@ pub enum Reason {
     DatabaseUnavailable,
     Cancelled,
     PlanStale,
+    /// Another tool's version table and no Flotilla history: adopt the target first.
+    ForeignHistory,
     BackupFailed,
     Config,
     Internal,
@@ -44,6 +46,7 @@ impl Reason {
             Reason::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             Reason::Cancelled => "CANCELLED",
             Reason::PlanStale => "PLAN_STALE",
+            Reason::ForeignHistory => "FOREIGN_HISTORY",
             Reason::BackupFailed => "BACKUP_FAILED",
             Reason::Config => "CONFIG",
             Reason::Internal => "INTERNAL",

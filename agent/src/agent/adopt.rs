@@ -5,7 +5,7 @@
 
 use flotilla_proto::{
     AdoptTargetRequest, DetectForeignRequest, DetectForeignResponse, Direction as PbDirection,
-    ForeignVersionTable, StampRequest, StampResponse, TargetForeign,
+    StampRequest, StampResponse, TargetForeign,
 };
 use futures::StreamExt;
 use tonic::Status;
@@ -20,17 +20,7 @@ use crate::target::Target;
 use flotilla_core::Direction;
 use flotilla_core::foreign::{ForeignTable, retire_sql, table_of};
 use flotilla_core::history::{RowStatus, TargetState};
-
-fn to_proto(t: ForeignTable) -> ForeignVersionTable {
-    ForeignVersionTable {
-        tool: t.tool,
-        table: t.table,
-        versions: t.versions,
-        up_to: t.up_to,
-        dirty: t.dirty,
-        error: t.error,
-    }
-}
+use flotilla_rpc::convert::ForeignProto;
 
 /// History and foreign tables of one target.
 async fn read_foreign(target: &Target) -> Result<(TargetState, Vec<ForeignTable>), AgentError> {
@@ -115,7 +105,7 @@ impl Agent {
                 match tokio::time::timeout(timeout, read_foreign(&t)).await {
                     Ok(Ok((state, tables))) => {
                         tf.history_rows = u32::try_from(state.history.len()).unwrap_or(u32::MAX);
-                        tf.tables = tables.into_iter().map(to_proto).collect();
+                        tf.tables = tables.iter().map(ForeignProto::to_proto).collect();
                     }
                     Ok(Err(e)) => tf.error = e.to_string(),
                     Err(_) => tf.error = format!("no answer within {}ms", timeout.as_millis()),

@@ -19,6 +19,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::driver::classify::on;
 use crate::driver::common::CONNECT_TIMEOUT;
 use crate::driver::{Driver, DriverError, Session};
+use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::TargetState;
 use flotilla_core::{Dialect, Secret};
 
@@ -206,6 +207,10 @@ impl Driver for SqliteDriver {
     /// been unchanged for [`SETTLED`](stamp::SETTLED) when they were read. Any committed
     /// write, by this agent or anyone else, changes the stamp. Migrations never use this: the
     /// executor reads the state on its locked session.
+    async fn read_status(&self) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
+        read_status(self).await
+    }
+
     async fn read_state(&self) -> Result<TargetState, DriverError> {
         let Some(path) = self.path.as_deref() else {
             return read_once(self).await;
@@ -233,6 +238,21 @@ impl Driver for SqliteDriver {
         };
         Ok(state)
     }
+}
+
+/// The cached state ([`Driver::read_state`]); a target without Flotilla history is also
+/// looked at for other tools' version tables, on a read-only session (a missing file has none).
+async fn read_status(
+    driver: &SqliteDriver,
+) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
+    let state = driver.read_state().await?;
+    if !state.history.is_empty() {
+        return Ok((state, Vec::new()));
+    }
+    let mut session = driver.connect_read().await?;
+    let foreign = session.foreign_tables().await;
+    session.close().await;
+    Ok((state, foreign?))
 }
 
 /// One uncached read on a read-only session.

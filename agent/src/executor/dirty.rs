@@ -43,7 +43,7 @@ impl Executor {
                         .await;
                     return Ok(());
                 }
-                Err(Failure::Fatal(e @ AgentError::PlanStale { .. })) => return Err(e),
+                Err(Failure::Fatal(e)) if super::refused_before_steps(&e) => return Err(e),
                 Err(Failure::Fatal(e)) => e,
                 Err(Failure::Driver(DriverError::Transient { class, message }))
                     if !matches!(progress, Progress::Executing { .. }) =>

@@ -135,7 +135,7 @@ impl Executor {
             link.invalidate();
             let (step, ctx) = (&unit[index], &ctxs[index]);
             let err = match failure {
-                Failure::Fatal(e @ AgentError::PlanStale { .. }) => return Err(e),
+                Failure::Fatal(e) if super::refused_before_steps(&e) => return Err(e),
                 Failure::Fatal(e) => e,
                 Failure::Driver(DriverError::Transient { class, message }) => {
                     if class == ErrorClass::Connection {

@@ -76,9 +76,13 @@ impl Locker<'_> {
         }
     }
 
-    /// Connect, create Flotilla's tables if needed and take the database lock. On any error
-    /// the session is closed (releasing whatever it held).
-    pub(crate) async fn open_locked(&self) -> Result<Box<dyn Session>, Failure> {
+    /// Connect, create Flotilla's tables if needed (unless `ensure_schema` is false: the
+    /// caller creates them itself, after its checks under the lock) and take the database
+    /// lock. On any error the session is closed (releasing whatever it held).
+    pub(crate) async fn open_locked(
+        &self,
+        ensure_schema: bool,
+    ) -> Result<Box<dyn Session>, Failure> {
         let mut session = self
             .target
             .driver
@@ -86,7 +90,9 @@ impl Locker<'_> {
             .await
             .map_err(Failure::Driver)?;
         let res = async {
-            session.ensure_schema().await.map_err(Failure::Driver)?;
+            if ensure_schema {
+                session.ensure_schema().await.map_err(Failure::Driver)?;
+            }
             self.db_lock(session.as_mut()).await
         }
         .await;

@@ -139,8 +139,9 @@ fn request() -> impl Strategy<Value = Req> {
             prop_oneof![2 => Just(String::new()), 1 => hex64(), 1 => "[a-z]{0,5}"],
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step, report_fingerprint)| {
+            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step, report_fingerprint, allow_foreign)| {
                 Req::Migrate(MigrateRequest {
                     target_id,
                     rollout_id,
@@ -150,6 +151,7 @@ fn request() -> impl Strategy<Value = Req> {
                     expected_state,
                     transaction_per_step,
                     report_fingerprint,
+                    allow_foreign,
                     ..Default::default()
                 })
             }),

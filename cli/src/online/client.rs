@@ -98,12 +98,15 @@ pub(crate) fn rpc(e: tonic::Status) -> CliError {
     CliError::Refused(format!("{}{cause} ({:?})", e.message(), e.code()))
 }
 
-/// A refused StartRollout; a downgrade that would block targets is its own error (exit 6).
-pub(crate) fn would_block(e: tonic::Status) -> CliError {
+/// A refused Plan or StartRollout: input the coordinator refused (INVALID_ARGUMENT: a
+/// selector matching no target, an unknown goal) exits 2, a downgrade that would block
+/// targets 6.
+pub(crate) fn refused_spec(e: tonic::Status) -> CliError {
     match e.message().strip_prefix("WOULD_BLOCK: ") {
         Some(why) if e.code() == tonic::Code::FailedPrecondition => {
             CliError::WouldBlock(why.to_owned())
         }
+        _ if e.code() == tonic::Code::InvalidArgument => CliError::Usage(e.message().to_owned()),
         _ => rpc(e),
     }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 use flotilla_coordinator::rollout::Selector;
 use flotilla_proto as pb;
 
-use super::client::{ClientArgs, connect_with, rpc};
+use super::client::{ClientArgs, connect_with, refused_spec, rpc};
 use super::spec::{SelectArgs, SpecArgs};
 use crate::error::CliError;
 use crate::exit::{EXIT_PROBLEMS, EXIT_TIMEOUT};
@@ -23,13 +23,14 @@ pub(super) async fn plan(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
+    let spec = spec.spec()?;
     let mut c = client.connect().await?;
     let resp = c
         .plan(pb::PlanRequest {
-            spec: Some(spec.spec()?.to_proto()),
+            spec: Some(spec.to_proto()),
         })
         .await
-        .map_err(rpc)?
+        .map_err(refused_spec)?
         .into_inner();
     render::plan(out, json, &resp)?;
     Ok(0)
@@ -42,10 +43,11 @@ pub(super) async fn status(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
+    let selector = select.selector()?;
     let mut c = client.connect().await?;
     let resp = c
         .fleet_status(pb::FleetStatusRequest {
-            selector: Some(select.selector()?.to_proto()),
+            selector: Some(selector.to_proto()),
             include_schema: true,
         })
         .await
@@ -62,10 +64,11 @@ pub(super) async fn validate(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
+    let selector = select.selector()?;
     let mut c = client.connect().await?;
     let resp = c
         .fleet_validate(pb::FleetValidateRequest {
-            selector: Some(select.selector()?.to_proto()),
+            selector: Some(selector.to_proto()),
         })
         .await
         .map_err(rpc)?

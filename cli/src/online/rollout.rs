@@ -11,7 +11,7 @@ use flotilla_coordinator::rollout::RolloutState;
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 
-use super::client::{ClientArgs, rpc, would_block};
+use super::client::{ClientArgs, refused_spec, rpc};
 use super::spec::SpecArgs;
 use crate::error::CliError;
 use crate::exit::{EXIT_BLOCKED, EXIT_ROLLOUT_FAILED};
@@ -108,9 +108,11 @@ async fn start(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
+    // Bad flags (a selector outside its bounds) fail before any call.
+    let spec = spec.spec()?;
     let mut c = client.connect().await?;
     let mut req = tonic::Request::new(pb::StartRolloutRequest {
-        spec: Some(spec.spec()?.to_proto()),
+        spec: Some(spec.to_proto()),
     });
     // This call starts the rollout's trace: its span is the root, the coordinator's
     // rollout span its child.
@@ -122,7 +124,7 @@ async fn start(
     span.in_scope(|| flotilla_coordinator::telemetry::inject_current(req.metadata_mut()));
     let r = tracing::Instrument::instrument(c.start_rollout(req), span)
         .await
-        .map_err(would_block)?
+        .map_err(refused_spec)?
         .into_inner();
     if !wait {
         render::rollout(out, json, &r)?;

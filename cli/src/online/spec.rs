@@ -30,12 +30,14 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
+    /// The selector, checked against its bounds before any call (exit 2 when outside).
     pub fn selector(&self) -> Result<Selector, CliError> {
         let mut sel = match &self.selector {
-            Some(s) => Selector::parse(s).map_err(CliError::Refused)?,
+            Some(s) => Selector::parse(s)?,
             None => Selector::default(),
         };
         sel.target_ids = self.targets.clone();
+        sel.check()?;
         Ok(sel)
     }
 }
@@ -102,6 +104,11 @@ pub struct SpecArgs {
     /// Retry budget per step: total time (e.g. 30s; default: each agent's, 60s)
     #[arg(long, value_parser = parse_duration, env = "FLOTILLA_RETRY_MAX_TIME")]
     pub retry_max_time: Option<Duration>,
+    /// Migrate targets that have another tool's version table (alembic_version,
+    /// flyway_schema_history, _sqlx_migrations, schema_migrations) and no Flotilla history,
+    /// from base, after review; otherwise they are blocked: `flotilla adopt` them first
+    #[arg(long, env = "FLOTILLA_ALLOW_FOREIGN")]
+    pub allow_foreign: bool,
 }
 
 impl SpecArgs {
@@ -129,6 +136,7 @@ impl SpecArgs {
             lock_timeout_ms: ms(self.lock_timeout),
             retry_max_attempts: self.retry_attempts.unwrap_or(0),
             retry_max_elapsed_ms: ms(self.retry_max_time),
+            allow_foreign: self.allow_foreign,
         })
     }
 }

@@ -32,7 +32,8 @@ pub(super) async fn adopt(
         .engine
         .term()
         .ok_or_else(|| status_of(EngineError::NotLeader))?;
-    let selector = Selector::from_proto(req.selector.as_ref());
+    let selector = Selector::from_proto(req.selector.as_ref())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let targets = crate::adopt::adopt(
         &api.engine,
         term.agent_token(),

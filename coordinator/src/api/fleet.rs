@@ -28,7 +28,8 @@ pub(super) async fn status(
     req: Request<pb::FleetStatusRequest>,
 ) -> Result<Response<pb::FleetStatusResponse>, Status> {
     let req = req.into_inner();
-    let selector = Selector::from_proto(req.selector.as_ref());
+    let selector = Selector::from_proto(req.selector.as_ref())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let snap = api.engine.select(&selector).await.map_err(status_of)?;
     let mut targets: Vec<pb::FleetTarget> = snap
         .targets
@@ -68,7 +69,8 @@ pub(super) async fn validate(
     api: &Api,
     req: Request<pb::FleetValidateRequest>,
 ) -> Result<Response<pb::FleetValidateResponse>, Status> {
-    let selector = Selector::from_proto(req.into_inner().selector.as_ref());
+    let selector = Selector::from_proto(req.into_inner().selector.as_ref())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let snap = api.engine.select(&selector).await.map_err(status_of)?;
     let v = api.engine.validate_fleet(&snap.targets).await;
     metrics::gauge!("flotilla_fleet_drift_targets").set(v.drifted_targets().len() as f64);

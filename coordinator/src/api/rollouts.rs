@@ -9,6 +9,7 @@ use super::forward::{forwarded, leader};
 use super::{Api, check_id, status_of};
 use crate::engine::Control;
 use crate::engine::destructive::Refusal;
+use crate::engine::preflight::empty_selection;
 use crate::engine::snapshot::{TargetPlanOutcome, plan_target};
 use crate::rollout::RolloutSpec;
 use flotilla_revision::Goal;
@@ -26,7 +27,18 @@ pub(super) async fn plan(
     let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
         .map_err(Status::invalid_argument)?;
     let goal: Goal = api.engine.goal(&spec.goal).map_err(status_of)?;
-    let snap = api.engine.select(&spec.selector).await.map_err(status_of)?;
+    let snap = api.engine.snapshot(false).await.map_err(status_of)?;
+    let fleet_size = snap.targets.len();
+    let mut snap = snap;
+    snap.targets.retain(|e| e.matches(&spec.selector));
+    if snap.targets.is_empty() && snap.unreachable.is_empty() {
+        return Err(status_of(empty_selection(
+            &spec.selector,
+            Some(fleet_size),
+            &[],
+            "nothing to plan",
+        )));
+    }
     let graph = api.engine.graph();
     let mut targets = Vec::new();
     let mut refusal = Refusal::default();
@@ -37,7 +49,14 @@ pub(super) async fn plan(
             dialect: e.status.dialect,
             ..Default::default()
         };
-        match plan_target(graph, &e.status, e.dialect(), &goal, spec.allow_downgrade) {
+        match plan_target(
+            graph,
+            &e.status,
+            e.dialect(),
+            &goal,
+            spec.allow_downgrade,
+            spec.allow_foreign,
+        ) {
             TargetPlanOutcome::Steps(steps) => {
                 if let Some(d) = e.dialect() {
                     refusal.add(graph, d, &steps);

@@ -138,9 +138,14 @@ impl Engine {
         let mut refusal = Refusal::default();
         for e in &snap.targets {
             let Some(d) = e.dialect() else { continue };
-            if let TargetPlanOutcome::Steps(steps) =
-                plan_target(&self.graph, &e.status, Some(d), goal, spec.allow_downgrade)
-            {
+            if let TargetPlanOutcome::Steps(steps) = plan_target(
+                &self.graph,
+                &e.status,
+                Some(d),
+                goal,
+                spec.allow_downgrade,
+                spec.allow_foreign,
+            ) {
                 refusal.add(&self.graph, d, &steps);
             }
         }

@@ -117,6 +117,9 @@ impl Engine {
             })?;
         if !rec.planned {
             self.plan_rollout(term, &mut rec, &goal).await?;
+            if rec.state.is_terminal() {
+                return Ok(false);
+            }
         }
         let (_, targets) = self.get(id).await?;
         self.live.start(term.token, &rec, &targets);
@@ -306,7 +309,12 @@ impl Engine {
         goal: &Goal,
     ) -> Result<(), EngineError> {
         let snap = self
-            .planning_snapshot(&rec.spec.selector, goal, rec.spec.allow_downgrade)
+            .planning_snapshot(
+                &rec.spec.selector,
+                goal,
+                rec.spec.allow_downgrade,
+                rec.spec.allow_foreign,
+            )
             .await?;
         if !snap.unreachable.is_empty() {
             let list = snap
@@ -317,9 +325,28 @@ impl Engine {
                 .join(", ");
             tracing::warn!(rollout = %rec.id, "agents unreachable while planning, their targets are left out: {list}");
         }
+        // The start checked the selection; targets can still vanish before planning. A
+        // rollout of nothing fails instead of succeeding on zero targets.
+        if snap.targets.is_empty() {
+            rec.planned = true;
+            let why = super::preflight::empty_selection(
+                &rec.spec.selector,
+                None,
+                &snap.unreachable,
+                "the rollout did nothing",
+            );
+            return self
+                .finish(term, rec, RolloutState::Failed, why.to_string())
+                .await;
+        }
         let mut runnable = Vec::new();
         let mut records = Vec::new();
-        let mut memo = PlanMemo::new(&self.graph, goal, rec.spec.allow_downgrade);
+        let mut memo = PlanMemo::new(
+            &self.graph,
+            goal,
+            rec.spec.allow_downgrade,
+            rec.spec.allow_foreign,
+        );
         for entry in &snap.targets {
             let dialect = entry.dialect().unwrap_or(Dialect::Sqlite);
             let mut t = TargetRecord {

@@ -14,7 +14,8 @@ use crate::rollout::Selector;
 use flotilla_revision::{Goal, Graph, TargetHistory};
 
 use super::{Engine, EngineError};
-use flotilla_rpc::convert::DialectProto;
+use flotilla_core::foreign::ForeignTable;
+use flotilla_rpc::convert::{DialectProto, ForeignProto};
 
 /// Label marking a canary target (also the wave-0 preference of rollouts).
 pub const CANARY_LABEL: &str = "flotilla.io/canary";
@@ -39,6 +40,17 @@ impl FleetEntry {
         pb::Dialect::try_from(self.status.dialect)
             .ok()
             .and_then(Dialect::from_proto)
+    }
+
+    /// Whether `selector` selects this target (labels, id, implicit `dialect` and `agent`).
+    pub fn matches(&self, selector: &Selector) -> bool {
+        let dialect = self.dialect().map(Dialect::as_str).unwrap_or("");
+        selector.matches(
+            &self.status.target_id,
+            &self.status.labels,
+            dialect,
+            self.agent.id(),
+        )
     }
 }
 
@@ -82,16 +94,32 @@ pub fn state_digest_of(status: &pb::TargetStatus) -> String {
     )
 }
 
-/// Plan one target; a plan with down steps needs `allow_downgrade`.
+/// Why a target is left alone because another tool manages it: the agent reports other
+/// tools' version tables only for a target without Flotilla history, where a plan from base
+/// would re-run what that tool ran. `None` with `allow_foreign`.
+pub fn foreign_block(status: &pb::TargetStatus, allow_foreign: bool) -> Option<String> {
+    if allow_foreign {
+        return None;
+    }
+    let table = status.foreign.first()?;
+    Some(ForeignTable::from_proto(table).blocked_reason(&status.target_id))
+}
+
+/// Plan one target; a plan with down steps needs `allow_downgrade`, a target that another
+/// tool manages ([`foreign_block`]) `allow_foreign`.
 pub fn plan_target(
     graph: &Graph,
     status: &pb::TargetStatus,
     dialect: Option<Dialect>,
     goal: &Goal,
     allow_downgrade: bool,
+    allow_foreign: bool,
 ) -> TargetPlanOutcome {
     if !status.error.is_empty() {
         return TargetPlanOutcome::Blocked(format!("unreachable: {}", status.error));
+    }
+    if let Some(why) = foreign_block(status, allow_foreign) {
+        return TargetPlanOutcome::Blocked(why);
     }
     let Some(dialect) = dialect else {
         return TargetPlanOutcome::Blocked("agent reported no dialect".into());
@@ -122,15 +150,22 @@ pub struct PlanMemo<'a> {
     graph: &'a Graph,
     goal: &'a Goal,
     allow_downgrade: bool,
+    allow_foreign: bool,
     plans: std::collections::HashMap<(Dialect, String), TargetPlanOutcome>,
 }
 
 impl<'a> PlanMemo<'a> {
-    pub fn new(graph: &'a Graph, goal: &'a Goal, allow_downgrade: bool) -> Self {
+    pub fn new(
+        graph: &'a Graph,
+        goal: &'a Goal,
+        allow_downgrade: bool,
+        allow_foreign: bool,
+    ) -> Self {
         PlanMemo {
             graph,
             goal,
             allow_downgrade,
+            allow_foreign,
             plans: Default::default(),
         }
     }
@@ -141,13 +176,25 @@ impl<'a> PlanMemo<'a> {
         status: &pb::TargetStatus,
         dialect: Option<Dialect>,
     ) -> TargetPlanOutcome {
-        let Some(d) = dialect.filter(|_| status.error.is_empty()) else {
-            return plan_target(self.graph, status, dialect, self.goal, self.allow_downgrade);
+        // Other tools' tables are not part of the state digest: such targets are not memoized.
+        let Some(d) = dialect.filter(|_| status.error.is_empty() && status.foreign.is_empty())
+        else {
+            return plan_target(
+                self.graph,
+                status,
+                dialect,
+                self.goal,
+                self.allow_downgrade,
+                self.allow_foreign,
+            );
         };
-        let (graph, goal, allow_downgrade) = (self.graph, self.goal, self.allow_downgrade);
+        let (graph, goal) = (self.graph, self.goal);
+        let (allow_downgrade, allow_foreign) = (self.allow_downgrade, self.allow_foreign);
         self.plans
             .entry((d, state_digest_of(status)))
-            .or_insert_with(|| plan_target(graph, status, dialect, goal, allow_downgrade))
+            .or_insert_with(|| {
+                plan_target(graph, status, dialect, goal, allow_downgrade, allow_foreign)
+            })
             .clone()
     }
 }
@@ -176,8 +223,12 @@ fn shared_state<'a>(
 ) -> Option<&'a pb::TargetStatus> {
     let first = *sample.first()?;
     let digest = state_digest_of(first);
+    // A sample target with another tool's table does not share the state of a clean one.
     let same = |s: &&pb::TargetStatus| {
-        s.error.is_empty() && s.dialect == first.dialect && state_digest_of(s) == digest
+        s.error.is_empty()
+            && s.foreign.is_empty()
+            && s.dialect == first.dialect
+            && state_digest_of(s) == digest
     };
     (sample.len() == expected && sample.iter().all(same)).then_some(first)
 }
@@ -186,14 +237,35 @@ impl Engine {
     /// Ask every agent for the state of all its targets: one `Status` RPC per agent, in
     /// parallel, retried with backoff while the agent is unreachable.
     pub async fn snapshot(&self, include_history: bool) -> Result<FleetSnapshot, EngineError> {
+        self.ask_fleet(pb::StatusRequest {
+            include_history,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Every agent's targets as listed, none read (`identities_only`: ids, dialects,
+    /// labels, hosts; no database is touched). The view is left as it is.
+    pub async fn listing(&self) -> Result<FleetSnapshot, EngineError> {
+        self.ask_fleet(pb::StatusRequest {
+            identities_only: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `req` to every agent in parallel (with this term's token, if leading), retried with
+    /// backoff while an agent is unreachable; what full reads report goes into the view.
+    async fn ask_fleet(&self, req: pb::StatusRequest) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         // While leading, every Status announces the term's token to the agents.
         let token = self.term().map(|t| t.agent_token()).unwrap_or(0);
+        let identities_only = req.identities_only;
+        let req = &req;
         let calls = agents.iter().map(|agent| async move {
             let req = pb::StatusRequest {
-                include_history,
                 fencing_token: token,
-                ..Default::default()
+                ..req.clone()
             };
             (agent.clone(), self.status_of_agent(agent, req).await)
         });
@@ -217,7 +289,9 @@ impl Engine {
         }
         snap.targets
             .sort_by(|a, b| a.status.target_id.cmp(&b.status.target_id));
-        self.view.record_snapshot(&snap, &answered);
+        if !identities_only {
+            self.view.record_snapshot(&snap, &answered);
+        }
         Ok(snap)
     }
 
@@ -286,6 +360,7 @@ impl Engine {
         selector: &Selector,
         goal: &Goal,
         allow_downgrade: bool,
+        allow_foreign: bool,
     ) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         let token = self.term().map(|t| t.agent_token()).unwrap_or(0);
@@ -296,7 +371,12 @@ impl Engine {
             .map(|e| (e.status.target_id.clone(), e))
             .collect();
         let known = &known;
-        let memo = std::sync::Mutex::new(PlanMemo::new(&self.graph, goal, allow_downgrade));
+        let memo = std::sync::Mutex::new(PlanMemo::new(
+            &self.graph,
+            goal,
+            allow_downgrade,
+            allow_foreign,
+        ));
         let memo = &memo;
         let plans_to_steps = |status: &pb::TargetStatus, dialect: Option<Dialect>| {
             let plan = memo
@@ -452,10 +532,7 @@ impl Engine {
     /// The snapshot restricted to `selector`.
     pub async fn select(&self, selector: &Selector) -> Result<FleetSnapshot, EngineError> {
         let mut snap = self.snapshot(false).await?;
-        snap.targets.retain(|e| {
-            let dialect = e.dialect().map(Dialect::as_str).unwrap_or("");
-            selector.matches(&e.status.target_id, &e.status.labels, dialect, e.agent.id())
-        });
+        snap.targets.retain(|e| e.matches(selector));
         Ok(snap)
     }
 

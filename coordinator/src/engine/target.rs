@@ -27,6 +27,8 @@ use flotilla_rpc::convert::DirectionProto;
 
 /// The agent's reason for a refused stale plan.
 const PLAN_STALE: &str = "PLAN_STALE";
+/// The agent's reason for refusing a target another tool manages (nothing ran).
+const FOREIGN_HISTORY: &str = "FOREIGN_HISTORY";
 
 /// How one attempt at a target ended.
 enum Attempt {
@@ -213,10 +215,14 @@ impl Engine {
                 })
                 .collect(),
             lock_wait_ms: 0,
+            allow_foreign: rollout.spec.allow_foreign,
         };
         let mut stream = match agent.migrate(req).await {
             Ok(s) => s,
             Err(e) if is_stale(&e) => return Ok(Attempt::Stale),
+            Err(e) if foreign_of(&e).is_some() => {
+                return Ok(Attempt::Blocked(foreign_of(&e).unwrap_or_default()));
+            }
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
             Err(e) => {
                 return Ok(Attempt::StepFailed(format!(
@@ -279,6 +285,9 @@ impl Engine {
                     }
                     if is_stale(&status) {
                         return Ok(Attempt::Stale);
+                    }
+                    if let Some(why) = foreign_of(&status) {
+                        return Ok(Attempt::Blocked(why));
                     }
                     if is_retryable(&status) {
                         return Ok(Attempt::Rpc(status.message().to_owned()));
@@ -347,6 +356,7 @@ impl Engine {
                 entry.dialect(),
                 goal,
                 rollout.spec.allow_downgrade,
+                rollout.spec.allow_foreign,
             ) {
                 TargetPlanOutcome::Steps(s) => match self.destructive_in(rollout, &entry, &s) {
                     Some(why) => Err(Attempt::Blocked(why)),
@@ -382,6 +392,21 @@ fn step_record(s: &flotilla_revision::PlannedStep) -> StepRecord {
         checksum: s.checksum.clone(),
         transactional: s.transactional,
     }
+}
+
+/// The agent refused the target because another tool manages it (checked under the lock,
+/// before any step): the reason, to block the target with.
+fn foreign_of(status: &tonic::Status) -> Option<String> {
+    (status.code() == tonic::Code::FailedPrecondition
+        && flotilla_rpc::reason::Reason::of_status(status) == Some(FOREIGN_HISTORY))
+    .then(|| {
+        let msg = status.message();
+        let msg = msg
+            .strip_prefix(FOREIGN_HISTORY)
+            .and_then(|m| m.strip_prefix(": "))
+            .unwrap_or(msg);
+        msg.to_owned()
+    })
 }
 
 /// Whether the agent refused the request's plan as stale.
