@@ -138,8 +138,11 @@ pub struct RolloutUpdate {
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Attempts per target when the agent cannot be reached (RPC failures).
+    /// Attempts at one agent call while a rollout is planned or a target is looked up, and
+    /// re-plans of a target whose plan keeps going stale. A target whose agent cannot be
+    /// reached waits for it by time instead (`RolloutSpec::agent_wait`).
     pub agent_attempts: u32,
+    /// Backoff between attempts at an agent (both kinds above).
     pub agent_backoff_min: Duration,
     pub agent_backoff_max: Duration,
     /// Delay between attempts to take the lock after an error.

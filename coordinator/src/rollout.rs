@@ -3,6 +3,8 @@
 //!
 //! Per-target state machine: pending → running(step) → succeeded | failed | skipped | blocked.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use flotilla_core::Direction;
@@ -86,6 +88,17 @@ impl Selector {
 /// StartRollout request).
 pub const DEFAULT_MAX_PARALLEL: u32 = 8;
 
+/// How long a target waits for its unreachable agent before it fails, when a rollout does
+/// not say (`--agent-wait`, and 0 in a StartRollout request): long enough for a pod restart.
+pub const DEFAULT_AGENT_WAIT: Duration = Duration::from_secs(120);
+
+/// The longest `--agent-wait` a rollout accepts.
+pub const MAX_AGENT_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+fn default_agent_wait_ms() -> u64 {
+    DEFAULT_AGENT_WAIT.as_millis() as u64
+}
+
 /// What a user asks for when starting a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutSpec {
@@ -110,6 +123,10 @@ pub struct RolloutSpec {
     /// Run revisions with destructive lint findings that their files do not allow.
     #[serde(default)]
     pub allow_destructive: bool,
+    /// How long a target waits for its unreachable agent ([`DEFAULT_AGENT_WAIT`]); records
+    /// written before the field existed read as the default.
+    #[serde(default = "default_agent_wait_ms")]
+    pub agent_wait_ms: u64,
 }
 
 impl Default for RolloutSpec {
@@ -127,6 +144,7 @@ impl Default for RolloutSpec {
             allow_blocked: false,
             transaction_per_step: false,
             allow_destructive: false,
+            agent_wait_ms: default_agent_wait_ms(),
         }
     }
 }
@@ -146,7 +164,13 @@ impl RolloutSpec {
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
             allow_destructive: self.allow_destructive,
+            agent_wait_ms: self.agent_wait_ms,
         }
+    }
+
+    /// How long a target waits for its unreachable agent.
+    pub fn agent_wait(&self) -> Duration {
+        Duration::from_millis(self.agent_wait_ms)
     }
 
     /// Validate and convert a request's spec.
@@ -166,6 +190,13 @@ impl RolloutSpec {
             .collect::<Result<Vec<_>, _>>()?;
         if waves.len() > 1000 {
             return Err("more than 1000 waves".into());
+        }
+        if p.agent_wait_ms > MAX_AGENT_WAIT.as_millis() as u64 {
+            return Err(format!(
+                "agent wait {} ms is longer than {} hours; give a shorter --agent-wait",
+                p.agent_wait_ms,
+                MAX_AGENT_WAIT.as_secs() / 3600
+            ));
         }
         let failure_budget = match &p.failure_budget {
             Some(b) => Budget::from_proto(b)?,
@@ -188,6 +219,11 @@ impl RolloutSpec {
             allow_blocked: p.allow_blocked,
             transaction_per_step: p.transaction_per_step,
             allow_destructive: p.allow_destructive,
+            agent_wait_ms: if p.agent_wait_ms == 0 {
+                default_agent_wait_ms()
+            } else {
+                p.agent_wait_ms
+            },
         })
     }
 }
@@ -333,6 +369,9 @@ pub struct TargetRecord {
     /// sent as the Migrate precondition so a stale plan is refused instead of re-read first.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub planned_from: String,
+    /// The target's agent cannot be reached and the target waits for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_agent: bool,
 }
 
 impl TargetRecord {
@@ -348,6 +387,7 @@ impl TargetRecord {
             retries: self.retries,
             message: self.message.clone(),
             fingerprint: self.fingerprint.clone(),
+            waiting_for_agent: self.waiting_for_agent,
         }
     }
 }
@@ -431,5 +471,26 @@ mod tests {
             ..RolloutSpec::default()
         };
         assert_eq!(RolloutSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+    }
+
+    #[test]
+    fn agent_wait_defaults_once_and_is_bounded() {
+        let mut p = RolloutSpec::default().to_proto();
+        p.agent_wait_ms = 0;
+        let spec = RolloutSpec::from_proto(&p).unwrap();
+        assert_eq!(spec.agent_wait(), DEFAULT_AGENT_WAIT);
+        p.agent_wait_ms = 20_000;
+        assert_eq!(
+            RolloutSpec::from_proto(&p).unwrap().agent_wait(),
+            Duration::from_secs(20)
+        );
+        p.agent_wait_ms = MAX_AGENT_WAIT.as_millis() as u64 + 1;
+        let err = RolloutSpec::from_proto(&p).unwrap_err();
+        assert!(err.contains("--agent-wait"), "{err}");
+        // A record written before the field existed reads as the default.
+        let mut json = serde_json::to_value(RolloutSpec::default()).unwrap();
+        json.as_object_mut().unwrap().remove("agent_wait_ms");
+        let old: RolloutSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.agent_wait(), DEFAULT_AGENT_WAIT);
     }
 }

@@ -2,12 +2,15 @@
 //! [`Selector`], [`SpecArgs`] (goal, waves, parallelism, budget, permissions) a
 //! [`RolloutSpec`] for `plan` and `rollout start`.
 
+use std::time::Duration;
+
 use clap::Args;
 
 use flotilla_coordinator::rollout::{
-    Budget, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
+    Budget, DEFAULT_AGENT_WAIT, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
 };
 
+use crate::args::parse_duration;
 use crate::error::CliError;
 
 /// Which targets: `--selector tier=gold,region=eu` and/or `--target ID` (repeatable).
@@ -84,6 +87,10 @@ pub struct SpecArgs {
     /// that their file does not allow with `-- lint: allow destructive`
     #[arg(long, env = "FLOTILLA_ALLOW_DESTRUCTIVE")]
     pub allow_destructive: bool,
+    /// How long a target waits, retrying, while its agent cannot be reached (a pod restart)
+    /// before it fails, e.g. 5m [default: the coordinator's, 2m]
+    #[arg(long, env = "FLOTILLA_AGENT_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub agent_wait: Option<Duration>,
 }
 
 impl SpecArgs {
@@ -108,6 +115,15 @@ impl SpecArgs {
             allow_blocked: self.allow_blocked,
             transaction_per_step: self.transaction_per_step,
             allow_destructive: self.allow_destructive,
+            agent_wait_ms: match self.agent_wait {
+                Some(wait) if wait.is_zero() => {
+                    return Err(CliError::Refused(
+                        "--agent-wait must be longer than 0; give e.g. 2m".into(),
+                    ));
+                }
+                Some(wait) => u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                None => DEFAULT_AGENT_WAIT.as_millis() as u64,
+            },
         })
     }
 }

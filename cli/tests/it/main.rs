@@ -2,6 +2,7 @@
 
 mod adopt;
 mod backups;
+mod blips;
 mod cli_online;
 mod dashboards;
 mod destructive;

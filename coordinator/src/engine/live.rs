@@ -135,6 +135,7 @@ mod tests {
             message: String::new(),
             fingerprint: String::new(),
             planned_from: String::new(),
+            waiting_for_agent: false,
         }
     }
 
