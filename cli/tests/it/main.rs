@@ -7,6 +7,7 @@ mod cli_online;
 mod dashboards;
 mod destructive;
 mod drift;
+mod etcd_blip;
 mod ha;
 mod harness;
 mod lock;

@@ -78,6 +78,8 @@ impl Engine {
             if term.cancel.is_cancelled() {
                 return Err(EngineError::Fenced(term.token));
             }
+            // No new step while the rollout's records cannot be written (`durable.rs`).
+            self.store_writable(term).await?;
             let outcome = tokio::select! {
                 _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
                 o = self.attempt(term, rollout, goal, &mut rec, replan, writer) => o?,
