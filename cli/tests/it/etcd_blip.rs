@@ -115,6 +115,16 @@ async fn etcd_down_past_the_lease_the_leader_comes_back_and_completes() -> Resul
         "resume must say this coordinator does not lead: {err:?}"
     );
     etcd.restart().await?;
+    let back = std::time::Instant::now();
+    flotilla_testkit::eventually_true("leading again", Duration::from_secs(30), || {
+        let engine = engine.clone();
+        async move { Ok(engine.term().is_some()) }
+    })
+    .await?;
+    eprintln!(
+        "leading again {} ms after etcd answered",
+        back.elapsed().as_millis()
+    );
     let end = follow_to_end(&mut c, &id).await?;
     assert_eq!(state(&end), pb::RolloutState::Succeeded, "{end:#?}");
     // A target whose Migrate ended while the term was ending may be found at the goal by
