@@ -1,5 +1,6 @@
 //! Live rollout progress: indicatif bars on a terminal (overall targets, current wave),
-//! plain lines otherwise (one per wave, state change and finished target).
+//! plain lines otherwise (one per wave, state change, finished target and target that starts
+//! waiting for its unreachable agent).
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -78,12 +79,18 @@ impl Progress {
             .collect();
         let wave_done = in_wave.iter().filter(|t| done(t)).count() as u64;
         let retries: u32 = r.targets.iter().map(|t| t.retries).sum();
+        let waiting = r.targets.iter().filter(|t| t.waiting_for_agent).count();
+        let waiting_note = if waiting > 0 {
+            format!(" · {waiting} waiting for their agent")
+        } else {
+            String::new()
+        };
         match &self.bars {
             Some((_, all, wave)) => {
                 all.set_length(total);
                 all.set_position(ended);
                 all.set_message(format!(
-                    "{} · {} · {retries} retries",
+                    "{} · {} · {retries} retries{waiting_note}",
                     state_name(r.state),
                     outcomes(r)
                 ));
@@ -100,6 +107,13 @@ impl Progress {
                 let prev_wave = last.map(|l| l.current_wave);
                 if prev_state != Some(r.state) || prev_wave != Some(r.current_wave) {
                     eprintln!("{}", summary_line(r));
+                }
+                for t in r.targets.iter().filter(|t| t.waiting_for_agent) {
+                    let before =
+                        last.and_then(|l| l.targets.iter().find(|o| o.target_id == t.target_id));
+                    if before.is_none_or(|b| !b.waiting_for_agent) {
+                        eprintln!("  waiting {}: {}", t.target_id, t.message);
+                    }
                 }
                 for t in r.targets.iter().filter(|t| {
                     done(t) && matches!(target_state_name(t.state), "failed" | "blocked")

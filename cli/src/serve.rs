@@ -58,7 +58,8 @@ pub struct ServeArgs {
         value_name = "URL"
     )]
     pub advertise_address: Option<String>,
-    /// Attempts per target while its agent cannot be reached
+    /// Attempts at an agent call while a rollout is planned (a target whose agent cannot be
+    /// reached during the rollout waits for it: `rollout start --agent-wait`)
     #[arg(long, env = "FLOTILLA_AGENT_ATTEMPTS", default_value_t = 5)]
     pub agent_attempts: u32,
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset

@@ -30,6 +30,7 @@ use flotilla_revision::Graph;
 mod batch;
 pub mod destructive;
 pub mod fencing;
+mod durable;
 mod gate;
 mod live;
 pub mod preflight;
@@ -41,6 +42,11 @@ pub mod validate;
 pub mod view;
 
 pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
+
+/// How soon a rollout interrupted by an error other than its term's end is resumed, at
+/// first and at most.
+const RESUME_MIN: Duration = Duration::from_millis(500);
+const RESUME_MAX: Duration = Duration::from_secs(10);
 
 /// Store key holding the current leader's API address (`{"address", "token"}`).
 pub const LEADER_KEY: &str = "leader";
@@ -165,8 +171,11 @@ pub struct RolloutUpdate {
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Attempts per target when the agent cannot be reached (RPC failures).
+    /// Attempts at one agent call while a rollout is planned or a target is looked up, and
+    /// re-plans of a target whose plan keeps going stale. A target whose agent cannot be
+    /// reached waits for it by time instead (`RolloutSpec::agent_wait`).
     pub agent_attempts: u32,
+    /// Backoff between attempts at an agent (both kinds above).
     pub agent_backoff_min: Duration,
     pub agent_backoff_max: Duration,
     /// Delay between attempts to take the lock after an error.
@@ -201,6 +210,8 @@ pub struct Engine {
     pub(crate) view: view::FleetView,
     /// The rollouts this coordinator runs, as last written (see `live.rs`).
     pub(crate) live: live::LiveRollouts,
+    /// Whether rollout records can be written now (see `durable.rs`).
+    store_health: durable::StoreHealth,
 }
 
 impl Engine {
@@ -221,6 +232,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             view: view::FleetView::default(),
             live: live::LiveRollouts::default(),
+            store_health: durable::StoreHealth::default(),
         })
     }
 
@@ -390,7 +402,7 @@ impl Engine {
         rec.updated_at_ms = now_ms();
         rec.fencing_token = term.token;
         let value = serde_json::to_vec(rec).map_err(EngineError::Encode)?;
-        self.write(
+        self.write_durably(
             term,
             vec![WriteOp::Put {
                 key: rollout_key(&rec.id),
@@ -548,14 +560,25 @@ impl Engine {
         }
         let engine = self.clone();
         self.tasks.spawn(async move {
-            report::refresh_rollouts(&engine).await;
-            let result = engine.clone().run(&id, &term).await;
-            report::refresh_rollouts(&engine).await;
-            if let Err(e) = result {
-                match e {
-                    EngineError::Fenced(_) => {}
-                    _ if term.cancel.is_cancelled() => {}
-                    e => tracing::error!(rollout = %id, "rollout stopped: {e}"),
+            // A rollout stops only with its term: any other error (a store read during a
+            // blip) is logged and the rollout resumes in this term after a backoff, keeping
+            // its control channel, so pause/resume/abort keep working meanwhile.
+            let mut delay = RESUME_MIN;
+            loop {
+                report::refresh_rollouts(&engine).await;
+                let result = engine.clone().run(&id, &term).await;
+                report::refresh_rollouts(&engine).await;
+                match result {
+                    Ok(()) | Err(EngineError::Fenced(_)) => break,
+                    Err(_) if term.cancel.is_cancelled() => break,
+                    Err(e) => {
+                        tracing::error!(rollout = %id, "rollout interrupted, resuming in {delay:?}: {e}");
+                        tokio::select! {
+                            _ = term.cancel.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(RESUME_MAX);
+                    }
                 }
             }
             let mut controls = engine.controls.lock().unwrap_or_else(|p| p.into_inner());
@@ -584,8 +607,13 @@ impl Engine {
         id: &str,
         c: Control,
     ) -> Result<RolloutRecord, EngineError> {
-        let _term = self.term().ok_or(EngineError::NotLeader)?;
-        let (rec, _) = self.get(id).await?;
+        let term = self.term().ok_or(EngineError::NotLeader)?;
+        // A rollout this term runs is known without the store (which may be away for a
+        // moment: the control still reaches the rollout, which records it once it can).
+        let rec = match self.live.record(id, term.token) {
+            Some(rec) => rec,
+            None => self.get(id).await?.0,
+        };
         if rec.state.is_terminal() {
             return Err(EngineError::Conflict(format!(
                 "rollout {id} already ended ({})",

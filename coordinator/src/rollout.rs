@@ -3,6 +3,8 @@
 //!
 //! Per-target state machine: pending → running(step) → succeeded | failed | skipped | blocked.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use flotilla_core::Direction;
@@ -32,6 +34,17 @@ pub fn target_key(id: &str, target: &str) -> String {
 /// Targets migrated at once when a rollout does not say (`--max-parallel`, and 0 in a
 /// StartRollout request).
 pub const DEFAULT_MAX_PARALLEL: u32 = 8;
+
+/// How long a target waits for its unreachable agent before it fails, when a rollout does
+/// not say (`--agent-wait`, and 0 in a StartRollout request): long enough for a pod restart.
+pub const DEFAULT_AGENT_WAIT: Duration = Duration::from_secs(120);
+
+/// The longest `--agent-wait` a rollout accepts.
+pub const MAX_AGENT_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+fn default_agent_wait_ms() -> u64 {
+    DEFAULT_AGENT_WAIT.as_millis() as u64
+}
 
 /// What a user asks for when starting a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +84,10 @@ pub struct RolloutSpec {
     /// (otherwise blocked: adopt them first).
     #[serde(default)]
     pub allow_foreign: bool,
+    /// How long a target waits for its unreachable agent ([`DEFAULT_AGENT_WAIT`]); records
+    /// written before the field existed read as the default.
+    #[serde(default = "default_agent_wait_ms")]
+    pub agent_wait_ms: u64,
 }
 
 impl Default for RolloutSpec {
@@ -92,6 +109,7 @@ impl Default for RolloutSpec {
             retry_max_attempts: 0,
             retry_max_elapsed_ms: 0,
             allow_foreign: false,
+            agent_wait_ms: default_agent_wait_ms(),
         }
     }
 }
@@ -115,7 +133,13 @@ impl RolloutSpec {
             retry_max_attempts: self.retry_max_attempts,
             retry_max_elapsed_ms: self.retry_max_elapsed_ms,
             allow_foreign: self.allow_foreign,
+            agent_wait_ms: self.agent_wait_ms,
         }
+    }
+
+    /// How long a target waits for its unreachable agent.
+    pub fn agent_wait(&self) -> Duration {
+        Duration::from_millis(self.agent_wait_ms)
     }
 
     /// Validate and convert a request's spec.
@@ -144,6 +168,13 @@ impl RolloutSpec {
                 i32::MAX
             ));
         }
+        if p.agent_wait_ms > MAX_AGENT_WAIT.as_millis() as u64 {
+            return Err(format!(
+                "agent wait {} ms is longer than {} hours; give a shorter --agent-wait",
+                p.agent_wait_ms,
+                MAX_AGENT_WAIT.as_secs() / 3600
+            ));
+        }
         let failure_budget = match &p.failure_budget {
             Some(b) => Budget::from_proto(b)?,
             None => Budget::Count(0),
@@ -169,6 +200,11 @@ impl RolloutSpec {
             retry_max_attempts: p.retry_max_attempts,
             retry_max_elapsed_ms: p.retry_max_elapsed_ms,
             allow_foreign: p.allow_foreign,
+            agent_wait_ms: if p.agent_wait_ms == 0 {
+                default_agent_wait_ms()
+            } else {
+                p.agent_wait_ms
+            },
         })
     }
 }
@@ -314,6 +350,9 @@ pub struct TargetRecord {
     /// sent as the Migrate precondition so a stale plan is refused instead of re-read first.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub planned_from: String,
+    /// The target's agent cannot be reached and the target waits for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waiting_for_agent: bool,
 }
 
 impl TargetRecord {
@@ -329,6 +368,7 @@ impl TargetRecord {
             retries: self.retries,
             message: self.message.clone(),
             fingerprint: self.fingerprint.clone(),
+            waiting_for_agent: self.waiting_for_agent,
         }
     }
 }
@@ -399,5 +439,26 @@ mod tests {
             ..RolloutSpec::default()
         };
         assert_eq!(RolloutSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+    }
+
+    #[test]
+    fn agent_wait_defaults_once_and_is_bounded() {
+        let mut p = RolloutSpec::default().to_proto();
+        p.agent_wait_ms = 0;
+        let spec = RolloutSpec::from_proto(&p).unwrap();
+        assert_eq!(spec.agent_wait(), DEFAULT_AGENT_WAIT);
+        p.agent_wait_ms = 20_000;
+        assert_eq!(
+            RolloutSpec::from_proto(&p).unwrap().agent_wait(),
+            Duration::from_secs(20)
+        );
+        p.agent_wait_ms = MAX_AGENT_WAIT.as_millis() as u64 + 1;
+        let err = RolloutSpec::from_proto(&p).unwrap_err();
+        assert!(err.contains("--agent-wait"), "{err}");
+        // A record written before the field existed reads as the default.
+        let mut json = serde_json::to_value(RolloutSpec::default()).unwrap();
+        json.as_object_mut().unwrap().remove("agent_wait_ms");
+        let old: RolloutSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.agent_wait(), DEFAULT_AGENT_WAIT);
     }
 }

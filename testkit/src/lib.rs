@@ -43,5 +43,5 @@ pub use mariadb::MariaDb;
 pub use pki::{CertFiles, Pki};
 pub use postgres::{Postgres, PostgresOptions};
 pub use process::free_port;
-pub use proxy::FaultProxy;
+pub use proxy::{FaultProxy, HangUp};
 pub use sqlite::sqlite_database;

@@ -1,4 +1,5 @@
-//! A TCP proxy on loopback that can cut open connections and refuse new ones, for fault tests.
+//! A TCP proxy on loopback that can cut open connections, refuse new ones and hang up on new
+//! ones cleanly, for fault tests.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +26,9 @@ struct Shared {
     upstream: SocketAddr,
     refusing: AtomicBool,
     accepted: AtomicU64,
+    /// How many of the next connections are hung up on, and when.
+    hang_ups: AtomicU64,
+    hang_up_after_read: AtomicBool,
     /// Cancelled by `cut_all`; every connection holds the token current when it was accepted.
     cut: Mutex<CancellationToken>,
 }
@@ -42,6 +46,8 @@ impl FaultProxy {
             upstream,
             refusing: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
+            hang_ups: AtomicU64::new(0),
+            hang_up_after_read: AtomicBool::new(false),
             cut: Mutex::new(CancellationToken::new()),
         });
         let shutdown = CancellationToken::new();
@@ -82,10 +88,30 @@ impl FaultProxy {
         self.shared.refusing.store(refuse, Ordering::SeqCst);
     }
 
+    /// The next `count` connections are closed cleanly (FIN, not RST) without ever reaching
+    /// the upstream: at once with [`HangUp::AtAccept`], or after the client's first bytes
+    /// arrived with [`HangUp::AfterFirstRead`] (a PostgreSQL server going away while a client's
+    /// SSL request waits for its answer). Later connections are forwarded as usual.
+    pub fn hang_up(&self, count: u64, when: HangUp) {
+        self.shared
+            .hang_up_after_read
+            .store(when == HangUp::AfterFirstRead, Ordering::SeqCst);
+        self.shared.hang_ups.store(count, Ordering::SeqCst);
+    }
+
     /// How many connections the listener accepted, including those closed in refusing mode.
     pub fn connections_accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
     }
+}
+
+/// When [`FaultProxy::hang_up`] closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangUp {
+    /// As soon as it is accepted, before reading anything.
+    AtAccept,
+    /// After the client's first bytes arrived (or it closed), with no answer.
+    AfterFirstRead,
 }
 
 impl Drop for FaultProxy {
@@ -113,6 +139,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
         shared.accepted.fetch_add(1, Ordering::SeqCst);
         if shared.refusing.load(Ordering::SeqCst) {
             reset(client);
+            continue;
+        }
+        let hang_up = shared
+            .hang_ups
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if hang_up {
+            let after_read = shared.hang_up_after_read.load(Ordering::SeqCst);
+            tokio::spawn(hang_up_on(client, after_read, shutdown.clone()));
             continue;
         }
         let cut = shared.cut.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -146,6 +181,21 @@ async fn forward(
     }
     reset(client);
     reset(server);
+}
+
+/// Closes `client` cleanly (FIN), after its first bytes when `after_read`.
+async fn hang_up_on(mut client: TcpStream, after_read: bool, shutdown: CancellationToken) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if after_read {
+        let mut buf = [0u8; 1024];
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {}
+            _ = client.read(&mut buf) => {}
+        }
+    }
+    let _ = client.shutdown().await;
+    drop(client);
 }
 
 /// Closes with RST rather than FIN.

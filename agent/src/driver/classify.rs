@@ -1,6 +1,27 @@
 //! Error classification: sqlx errors become [`DriverError::Transient`] (worth a retry, with a
 //! class) or [`DriverError::Permanent`], with the database's own message and code
 //! (PostgreSQL's DETAIL and HINT lines too) and never the connection URL.
+//!
+//! The class follows the error's cause, not only its sqlx kind: a connection that closes or
+//! resets at any phase of connecting (TCP, PostgreSQL's SSL request, the TLS handshake, the
+//! startup and authentication exchange) or later is a server going away (a restart, a
+//! failover, a pod moving), and is retried on every dialect.
+//!
+//! | sqlx error | cause (example) | class |
+//! |---|---|---|
+//! | `Io` (refused, reset, aborted, broken pipe, EOF, ...) | server down or restarting, connection closed during startup or auth, MySQL's handshake cut | transient `connection` |
+//! | `Io` (`InvalidData`) whose source is a `rustls::Error` | certificate or TLS protocol refused in the handshake | permanent (`tls error`) |
+//! | `Protocol("unexpected response from SSLRequest: 0x00")` | PostgreSQL closed the connection before answering the SSL request (sqlx read no byte) | transient `connection` |
+//! | `Protocol` (anything else) | a peer that does not speak the protocol | permanent |
+//! | `Tls` whose source chain holds a connection-kind `io::Error` | connection closed or reset during TLS negotiation | transient `connection` |
+//! | `Tls` (anything else) | server without TLS when it is required, bad certificate | permanent (`tls error`) |
+//! | `PoolTimedOut`, `PoolClosed` | no connection available now | transient `connection` |
+//! | `Database` | by code: [`postgres_class`], [`mysql_class`], [`sqlite_class`] | transient class or permanent |
+//! | `Configuration` | bad options (may quote the URL: only its kind is kept) | permanent |
+//! | anything else | | permanent |
+
+use std::error::Error as StdError;
+use std::io;
 
 use sqlx::error::DatabaseError;
 use sqlx::mysql::MySqlDatabaseError;
@@ -9,11 +30,17 @@ use sqlx::postgres::PgDatabaseError;
 use crate::driver::{DriverError, ErrorClass};
 use flotilla_core::Dialect;
 
+/// What sqlx reports when PostgreSQL closed the connection instead of answering the SSL
+/// request: it read no byte, so the "response" is the zero its buffer started with. sqlx
+/// appends where it raised the error (` (sqlx_postgres::connection::tls:95)`).
+const SSL_REQUEST_CLOSED: &str = "unexpected response from SSLRequest: 0x00";
+
 /// Classify `err` from a `dialect` connection; `context` says what was being done
 /// ("apply 0003_users up") and prefixes the message.
 pub(crate) fn classify(dialect: Dialect, context: &str, err: sqlx::Error) -> DriverError {
     let (class, detail) = match &err {
         sqlx::Error::Database(db) => classify_database(dialect, db.as_ref()),
+        sqlx::Error::Io(e) if is_tls_refusal(e) => (None, format!("tls error: {e}")),
         sqlx::Error::Io(e) => (
             Some(ErrorClass::Connection),
             format!("connection error: {e}"),
@@ -21,9 +48,19 @@ pub(crate) fn classify(dialect: Dialect, context: &str, err: sqlx::Error) -> Dri
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
             (Some(ErrorClass::Connection), err.to_string())
         }
+        sqlx::Error::Protocol(message) if message.starts_with(SSL_REQUEST_CLOSED) => (
+            Some(ErrorClass::Connection),
+            "connection closed by the server during the ssl request".to_owned(),
+        ),
         // A configuration error may quote parts of the URL: keep only its kind.
         sqlx::Error::Configuration(_) => (None, "invalid connection options".to_owned()),
-        sqlx::Error::Tls(e) => (None, format!("tls error: {e}")),
+        sqlx::Error::Tls(e) => match connection_io_cause(e.as_ref()) {
+            Some(io) => (
+                Some(ErrorClass::Connection),
+                format!("connection error during tls negotiation: {io}"),
+            ),
+            None => (None, format!("tls error: {e}")),
+        },
         other => (None, other.to_string()),
     };
     let message = if context.is_empty() {
@@ -40,6 +77,44 @@ pub(crate) fn classify(dialect: Dialect, context: &str, err: sqlx::Error) -> Dri
 /// A classifier closure for `map_err`.
 pub(crate) fn on(dialect: Dialect, context: &str) -> impl FnOnce(sqlx::Error) -> DriverError + '_ {
     move |e| classify(dialect, context, e)
+}
+
+/// Whether an I/O error is rustls refusing the peer (a certificate or protocol error), which
+/// a retry cannot fix; rustls reports those as `InvalidData` wrapping its own error.
+fn is_tls_refusal(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData
+        && e.get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// The first `io::Error` of a connection kind in `err`'s source chain (itself included).
+fn connection_io_cause<'e>(err: &'e (dyn StdError + 'static)) -> Option<&'e io::Error> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && is_connection_kind(io.kind())
+        {
+            return Some(io);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// I/O error kinds that mean the connection went away or could not be made.
+fn is_connection_kind(kind: io::ErrorKind) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | BrokenPipe
+            | UnexpectedEof
+            | TimedOut
+            | Interrupted
+    )
 }
 
 fn classify_database(dialect: Dialect, db: &dyn DatabaseError) -> (Option<ErrorClass>, String) {
@@ -158,6 +233,16 @@ mod tests {
         assert_eq!(sqlite_class(1), None);
     }
 
+    /// Each row of the module's table, in order.
+    fn check(err: sqlx::Error) -> (Option<ErrorClass>, String) {
+        let d = classify(Dialect::Postgres, "connect", err);
+        (d.class(), d.to_string())
+    }
+
+    fn io(kind: io::ErrorKind) -> sqlx::Error {
+        sqlx::Error::Io(io::Error::new(kind, "test"))
+    }
+
     #[test]
     fn every_class_a_classifier_returns_is_listed_for_its_dialect() {
         let listed =
@@ -190,5 +275,114 @@ mod tests {
             d.to_string()
                 .starts_with("transient connection error: connect: ")
         );
+    }
+
+    #[test]
+    fn connection_closed_or_reset_during_startup_or_auth_is_transient_on_every_dialect() {
+        for dialect in [Dialect::Postgres, Dialect::Mysql, Dialect::Sqlite] {
+            for kind in [
+                io::ErrorKind::ConnectionReset,
+                io::ErrorKind::UnexpectedEof,
+                io::ErrorKind::BrokenPipe,
+                io::ErrorKind::ConnectionAborted,
+            ] {
+                let d = classify(dialect, "connect", io(kind));
+                assert_eq!(
+                    d.class(),
+                    Some(ErrorClass::Connection),
+                    "{dialect:?} {kind:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tls_certificate_refused_in_the_handshake_is_permanent() {
+        let rustls_err = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let e = sqlx::Error::Io(io::Error::new(io::ErrorKind::InvalidData, rustls_err));
+        let (class, message) = check(e);
+        assert_eq!(class, None, "{message}");
+        assert!(message.starts_with("connect: tls error: "), "{message}");
+    }
+
+    #[test]
+    fn invalid_data_without_a_tls_cause_stays_transient() {
+        assert_eq!(
+            check(io(io::ErrorKind::InvalidData)).0,
+            Some(ErrorClass::Connection)
+        );
+    }
+
+    #[test]
+    fn ssl_request_closed_by_the_server_is_transient_on_every_dialect() {
+        for dialect in [Dialect::Postgres, Dialect::Mysql, Dialect::Sqlite] {
+            let e = sqlx::Error::Protocol(format!(
+                "{SSL_REQUEST_CLOSED} (sqlx_postgres::connection::tls:95)"
+            ));
+            let d = classify(dialect, "connect to postgres", e);
+            assert_eq!(d.class(), Some(ErrorClass::Connection), "{dialect:?}");
+            assert_eq!(
+                d.to_string(),
+                "transient connection error: connect to postgres: connection closed by the \
+                 server during the ssl request"
+            );
+        }
+    }
+
+    #[test]
+    fn other_protocol_errors_are_permanent() {
+        for message in [
+            "unexpected response from SSLRequest: 0x48 (sqlx_postgres::connection::tls:95)",
+            "expected SASLFinal but received Ok (sqlx_postgres::connection::sasl:164)",
+        ] {
+            let (class, text) = check(sqlx::Error::Protocol(message.to_owned()));
+            assert_eq!(class, None, "{message}");
+            assert!(text.ends_with(message), "{text}");
+        }
+    }
+
+    #[test]
+    fn tls_error_caused_by_a_reset_connection_is_transient() {
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "reset by peer");
+        let (class, message) = check(sqlx::Error::Tls(Box::new(reset)));
+        assert_eq!(class, Some(ErrorClass::Connection), "{message}");
+        assert!(message.contains("during tls negotiation"), "{message}");
+    }
+
+    #[test]
+    fn tls_error_with_a_reset_deeper_in_its_chain_is_transient() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("handshake failed")]
+        struct Handshake(#[source] io::Error);
+        let wrapped = Handshake(io::Error::new(io::ErrorKind::UnexpectedEof, "eof"));
+        let (class, _) = check(sqlx::Error::Tls(Box::new(wrapped)));
+        assert_eq!(class, Some(ErrorClass::Connection));
+    }
+
+    #[test]
+    fn other_tls_errors_are_permanent() {
+        let (class, message) = check(sqlx::Error::Tls("server does not support TLS".into()));
+        assert_eq!(class, None);
+        assert_eq!(message, "connect: tls error: server does not support TLS");
+    }
+
+    #[test]
+    fn pool_timeouts_are_transient() {
+        assert_eq!(
+            check(sqlx::Error::PoolTimedOut).0,
+            Some(ErrorClass::Connection)
+        );
+        assert_eq!(
+            check(sqlx::Error::PoolClosed).0,
+            Some(ErrorClass::Connection)
+        );
+    }
+
+    #[test]
+    fn configuration_errors_are_permanent_and_do_not_quote_the_options() {
+        let e = sqlx::Error::Configuration("bad url postgres://u:secret@h/db".into());
+        let (class, message) = check(e);
+        assert_eq!(class, None);
+        assert_eq!(message, "connect: invalid connection options");
     }
 }

@@ -1,6 +1,8 @@
 //! Issue test 6: transient faults during a step (connections cut, the server restarted) are
 //! retried with backoff, reported as events, and the step is applied once. Also: shutdown lets
-//! the step in flight finish and starts nothing more.
+//! the step in flight finish and starts nothing more. Issue 29: a server that closes the
+//! connection while it is being set up (PostgreSQL's SSL request, MySQL's handshake) is
+//! retried too.
 
 use std::net::SocketAddr;
 
@@ -9,7 +11,7 @@ use flotilla_agent::EventStream;
 use flotilla_core::Dialect;
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{FailureReason, StepEvent};
-use flotilla_testkit::{FaultProxy, Postgres};
+use flotilla_testkit::{FaultProxy, HangUp, MariaDb, Postgres};
 use sqlx::Connection;
 use tonic::Code;
 
@@ -149,6 +151,93 @@ async fn postgres_restart_mid_step_is_retried() -> Result<()> {
         finished: rest.finished,
     };
     check_retried_once(&agent, &out, &direct).await
+}
+
+/// The server closes the connection instead of answering the SSL request (sqlx reports
+/// `unexpected response from SSLRequest: 0x00`), twice; then the real server answers. The
+/// step is retried as a connection error and applied once.
+#[tokio::test]
+async fn postgres_closed_during_ssl_request_is_retried() -> Result<()> {
+    let pg = Postgres::start().await?;
+    let direct = pg.create_database("fault_ssl").await?;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], pg.port()))).await?;
+    let via_proxy = format!("postgres://postgres@{}/fault_ssl", proxy.addr());
+    let agent = agent(vec![target("t1", Dialect::Postgres, &via_proxy)]).await?;
+
+    proxy.hang_up(2, HangUp::AfterFirstRead);
+    let out =
+        crate::support::run(&agent, migrate("t1", "r1", 1, vec![up("0001_slow", SLOW)])).await?;
+    check_retried_once(&agent, &out, &direct).await?;
+    let first = out
+        .events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(Event::Retrying(r)) => Some(r),
+            _ => None,
+        })
+        .context("no StepRetrying event")?;
+    assert!(
+        first.error.contains("during the ssl request"),
+        "the retry was not for the closed ssl request: {first:?}"
+    );
+    assert!(
+        proxy.connections_accepted() >= 3,
+        "the agent did not reconnect after both hang-ups"
+    );
+    Ok(())
+}
+
+/// MariaDB closes the connection before its handshake, twice: the step is retried and
+/// applied once.
+#[tokio::test]
+async fn mariadb_closed_during_handshake_is_retried() -> Result<()> {
+    let my = MariaDb::start().await?;
+    let direct = my.fresh_database().await?;
+    let db = direct
+        .rsplit('/')
+        .next()
+        .context("no database in the url")?;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], my.port()))).await?;
+    let via_proxy = format!("mysql://root@{}/{db}", proxy.addr());
+    let agent = agent(vec![target("t1", Dialect::Mysql, &via_proxy)]).await?;
+
+    proxy.hang_up(2, HangUp::AtAccept);
+    let out = crate::support::run(
+        &agent,
+        migrate(
+            "t1",
+            "r1",
+            1,
+            vec![up(
+                "0001_table",
+                "CREATE TABLE handshake_one (id INT PRIMARY KEY);",
+            )],
+        ),
+    )
+    .await?;
+    ensure!(
+        out.error.is_none(),
+        "migrate failed: {:?} {:?}",
+        out.error,
+        out.kinds()
+    );
+    assert!(
+        out.kinds().contains(&"0001_table:retrying".to_owned()),
+        "no retry: {:?}",
+        out.kinds()
+    );
+    let ts = status(&agent, "t1", true).await?;
+    assert_eq!(ts.heads, ["0001_table"]);
+    assert_eq!(
+        ts.history
+            .iter()
+            .filter(|r| r.revision == "0001_table")
+            .count(),
+        1,
+        "{:?}",
+        ts.history
+    );
+    Ok(())
 }
 
 /// Permanent errors are not retried.

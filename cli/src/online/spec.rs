@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use flotilla_coordinator::rollout::{
-    Budget, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
+    Budget, DEFAULT_AGENT_WAIT, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
 };
 
 use crate::args::parse_duration;
@@ -109,6 +109,10 @@ pub struct SpecArgs {
     /// from base, after review; otherwise they are blocked: `flotilla adopt` them first
     #[arg(long, env = "FLOTILLA_ALLOW_FOREIGN")]
     pub allow_foreign: bool,
+    /// How long a target waits, retrying, while its agent cannot be reached (a pod restart)
+    /// before it fails, e.g. 5m [default: the coordinator's, 2m]
+    #[arg(long, env = "FLOTILLA_AGENT_WAIT", value_name = "DURATION", value_parser = parse_duration)]
+    pub agent_wait: Option<Duration>,
 }
 
 impl SpecArgs {
@@ -137,6 +141,15 @@ impl SpecArgs {
             retry_max_attempts: self.retry_attempts.unwrap_or(0),
             retry_max_elapsed_ms: ms(self.retry_max_time),
             allow_foreign: self.allow_foreign,
+            agent_wait_ms: match self.agent_wait {
+                Some(wait) if wait.is_zero() => {
+                    return Err(CliError::Refused(
+                        "--agent-wait must be longer than 0; give e.g. 2m".into(),
+                    ));
+                }
+                Some(wait) => u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                None => DEFAULT_AGENT_WAIT.as_millis() as u64,
+            },
         })
     }
 }

@@ -80,6 +80,9 @@ pub(crate) fn rollout(
         )
         .map_err(o)?;
     }
+    for t in r.targets.iter().filter(|t| t.waiting_for_agent) {
+        writeln!(out, "  waiting {}: {}", t.target_id, t.message).map_err(o)?;
+    }
     if !r.message.is_empty() {
         writeln!(out, "  {}", r.message).map_err(o)?;
     }
@@ -128,6 +131,7 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
             "target": t.target_id, "agent": t.agent_id, "state": target_state_name(t.state), "wave": t.wave,
             "steps_done": t.steps_done, "steps_total": t.steps_total, "retries": t.retries,
             "message": t.message, "fingerprint": t.fingerprint,
+            "waiting_for_agent": t.waiting_for_agent,
         })).collect::<Vec<_>>(),
     })
 }

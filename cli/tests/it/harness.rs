@@ -94,6 +94,7 @@ pub(crate) struct TestAgent {
     pub(crate) id: String,
     pub(crate) address: String,
     pub(crate) agent: Arc<Agent>,
+    config: AgentConfig,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<()>>,
 }
@@ -134,7 +135,7 @@ impl TestAgent {
             ..AgentConfig::default()
         };
         config.server.tls = tls;
-        let agent = Arc::new(Agent::new(config).await.context("agent config")?);
+        let agent = Arc::new(Agent::new(config.clone()).await.context("agent config")?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("{scheme}://{}", listener.local_addr()?);
         let shutdown = CancellationToken::new();
@@ -149,6 +150,7 @@ impl TestAgent {
             id: id.into(),
             address,
             agent,
+            config,
             shutdown,
             handle: Some(handle),
         })
@@ -156,6 +158,45 @@ impl TestAgent {
 
     pub(crate) async fn client(&self) -> Result<AgentServiceClient<Channel>> {
         Ok(AgentServiceClient::connect(self.address.clone()).await?)
+    }
+
+    /// Stops serving, as a pod going away does: graceful (open connections are closed once
+    /// their requests end), then the port is free. The agent and its address are kept.
+    pub(crate) async fn stop(&mut self) -> Result<()> {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), h)
+                .await
+                .context("the agent server did not stop within 30s")??;
+        }
+        Ok(())
+    }
+
+    /// A new agent process, as a restarted pod: the same configuration (targets, id) served
+    /// on the same address (after `stop`).
+    pub(crate) async fn restart(&mut self) -> Result<()> {
+        self.agent = Arc::new(
+            Agent::new(self.config.clone())
+                .await
+                .context("agent config")?,
+        );
+        let addr: std::net::SocketAddr = self
+            .address
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .parse()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind {addr} again"))?;
+        self.shutdown = CancellationToken::new();
+        let s = self.shutdown.clone();
+        let a = self.agent.clone();
+        self.handle = Some(tokio::spawn(async move {
+            if let Err(e) = flotilla_agent::serve(a, listener, s.cancelled_owned()).await {
+                eprintln!("agent server: {e}");
+            }
+        }));
+        Ok(())
     }
 
     /// Every target's status, by target id.

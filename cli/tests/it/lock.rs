@@ -358,3 +358,37 @@ async fn etcd_down_at_startup_then_recovers() -> anyhow::Result<()> {
     held.release().await?;
     Ok(())
 }
+
+/// Issue 29: a lock key left by this coordinator's own earlier term, on a lease etcd still
+/// keeps (as after an etcd restart, which restores leases with a fresh TTL), does not keep it
+/// waiting out that lease: the lease is revoked and the lock taken. Another coordinator's key
+/// is still waited for.
+#[tokio::test]
+async fn own_leftover_lock_key_is_taken_back_at_once() -> anyhow::Result<()> {
+    trace();
+    let etcd = Etcd::start().await?;
+    let key = etcd_lock_key("/flotilla-test");
+    let mut client = etcd.client().await?;
+    let (lock, _) = open_backend(&etcd_config(&etcd, "coord-a", Duration::from_secs(3))).await?;
+
+    let other = client.lease_grant(60, None).await?.id();
+    let on = |lease| Some(etcd_client::PutOptions::new().with_lease(lease));
+    client.put(key.as_str(), "coord-b", on(other)).await?;
+    let cancel = CancellationToken::new();
+    let waited = tokio::time::timeout(Duration::from_secs(2), lock.acquire(&cancel)).await;
+    ensure!(waited.is_err(), "took the lock while coord-b's key lived");
+    client.lease_revoke(other).await?;
+
+    let mine = client.lease_grant(60, None).await?.id();
+    let put = client.put(key.as_str(), "coord-a", on(mine)).await?;
+    let leftover = put.header().map_or(0, |h| h.revision());
+    let leadership = acquire_within(&lock, Duration::from_secs(10)).await?;
+    ensure!(
+        i64::try_from(leadership.token)? > leftover,
+        "token {} is not newer than the leftover key's revision {leftover}",
+        leadership.token
+    );
+    let ttl = client.lease_time_to_live(mine, None).await?.ttl();
+    ensure!(ttl < 0, "the leftover lease was not revoked (ttl {ttl})");
+    Ok(())
+}

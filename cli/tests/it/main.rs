@@ -3,12 +3,14 @@
 mod adopt;
 mod backups;
 mod busy;
+mod blips;
 mod cli_online;
 mod dashboards;
 mod destructive;
 mod drift;
 mod fence;
 mod foreign;
+mod etcd_blip;
 mod ha;
 mod harness;
 mod lock;

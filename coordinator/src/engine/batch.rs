@@ -7,7 +7,10 @@
 //! agents' history tables are). A leader that crashes before a flush loses only transitions
 //! that a new leader re-derives: it re-plans every unfinished target from its agent's report
 //! (a stale plan is refused by the agent's `PLAN_STALE` precondition), so nothing is applied
-//! twice. Every write is still fenced with the term's token, and the rollout engine flushes
+//! twice. A write the store fails is retried until it is stored (`durable.rs`): the records
+//! stay staged, in order, while the store is away, and the term's end (the lease lost or the
+//! token refused), not a write error, stops the rollout. Every write is still fenced with the
+//! term's token, and the rollout engine flushes
 //! before anything that depends on the records being durable: the end of each wave (budget,
 //! gate), and the rollout's terminal state.
 
@@ -31,7 +34,8 @@ struct Pending {
     records: BTreeMap<String, TargetRecord>,
     /// A delayed flush is scheduled.
     scheduled: bool,
-    /// A background flush failed (not fenced: that cancels the term); later calls report it.
+    /// A background flush failed for good (a record that cannot be encoded; store errors are
+    /// retried and a fenced write ends the term); later calls report it.
     failed: Option<Arc<EngineError>>,
 }
 
@@ -131,7 +135,7 @@ pub(crate) async fn write_records(
                     .map_err(EngineError::Encode)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        engine.write(term, ops).await?;
+        engine.write_durably(term, ops).await?;
         engine.live.put_targets(term.token, rollout, chunk);
     }
     Ok(())

@@ -84,6 +84,15 @@ impl LiveRollouts {
         self.live().remove(id);
     }
 
+    /// The record of rollout `id` as last written, if this coordinator runs it in term
+    /// `token`.
+    pub(crate) fn record(&self, id: &str, token: u64) -> Option<RolloutRecord> {
+        let live = self.live();
+        live.get(id)
+            .filter(|l| l.token == token)
+            .map(|l| l.rec.clone())
+    }
+
     /// Rollout `id` as last written, if this coordinator runs it in term `token`.
     pub(crate) fn proto(&self, id: &str, token: Option<u64>) -> Option<pb::Rollout> {
         let live = self.live();
@@ -135,6 +144,7 @@ mod tests {
             message: String::new(),
             fingerprint: String::new(),
             planned_from: String::new(),
+            waiting_for_agent: false,
         }
     }
 

@@ -363,6 +363,7 @@ impl Engine {
                 message: String::new(),
                 fingerprint: String::new(),
                 planned_from: state_digest_of(&entry.status),
+                waiting_for_agent: false,
             };
             match memo.plan(&entry.status, entry.dialect()) {
                 TargetPlanOutcome::Blocked(why) => {
@@ -497,6 +498,7 @@ impl Engine {
                         .acquire_owned()
                         .await
                         .map_err(|_| EngineError::Fenced(term.token))?;
+                    let target_control = control.clone();
                     if !wait_runnable(control).await
                         || limits.exceeded()
                         || term.cancel.is_cancelled()
@@ -504,7 +506,7 @@ impl Engine {
                         return Ok(t);
                     }
                     let t = engine
-                        .run_target(&term, &rollout, &goal, t, &writer)
+                        .run_target(&term, &rollout, &goal, t, &writer, target_control)
                         .await?;
                     if t.state == TargetState::Failed {
                         limits.failed.fetch_add(1, Ordering::SeqCst);

@@ -7,9 +7,19 @@
 //! the plan still holds. Every later attempt — after a stale plan, an RPC failure (agent
 //! unreachable, stream cut) or on a new leader — re-plans from the agent's own report first,
 //! so a step that committed before the failure is never sent again.
+//!
+//! An agent that cannot be reached (a pod restart, a network blip, a registration that
+//! lapsed) is waited for, not counted: the target retries with backoff for up to the
+//! rollout's agent wait (`RolloutSpec::agent_wait`, default 2 minutes), its record says it is
+//! waiting for the agent (`waiting_for_agent`), and it fails only when the wait runs out. A
+//! wait that ends in progress (a step committed) starts afresh at the next outage; an abort
+//! ends the wait at once and leaves the target as it was.
 
-use backon::BackoffBuilder;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use flotilla_proto as pb;
 use pb::step_event::Event;
@@ -21,7 +31,7 @@ use flotilla_revision::PlannedStep;
 
 use super::batch::TargetWriter;
 use super::snapshot::{FleetEntry, TargetPlanOutcome, plan_target, state_digest_of};
-use super::{Engine, EngineError, Term};
+use super::{Control, Engine, EngineError, Term};
 use flotilla_core::bounds::to_wire_ms;
 use flotilla_rpc::convert::DirectionProto;
 
@@ -53,6 +63,7 @@ impl Engine {
         goal: &Goal,
         mut rec: TargetRecord,
         writer: &std::sync::Arc<TargetWriter>,
+        mut control: watch::Receiver<Control>,
     ) -> Result<TargetRecord, EngineError> {
         crate::metrics::target_transition(rec.state, TargetState::Running);
         // A record already running was started by an earlier term: its plan may be stale.
@@ -60,17 +71,31 @@ impl Engine {
         rec.state = TargetState::Running;
         rec.message.clear();
         writer.stage(&rec)?;
-        let mut delays = self.agent_backoff().build();
+        let wait = rollout.spec.agent_wait();
+        let mut delays = self.agent_wait_backoff().build();
+        // Since when the agent has been unreachable without progress (the current wait).
+        let mut unreachable_since: Option<Instant> = None;
         let mut stale = 0u32;
         loop {
+            let done_before = rec.steps_done;
             if term.cancel.is_cancelled() {
                 return Err(EngineError::Fenced(term.token));
             }
+            // No new step while the rollout's records cannot be written (`durable.rs`).
+            self.store_writable(term).await?;
             let outcome = tokio::select! {
                 _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
                 o = self.attempt(term, rollout, goal, &mut rec, replan, writer) => o?,
             };
             replan = true;
+            if rec.steps_done > done_before {
+                // Progress: a later outage gets a wait of its own.
+                unreachable_since = None;
+                delays = self.agent_wait_backoff().build();
+            }
+            if !matches!(outcome, Attempt::Rpc(_)) {
+                rec.waiting_for_agent = false;
+            }
             match outcome {
                 Attempt::Done => {
                     rec.state = if rec.steps.is_empty() {
@@ -108,26 +133,52 @@ impl Engine {
                         "the target kept changing while it was planned ({stale} stale plans)"
                     );
                 }
-                Attempt::Rpc(msg) => match delays.next() {
-                    Some(delay) => {
-                        tracing::warn!(target = %rec.target_id, "agent rpc failed, retrying in {delay:?}: {msg}");
-                        rec.retries += 1;
-                        rec.message = format!("agent unreachable, retrying: {msg}");
+                Attempt::Rpc(msg) => {
+                    let since = *unreachable_since.get_or_insert_with(Instant::now);
+                    let waited = since.elapsed();
+                    rec.retries += 1;
+                    if waited < wait {
+                        let delay = delays
+                            .next()
+                            .unwrap_or(self.config.agent_backoff_max)
+                            .min(wait - waited);
+                        tracing::warn!(target = %rec.target_id, agent = %rec.agent_id, waited_ms = waited.as_millis() as u64, "agent unreachable, retrying in {delay:?}: {msg}");
+                        rec.waiting_for_agent = true;
+                        rec.message = format!(
+                            "waiting for agent {} (unreachable for {} of the rollout's {} agent wait): {msg}",
+                            rec.agent_id,
+                            seconds(waited),
+                            seconds(wait)
+                        );
                         writer.stage(&rec)?;
                         tokio::select! {
                             _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
-                            _ = tokio::time::sleep(delay) => {}
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = aborted(&mut control) => {
+                                // Nothing runs for this target now: leave it as it was.
+                                rec.waiting_for_agent = false;
+                                rec.message = format!(
+                                    "aborted while waiting for agent {}: {msg}",
+                                    rec.agent_id
+                                );
+                                if rec.steps_done == 0 {
+                                    rec.state = TargetState::Pending;
+                                    crate::metrics::target_transition(TargetState::Running, rec.state);
+                                }
+                                writer.stage(&rec)?;
+                                return Ok(rec);
+                            }
                         }
-                        continue;
                     }
-                    None => {
-                        rec.state = TargetState::Failed;
-                        rec.message = format!(
-                            "agent {} unreachable after {} attempts: {msg}",
-                            rec.agent_id, self.config.agent_attempts
-                        );
-                    }
-                },
+                    rec.waiting_for_agent = false;
+                    rec.state = TargetState::Failed;
+                    rec.message = format!(
+                        "agent {} unreachable for {} (the rollout's agent wait, --agent-wait): \
+                         {msg}; bring the agent back and start a new rollout",
+                        rec.agent_id,
+                        seconds(waited)
+                    );
+                }
             }
             if rec.state == TargetState::Failed {
                 crate::telemetry::record_failure(&tracing::Span::current(), &rec.message);
@@ -218,7 +269,14 @@ impl Engine {
             allow_foreign: rollout.spec.allow_foreign,
         };
         let mut stream = match agent.migrate(req).await {
-            Ok(s) => s,
+            Ok(s) => {
+                if rec.waiting_for_agent {
+                    rec.waiting_for_agent = false;
+                    rec.message.clear();
+                    writer.stage(rec)?;
+                }
+                s
+            }
             Err(e) if is_stale(&e) => return Ok(Attempt::Stale),
             Err(e) if foreign_of(&e).is_some() => {
                 return Ok(Attempt::Blocked(foreign_of(&e).unwrap_or_default()));
@@ -383,6 +441,37 @@ impl Engine {
         refusal.add(&self.graph, dialect, steps);
         refusal.blocked_target(&self.graph)
     }
+}
+
+impl Engine {
+    /// Backoff between attempts at an unreachable agent: unbounded in count, the rollout's
+    /// agent wait bounds it in time.
+    fn agent_wait_backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.agent_backoff_min)
+            .with_max_delay(self.config.agent_backoff_max)
+            .without_max_times()
+            .with_jitter()
+    }
+}
+
+/// Resolves when the rollout is aborted; never on pause (a paused rollout's waiting targets
+/// keep waiting, like running ones keep running), nor when the control is gone (the term's
+/// end cancels the wait instead).
+async fn aborted(control: &mut watch::Receiver<Control>) {
+    loop {
+        if *control.borrow_and_update() == Control::Abort {
+            return;
+        }
+        if control.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A duration as whole seconds for messages (`95s`).
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs())
 }
 
 fn step_record(s: &flotilla_revision::PlannedStep) -> StepRecord {

@@ -1,7 +1,9 @@
 //! etcd fleet lock: a lease kept alive every TTL/3 and a lock key created on it; the fencing
 //! token is the lock key's create revision.
 //!
-//! Acquire: if the lock key exists, watch it until it is deleted (a standby blocks here);
+//! Acquire: if the lock key exists, watch it until it is deleted (a standby blocks here) —
+//! unless it holds this coordinator's own id (a key left by its earlier term, whose lease
+//! etcd restored after a restart): then its lease is revoked and the attempt goes on;
 //! otherwise grant a lease and `Txn when create_revision(key) == 0 then put(key, holder, lease),
 //! get(key)`. The token is the created key's `create_revision`, which only grows because etcd
 //! revisions only grow. Keep-alive: a request every TTL/3; the lease counts as lost when
@@ -33,6 +35,10 @@ impl From<EtcdError> for LockError {
         }
     }
 }
+
+/// The longest pause between attempts at the lock while etcd does not answer: short, so a
+/// coordinator leads again within about a second of etcd's return.
+const UNAVAILABLE_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The etcd-backed [`FleetLock`].
 pub(crate) struct EtcdFleetLock {
@@ -84,10 +90,27 @@ impl EtcdFleetLock {
             r = etcd_call("get lock key", kv.get(self.lock_key.as_str(), None)) => r?,
         };
         if let Some(held) = resp.kvs().first() {
-            return Ok(Attempt::Held {
-                revision: resp.header().map_or(0, |h| h.revision()),
-                holder: String::from_utf8_lossy(held.value()).into_owned(),
-            });
+            if held.value() != self.holder_id.as_bytes() {
+                return Ok(Attempt::Held {
+                    revision: resp.header().map_or(0, |h| h.revision()),
+                    holder: String::from_utf8_lossy(held.value()).into_owned(),
+                });
+            }
+            // Our own key, left by an earlier term of this coordinator whose lease etcd still
+            // keeps (after an etcd restart it restores leases with a fresh TTL). Nobody keeps
+            // it alive; revoking its lease deletes it now instead of a TTL later.
+            let leftover = held.lease();
+            tracing::info!(
+                holder = %self.holder_id,
+                lease_id = leftover,
+                "the fleet lock key is this coordinator's own, left by an earlier term; revoking its lease"
+            );
+            let mut lease = self.client.lease_client();
+            if let Err(e) = etcd_call("lease revoke", lease.revoke(leftover)).await
+                && e.is_transient()
+            {
+                return Err(e.into());
+            }
         }
 
         let granted_at = Instant::now();
@@ -264,7 +287,7 @@ impl FleetLock for EtcdFleetLock {
                 Err(LockError::Unavailable(msg)) => {
                     tracing::warn!(error = %msg, retry_in = ?backoff, "etcd unavailable while acquiring the fleet lock");
                     sleep_or_cancel(backoff, cancel).await?;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(UNAVAILABLE_RETRY_MAX);
                 }
                 Err(e) => return Err(e),
             }
