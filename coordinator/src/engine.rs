@@ -29,8 +29,8 @@ use flotilla_revision::Graph;
 
 mod batch;
 pub mod destructive;
-pub mod fencing;
 mod durable;
+pub mod fencing;
 mod gate;
 mod live;
 pub mod preflight;

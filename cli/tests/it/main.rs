@@ -2,15 +2,15 @@
 
 mod adopt;
 mod backups;
-mod busy;
 mod blips;
+mod busy;
 mod cli_online;
 mod dashboards;
 mod destructive;
 mod drift;
+mod etcd_blip;
 mod fence;
 mod foreign;
-mod etcd_blip;
 mod ha;
 mod harness;
 mod lock;
@@ -22,7 +22,7 @@ mod registry;
 mod revision_apply;
 mod revision_cli;
 mod rollout;
-mod span_status;
 mod selection;
+mod span_status;
 mod store;
 mod tls;
