@@ -2,6 +2,7 @@
 
 mod adopt;
 mod backups;
+mod big_revision;
 mod cli_online;
 mod dashboards;
 mod destructive;

@@ -7,6 +7,10 @@
 //! the plan still holds. Every later attempt — after a stale plan, an RPC failure (agent
 //! unreachable, stream cut) or on a new leader — re-plans from the agent's own report first,
 //! so a step that committed before the failure is never sent again.
+//!
+//! A plan larger than one request (several multi-megabyte seeds, see `pack.rs`) is sent a
+//! prefix at a time; after each prefix the target is re-planned from the agent's report like
+//! any later attempt. Each request is its own transaction group on the agent.
 
 use backon::BackoffBuilder;
 use futures::StreamExt;
@@ -37,6 +41,8 @@ enum Attempt {
     Blocked(String),
     /// The agent refused the plan as stale: re-plan from its report and go again.
     Stale,
+    /// The request carried a prefix of the plan and it succeeded: re-plan and send the rest.
+    More,
 }
 
 impl Engine {
@@ -99,6 +105,7 @@ impl Engine {
                     }
                     continue;
                 }
+                Attempt::More => continue,
                 Attempt::Stale => {
                     rec.state = TargetState::Failed;
                     rec.message = format!(
@@ -167,6 +174,30 @@ impl Engine {
         if steps.is_empty() {
             return Ok(Attempt::Done);
         }
+        let mut steps: Vec<pb::Step> = steps
+            .iter()
+            .map(|s| pb::Step {
+                revision: s.revision.clone(),
+                direction: s.direction.to_proto() as i32,
+                sql: s.sql.clone(),
+                checksum: s.checksum.clone(),
+                transactional: s.transactional,
+                up_checksum: self
+                    .graph
+                    .get(&s.revision)
+                    .map(|r| r.up_checksum(rec.dialect))
+                    .unwrap_or_default(),
+                backup_tables: match s.direction {
+                    flotilla_core::Direction::Up => {
+                        self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
+                    }
+                    flotilla_core::Direction::Down => vec![],
+                },
+            })
+            .collect();
+        let sent = super::pack::request_len(&steps, self.config.migrate_request_bytes);
+        let more = sent < steps.len();
+        steps.truncate(sent);
         let req = pb::MigrateRequest {
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
@@ -175,33 +206,20 @@ impl Engine {
             transaction_per_step: rollout.spec.transaction_per_step,
             // The gate compares fingerprints: read on the Migrate's own connection.
             report_fingerprint: rollout.spec.fingerprint_gate,
-            steps: steps
-                .iter()
-                .map(|s| pb::Step {
-                    revision: s.revision.clone(),
-                    direction: s.direction.to_proto() as i32,
-                    sql: s.sql.clone(),
-                    checksum: s.checksum.clone(),
-                    transactional: s.transactional,
-                    up_checksum: self
-                        .graph
-                        .get(&s.revision)
-                        .map(|r| r.up_checksum(rec.dialect))
-                        .unwrap_or_default(),
-                    backup_tables: match s.direction {
-                        flotilla_core::Direction::Up => {
-                            self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
-                        }
-                        flotilla_core::Direction::Down => vec![],
-                    },
-                })
-                .collect(),
+            steps,
             lock_wait_ms: 0,
         };
         let mut stream = match agent.migrate(req).await {
             Ok(s) => s,
             Err(e) if is_stale(&e) => return Ok(Attempt::Stale),
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
+            Err(e) if is_too_large(&e) => {
+                return Ok(Attempt::StepFailed(format!(
+                    "{}: the agent refused the Migrate request as too large ({}): raise its                      `server.max_message_bytes` (the default takes the largest revision                      `flotilla check` accepts)",
+                    rec.target_id,
+                    e.message()
+                )));
+            }
             Err(e) => {
                 return Ok(Attempt::StepFailed(format!(
                     "{}: {}",
@@ -211,6 +229,7 @@ impl Engine {
             }
         };
         let mut failed: Option<String> = None;
+        let mut ran = 0usize;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(ev) => {
@@ -229,6 +248,7 @@ impl Engine {
                             writer.stage(rec)?;
                         }
                         Event::Succeeded(_) | Event::Skipped(_) => {
+                            ran += 1;
                             rec.steps_done = (rec.steps_done + 1).min(rec.steps.len() as u32);
                             rec.message.clear();
                             writer.stage(rec)?;
@@ -273,6 +293,16 @@ impl Engine {
         }
         if let Some(msg) = failed {
             return Ok(Attempt::StepFailed(msg));
+        }
+        if more {
+            // Each request must move the target on, or re-planning would send it again.
+            if ran < sent {
+                return Ok(Attempt::StepFailed(format!(
+                    "{}: the agent ended the request after {ran} of its {sent} steps without an error",
+                    rec.target_id
+                )));
+            }
+            return Ok(Attempt::More);
         }
         rec.steps_done = rec.steps.len() as u32;
         Ok(Attempt::Done)
@@ -366,6 +396,15 @@ fn step_record(s: &flotilla_revision::PlannedStep) -> StepRecord {
         checksum: s.checksum.clone(),
         transactional: s.transactional,
     }
+}
+
+/// Whether the request was larger than the agent's gRPC message limit (tonic refuses it
+/// before the agent sees it, with the sizes in the message).
+fn is_too_large(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) && status.message().contains("too large")
 }
 
 /// Whether the agent refused the request's plan as stale.
