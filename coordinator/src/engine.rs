@@ -33,6 +33,7 @@ mod durable;
 pub mod fencing;
 mod gate;
 mod live;
+mod pack;
 pub mod preflight;
 mod report;
 mod run;
@@ -183,6 +184,10 @@ pub struct EngineConfig {
     /// This coordinator's API address as other coordinators reach it. The leader records it
     /// (fenced) so standbys can forward write calls; `None`: standbys answer NOT_LEADER.
     pub advertise: Option<String>,
+    /// Encoded steps per Migrate request (at least one step goes): a longer plan is sent in
+    /// several requests (`engine/pack.rs`). The default is the largest step a revision may
+    /// hold, which the agent's default message limit takes with room to spare.
+    pub migrate_request_bytes: usize,
 }
 
 impl Default for EngineConfig {
@@ -193,6 +198,7 @@ impl Default for EngineConfig {
             agent_backoff_max: Duration::from_secs(5),
             lock_retry: Duration::from_secs(1),
             advertise: None,
+            migrate_request_bytes: flotilla_core::limits::MAX_STEP_SQL_BYTES,
         }
     }
 }

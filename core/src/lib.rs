@@ -1,6 +1,7 @@
 //! Flotilla's shared vocabulary: dialects, step directions, revision ids and checksums,
 //! history rows and target state, the schema catalog and its fingerprint, the SQL statement
-//! splitter, other tools' version tables, backup records and the classes of transient errors.
+//! splitter, other tools' version tables, backup records, the classes of transient errors and
+//! the size limits of a step.
 //!
 //! **Architecture invariant:** this crate has no I/O policy. It depends on no async
 //! runtime, no database driver and no gRPC stack (`cargo tree -p flotilla-core`), so both
@@ -13,6 +14,7 @@ pub mod error_class;
 pub mod fencing;
 pub mod foreign;
 pub mod history;
+pub mod limits;
 pub mod split;
 pub mod types;
 

@@ -100,9 +100,14 @@ struct Scanner<'a> {
     dialect: Dialect,
     /// Nesting of `BEGIN ... END` blocks in which `;` does not end the statement.
     depth: usize,
-    /// The first words of the current statement (to spot `CREATE [TEMP] TRIGGER`).
-    head: Vec<String>,
-    prev_word: String,
+    /// How many of the current statement's first words were seen, up to 3, and what they
+    /// were (to spot `CREATE [TEMP] TRIGGER`). Words are compared in place, never copied:
+    /// a seed file has millions of them.
+    head_len: u8,
+    head_create: bool,
+    head_trigger: bool,
+    /// The previous word was `BEGIN` (PostgreSQL `BEGIN ATOMIC`).
+    prev_begin: bool,
 }
 
 impl<'a> Scanner<'a> {
@@ -113,8 +118,10 @@ impl<'a> Scanner<'a> {
             i: 0,
             dialect,
             depth: 0,
-            head: Vec::new(),
-            prev_word: String::new(),
+            head_len: 0,
+            head_create: false,
+            head_trigger: false,
+            prev_begin: false,
         }
     }
 
@@ -144,8 +151,10 @@ impl<'a> Scanner<'a> {
                     let at = self.i;
                     self.i += 1;
                     if self.depth == 0 {
-                        self.head.clear();
-                        self.prev_word.clear();
+                        self.head_len = 0;
+                        self.head_create = false;
+                        self.head_trigger = false;
+                        self.prev_begin = false;
                         return Some(Token::Semicolon(at));
                     }
                     return Some(Token::Other);
@@ -195,32 +204,34 @@ impl<'a> Scanner<'a> {
 
     /// Track blocks whose `;` do not end the statement.
     fn on_word(&mut self, word: &str) {
-        let upper = word.to_ascii_uppercase();
-        if self.head.len() < 3 {
-            self.head.push(upper.clone());
+        let is = |kw: &str| word.eq_ignore_ascii_case(kw);
+        if self.head_len < 3 {
+            if self.head_len == 0 {
+                self.head_create = is("CREATE");
+            }
+            self.head_trigger |= is("TRIGGER");
+            self.head_len += 1;
         }
         match self.dialect {
             Dialect::Postgres => {
-                let opens = (upper == "ATOMIC" && self.prev_word == "BEGIN")
-                    || (self.depth > 0 && upper == "CASE");
+                let opens = (self.prev_begin && is("ATOMIC")) || (self.depth > 0 && is("CASE"));
                 if opens {
                     self.depth += 1;
-                } else if self.depth > 0 && upper == "END" {
+                } else if self.depth > 0 && is("END") {
                     self.depth -= 1;
                 }
             }
             Dialect::Sqlite => {
-                let trigger = self.head.first().is_some_and(|w| w == "CREATE")
-                    && self.head.iter().any(|w| w == "TRIGGER");
-                if trigger && (upper == "BEGIN" || (self.depth > 0 && upper == "CASE")) {
+                let trigger = self.head_create && self.head_trigger;
+                if trigger && (is("BEGIN") || (self.depth > 0 && is("CASE"))) {
                     self.depth += 1;
-                } else if self.depth > 0 && upper == "END" {
+                } else if self.depth > 0 && is("END") {
                     self.depth -= 1;
                 }
             }
             Dialect::Mysql => {}
         }
-        self.prev_word = upper;
+        self.prev_begin = is("BEGIN");
     }
 
     /// MySQL requires whitespace (or the end) after `--` for a comment.
@@ -401,6 +412,22 @@ mod tests {
         let parts = split_statements(sql, Dialect::Sqlite);
         assert_eq!(parts.len(), 3, "{parts:#?}");
         assert!(parts[1].ends_with("delete from t; end"));
+    }
+
+    #[test]
+    fn block_keywords_in_any_case_and_only_where_they_open_blocks() {
+        let lite = "Create Temp Trigger tr After Insert On t Begin Update t Set a = 1; End; \
+                    select 'begin'; create table b (begin int); insert into b values (1)";
+        let parts = split_statements(lite, Dialect::Sqlite);
+        assert_eq!(parts.len(), 4, "{parts:#?}");
+        assert!(parts[0].ends_with("a = 1; End"));
+        // BEGIN opens a block only directly before ATOMIC.
+        let sql = "Create Function f() Returns int Language sql Begin Atomic Select 1; End;\n\
+                   begin; select 1; atomic_value(); commit";
+        let parts = pg(sql);
+        assert_eq!(parts.len(), 5, "{parts:#?}");
+        assert!(parts[0].ends_with("Select 1; End"));
+        assert_eq!(parts[1], "begin");
     }
 
     #[test]

@@ -19,12 +19,20 @@ pub fn lint_set(
     config: &LintConfig,
 ) -> (Option<Graph>, Vec<Diagnostic>) {
     let mut out = Vec::new();
+    // Each file is parsed once: the same revisions are linted and then validated as a set.
+    let mut parsed = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
     for (path, bytes) in &files {
-        if let Ok(r) = parse_file(path, bytes) {
-            out.extend(lint_revision_with(&r, config));
+        match parse_file(path, bytes) {
+            Ok(r) => {
+                out.extend(lint_revision_with(&r, config));
+                parsed.push(r);
+            }
+            Err(es) => errors.extend(es),
         }
     }
-    let graph = match Graph::from_sources(files) {
+    drop(files);
+    let graph = match Graph::from_revisions(parsed, errors) {
         Ok(g) => Some(g.with_lint_config(config.clone())),
         Err(errors) => {
             out.extend(errors.0.into_iter().map(Diagnostic::from));

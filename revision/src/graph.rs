@@ -89,7 +89,7 @@ impl Graph {
     }
 
     /// Validates parsed revisions as a set, adding to `errors` from parsing.
-    fn from_revisions(
+    pub(crate) fn from_revisions(
         parsed: Vec<Revision>,
         mut errors: Vec<ParseError>,
     ) -> Result<Graph, ParseErrors> {

@@ -6,6 +6,8 @@
 //! A finding is silenced by the file's `-- lint: allow <rule>, ...` header or by the set's
 //! `lint.toml` (`lint/config.rs`). Pure: the caller reads the files.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 
 use flotilla_core::Dialect;
@@ -171,27 +173,60 @@ fn sections(r: &Revision) -> impl Iterator<Item = (&'static str, Option<Dialect>
         .chain(r.down.all().map(|(d, s)| ("down", d, s)))
 }
 
+/// Sections of a revision (all parts and dialects together) from this size on are analyzed
+/// on one thread per dialect.
+const PARALLEL_BYTES: usize = 256 * 1024;
+
 /// Every rule finding of a revision, in file order, each analyzed with the dialect(s) that
 /// run its section and merged when they agree.
 pub fn findings(r: &Revision, config: &LintConfig) -> Vec<RevisionFinding> {
     let mut out: Vec<RevisionFinding> = Vec::new();
+    // Where each distinct finding is in `out`: a big file can have a finding per statement,
+    // and looking each one up in `out` would be quadratic.
+    let mut seen: HashMap<(Part, Finding), usize> = HashMap::new();
+    let mut jobs = Vec::new();
     for (part, sections) in [(Part::Up, &r.up), (Part::Down, &r.down)] {
         for d in Dialect::ALL {
-            let Some(section) = sections.for_dialect(d) else {
-                continue;
-            };
-            for finding in sql::analyze(&section.sql, section.text_line, d, r.transactional, part) {
-                match out
-                    .iter_mut()
-                    .find(|f| f.part == part && f.finding == finding)
-                {
-                    Some(f) => f.dialects.push(d),
-                    None => out.push(RevisionFinding {
+            if let Some(section) = sections.for_dialect(d) {
+                jobs.push((part, d, section));
+            }
+        }
+    }
+    let analyze = |&(part, d, section): &(Part, Dialect, &Section)| {
+        sql::analyze(&section.sql, section.text_line, d, r.transactional, part)
+    };
+    let bytes: usize = jobs.iter().map(|(_, _, s)| s.sql.len()).sum();
+    // A big seed is parsed once per dialect: those parses run side by side (pure, no I/O).
+    let results: Vec<Vec<Finding>> = if bytes >= PARALLEL_BYTES {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|job| scope.spawn(move || analyze(job)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        })
+    } else {
+        jobs.iter().map(analyze).collect()
+    };
+    for (&(part, d, _), found) in jobs.iter().zip(results) {
+        for finding in found {
+            match seen.entry((part, finding)) {
+                Entry::Occupied(e) => out[*e.get()].dialects.push(d),
+                Entry::Vacant(e) => {
+                    let finding = e.key().1.clone();
+                    e.insert(out.len());
+                    out.push(RevisionFinding {
                         allowed: r.allows(finding.rule) || config.allow.contains(&finding.rule),
                         finding,
                         part,
                         dialects: vec![d],
-                    }),
+                    });
                 }
             }
         }

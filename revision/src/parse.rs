@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flotilla_core::limits::MAX_STEP_SQL_BYTES;
 use flotilla_core::{Dialect, checksum, is_valid_revision_id};
 
 mod error;
@@ -411,6 +412,17 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
     for (k, (i, marker)) in markers.iter().enumerate() {
         let end = markers.get(k + 1).map_or(lines.len(), |(j, _)| *j);
         let (sql, skipped) = section_text(&lines[i + 1..end]);
+        if sql.len() > MAX_STEP_SQL_BYTES {
+            // The agent would refuse the step: refuse the file now, before anything runs.
+            errors.push(err(
+                Some(i + 1),
+                ParseErrorKind::SectionTooLarge {
+                    section: lines[*i].trim().to_owned(),
+                    bytes: sql.len(),
+                    limit: MAX_STEP_SQL_BYTES,
+                },
+            ));
+        }
         let section = Section {
             checksum: checksum(&sql),
             sql,

@@ -51,7 +51,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long shutdown waits for the step in flight before giving up.
     pub shutdown_grace: Duration,
-    /// Largest accepted gRPC message (a Migrate request with its SQL).
+    /// Largest accepted gRPC message (a Migrate request with its SQL). The default takes a
+    /// step of the largest SQL a revision may hold (`flotilla_core::limits`); the coordinator
+    /// packs its requests to fit it.
     pub max_message_bytes: usize,
     /// TLS identity (and client CA for mTLS); `None` = plaintext, which `serve` allows on
     /// loopback addresses only unless `plaintext` is set (`tls::check_listen`).
@@ -65,7 +67,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 7400)),
             shutdown_grace: Duration::from_secs(30),
-            max_message_bytes: 64 * 1024 * 1024,
+            max_message_bytes: flotilla_core::limits::MAX_STEP_SQL_BYTES
+                + flotilla_core::limits::MIGRATE_REQUEST_OVERHEAD_BYTES,
             tls: None,
             plaintext: false,
         }

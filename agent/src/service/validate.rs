@@ -10,13 +10,14 @@ use crate::error::AgentError;
 use std::time::Duration;
 
 use flotilla_core::bounds::{StepBounds, from_wire_ms};
+use flotilla_core::limits::show_bytes;
 use flotilla_core::{Direction, checksum, is_valid_revision_id};
 use flotilla_rpc::convert::DirectionProto;
 
 /// Most steps in one Migrate request.
-pub const MAX_STEPS: usize = 10_000;
-/// Largest SQL text of one step.
-pub const MAX_SQL_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_STEPS: usize = flotilla_core::limits::MAX_STEPS_PER_REQUEST;
+/// Largest SQL text of one step (the parser refuses a larger section, see `limits`).
+pub const MAX_SQL_BYTES: usize = flotilla_core::limits::MAX_STEP_SQL_BYTES;
 /// Most target ids or expected revisions in one request.
 pub const MAX_LIST: usize = 100_000;
 /// Longest rollout id: `flotilla_history.rollout_id` is VARCHAR(128) on every dialect.
@@ -176,7 +177,11 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
         if s.sql.len() > MAX_SQL_BYTES {
             return Err(invalid(
                 f("sql"),
-                format!("{} bytes; at most {MAX_SQL_BYTES}", s.sql.len()),
+                format!(
+                    "{} of SQL; a step carries at most {}: split the revision into several",
+                    show_bytes(s.sql.len()),
+                    show_bytes(MAX_SQL_BYTES)
+                ),
             ));
         }
         checksum_field(&f("checksum"), &s.checksum)?;
@@ -388,5 +393,30 @@ mod tests {
             migrate_request(&req(vec![s])),
             Err(AgentError::ChecksumMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn big_steps_pass_whole_and_oversized_ones_name_the_limit() {
+        // A 20 MB data seed is one step: accepted, its SQL kept byte for byte.
+        let row = "INSERT INTO seed (id, name) VALUES (1, 'a;b');\n";
+        let seed = row.repeat(20_000_000 / row.len());
+        let steps = migrate_request(&req(vec![step("seed", &seed)])).expect("20 MB step");
+        assert_eq!(steps[0].0.sql.len(), seed.len());
+        assert_eq!(steps[0].0.checksum, checksum(&seed));
+
+        let big = "x".repeat(MAX_SQL_BYTES + 1);
+        match migrate_request(&req(vec![step("a", &big)])) {
+            Err(e @ AgentError::InvalidRequest { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("64.0 MiB (67108865 bytes) of SQL")
+                        && msg.contains("at most 64.0 MiB (67108864 bytes)")
+                        && msg.contains("split the revision"),
+                    "{msg}"
+                );
+            }
+            Err(e) => panic!("expected an invalid request, got {e}"),
+            Ok(_) => panic!("a step over the limit was accepted"),
+        }
     }
 }

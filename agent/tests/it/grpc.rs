@@ -149,7 +149,8 @@ async fn malformed_requests_are_invalid_argument() -> Result<()> {
         f(&mut req.steps[0]);
         req
     };
-    let big_sql = "-".repeat(16 * 1024 * 1024 + 1);
+    // One byte over what a step may carry, in a request the default message limit takes.
+    let big_sql = "-".repeat(flotilla_core::limits::MAX_STEP_SQL_BYTES + 1);
     let cases: Vec<(&str, MigrateRequest, Code, &str)> = vec![
         (
             "empty revision",

@@ -264,9 +264,10 @@ impl Server {
         let client = AgentServiceClient::connect(format!("http://{}", self.addr))
             .await
             .context("connecting to the agent")?;
+        // Above the agent's message limit: its own checks are what the tests see.
         Ok(client
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20))
+            .max_decoding_message_size(128 << 20)
+            .max_encoding_message_size(128 << 20))
     }
 
     /// Trigger shutdown without waiting.

@@ -101,7 +101,16 @@ pub(crate) struct TestAgent {
 
 impl TestAgent {
     pub(crate) async fn start(id: &str, targets: Vec<TargetConfig>) -> Result<TestAgent> {
-        Self::start_with(id, targets, None).await
+        Self::start_with(id, targets, None, |_| {}).await
+    }
+
+    /// Like `start`, with the test's configuration changed by `tweak` before the agent starts.
+    pub(crate) async fn start_tweaked(
+        id: &str,
+        targets: Vec<TargetConfig>,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Result<TestAgent> {
+        Self::start_with(id, targets, None, tweak).await
     }
 
     /// An agent serving TLS (mTLS when `tls` has a client CA) at `https://127.0.0.1:PORT`.
@@ -110,13 +119,14 @@ impl TestAgent {
         targets: Vec<TargetConfig>,
         tls: ServerTls,
     ) -> Result<TestAgent> {
-        Self::start_with(id, targets, Some(tls)).await
+        Self::start_with(id, targets, Some(tls), |_| {}).await
     }
 
     async fn start_with(
         id: &str,
         targets: Vec<TargetConfig>,
         tls: Option<ServerTls>,
+        tweak: impl FnOnce(&mut AgentConfig),
     ) -> Result<TestAgent> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut config = AgentConfig {
@@ -135,6 +145,7 @@ impl TestAgent {
             ..AgentConfig::default()
         };
         config.server.tls = tls;
+        tweak(&mut config);
         let agent = Arc::new(Agent::new(config.clone()).await.context("agent config")?);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("{scheme}://{}", listener.local_addr()?);
@@ -286,6 +297,20 @@ impl TestCoordinator {
         Self::start_opts(migrations, agents, etcd, &prefix, true).await
     }
 
+    /// Like `start` (embedded backend), with the engine's configuration changed by `tweak`.
+    pub(crate) async fn start_tweaked(
+        migrations: &Path,
+        agents: &[&TestAgent],
+        tweak: impl FnOnce(&mut EngineConfig),
+    ) -> Result<TestCoordinator> {
+        let entries: Vec<(String, String)> = agents
+            .iter()
+            .map(|a| (a.id.clone(), a.address.clone()))
+            .collect();
+        let prefix = format!("/flotilla-test-{}", uuid::Uuid::new_v4());
+        Self::start_full(migrations, &entries, None, &prefix, true, tweak).await
+    }
+
     /// The general form: `prefix` shared by coordinators of one etcd-backed fleet; with
     /// `wait_leader` false the coordinator may start as a standby. Each advertises its
     /// address (standbys forward write calls to the leader).
@@ -295,6 +320,17 @@ impl TestCoordinator {
         etcd: Option<&str>,
         prefix: &str,
         wait_leader: bool,
+    ) -> Result<TestCoordinator> {
+        Self::start_full(migrations, agents, etcd, prefix, wait_leader, |_| {}).await
+    }
+
+    async fn start_full(
+        migrations: &Path,
+        agents: &[(String, String)],
+        etcd: Option<&str>,
+        prefix: &str,
+        wait_leader: bool,
+        tweak: impl FnOnce(&mut EngineConfig),
     ) -> Result<TestCoordinator> {
         let dir = tempfile::tempdir()?;
         let state_dir = dir.path().join("state");
@@ -306,6 +342,7 @@ impl TestCoordinator {
             wait_leader,
             dir,
             state_dir,
+            tweak,
         )
         .await
     }
@@ -330,6 +367,7 @@ impl TestCoordinator {
             true,
             dir,
             state_dir.to_owned(),
+            |_| {},
         )
         .await
     }
@@ -342,11 +380,12 @@ impl TestCoordinator {
         wait_leader: bool,
         dir: tempfile::TempDir,
         state_dir: PathBuf,
+        tweak: impl FnOnce(&mut EngineConfig),
     ) -> Result<TestCoordinator> {
         let fleet = fleet_file_of(dir.path(), agents)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}", listener.local_addr()?);
-        let config = CoordinatorConfig {
+        let mut config = CoordinatorConfig {
             migrations: migrations.to_owned(),
             backend: BackendConfig {
                 etcd_endpoints: etcd.map(|e| vec![e.to_owned()]).unwrap_or_default(),
@@ -363,9 +402,11 @@ impl TestCoordinator {
                 agent_backoff_max: Duration::from_millis(500),
                 lock_retry: Duration::from_millis(200),
                 advertise: Some(address.clone()),
+                ..EngineConfig::default()
             },
             tls: Default::default(),
         };
+        tweak(&mut config.engine);
         let coord = build(&config, vec![], Hooks::default()).await?;
         let engine = coord.engine.clone();
         let shutdown = CancellationToken::new();

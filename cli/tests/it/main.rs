@@ -2,6 +2,7 @@
 
 mod adopt;
 mod backups;
+mod big_revision;
 mod blips;
 mod busy;
 mod cli_online;

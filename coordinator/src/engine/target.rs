@@ -14,6 +14,10 @@
 //! waiting for the agent (`waiting_for_agent`), and it fails only when the wait runs out. A
 //! wait that ends in progress (a step committed) starts afresh at the next outage; an abort
 //! ends the wait at once and leaves the target as it was.
+//!
+//! A plan larger than one request (several multi-megabyte seeds, see `pack.rs`) is sent a
+//! prefix at a time; after each prefix the target is re-planned from the agent's report like
+//! any later attempt. Each request is its own transaction group on the agent.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +54,8 @@ enum Attempt {
     Blocked(String),
     /// The agent refused the plan as stale: re-plan from its report and go again.
     Stale,
+    /// The request carried a prefix of the plan and it succeeded: re-plan and send the rest.
+    More,
 }
 
 impl Engine {
@@ -127,6 +133,7 @@ impl Engine {
                     }
                     continue;
                 }
+                Attempt::More => continue,
                 Attempt::Stale => {
                     rec.state = TargetState::Failed;
                     rec.message = format!(
@@ -224,6 +231,39 @@ impl Engine {
         if steps.is_empty() {
             return Ok(Attempt::Done);
         }
+        let mut steps: Vec<pb::Step> = steps
+            .iter()
+            .map(|s| pb::Step {
+                revision: s.revision.clone(),
+                direction: s.direction.to_proto() as i32,
+                sql: s.sql.clone(),
+                checksum: s.checksum.clone(),
+                transactional: s.transactional,
+                up_checksum: self
+                    .graph
+                    .get(&s.revision)
+                    .map(|r| r.up_checksum(rec.dialect))
+                    .unwrap_or_default(),
+                backup_tables: match s.direction {
+                    flotilla_core::Direction::Up => {
+                        self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
+                    }
+                    flotilla_core::Direction::Down => vec![],
+                },
+                // The revision's own bounds (headers) win over the rollout's.
+                lock_timeout_ms: to_wire_ms(
+                    self.graph.get(&s.revision).and_then(|r| r.lock_timeout),
+                ),
+                statement_timeout_ms: to_wire_ms(
+                    self.graph
+                        .get(&s.revision)
+                        .and_then(|r| r.statement_timeout),
+                ),
+            })
+            .collect();
+        let sent = super::pack::request_len(&steps, self.config.migrate_request_bytes);
+        let more = sent < steps.len();
+        steps.truncate(sent);
         let req = pb::MigrateRequest {
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
@@ -235,36 +275,7 @@ impl Engine {
             step_lock_timeout_ms: rollout.spec.lock_timeout_ms,
             retry_max_attempts: rollout.spec.retry_max_attempts,
             retry_max_elapsed_ms: rollout.spec.retry_max_elapsed_ms,
-            steps: steps
-                .iter()
-                .map(|s| pb::Step {
-                    revision: s.revision.clone(),
-                    direction: s.direction.to_proto() as i32,
-                    sql: s.sql.clone(),
-                    checksum: s.checksum.clone(),
-                    transactional: s.transactional,
-                    up_checksum: self
-                        .graph
-                        .get(&s.revision)
-                        .map(|r| r.up_checksum(rec.dialect))
-                        .unwrap_or_default(),
-                    backup_tables: match s.direction {
-                        flotilla_core::Direction::Up => {
-                            self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
-                        }
-                        flotilla_core::Direction::Down => vec![],
-                    },
-                    // The revision's own bounds (headers) win over the rollout's.
-                    lock_timeout_ms: to_wire_ms(
-                        self.graph.get(&s.revision).and_then(|r| r.lock_timeout),
-                    ),
-                    statement_timeout_ms: to_wire_ms(
-                        self.graph
-                            .get(&s.revision)
-                            .and_then(|r| r.statement_timeout),
-                    ),
-                })
-                .collect(),
+            steps,
             lock_wait_ms: 0,
             allow_foreign: rollout.spec.allow_foreign,
         };
@@ -282,6 +293,13 @@ impl Engine {
                 return Ok(Attempt::Blocked(foreign_of(&e).unwrap_or_default()));
             }
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
+            Err(e) if is_too_large(&e) => {
+                return Ok(Attempt::StepFailed(format!(
+                    "{}: the agent refused the Migrate request as too large ({}): raise its                      `server.max_message_bytes` (the default takes the largest revision                      `flotilla check` accepts)",
+                    rec.target_id,
+                    e.message()
+                )));
+            }
             Err(e) => {
                 return Ok(Attempt::StepFailed(format!(
                     "{}: {}",
@@ -291,6 +309,7 @@ impl Engine {
             }
         };
         let mut failed: Option<String> = None;
+        let mut ran = 0usize;
         while let Some(item) = stream.next().await {
             match item {
                 Ok(ev) => {
@@ -309,6 +328,7 @@ impl Engine {
                             writer.stage(rec)?;
                         }
                         Event::Succeeded(_) | Event::Skipped(_) => {
+                            ran += 1;
                             rec.steps_done = (rec.steps_done + 1).min(rec.steps.len() as u32);
                             rec.message.clear();
                             writer.stage(rec)?;
@@ -356,6 +376,16 @@ impl Engine {
         }
         if let Some(msg) = failed {
             return Ok(Attempt::StepFailed(msg));
+        }
+        if more {
+            // Each request must move the target on, or re-planning would send it again.
+            if ran < sent {
+                return Ok(Attempt::StepFailed(format!(
+                    "{}: the agent ended the request after {ran} of its {sent} steps without an error",
+                    rec.target_id
+                )));
+            }
+            return Ok(Attempt::More);
         }
         rec.steps_done = rec.steps.len() as u32;
         Ok(Attempt::Done)
@@ -496,6 +526,15 @@ fn foreign_of(status: &tonic::Status) -> Option<String> {
             .unwrap_or(msg);
         msg.to_owned()
     })
+}
+
+/// Whether the request was larger than the agent's gRPC message limit (tonic refuses it
+/// before the agent sees it, with the sizes in the message).
+fn is_too_large(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+    ) && status.message().contains("too large")
 }
 
 /// Whether the agent refused the request's plan as stale.

@@ -19,7 +19,7 @@ use sqlparser::parser::Parser;
 use super::Rule;
 
 /// One rule broken by one statement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Finding {
     pub rule: Rule,
     /// Line in the file of the statement's first word.
@@ -33,7 +33,7 @@ pub struct Finding {
 
 /// Which section is analyzed: up sections get every rule; down sections, which undo what
 /// their up section created, only `unparsable` and `non_transactional_in_transaction`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
     Up,
     Down,
@@ -55,10 +55,11 @@ pub(super) fn analyze(
         out: Vec::new(),
         line: first_line,
     };
+    let mut lines = LineCursor::new(sql, first_line);
     for stmt in split_statements(sql, dialect) {
         let offset = stmt.as_ptr() as usize - sql.as_ptr() as usize;
         let code = offset + leading_comments(stmt);
-        cx.line = first_line + sql[..code].matches('\n').count();
+        cx.line = lines.line_at(code);
         let parsed = match dialect {
             Dialect::Postgres => Parser::parse_sql(&PostgreSqlDialect {}, stmt),
             Dialect::Mysql => Parser::parse_sql(&MySqlDialect {}, stmt),
@@ -146,6 +147,38 @@ pub(super) fn touched_tables(sql: &str, dialect: Dialect) -> Vec<String> {
         }
     }
     out
+}
+
+/// The file line of byte offsets of a section, asked in increasing order: each call counts
+/// only the line breaks since the previous one, so a section's statements cost one pass over
+/// its text in all (counting from the start for each would be quadratic in the file size).
+struct LineCursor<'a> {
+    text: &'a str,
+    at: usize,
+    line: usize,
+}
+
+impl<'a> LineCursor<'a> {
+    fn new(text: &'a str, first_line: usize) -> Self {
+        LineCursor {
+            text,
+            at: 0,
+            line: first_line,
+        }
+    }
+
+    /// The line of byte `offset`; offsets must not decrease between calls.
+    fn line_at(&mut self, offset: usize) -> usize {
+        debug_assert!(offset >= self.at, "offsets must not go backwards");
+        if offset > self.at {
+            self.line += self.text.as_bytes()[self.at..offset]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
+            self.at = offset;
+        }
+        self.line
+    }
 }
 
 /// Bytes of leading whitespace and comments, so a statement's line is its first word's.

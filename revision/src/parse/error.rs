@@ -53,6 +53,16 @@ pub enum ParseErrorKind {
     #[error("missing `-- migrate:up` section")]
     MissingUp,
     #[error(
+        "section `{section}` holds {} of SQL; a step carries at most {}: split it into several revisions",
+        flotilla_core::limits::show_bytes(*.bytes),
+        flotilla_core::limits::show_bytes(*.limit)
+    )]
+    SectionTooLarge {
+        section: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(
         "no up section for {dialect}: add a plain `-- migrate:up` or `-- migrate:up {dialect}`"
     )]
     MissingUpFor { dialect: Dialect },
@@ -89,6 +99,7 @@ impl ParseErrorKind {
             ParseErrorKind::DuplicateSection { .. } => "duplicate_section",
             ParseErrorKind::MissingUp => "missing_up",
             ParseErrorKind::MissingUpFor { .. } => "missing_up",
+            ParseErrorKind::SectionTooLarge { .. } => "section_too_large",
             ParseErrorKind::DuplicateRevision { .. } => "duplicate_revision",
             ParseErrorKind::UnknownParent { .. } => "unknown_parent",
             ParseErrorKind::Cycle { .. } => "cycle",

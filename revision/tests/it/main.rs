@@ -1,5 +1,6 @@
 //! Revision integration tests: parsing, linting, planning (data-driven and property tests).
 
+mod big;
 mod lint;
 mod parse;
 mod plan;
