@@ -340,8 +340,7 @@ impl TestCoordinator {
             etcd,
             prefix,
             wait_leader,
-            dir,
-            state_dir,
+            (dir, state_dir),
             tweak,
         )
         .await
@@ -365,8 +364,7 @@ impl TestCoordinator {
             None,
             "/flotilla",
             true,
-            dir,
-            state_dir.to_owned(),
+            (dir, state_dir.to_owned()),
             |_| {},
         )
         .await
@@ -378,8 +376,7 @@ impl TestCoordinator {
         etcd: Option<&str>,
         prefix: &str,
         wait_leader: bool,
-        dir: tempfile::TempDir,
-        state_dir: PathBuf,
+        (dir, state_dir): (tempfile::TempDir, PathBuf),
         tweak: impl FnOnce(&mut EngineConfig),
     ) -> Result<TestCoordinator> {
         let fleet = fleet_file_of(dir.path(), agents)?;
