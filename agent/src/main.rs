@@ -9,7 +9,6 @@ use flotilla_agent::config::{AgentConfig, Args};
 use flotilla_agent::register::{self, RegisterConfig};
 use flotilla_agent::{Agent, serve};
 use flotilla_rpc::telemetry::{self, TelemetryConfig};
-use tracing_subscriber::EnvFilter;
 
 /// jemalloc, configured at build time (.cargo/config.toml): the idle agent gives freed pages
 /// back, where glibc's per-thread arenas kept most of what a status read of every target
@@ -23,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = telemetry::init(TelemetryConfig {
         service_name: "flotilla-agent",
         log_format: args.log_format,
-        log_filter: EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        log_filter: telemetry::log_filter("info")?,
         stderr: false,
     })?;
     tracing::info!(export = %telemetry.export(), "trace export");

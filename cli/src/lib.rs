@@ -26,11 +26,19 @@ pub use error::CliError;
 pub use exit::{EXIT_ERROR, EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Outcome};
 pub use offline::OfflineCommand;
 
+/// What `flotilla --help` ends with: exit codes and logging.
+fn after_help() -> String {
+    format!(
+        "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out, 6 targets blocked (a refused downgrade, or a rollout that ended `blocked`)\n\n{}",
+        flotilla_rpc::telemetry::LOG_HELP
+    )
+}
+
 /// Flotilla: roll schema migrations out across a fleet of databases.
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about, propagate_version = true)]
 #[command(
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out, 6 targets blocked (a refused downgrade, or a rollout that ended `blocked`)"
+    after_help = after_help()
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use flotilla_cli::{self as cli, Cli, Command};
 use flotilla_coordinator::telemetry::{self, TelemetryConfig};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,8 +26,13 @@ fn main() -> ExitCode {
     };
     // The OTLP exporter's channel is created on this runtime.
     let guard = rt.enter();
-    let filter =
-        EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = match flotilla_rpc::telemetry::log_filter(default_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(cli::EXIT_USAGE);
+        }
+    };
     let telemetry = match telemetry::init(TelemetryConfig {
         service_name,
         log_format: cli.global.log_format,

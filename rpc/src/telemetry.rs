@@ -48,6 +48,47 @@ pub enum TelemetryError {
     Subscriber(String),
     #[error("metrics listener on {addr}: {message}")]
     Metrics { addr: SocketAddr, message: String },
+    /// The log filter variable does not parse.
+    #[error(
+        "{var}={value:?} is not a log filter: {source}; use e.g. {var}=debug or {var}=flotilla_agent=debug,info"
+    )]
+    LogFilter {
+        var: &'static str,
+        value: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+}
+
+/// The variable both binaries read their log filter from; `RUST_LOG` is read when it is
+/// unset (what tracing users expect), and the binary's default when neither is.
+pub const LOG_ENV: &str = "FLOTILLA_LOG";
+
+/// What `--help` of both binaries says about logging.
+pub const LOG_HELP: &str = "Logging: FLOTILLA_LOG (or RUST_LOG when it is unset) sets the log filter, e.g. FLOTILLA_LOG=debug or FLOTILLA_LOG=flotilla_agent=debug,info; --log-format json for JSON lines";
+
+/// The log filter from the process environment: [`LOG_ENV`], else `RUST_LOG`, else `default`.
+pub fn log_filter(default: &str) -> Result<EnvFilter, TelemetryError> {
+    log_filter_from(|k| std::env::var(k).ok(), default)
+}
+
+/// [`log_filter`] from any variable lookup. An empty variable counts as unset; one that does
+/// not parse is an error naming it (it is never silently replaced by the default).
+pub fn log_filter_from(
+    get: impl Fn(&str) -> Option<String>,
+    default: &str,
+) -> Result<EnvFilter, TelemetryError> {
+    for var in [LOG_ENV, "RUST_LOG"] {
+        let Some(value) = get(var).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        return EnvFilter::try_new(&value).map_err(|source| TelemetryError::LogFilter {
+            var,
+            value,
+            source,
+        });
+    }
+    Ok(EnvFilter::new(default))
 }
 
 /// Where finished spans go.
@@ -484,6 +525,29 @@ pub fn install_metrics(addr: SocketAddr) -> Result<(), TelemetryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flotilla_log_wins_then_rust_log_then_the_default() {
+        let lookup = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let show = |f: EnvFilter| f.to_string();
+        let both = lookup(&[("FLOTILLA_LOG", "debug"), ("RUST_LOG", "trace")]);
+        assert_eq!(show(log_filter_from(both, "info").unwrap()), "debug");
+        let rust = lookup(&[("FLOTILLA_LOG", " "), ("RUST_LOG", "trace")]);
+        assert_eq!(show(log_filter_from(rust, "info").unwrap()), "trace");
+        assert_eq!(show(log_filter_from(lookup(&[]), "warn").unwrap()), "warn");
+        let bad = lookup(&[("FLOTILLA_LOG", "flotilla=notalevel")]);
+        let err = log_filter_from(bad, "info").unwrap_err().to_string();
+        assert!(
+            err.starts_with("FLOTILLA_LOG=\"flotilla=notalevel\" is not a log filter"),
+            "{err}"
+        );
+    }
 
     fn export(vars: &[(&str, &str)]) -> TraceExport {
         TraceExport::from_lookup(|k| {

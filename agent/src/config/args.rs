@@ -18,7 +18,8 @@ use flotilla_rpc::tls::ClientTls;
 #[command(
     name = "flotilla-agent",
     version,
-    about = "Flotilla agent: applies migration steps"
+    about = "Flotilla agent: applies migration steps",
+    after_help = flotilla_rpc::telemetry::LOG_HELP
 )]
 pub struct Args {
     /// TOML config file.
