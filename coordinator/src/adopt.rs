@@ -232,35 +232,18 @@ pub async fn adopt(
             targets.iter().map(|(id, d)| (id.as_str(), *d)).collect();
         for tf in &report.targets {
             let d = decide(graph, tf, from);
-            if let (Decision::Skipped { tool, .. }, true, false) = (&d, retire, dry_run)
-                && tf.history_rows > 0
-                && !tool.is_empty()
-            {
-                // Adopted earlier: retire its version table now.
-                let req = pb::AdoptTargetRequest {
-                    target_id: tf.target_id.clone(),
-                    fencing_token: token,
-                    tool: tool.clone(),
-                    revisions: vec![],
-                    retire_foreign: true,
-                };
-                let mut o = outcome(&tf.target_id, &agent_id, d.clone(), dry_run);
-                match agent.adopt(req).await {
-                    Ok(_) => {
-                        o.outcome = "retired".into();
-                        o.reason = format!("{} retired", table_of(&o.tool).unwrap_or(""));
-                    }
-                    Err(e) => {
-                        o.outcome = "blocked".into();
-                        o.reason = e.message().to_owned();
-                    }
+            // Adopt now, or (adopted earlier, with `retire`) only retire its version table.
+            let (tool, revisions) = match (&d, dry_run) {
+                (Decision::Adopt { tool, revisions }, false) => (tool, revisions.as_slice()),
+                (Decision::Skipped { tool, .. }, false)
+                    if retire && tf.history_rows > 0 && !tool.is_empty() =>
+                {
+                    (tool, &[][..])
                 }
-                out.push(o);
-                continue;
-            }
-            let (Decision::Adopt { tool, revisions }, false) = (&d, dry_run) else {
-                out.push(outcome(&tf.target_id, &agent_id, d, dry_run));
-                continue;
+                _ => {
+                    out.push(outcome(&tf.target_id, &agent_id, d, dry_run));
+                    continue;
+                }
             };
             let dialect = dialects
                 .get(tf.target_id.as_str())
@@ -292,15 +275,21 @@ pub async fn adopt(
                     .collect(),
                 retire_foreign: retire,
             };
-            let d = match agent.adopt(req).await {
-                Ok(_) => d,
-                Err(e) => Decision::Blocked {
-                    tool: tool.clone(),
-                    reason: e.message().to_owned(),
-                },
+            let done = agent.adopt(req).await;
+            let mut o = match done {
+                Ok(_) => outcome(&tf.target_id, &agent_id, d.clone(), dry_run),
+                Err(e) => {
+                    let blocked = Decision::Blocked {
+                        tool: tool.clone(),
+                        reason: e.message().to_owned(),
+                    };
+                    outcome(&tf.target_id, &agent_id, blocked, dry_run)
+                }
             };
-            let mut o = outcome(&tf.target_id, &agent_id, d, dry_run);
-            if retire && o.outcome == "adopted" {
+            if retire && o.outcome != "blocked" {
+                if revisions.is_empty() {
+                    o.outcome = "retired".into();
+                }
                 o.reason = format!("{} retired", table_of(&o.tool).unwrap_or(""));
             }
             out.push(o);

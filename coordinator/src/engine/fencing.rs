@@ -9,6 +9,7 @@
 
 use flotilla_core::fencing;
 use flotilla_proto as pb;
+use futures::future::join_all;
 
 use crate::lock::Leadership;
 use crate::store::WriteOp;
@@ -70,36 +71,13 @@ impl Engine {
     /// leading or when an agent or target cannot be read.
     pub async fn fence_takeover(&self) -> Result<Takeover, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
-        let snap = self.snapshot(false).await?;
-        if !snap.unreachable.is_empty() {
-            let agents: Vec<String> = snap
-                .unreachable
-                .iter()
-                .map(|(agent, err)| format!("{agent} ({err})"))
-                .collect();
-            return Err(EngineError::Unavailable(format!(
-                "fence takeover needs every agent's fences, and these agents did not answer: {}; \
-                 retry when they are back",
-                agents.join(", ")
-            )));
-        }
-        if let Some(e) = snap.targets.iter().find(|e| !e.status.error.is_empty()) {
-            return Err(EngineError::Unavailable(format!(
-                "fence takeover needs every target's fence, and target {} could not be read: {}; \
-                 retry when it is back",
-                e.status.target_id, e.status.error
-            )));
-        }
-        // Fence rows (just read, so each agent's memory holds them too) and what each
-        // agent refuses below right now, fresh announcements of other leaders included.
-        let rows = snap.targets.iter().map(|e| e.status.fence_token).max();
-        let highest = rows.unwrap_or(0).max(self.fence_floors().await?);
+        let (highest, targets) = self.fleet_fences().await?;
         let previous = term.agent_token();
         let mut out = Takeover {
             highest_accepted: highest,
             previous_token: previous,
             token: previous,
-            targets: snap.targets.len(),
+            targets,
         };
         // Nothing to do only when this backend already took over (epoch above 0) and no
         // target accepted anything above its token: a backend still at epoch 0 takes over
@@ -136,28 +114,50 @@ impl Engine {
         out.token = token;
         Ok(out)
     }
-}
 
-impl Engine {
-    /// The highest `fence_floor` the agents report (identities only: no database is read).
-    async fn fence_floors(&self) -> Result<u64, EngineError> {
-        let mut highest = 0;
-        for agent in self.agents().await? {
-            let req = pb::StatusRequest {
-                identities_only: true,
-                ..Default::default()
+    /// The highest token the fleet accepts only from now on, and how many targets were read:
+    /// one `Status` per agent reads every target's fence row (which the agent's memory then
+    /// holds too) and reports the agent's floor, fresh announcements of other leaders
+    /// included. Every agent and every target must answer.
+    async fn fleet_fences(&self) -> Result<(u64, usize), EngineError> {
+        let agents = self.agents().await?;
+        let calls = agents.iter().map(|agent| async move {
+            let resp = self
+                .status_of_agent(agent, pb::StatusRequest::default())
+                .await;
+            (agent.id().to_owned(), resp)
+        });
+        let (mut highest, mut targets, mut unreachable) = (0, 0, Vec::new());
+        for (agent, resp) in join_all(calls).await {
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    unreachable.push(format!("{agent} ({})", e.message()));
+                    continue;
+                }
             };
-            let resp = self.status_of_agent(&agent, req).await.map_err(|e| {
-                EngineError::Unavailable(format!(
-                    "fence takeover needs every agent's fence, and agent {} did not answer: {}; \
-                     retry when it is back",
-                    agent.id(),
-                    e.message()
-                ))
-            })?;
-            highest = highest.max(resp.fence_floor);
+            if let Some(t) = resp.targets.iter().find(|t| !t.error.is_empty()) {
+                return Err(EngineError::Unavailable(format!(
+                    "fence takeover needs every target's fence, and target {} could not be \
+                     read: {}; retry when it is back",
+                    t.target_id, t.error
+                )));
+            }
+            targets += resp.targets.len();
+            highest = resp
+                .targets
+                .iter()
+                .map(|t| t.fence_token)
+                .fold(highest.max(resp.fence_floor), u64::max);
         }
-        Ok(highest)
+        if !unreachable.is_empty() {
+            return Err(EngineError::Unavailable(format!(
+                "fence takeover needs every agent's fences, and these agents did not answer: {}; \
+                 retry when they are back",
+                unreachable.join(", ")
+            )));
+        }
+        Ok((highest, targets))
     }
 }
 
