@@ -18,4 +18,6 @@ pub mod limits;
 pub mod split;
 pub mod types;
 
-pub use types::{Dialect, Direction, Secret, UnknownDialect, checksum, is_valid_revision_id};
+pub use types::{
+    Dialect, Direction, Secret, UnknownDialect, checksum, is_valid_revision_id, step_checksum,
+};

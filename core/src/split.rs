@@ -34,6 +34,21 @@ pub fn first_keyword(stmt: &str, dialect: Dialect) -> Option<String> {
     }
 }
 
+/// The bare words (keywords and identifiers) of `sql` in order, skipping comments, strings,
+/// quoted identifiers and dollar quotes (a MySQL executable comment's words count as code).
+pub fn words(sql: &str, dialect: Dialect) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut scanner = Scanner::new(sql, dialect);
+    while let Some(tok) = scanner.next_token() {
+        match tok {
+            Token::Word(w) => out.push(w),
+            Token::ExecComment(body) => out.extend(words(body, dialect)),
+            Token::Other | Token::Semicolon(_) | Token::Quoted => {}
+        }
+    }
+    out
+}
+
 /// The `CHECK (...)` clauses of a `CREATE TABLE` statement as written (whitespace squashed),
 /// in order: SQLite reports check constraints only through the table's SQL text.
 pub fn check_clauses(create_table: &str, dialect: Dialect) -> Vec<String> {

@@ -88,6 +88,29 @@ pub fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))
 }
 
+/// The checksum of an up step with its `-- migrate:check` and `-- migrate:verify` sections:
+/// `checksum(up)` when both are empty (so revisions without them keep their checksums), else
+/// the hex SHA-256 of `up`, then `"\n-- migrate:check\n"` + `check` when there is one, then
+/// `"\n-- migrate:verify\n"` + `verify` when there is one. A parsed section never contains a
+/// marker line, so the composition is unambiguous. Editing a check or verify is detected like
+/// editing the up section.
+pub fn step_checksum(up: &str, check: &str, verify: &str) -> String {
+    if check.is_empty() && verify.is_empty() {
+        return checksum(up);
+    }
+    let mut h = Sha256::new();
+    h.update(up.as_bytes());
+    if !check.is_empty() {
+        h.update(b"\n-- migrate:check\n");
+        h.update(check.as_bytes());
+    }
+    if !verify.is_empty() {
+        h.update(b"\n-- migrate:verify\n");
+        h.update(verify.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 /// True for a valid revision id: `[A-Za-z0-9_.-]{1,128}`.
 pub fn is_valid_revision_id(id: &str) -> bool {
     (1..=128).contains(&id.len())
@@ -133,6 +156,20 @@ mod tests {
             checksum(""),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn step_checksum_covers_check_and_verify_only_when_present() {
+        assert_eq!(step_checksum("SELECT 1;", "", ""), checksum("SELECT 1;"));
+        assert_eq!(
+            step_checksum("A;", "B;", ""),
+            checksum("A;\n-- migrate:check\nB;")
+        );
+        assert_eq!(
+            step_checksum("A;", "B;", "C;"),
+            checksum("A;\n-- migrate:check\nB;\n-- migrate:verify\nC;")
+        );
+        assert_ne!(step_checksum("A;", "B;", ""), step_checksum("A;", "", "B;"));
     }
 
     #[test]

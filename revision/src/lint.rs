@@ -171,6 +171,8 @@ fn sections(r: &Revision) -> impl Iterator<Item = (&'static str, Option<Dialect>
     r.up.all()
         .map(|(d, s)| ("up", d, s))
         .chain(r.down.all().map(|(d, s)| ("down", d, s)))
+        .chain(r.check.all().map(|(d, s)| ("check", d, s)))
+        .chain(r.verify.all().map(|(d, s)| ("verify", d, s)))
 }
 
 /// Sections of a revision (all parts and dialects together) from this size on are analyzed

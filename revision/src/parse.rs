@@ -7,8 +7,9 @@
 //! `transactional`, `lint` (`allow <rule>[, <rule>...]`), `backup` (`true`/`false`),
 //! `lock-timeout` and `statement-timeout` (`500ms`, `2s`, `10m`, `1h`); other comment lines
 //! without a `key:` and blank lines are allowed), then
-//! sections opened by marker lines `-- migrate:up`, `-- migrate:down`, optionally followed by a
-//! dialect (`postgres`, `mysql`, `sqlite`) that overrides the plain section for that dialect.
+//! sections opened by marker lines `-- migrate:up`, `-- migrate:down`, `-- migrate:check` and
+//! `-- migrate:verify` (`parse/guard.rs`), optionally followed by a dialect (`postgres`,
+//! `mysql`, `sqlite`) that overrides the plain section for that dialect.
 //!
 //! # Checksum rule
 //!
@@ -17,7 +18,9 @@
 //! CRLF and LF checkouts agree), with leading blank lines removed and trailing whitespace
 //! (including the final line breaks) trimmed. Everything else (comments, indentation, blank
 //! lines between statements) is kept byte for byte. The checksum is the lowercase hex SHA-256
-//! of that text, and `Revision::up_sql` returns exactly that text.
+//! of that text, and `Revision::up_sql` returns exactly that text. An up step whose dialect has
+//! a check or verify section records `flotilla_core::step_checksum` over the three texts
+//! instead (`Revision::up_checksum`); revisions without them keep the up section's checksum.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -27,10 +30,13 @@ use flotilla_core::limits::MAX_STEP_SQL_BYTES;
 use flotilla_core::{Dialect, checksum, is_valid_revision_id};
 
 mod error;
+mod guard;
+mod load;
 
 use crate::rule::Rule;
 
 pub use error::{ParseError, ParseErrorKind, ParseErrors};
+pub use load::load_dir;
 
 /// `checksum("")`, for a dialect without an up section (validation prevents it).
 const EMPTY_CHECKSUM: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -79,6 +85,12 @@ pub struct Revision {
     pub path: PathBuf,
     pub(crate) up: Sections,
     pub(crate) down: Sections,
+    /// `-- migrate:check`: queries run under the lock before the up step; they must pass.
+    pub(crate) check: Sections,
+    /// `-- migrate:verify`: queries run after the up step, in its transaction.
+    pub(crate) verify: Sections,
+    /// The up checksum of dialects with a check or verify section (`guard::checksums`).
+    guarded: BTreeMap<Dialect, String>,
     /// Line of the `revision` header (1-based).
     pub(crate) revision_line: usize,
     /// Line of the `revises` header, or of the `revision` header when there is none.
@@ -114,9 +126,22 @@ impl Revision {
 
     /// `up_checksum` without the copy.
     pub fn up_checksum_ref(&self, d: Dialect) -> &str {
+        if let Some(c) = self.guarded.get(&d) {
+            return c;
+        }
         self.up
             .for_dialect(d)
             .map_or(EMPTY_CHECKSUM, |s| s.checksum.as_str())
+    }
+
+    /// The `-- migrate:check` queries for `d` (run before the up step), if any.
+    pub fn check_sql(&self, d: Dialect) -> Option<&str> {
+        self.check.for_dialect(d).map(|s| s.sql.as_str())
+    }
+
+    /// The `-- migrate:verify` queries for `d` (run after the up step), if any.
+    pub fn verify_sql(&self, d: Dialect) -> Option<&str> {
+        self.verify.for_dialect(d).map(|s| s.sql.as_str())
     }
 
     pub fn down_checksum(&self, d: Dialect) -> Option<String> {
@@ -176,6 +201,8 @@ pub(crate) fn check_revision_id(id: &str) -> Result<(), &'static str> {
 enum Marker {
     Up(Option<Dialect>),
     Down(Option<Dialect>),
+    Check(Option<Dialect>),
+    Verify(Option<Dialect>),
 }
 
 /// `Some(Ok)` for a valid marker, `Some(Err(text))` for a line that looks like a marker but
@@ -199,6 +226,8 @@ fn parse_marker(line: &str) -> Option<Result<Marker, String>> {
     Some(match dir {
         Some("up") => Ok(Marker::Up(dialect)),
         Some("down") => Ok(Marker::Down(dialect)),
+        Some("check") => Ok(Marker::Check(dialect)),
+        Some("verify") => Ok(Marker::Verify(dialect)),
         _ => bad(),
     })
 }
@@ -409,6 +438,8 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
 
     let mut up = Sections::default();
     let mut down = Sections::default();
+    let mut check = Sections::default();
+    let mut verify = Sections::default();
     for (k, (i, marker)) in markers.iter().enumerate() {
         let end = markers.get(k + 1).map_or(lines.len(), |(j, _)| *j);
         let (sql, skipped) = section_text(&lines[i + 1..end]);
@@ -432,6 +463,8 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         let (sections, dialect, name) = match marker {
             Marker::Up(d) => (&mut up, *d, "up"),
             Marker::Down(d) => (&mut down, *d, "down"),
+            Marker::Check(d) => (&mut check, *d, "check"),
+            Marker::Verify(d) => (&mut verify, *d, "verify"),
         };
         let duplicate = match dialect {
             None => sections.plain.is_some(),
@@ -469,6 +502,9 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
         }
     }
 
+    errors.extend(guard::errors(path, "check", &check));
+    errors.extend(guard::errors(path, "verify", &verify));
+
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -483,8 +519,11 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Revision, Vec<ParseError>
             .map_or_else(String::new, |(v, _)| (*v).to_owned()),
         transactional,
         path: path.to_owned(),
+        guarded: guard::checksums(&up, &check, &verify),
         up,
         down,
+        check,
+        verify,
         revision_line,
         revises_line,
         lint_allow,
@@ -520,65 +559,6 @@ fn parse_lint_allow(value: &str) -> Result<BTreeSet<Rule>, ParseErrorKind> {
         return Err(bad());
     }
     Ok(rules)
-}
-
-/// Reads every `*.sql` file under `dir` (recursively, skipping hidden entries, in path order)
-/// and returns `(path, bytes)` pairs for [`parse_file`]. The only I/O of the revision module.
-pub fn load_dir(dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, ParseErrors> {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) => {
-                errors.push(io_error(&d, &e, dir));
-                continue;
-            }
-        };
-        for entry in entries {
-            let path = match entry {
-                Ok(e) => e.path(),
-                Err(e) => {
-                    errors.push(io_error(&d, &e, dir));
-                    continue;
-                }
-            };
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "sql") {
-                match std::fs::read(&path) {
-                    Ok(bytes) => files.push((path, bytes)),
-                    Err(e) => errors.push(io_error(&path, &e, dir)),
-                }
-            }
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ParseErrors(errors));
-    }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files)
-}
-
-fn io_error(path: &Path, e: &std::io::Error, root: &Path) -> ParseError {
-    let message = if e.kind() == std::io::ErrorKind::NotFound && path == root {
-        "no such directory: create it or pass --migrations DIR (env FLOTILLA_MIGRATIONS)".to_owned()
-    } else {
-        e.to_string().to_lowercase()
-    };
-    ParseError {
-        path: path.to_owned(),
-        line: None,
-        kind: ParseErrorKind::Io { message },
-    }
 }
 
 #[cfg(test)]

@@ -92,7 +92,8 @@ pub struct PlannedStep {
     pub revision: String,
     pub direction: Direction,
     pub sql: String,
-    /// `checksum(sql)`: the agent recomputes it and refuses a mismatch.
+    /// `checksum(sql)`, or for an up step with check/verify sections `step_checksum` over the
+    /// three texts: the agent recomputes it and refuses a mismatch.
     pub checksum: String,
     pub transactional: bool,
 }

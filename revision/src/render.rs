@@ -2,7 +2,9 @@
 //! `sqlite3` (Alembic's offline `--sql` mode). Transactional revisions are wrapped in their own
 //! transaction; non-transactional ones run statement by statement. The script does not
 //! maintain `flotilla_history`: it says so in its header and carries each step's checksum in a
-//! comment.
+//! comment. An up step's `-- migrate:check` and `-- migrate:verify` queries are shown as
+//! comments (before the step, and before its commit): a script cannot refuse a step on a
+//! query's rows, so the reader runs them.
 
 use flotilla_core::{Dialect, Direction};
 
@@ -73,6 +75,15 @@ fn history_of(graph: &Graph, d: Dialect, applied: impl Fn(&str) -> bool) -> Targ
     }
 }
 
+/// Appends `sql` with every line commented out.
+fn commented(out: &mut String, sql: &str) {
+    for line in sql.lines() {
+        out.push_str("-- ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
 /// Renders the script for `req`.
 pub fn render(graph: &Graph, req: &RenderRequest) -> Result<String, RenderError> {
     let plan = render_plan(graph, req)?;
@@ -124,6 +135,22 @@ pub fn render(graph: &Graph, req: &RenderRequest) -> Result<String, RenderError>
         let mut body = step.sql.clone();
         if stmts.last().is_some_and(|s| !s.terminated) {
             body.push_str("\n;");
+        }
+        let up = step.direction == Direction::Up;
+        if up && let Some(check) = r.check_sql(d) {
+            out.push_str(
+                "-- migrate:check: flotilla runs these under the target's lock first and refuses \
+                 the step unless each returns no rows or one true value; run them yourself:\n",
+            );
+            commented(&mut out, check);
+        }
+        if up && let Some(verify) = r.verify_sql(d) {
+            body.push_str(
+                "\n-- migrate:verify: flotilla runs these after the step, before its commit, and \
+                 rolls the step back unless each returns no rows or one true value:\n",
+            );
+            commented(&mut body, verify);
+            body.pop();
         }
         if step.transactional {
             out.push_str(match d {

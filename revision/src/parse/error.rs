@@ -45,13 +45,19 @@ pub enum ParseErrorKind {
     #[error("statement outside a section: put SQL after `-- migrate:up` or `-- migrate:down`")]
     OutsideSection,
     #[error(
-        "unknown marker {marker:?}: expected `-- migrate:up` or `-- migrate:down`, optionally followed by postgres, mysql or sqlite"
+        "unknown marker {marker:?}: expected `-- migrate:up`, `-- migrate:down`, `-- migrate:check` or `-- migrate:verify`, optionally followed by postgres, mysql or sqlite"
     )]
     UnknownMarker { marker: String },
     #[error("section `{section}` given twice")]
     DuplicateSection { section: String },
     #[error("missing `-- migrate:up` section")]
     MissingUp,
+    #[error("section `{section}` is empty: write its queries or remove the marker")]
+    EmptyGuard { section: String },
+    #[error(
+        "section `{section}` must only read ({why}): write a query that returns no rows (or one true value) when all is well; change data in the up section"
+    )]
+    WritingGuard { section: String, why: String },
     #[error(
         "section `{section}` holds {} of SQL; a step carries at most {}: split it into several revisions",
         flotilla_core::limits::show_bytes(*.bytes),
@@ -99,6 +105,8 @@ impl ParseErrorKind {
             ParseErrorKind::DuplicateSection { .. } => "duplicate_section",
             ParseErrorKind::MissingUp => "missing_up",
             ParseErrorKind::MissingUpFor { .. } => "missing_up",
+            ParseErrorKind::EmptyGuard { .. } => "empty_guard",
+            ParseErrorKind::WritingGuard { .. } => "writing_guard",
             ParseErrorKind::SectionTooLarge { .. } => "section_too_large",
             ParseErrorKind::DuplicateRevision { .. } => "duplicate_revision",
             ParseErrorKind::UnknownParent { .. } => "unknown_parent",

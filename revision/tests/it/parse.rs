@@ -121,8 +121,8 @@ fn unknown_marker_or_dialect() {
             "-- revision: a\n-- migrate:up\nSELECT 1;\n-- migrate:up oracle\nSELECT 2;\n-- migrate:sideways\n"
         ),
         [
-            "m/a.sql:4: unknown marker \"-- migrate:up oracle\": expected `-- migrate:up` or `-- migrate:down`, optionally followed by postgres, mysql or sqlite",
-            "m/a.sql:6: unknown marker \"-- migrate:sideways\": expected `-- migrate:up` or `-- migrate:down`, optionally followed by postgres, mysql or sqlite",
+            "m/a.sql:4: unknown marker \"-- migrate:up oracle\": expected `-- migrate:up`, `-- migrate:down`, `-- migrate:check` or `-- migrate:verify`, optionally followed by postgres, mysql or sqlite",
+            "m/a.sql:6: unknown marker \"-- migrate:sideways\": expected `-- migrate:up`, `-- migrate:down`, `-- migrate:check` or `-- migrate:verify`, optionally followed by postgres, mysql or sqlite",
         ]
     );
 }
