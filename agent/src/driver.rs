@@ -19,6 +19,7 @@ use flotilla_core::{Dialect, Direction};
 pub mod blockers;
 mod classify;
 mod common;
+pub mod guard;
 pub(crate) use classify::transient_classes;
 pub(crate) mod foreign;
 pub mod mysql;
@@ -37,6 +38,9 @@ pub enum DriverError {
     /// Retrying will not help (syntax error, constraint violation, missing privilege...).
     #[error("{message}")]
     Permanent { message: String },
+    /// A `-- migrate:check` or `-- migrate:verify` query did not pass.
+    #[error(transparent)]
+    Guard(#[from] guard::GuardFailure),
 }
 
 impl DriverError {
@@ -62,6 +66,10 @@ pub struct StepSpec {
     pub transactional: bool,
     /// How long its statements may wait for a lock (and run, when set).
     pub bounds: StepBounds,
+    /// Up steps: the `-- migrate:check` queries run before `sql` ("" = none).
+    pub check: String,
+    /// Up steps: the `-- migrate:verify` queries run after `sql`, before the commit ("" = none).
+    pub verify: String,
 }
 
 /// Told when each step of a transactional run is about to start (the executor streams
@@ -187,8 +195,9 @@ pub trait Session: Send {
 
     /// In ONE transaction: check the fence (`StaleToken` if `meta.fencing_token` is lower than
     /// the stored token) and raise it, then for each step in order ask `observer` (stopping
-    /// before the step when it says so), run its sql and insert its history row with status
-    /// `applied` and the measured duration; commit. Returns the rows of the steps that ran.
+    /// before the step when it says so), run its check queries (`guard::run`), its sql and its
+    /// verify queries, and insert its history row with status `applied` and the measured
+    /// duration; commit. A guard that does not pass is `DriverError::Guard`. Returns the rows of the steps that ran.
     /// Any error rolls the whole transaction back (every step of it).
     async fn apply_group(
         &mut self,
@@ -213,6 +222,10 @@ pub trait Session: Send {
                 message: "the driver recorded no history row".into(),
             })
     }
+
+    /// Run a dirty-protocol step's check (before its dirty mark) or verify (after its
+    /// statements) queries on the session, outside a transaction, with the step's bounds.
+    async fn guard(&mut self, step: &StepSpec, kind: guard::GuardKind) -> Result<(), DriverError>;
 
     /// In one transaction: check and raise the fence, insert a `dirty` history row for the
     /// step; returns the row id.

@@ -96,6 +96,39 @@ pub enum AgentError {
         dirty: bool,
         rolled_back: bool,
     },
+    /// A `-- migrate:check` query did not pass: the step did not run.
+    #[error(
+        "target {target}: the check of {revision} failed: {failure}; the step did not run and \
+         the target is left as it was{note}: fix the data (or the check), then run the rollout \
+         again"
+    )]
+    CheckFailed {
+        target: String,
+        revision: String,
+        #[source]
+        failure: crate::driver::guard::GuardFailure,
+        /// What else the failure undid ("; the steps before it ... were rolled back").
+        note: String,
+    },
+    /// A `-- migrate:verify` query did not pass after the step ran.
+    #[error(
+        "target {target}: the verify of {revision} failed after the step ran: {failure}{}{note}",
+        if *dirty {
+            "; the step cannot be rolled back (it is not transactional, or mysql ddl), so the \
+             target is left dirty: inspect it, fix it, then run repair"
+        } else {
+            "; the step was rolled back"
+        }
+    )]
+    VerifyFailed {
+        target: String,
+        revision: String,
+        #[source]
+        failure: crate::driver::guard::GuardFailure,
+        dirty: bool,
+        rolled_back: bool,
+        note: String,
+    },
     #[error(
         "target {target}: the backup before step {revision} failed, so the step did not run \
          and the target is untouched: {message}"
@@ -157,6 +190,8 @@ impl AgentError {
             AgentError::RetriesExhausted { .. } => Reason::RetriesExhausted,
             AgentError::Sql { .. } | AgentError::Database { .. } => Reason::SqlError,
             AgentError::BackupFailed { .. } => Reason::BackupFailed,
+            AgentError::CheckFailed { .. } => Reason::CheckFailed,
+            AgentError::VerifyFailed { .. } => Reason::VerifyFailed,
             AgentError::Unavailable { .. } => Reason::DatabaseUnavailable,
             AgentError::Cancelled { .. } => Reason::Cancelled,
             AgentError::PlanStale { .. } => Reason::PlanStale,
@@ -179,6 +214,7 @@ impl AgentError {
             | AgentError::PlanStale { .. }
             | AgentError::ForeignHistory { .. }
             | AgentError::BackupFailed { .. }
+            | AgentError::CheckFailed { .. }
             | AgentError::NotAdoptable { .. } => Code::FailedPrecondition,
             AgentError::LockTimeout { .. } | AgentError::StepLockTimeout { .. } => {
                 Code::DeadlineExceeded
@@ -186,7 +222,9 @@ impl AgentError {
             AgentError::RetriesExhausted { .. }
             | AgentError::Unavailable { .. }
             | AgentError::Cancelled { .. } => Code::Unavailable,
-            AgentError::Sql { .. } | AgentError::Database { .. } => Code::Aborted,
+            AgentError::Sql { .. }
+            | AgentError::Database { .. }
+            | AgentError::VerifyFailed { .. } => Code::Aborted,
             AgentError::Config(_) | AgentError::Discovery(_) | AgentError::Internal(_) => {
                 Code::Internal
             }
@@ -209,6 +247,8 @@ impl AgentError {
             }
             AgentError::Cancelled { .. } => FailureReason::Cancelled,
             AgentError::BackupFailed { .. } => FailureReason::BackupFailed,
+            AgentError::CheckFailed { .. } => FailureReason::CheckFailed,
+            AgentError::VerifyFailed { .. } => FailureReason::VerifyFailed,
             AgentError::InvalidRequest { .. } | AgentError::UnknownTarget { .. } => {
                 FailureReason::InvalidStep
             }

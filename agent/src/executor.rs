@@ -102,6 +102,10 @@ pub(crate) fn driver_error(target: &str, e: DriverError) -> AgentError {
             target: target.to_owned(),
             message,
         },
+        DriverError::Guard(g) => AgentError::Database {
+            target: target.to_owned(),
+            message: g.to_string(),
+        },
     }
 }
 

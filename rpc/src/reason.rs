@@ -26,6 +26,10 @@ pub enum Reason {
     /// Another tool's version table and no Flotilla history: adopt the target first.
     ForeignHistory,
     BackupFailed,
+    /// A `-- migrate:check` query did not pass: the step did not run (the target is blocked).
+    CheckFailed,
+    /// A `-- migrate:verify` query did not pass after the step: rolled back, or dirty.
+    VerifyFailed,
     Config,
     Internal,
 }
@@ -48,6 +52,8 @@ impl Reason {
             Reason::PlanStale => "PLAN_STALE",
             Reason::ForeignHistory => "FOREIGN_HISTORY",
             Reason::BackupFailed => "BACKUP_FAILED",
+            Reason::CheckFailed => "CHECK_FAILED",
+            Reason::VerifyFailed => "VERIFY_FAILED",
             Reason::Config => "CONFIG",
             Reason::Internal => "INTERNAL",
         }

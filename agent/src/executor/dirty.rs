@@ -4,6 +4,9 @@
 //! statement that failed on its lock wait (1205) or a deadlock (1213): it applied nothing, so
 //! the step is retried from that statement (the ones before it are done). When the retry
 //! budget runs out with no statement done, the dirty row is abandoned: the target is clean.
+//! A `-- migrate:check` runs before the dirty mark (a failure leaves the target untouched); a
+//! `-- migrate:verify` runs after the statements, before the mark clean (a failure leaves the
+//! target dirty, the reason in the step's failure).
 
 use std::time::Instant;
 
@@ -14,6 +17,7 @@ use super::events::EventCtx;
 use super::probe::Seen;
 use super::step::{Outcome, Progress};
 use super::{Executor, Failure, Link, PlannedStep, millis};
+use crate::driver::guard::GuardKind;
 use crate::driver::{DriverError, ErrorClass};
 use crate::error::AgentError;
 use flotilla_core::history::RowStatus;
@@ -146,6 +150,13 @@ impl Executor {
                         return Ok(outcome);
                     }
                     ctx.emit(Event::Started(StepStarted { attempt })).await;
+                    // Under the migration lock, before anything of the step is written.
+                    if !step.spec.check.is_empty() {
+                        session
+                            .guard(&step.spec, GuardKind::Check)
+                            .await
+                            .map_err(Failure::Driver)?;
+                    }
                     *progress = Progress::Sent;
                     let row_id = session
                         .mark_dirty(&step.spec, &self.meta)
@@ -210,6 +221,14 @@ impl Executor {
                 row_id,
                 duration_ms,
             } => {
+                // Every attempt that reaches the mark clean verifies first (a retry after a
+                // broken connection too): a failure leaves the target dirty.
+                if !step.spec.verify.is_empty() {
+                    session
+                        .guard(&step.spec, GuardKind::Verify)
+                        .await
+                        .map_err(Failure::Driver)?;
+                }
                 session
                     .mark_clean(row_id, duration_ms)
                     .await

@@ -182,10 +182,12 @@ impl Executor {
                         .filter(|&&i| i < index)
                         .map(|&i| unit[i].spec.revision.as_str())
                         .collect();
-                    if let AgentError::Sql { message, .. } = &mut e
-                        && !before.is_empty()
+                    if !before.is_empty()
+                        && let AgentError::Sql { message: note, .. }
+                        | AgentError::CheckFailed { note, .. }
+                        | AgentError::VerifyFailed { note, .. } = &mut e
                     {
-                        message.push_str(&format!(
+                        note.push_str(&format!(
                             "; the steps before it in the same transaction ({}) were rolled back \
                              with it",
                             before.join(", ")

@@ -65,9 +65,16 @@ impl Executor {
             AgentError::Sql {
                 rolled_back: true,
                 ..
+            } | AgentError::VerifyFailed {
+                rolled_back: true,
+                ..
             }
         );
-        let dirty = dirty || matches!(e, AgentError::Sql { dirty: true, .. });
+        let dirty = dirty
+            || matches!(
+                e,
+                AgentError::Sql { dirty: true, .. } | AgentError::VerifyFailed { dirty: true, .. }
+            );
         metrics::counter!(
             "flotilla_agent_steps_total",
             "dialect" => self.target.dialect.as_str(),

@@ -3,6 +3,7 @@
 
 use super::{Executor, Failure, PlannedStep, driver_error};
 use crate::driver::DriverError;
+use crate::driver::guard::GuardKind;
 use crate::error::AgentError;
 use flotilla_core::Direction;
 use flotilla_core::history::{HistoryRow, TargetState};
@@ -42,6 +43,24 @@ impl Executor {
         let revision = step.spec.revision.clone();
         match (e, progress) {
             (e @ DriverError::StaleToken { .. }, _) => driver_error(&target, e),
+            (DriverError::Guard(failure), _) if failure.kind == GuardKind::Check => {
+                AgentError::CheckFailed {
+                    target,
+                    revision,
+                    failure,
+                    note: String::new(),
+                }
+            }
+            // A verify runs after the statements: in the step's transaction (rolled back with
+            // it), or after a dirty-protocol step's statements (the target stays dirty).
+            (DriverError::Guard(failure), _) => AgentError::VerifyFailed {
+                target,
+                revision,
+                failure,
+                dirty: step.dirty_protocol,
+                rolled_back: !step.dirty_protocol,
+                note: String::new(),
+            },
             (DriverError::Transient { class, message }, _) => AgentError::Sql {
                 target,
                 revision,

@@ -10,8 +10,10 @@ use crate::error::AgentError;
 use std::time::Duration;
 
 use flotilla_core::bounds::{StepBounds, from_wire_ms};
+#[cfg(test)]
+use flotilla_core::checksum;
 use flotilla_core::limits::show_bytes;
-use flotilla_core::{Direction, checksum, is_valid_revision_id};
+use flotilla_core::{Direction, is_valid_revision_id, step_checksum};
 use flotilla_rpc::convert::DirectionProto;
 
 /// Most steps in one Migrate request.
@@ -184,6 +186,24 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
                 ),
             ));
         }
+        for (k, guard) in [("check_sql", &s.check_sql), ("verify_sql", &s.verify_sql)] {
+            if guard.len() > MAX_SQL_BYTES {
+                return Err(invalid(
+                    f(k),
+                    format!(
+                        "{} of SQL; a step carries at most {}",
+                        show_bytes(guard.len()),
+                        show_bytes(MAX_SQL_BYTES)
+                    ),
+                ));
+            }
+            if !guard.is_empty() && dir != Direction::Up {
+                return Err(invalid(
+                    f(k),
+                    "only up steps have check and verify queries: send it empty",
+                ));
+            }
+        }
         checksum_field(&f("checksum"), &s.checksum)?;
         bound_ms(&f("lock_timeout_ms"), s.lock_timeout_ms)?;
         bound_ms(&f("statement_timeout_ms"), s.statement_timeout_ms)?;
@@ -204,7 +224,7 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
                 ));
             }
         }
-        let computed = checksum(&s.sql);
+        let computed = step_checksum(&s.sql, &s.check_sql, &s.verify_sql);
         if !computed.eq_ignore_ascii_case(&s.checksum) {
             return Err(AgentError::ChecksumMismatch {
                 target: req.target_id.clone(),
@@ -230,6 +250,8 @@ pub(crate) fn migrate_request(req: &MigrateRequest) -> Result<Vec<(StepSpec, Str
                     ),
                     statement_timeout: from_wire_ms(s.statement_timeout_ms),
                 },
+                check: s.check_sql.clone(),
+                verify: s.verify_sql.clone(),
             },
             s.up_checksum.to_ascii_lowercase(),
         ));

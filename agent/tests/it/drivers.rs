@@ -98,6 +98,8 @@ fn step(revision: &str, sql: &str) -> StepSpec {
         checksum: checksum(sql),
         transactional: true,
         bounds: Default::default(),
+        check: String::new(),
+        verify: String::new(),
     }
 }
 

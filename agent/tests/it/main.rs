@@ -5,6 +5,7 @@ mod discovery;
 mod drivers;
 mod fault;
 mod grpc;
+mod guard;
 mod hostile;
 mod hostile_prop;
 mod locking;

@@ -12,6 +12,7 @@ mod drift;
 mod etcd_blip;
 mod fence;
 mod foreign;
+mod guard;
 mod ha;
 mod harness;
 mod lock;

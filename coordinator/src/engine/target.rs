@@ -259,6 +259,9 @@ impl Engine {
                         .get(&s.revision)
                         .and_then(|r| r.statement_timeout),
                 ),
+                // Covered by the step's checksum (the revision's up checksum).
+                check_sql: self.guard_sql(s, |r, d| r.check_sql(d), rec.dialect),
+                verify_sql: self.guard_sql(s, |r, d| r.verify_sql(d), rec.dialect),
             })
             .collect();
         let sent = super::pack::request_len(&steps, self.config.migrate_request_bytes);
@@ -309,6 +312,7 @@ impl Engine {
             }
         };
         let mut failed: Option<String> = None;
+        let mut check_failed = false;
         let mut ran = 0usize;
         while let Some(item) = stream.next().await {
             match item {
@@ -334,6 +338,11 @@ impl Engine {
                             writer.stage(rec)?;
                         }
                         Event::Failed(f) => {
+                            if f.reason == pb::FailureReason::CheckFailed as i32 {
+                                // Nothing of the step ran: the target waits for its data
+                                // to be fixed, like any other blocked target.
+                                check_failed = true;
+                            }
                             let mut msg = f.message.clone();
                             if f.dirty {
                                 msg.push_str(
@@ -359,6 +368,9 @@ impl Engine {
                 }
                 Err(status) => {
                     if let Some(msg) = failed {
+                        if check_failed {
+                            return Ok(Attempt::Blocked(msg));
+                        }
                         return Ok(Attempt::StepFailed(msg));
                     }
                     if is_stale(&status) {
@@ -375,6 +387,9 @@ impl Engine {
             }
         }
         if let Some(msg) = failed {
+            if check_failed {
+                return Ok(Attempt::Blocked(msg));
+            }
             return Ok(Attempt::StepFailed(msg));
         }
         if more {
@@ -474,6 +489,23 @@ impl Engine {
 }
 
 impl Engine {
+    /// An up step's check or verify queries for `dialect` ("" for none, and for down steps).
+    fn guard_sql(
+        &self,
+        step: &PlannedStep,
+        section: impl Fn(&flotilla_revision::Revision, flotilla_core::Dialect) -> Option<&str>,
+        dialect: flotilla_core::Dialect,
+    ) -> String {
+        if step.direction != flotilla_core::Direction::Up {
+            return String::new();
+        }
+        self.graph
+            .get(&step.revision)
+            .and_then(|r| section(r, dialect))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// Backoff between attempts at an unreachable agent: unbounded in count, the rollout's
     /// agent wait bounds it in time.
     fn agent_wait_backoff(&self) -> ExponentialBuilder {

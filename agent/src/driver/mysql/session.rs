@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use sqlx::mysql::MySqlConnection;
+use sqlx::mysql::{MySql, MySqlConnection};
 use sqlx::{AssertSqlSafe, Connection};
 
 use super::catalog::catalog;
@@ -16,6 +16,7 @@ use crate::driver::common::{
     CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
     now_ms, to_db,
 };
+use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
     DriverError, ErrorClass, GroupFailure, Session, StatementFailure, StepMeta, StepObserver,
     StepSpec,
@@ -231,11 +232,21 @@ impl Session for MysqlSession {
                 }
                 // MySQL refuses a query with no statement ("Query was empty"): a section
                 // holding only comments (a merge revision) is a no-op that is still recorded.
+                if !step.check.is_empty() {
+                    guard::run::<MySql>(&mut tx, D, GuardKind::Check, &step.check)
+                        .await
+                        .map_err(GroupFailure::at(i))?;
+                }
                 if !flotilla_core::split::split_statements(&step.sql, Dialect::Mysql).is_empty() {
                     sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
                         .execute(&mut *tx)
                         .await
                         .map_err(on(D, &context))
+                        .map_err(GroupFailure::at(i))?;
+                }
+                if !step.verify.is_empty() {
+                    guard::run::<MySql>(&mut tx, D, GuardKind::Verify, &step.verify)
+                        .await
                         .map_err(GroupFailure::at(i))?;
                 }
                 let row = new_row(
@@ -268,6 +279,17 @@ impl Session for MysqlSession {
                 Err(e)
             }
         }
+    }
+
+    async fn guard(&mut self, step: &StepSpec, kind: GuardKind) -> Result<(), DriverError> {
+        let sql = match kind {
+            GuardKind::Check => &step.check,
+            GuardKind::Verify => &step.verify,
+        };
+        set_bounds(&mut self.conn, &step.bounds)
+            .await
+            .map_err(on(D, "set lock wait timeout"))?;
+        guard::run::<MySql>(&mut self.conn, D, kind, sql).await
     }
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, Postgres};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::catalog::catalog;
@@ -17,8 +17,10 @@ use crate::driver::common::{
     CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
     to_db,
 };
+use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
-    DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver, StepSpec,
+    DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver,
+    StepSpec,
 };
 use flotilla_core::Direction;
 use flotilla_core::bounds::StepBounds;
@@ -162,12 +164,31 @@ impl Session for PostgresSession {
                 let context = format!("apply {} {}", step.revision, step.direction);
                 let started = Instant::now();
                 // The step's bounds ride in the same round trip, for this transaction only.
-                let sql = format!("{}{}", bounds_sql(&step.bounds, true), step.sql);
+                let bounds = bounds_sql(&step.bounds, true);
+                let sql = if step.check.is_empty() {
+                    format!("{bounds}{}", step.sql)
+                } else {
+                    // The check runs under the step's bounds too, before its SQL.
+                    sqlx::raw_sql(AssertSqlSafe(bounds))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(on(D, "set lock timeout"))
+                        .map_err(GroupFailure::at(i))?;
+                    guard::run::<Postgres>(&mut tx, D, GuardKind::Check, &step.check)
+                        .await
+                        .map_err(GroupFailure::at(i))?;
+                    step.sql.clone()
+                };
                 sqlx::raw_sql(AssertSqlSafe(sql))
                     .execute(&mut *tx)
                     .await
                     .map_err(on(D, &context))
                     .map_err(GroupFailure::at(i))?;
+                if !step.verify.is_empty() {
+                    guard::run::<Postgres>(&mut tx, D, GuardKind::Verify, &step.verify)
+                        .await
+                        .map_err(GroupFailure::at(i))?;
+                }
                 let row = new_row(
                     &step.revision,
                     &step.checksum,
@@ -198,6 +219,22 @@ impl Session for PostgresSession {
                 Err(e)
             }
         }
+    }
+
+    async fn guard(&mut self, step: &StepSpec, kind: GuardKind) -> Result<(), DriverError> {
+        let sql = match kind {
+            GuardKind::Check => &step.check,
+            GuardKind::Verify => &step.verify,
+        };
+        sqlx::raw_sql(AssertSqlSafe(bounds_sql(&step.bounds, false)))
+            .execute(&mut self.conn)
+            .await
+            .map_err(on(D, "set lock timeout"))?;
+        let result = guard::run::<Postgres>(&mut self.conn, D, kind, sql).await;
+        let _ = sqlx::raw_sql("RESET lock_timeout; RESET statement_timeout")
+            .execute(&mut self.conn)
+            .await;
+        result
     }
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {

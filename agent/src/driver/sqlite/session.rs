@@ -15,6 +15,7 @@ use super::history::{SCHEMA, fence, insert_history, raw_row};
 use super::{D, backup};
 use crate::driver::classify::on;
 use crate::driver::common::{HISTORY_COLUMNS, history_row, millis, new_row, no_dirty_row, to_db};
+use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
     DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver, StepSpec,
 };
@@ -98,11 +99,21 @@ impl SqliteSession {
                 }
                 let context = format!("apply {} {}", step.revision, step.direction);
                 let started = Instant::now();
+                if !step.check.is_empty() {
+                    guard::run::<sqlx::Sqlite>(&mut tx, D, GuardKind::Check, &step.check)
+                        .await
+                        .map_err(GroupFailure::at(i))?;
+                }
                 sqlx::raw_sql(AssertSqlSafe(step.sql.as_str()))
                     .execute(&mut *tx)
                     .await
                     .map_err(on(D, &context))
                     .map_err(GroupFailure::at(i))?;
+                if !step.verify.is_empty() {
+                    guard::run::<sqlx::Sqlite>(&mut tx, D, GuardKind::Verify, &step.verify)
+                        .await
+                        .map_err(GroupFailure::at(i))?;
+                }
                 let row = new_row(
                     &step.revision,
                     &step.checksum,
@@ -271,6 +282,17 @@ impl Session for SqliteSession {
             .await
             .map_err(at)?;
         let result = self.execute_non_transactional(&step.sql).await.map_err(at);
+        let _ = busy_timeout(&mut self.conn, super::BUSY_TIMEOUT).await;
+        result
+    }
+
+    async fn guard(&mut self, step: &StepSpec, kind: GuardKind) -> Result<(), DriverError> {
+        let sql = match kind {
+            GuardKind::Check => &step.check,
+            GuardKind::Verify => &step.verify,
+        };
+        busy_timeout(&mut self.conn, step.bounds.lock_timeout).await?;
+        let result = guard::run::<sqlx::Sqlite>(&mut self.conn, D, kind, sql).await;
         let _ = busy_timeout(&mut self.conn, super::BUSY_TIMEOUT).await;
         result
     }
