@@ -8,8 +8,9 @@
 //! the state is read again first, so a step whose commit happened but whose reply was lost
 //! is recognised and not applied twice. The only transient error never retried is one
 //! raised while a non-transactional step's SQL runs: it may be half-applied, so the target
-//! stays dirty for an operator's `Repair` (except a MySQL lock wait timeout or deadlock,
-//! which applied nothing of its statement: the step resumes there). Every step runs with its
+//! stays dirty for an operator's `Repair` (except a lock wait timeout or deadlock, which
+//! applied nothing of its statement on MySQL, nor on PostgreSQL outside a transaction block:
+//! the step resumes there). Every step runs with its
 //! lock-wait bound (`StepSpec::bounds`), so a lock timeout is one of the retried errors.
 //!
 //! Cancellation (agent shutdown, client gone) is checked between steps and during waits,

@@ -21,6 +21,7 @@ use flotilla_core::{Dialect, Secret};
 mod backup;
 mod blockers;
 mod catalog;
+mod concurrently;
 mod discovery;
 mod history;
 mod session;

@@ -1,8 +1,9 @@
 //! A dirty-protocol step (non-transactional, or MySQL DDL): mark the target dirty, run the
 //! SQL, mark the row clean, each its own commit, with retries of transient errors. An error
-//! while the SQL runs leaves the target dirty for an operator's `Repair`, except a MySQL
-//! statement that failed on its lock wait (1205) or a deadlock (1213): it applied nothing, so
-//! the step is retried from that statement (the ones before it are done). When the retry
+//! while the SQL runs leaves the target dirty for an operator's `Repair`, except a statement
+//! that failed on its lock wait or a deadlock (MySQL 1205/1213; PostgreSQL 55P03/40P01 outside
+//! a transaction block, `CREATE INDEX CONCURRENTLY` included: `driver/postgres/concurrently.rs`):
+//! it applied nothing, so the step is retried from that statement (the ones before it are done). When the retry
 //! budget runs out with no statement done, the dirty row is abandoned: the target is clean.
 //! A `-- migrate:check` runs before the dirty mark (a failure leaves the target untouched); a
 //! `-- migrate:verify` runs after the statements, before the mark clean (a failure leaves the

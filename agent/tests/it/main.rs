@@ -8,6 +8,7 @@ mod grpc;
 mod guard;
 mod hostile;
 mod hostile_prop;
+mod lock_bounds;
 mod locking;
 mod migrate;
 mod support;

@@ -19,7 +19,7 @@ use crate::driver::common::{
 };
 use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
-    DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver,
+    DriverError, ErrorClass, GroupFailure, Session, StatementFailure, StepMeta, StepObserver,
     StepSpec,
 };
 use flotilla_core::Direction;
@@ -294,11 +294,27 @@ impl Session for PostgresSession {
             .skip(from)
         {
             let context = format!("run non-transactional statement {}", i + 1);
-            if let Err(e) = sqlx::raw_sql(AssertSqlSafe(stmt))
-                .execute(&mut self.conn)
-                .await
-            {
-                result = Err(at(i)(on(D, &context)(e)));
+            let ran = match super::concurrently::drop_leftover(&mut self.conn, stmt).await {
+                Ok(()) => sqlx::raw_sql(AssertSqlSafe(stmt))
+                    .execute(&mut self.conn)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = ran {
+                let error = on(D, &context)(e);
+                // A statement that failed on its lock bound undid itself (its own implicit
+                // transaction): the step resumes there, unless a CONCURRENTLY command left
+                // something that cannot be cleaned up (`concurrently.rs`).
+                let resumable = matches!(
+                    error.class(),
+                    Some(ErrorClass::LockTimeout | ErrorClass::Deadlock)
+                ) && super::concurrently::retry_safe(stmt);
+                result = Err(StatementFailure {
+                    done: i,
+                    error,
+                    resumable,
+                });
                 break;
             }
         }
