@@ -106,7 +106,7 @@ pub enum AgentError {
         target: String,
         revision: String,
         #[source]
-        failure: crate::driver::guard::GuardFailure,
+        failure: Box<crate::driver::guard::GuardFailure>,
         /// What else the failure undid ("; the steps before it ... were rolled back").
         note: String,
     },
@@ -124,7 +124,7 @@ pub enum AgentError {
         target: String,
         revision: String,
         #[source]
-        failure: crate::driver::guard::GuardFailure,
+        failure: Box<crate::driver::guard::GuardFailure>,
         dirty: bool,
         rolled_back: bool,
         note: String,

@@ -47,7 +47,7 @@ impl Executor {
                 AgentError::CheckFailed {
                     target,
                     revision,
-                    failure,
+                    failure: Box::new(failure),
                     note: String::new(),
                 }
             }
@@ -56,7 +56,7 @@ impl Executor {
             (DriverError::Guard(failure), _) => AgentError::VerifyFailed {
                 target,
                 revision,
-                failure,
+                failure: Box::new(failure),
                 dirty: step.dirty_protocol,
                 rolled_back: !step.dirty_protocol,
                 note: String::new(),

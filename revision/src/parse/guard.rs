@@ -92,7 +92,6 @@ fn text(s: &Sections, d: Dialect) -> &str {
 
 /// The up checksum of every dialect that has a check or verify section (the others keep the
 /// up section's own checksum).
-
 pub(crate) fn checksums(
     up: &Sections,
     check: &Sections,
