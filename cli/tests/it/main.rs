@@ -14,6 +14,7 @@ mod fence;
 mod foreign;
 mod ha;
 mod harness;
+mod import_alembic;
 mod lock;
 mod metrics_truth;
 mod observability;
