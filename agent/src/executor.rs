@@ -169,6 +169,14 @@ impl Link {
 }
 
 impl Executor {
+    /// Why the run stops before its next step: the agent shuts down, or the caller left.
+    fn stopped(&self) -> AgentError {
+        AgentError::Cancelled {
+            target: self.target.id.clone(),
+            client_left: !self.cancel.is_cancelled() && self.sink.is_closed(),
+        }
+    }
+
     fn locker<'a>(&'a self, events: &'a EventCtx) -> Locker<'a> {
         Locker {
             target: &self.target,
@@ -204,9 +212,7 @@ impl Executor {
             let step = &unit[0];
             let ctx = self.sink.for_step(&step.spec.revision, step.spec.direction);
             if self.cancel.is_cancelled() || self.sink.is_closed() {
-                let e = AgentError::Cancelled {
-                    target: self.target.id.clone(),
-                };
+                let e = self.stopped();
                 self.fail(&ctx, step, &e, false).await;
                 result = Err(e);
                 break;

@@ -99,7 +99,7 @@ impl Executor {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
                         () = self.cancel.cancelled() => {
-                            AgentError::Cancelled { target: self.target.id.clone() }
+                            AgentError::Cancelled { target: self.target.id.clone(), client_left: false }
                         }
                     }
                 }

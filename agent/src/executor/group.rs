@@ -171,7 +171,7 @@ impl Executor {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
                         () = self.cancel.cancelled() => {
-                            AgentError::Cancelled { target: self.target.id.clone() }
+                            AgentError::Cancelled { target: self.target.id.clone(), client_left: false }
                         }
                     }
                 }
@@ -294,13 +294,7 @@ impl Executor {
                 state.history.extend(rows);
                 if let Some(&next) = todo.get(ran) {
                     // Stopped between steps: what ran committed, the rest never started.
-                    return Err((
-                        next,
-                        Failure::Fatal(AgentError::Cancelled {
-                            target: self.target.id.clone(),
-                        }),
-                        vec![],
-                    ));
+                    return Err((next, Failure::Fatal(self.stopped()), vec![]));
                 }
                 Ok(())
             }

@@ -18,6 +18,7 @@ mod import_alembic;
 mod lock;
 mod metrics_truth;
 mod observability;
+mod operator_text;
 mod outcomes;
 mod reflection;
 mod registry;

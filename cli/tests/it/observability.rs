@@ -227,6 +227,12 @@ impl Proc {
         .await
     }
 
+    /// SIGKILL (a process that dies without a word), and reap it.
+    pub(super) async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait for a clean exit (spans and metrics flushed); returns the log.
     pub(super) async fn stop(mut self) -> Result<String> {
         let pid = self.target_pid().await?;
