@@ -1,6 +1,7 @@
 //! System integration tests: the `flotilla` binary, coordinator and agents together, real servers via testkit.
 
 mod adopt;
+mod api_traces;
 mod backups;
 mod big_revision;
 mod blips;
