@@ -221,6 +221,7 @@ impl Agent {
         if self.shutdown.is_cancelled() {
             return Err(AgentError::Cancelled {
                 target: target.to_owned(),
+                client_left: false,
             });
         }
         Ok(())

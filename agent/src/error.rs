@@ -19,7 +19,10 @@ pub use flotilla_rpc::reason::{REASON_METADATA_KEY, Reason};
 pub enum AgentError {
     #[error("invalid request: {field}: {message}")]
     InvalidRequest { field: String, message: String },
-    #[error("unknown target {target:?}: this agent does not serve it")]
+    #[error(
+        "unknown target {}: this agent does not serve it",
+        flotilla_core::text::quoted(target)
+    )]
     UnknownTarget { target: String },
     #[error(
         "target {target}: step {revision} declares checksum {declared} but its sql hashes to \
@@ -155,8 +158,16 @@ pub enum AgentError {
     Database { target: String, message: String },
     #[error("target {target}: database unavailable: {message}")]
     Unavailable { target: String, message: String },
-    #[error("target {target}: the agent is shutting down; nothing more was started")]
-    Cancelled { target: String },
+    /// The run stopped before a step: the agent shuts down, or the caller (the coordinator)
+    /// stopped listening, which is not the agent's end: it keeps serving.
+    #[error("target {target}: {}", if *client_left {
+        "the caller stopped listening (the coordinator ended the call, or it or its connection \
+         died): the steps that ran are committed and nothing more was started; the agent keeps \
+         serving, and the coordinator re-plans this target from its state when it retries"
+    } else {
+        "the agent is shutting down; nothing more was started"
+    })]
+    Cancelled { target: String, client_left: bool },
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("target discovery failed: {0}")]

@@ -17,12 +17,14 @@
 //! never inside a database call: the step in flight commits or rolls back.
 //!
 //! Here: the request's run over its steps, its session and cached state (`Link`), and the
-//! backup before a step. Beside it: `executor/lock.rs` (lock waits), `executor/probe.rs`
+//! backup before a step. Beside it: `executor/attempts.rs` (what a step span records about
+//! its attempts), `executor/lock.rs` (lock waits), `executor/probe.rs`
 //! (who holds the lock a step waits for), `executor/dirty.rs` (a
 //! dirty-protocol step), `executor/group.rs` (a transactional run), `executor/step.rs` (how
 //! far a step got and whether it is already done), `executor/report.rs` (events and metrics
 //! at a step's and the run's end), `executor/events.rs` (the event stream).
 
+mod attempts;
 mod dirty;
 mod events;
 mod group;
@@ -174,6 +176,14 @@ impl Link {
 }
 
 impl Executor {
+    /// Why the run stops before its next step: the agent shuts down, or the caller left.
+    fn stopped(&self) -> AgentError {
+        AgentError::Cancelled {
+            target: self.target.id.clone(),
+            client_left: !self.cancel.is_cancelled() && self.sink.is_closed(),
+        }
+    }
+
     fn locker<'a>(&'a self, events: &'a EventCtx) -> Locker<'a> {
         Locker {
             target: &self.target,
@@ -209,9 +219,7 @@ impl Executor {
             let step = &unit[0];
             let ctx = self.sink.for_step(&step.spec.revision, step.spec.direction);
             if self.cancel.is_cancelled() || self.sink.is_closed() {
-                let e = AgentError::Cancelled {
-                    target: self.target.id.clone(),
-                };
+                let e = self.stopped();
                 self.fail(&ctx, step, &e, false).await;
                 result = Err(e);
                 break;
@@ -226,14 +234,7 @@ impl Executor {
                 break;
             }
             let outcome = if step.dirty_protocol {
-                let span = tracing::info_span!(
-                    "step",
-                    flotilla.target = %self.target.id,
-                    flotilla.revision = %step.spec.revision,
-                    flotilla.direction = %step.spec.direction,
-                    flotilla.rollout.id = %self.meta.rollout_id,
-                    db.system = self.target.dialect.db_system(),
-                );
+                let span = attempts::step_span!(self, step);
                 self.run_step(&mut link, step, &ctx).instrument(span).await
             } else {
                 // Each step of the run gets its own `step` span (opened as it starts).

@@ -114,7 +114,12 @@ pub async fn run(
             Err(e) => {
                 registered(false);
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(coordinator = %config.coordinator, "cannot register, retrying in {delay:?}: {}", e.message());
+                tracing::warn!(
+                    coordinator = %config.coordinator,
+                    "cannot register with the coordinator ({}): this agent keeps serving its \
+                     targets and tries again in {delay:?}",
+                    why(&e)
+                );
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(delay) => continue,
@@ -141,11 +146,25 @@ pub async fn run(
                 }
                 Err(e) => {
                     registered(false);
-                    tracing::warn!("heartbeat failed: {}; registering again", e.message());
+                    tracing::warn!(
+                        coordinator = %config.coordinator,
+                        "the coordinator did not answer the heartbeat ({}): it may have stopped \
+                         or be unreachable; this agent keeps serving its targets and registers \
+                         again when it answers",
+                        why(&e)
+                    );
                     break;
                 }
             }
         }
+    }
+}
+
+/// A failed call in a few words: the status's message and its transport cause.
+fn why(e: &tonic::Status) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{}: {}", e.message(), flotilla_rpc::tls::error_chain(cause)),
+        None => e.message().to_owned(),
     }
 }
 

@@ -126,6 +126,37 @@ pub enum ImportError {
     AlembicMissing { python: String },
     #[error("alembic failed: {message}")]
     Alembic { message: String },
+    #[error(
+        "alembic rendered revision {revision} as {rendered} when asked for {asked}: the project's \
+         env.py does not render with the sqlalchemy.url it is given in offline mode{}; nothing \
+         was written",
+        if *database_url {
+            ", and DATABASE_URL is set in this environment (the usual env.py prefers it): unset \
+             it for the import (env -u DATABASE_URL flotilla import ...)"
+        } else {
+            ": make run_migrations_offline() use config.get_main_option(\"sqlalchemy.url\") \
+             (not an environment variable such as DATABASE_URL)"
+        }
+    )]
+    DialectMismatch {
+        revision: String,
+        asked: Dialect,
+        rendered: String,
+        /// `DATABASE_URL` is set in the importing process's environment.
+        database_url: bool,
+    },
+    #[error(
+        "{} revision(s) would revise one that was not imported, so the set would not load; \
+         nothing was written: {}; fix the revisions not imported (or write them by hand into \
+         the set) and import again",
+        .dependents.len(),
+        .broken.join("; ")
+    )]
+    BrokenChain {
+        /// Each skipped revision: "X (why) is revised by A, B".
+        broken: Vec<String>,
+        dependents: Vec<String>,
+    },
     #[error("{} already exists and was not written by this import; choose an empty --into directory or remove it", path.display())]
     Exists { path: PathBuf },
 }
@@ -320,6 +351,7 @@ pub fn write(set: &mut ImportSet, into: &Path) -> Result<Vec<Written>, ImportErr
         }
     }
     set.revisions = kept;
+    refuse_broken_chains(set)?;
     std::fs::create_dir_all(into).map_err(|source| ImportError::Io {
         path: into.to_owned(),
         source,
@@ -350,9 +382,116 @@ pub fn write(set: &mut ImportSet, into: &Path) -> Result<Vec<Written>, ImportErr
     Ok(out)
 }
 
+/// Refuse a set where a revision to be written revises (directly or through others) one that
+/// was not imported: the written set would not load.
+fn refuse_broken_chains(set: &ImportSet) -> Result<(), ImportError> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let written: BTreeSet<&str> = set.revisions.iter().map(|r| r.id.as_str()).collect();
+    let skipped: BTreeMap<&str, &str> = set
+        .problems
+        .iter()
+        .filter(|p| !p.revision.is_empty() && !written.contains(p.revision.as_str()))
+        .map(|p| (p.revision.as_str(), p.reason.as_str()))
+        .collect();
+    // Which skipped revision each written one descends from, to a fixpoint (sets are small).
+    let mut missing: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    loop {
+        let mut changed = false;
+        for r in &set.revisions {
+            for p in &r.parents {
+                let mut roots: BTreeSet<&str> = BTreeSet::new();
+                if skipped.contains_key(p.as_str()) {
+                    roots.insert(p.as_str());
+                }
+                if let Some(up) = missing.get(p.as_str()) {
+                    roots.extend(up.iter().copied());
+                }
+                let entry = missing.entry(r.id.as_str()).or_default();
+                let before = entry.len();
+                entry.extend(roots);
+                changed |= entry.len() != before;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    missing.retain(|_, roots| !roots.is_empty());
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let broken = skipped
+        .iter()
+        .filter_map(|(id, why)| {
+            let by: Vec<&str> = missing
+                .iter()
+                .filter(|(_, roots)| roots.contains(id))
+                .map(|(r, _)| *r)
+                .collect();
+            (!by.is_empty()).then(|| format!("{id} ({why}) is revised by {}", by.join(", ")))
+        })
+        .collect();
+    Err(ImportError::BrokenChain {
+        broken,
+        dependents: missing.keys().map(|s| s.to_string()).collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn imported(id: &str, parents: &[&str]) -> Imported {
+        Imported {
+            id: id.into(),
+            parents: parents.iter().map(|p| p.to_string()).collect(),
+            description: String::new(),
+            transactional: true,
+            up: Sql::plain("SELECT 1;"),
+            down: None,
+            branch_labels: vec![],
+            source: format!("{id}.py"),
+        }
+    }
+
+    #[test]
+    fn a_set_revising_a_skipped_revision_is_not_written() {
+        let into = tempfile::tempdir().unwrap();
+        let mut set = ImportSet {
+            tool: Tool::Alembic,
+            revisions: vec![
+                imported("a", &[]),
+                imported("c", &["b"]),
+                imported("d", &["c"]),
+            ],
+            problems: vec![Problem {
+                revision: "b".into(),
+                source: "b.py".into(),
+                reason: "upgrade: no SQL".into(),
+            }],
+            warnings: vec![],
+        };
+        let err = write(&mut set, into.path()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "2 revision(s) would revise one that was not imported, so the set would not load; \
+             nothing was written: b (upgrade: no SQL) is revised by c, d; fix the revisions not \
+             imported (or write them by hand into the set) and import again"
+        );
+        assert_eq!(std::fs::read_dir(into.path()).unwrap().count(), 0);
+        // A skipped head breaks nothing: the rest is written.
+        let mut set = ImportSet {
+            tool: Tool::Alembic,
+            revisions: vec![imported("a", &[])],
+            problems: vec![Problem {
+                revision: "b".into(),
+                source: "b.py".into(),
+                reason: "upgrade: no SQL".into(),
+            }],
+            warnings: vec![],
+        };
+        assert_eq!(write(&mut set, into.path()).unwrap().len(), 1);
+    }
 
     #[test]
     fn rendered_files_parse_and_keep_ids_parents_and_sql() {

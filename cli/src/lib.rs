@@ -29,7 +29,7 @@ pub use offline::OfflineCommand;
 /// What `flotilla --help` ends with: exit codes and logging.
 fn after_help() -> String {
     format!(
-        "Exit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out, 6 targets blocked (a refused downgrade, or a rollout that ended `blocked`)\n\n{}",
+        "Online commands take --coordinator and --tls-* before or after the command name.\n\nExit codes: 0 ok, 1 error, 2 usage error, 3 `check`/`validate` found problems, 4 rollout failed, halted or aborted, 5 `wait` timed out, 6 targets blocked (a refused downgrade, or a rollout that ended `blocked`)\n\n{}",
         flotilla_rpc::telemetry::LOG_HELP
     )
 }
@@ -43,6 +43,9 @@ fn after_help() -> String {
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// `--coordinator` and `--tls-*` before the command: handed to the online command.
+    #[command(flatten)]
+    pub client: online::GlobalClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }

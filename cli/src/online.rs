@@ -26,7 +26,7 @@ mod rollout;
 mod spec;
 mod target;
 
-pub use client::{ClientArgs, connect, connect_with};
+pub use client::{ClientArgs, DEFAULT_COORDINATOR, GlobalClientArgs, connect, connect_with};
 pub use rollout::{RolloutCommand, follow};
 pub use spec::{SelectArgs, SpecArgs};
 

@@ -150,6 +150,19 @@ pub fn decide(graph: &Graph, target: &pb::TargetForeign, from: Option<&str>) -> 
     }
 }
 
+/// The revisions of `set` that no other revision of `set` revises, in `set`'s order.
+pub fn heads_of(graph: &Graph, set: &[String]) -> Vec<String> {
+    let parents: BTreeSet<&str> = set
+        .iter()
+        .filter_map(|id| graph.get(id))
+        .flat_map(|r| r.parents.iter().map(String::as_str))
+        .collect();
+    set.iter()
+        .filter(|id| !parents.contains(id.as_str()))
+        .cloned()
+        .collect()
+}
+
 fn outcome(target: &str, agent: &str, d: Decision, dry_run: bool) -> pb::AdoptedTarget {
     let mut out = pb::AdoptedTarget {
         target_id: target.to_owned(),
@@ -294,6 +307,9 @@ pub async fn adopt(
             }
             out.push(o);
         }
+    }
+    for o in &mut out {
+        o.heads = heads_of(graph, &o.revisions);
     }
     out.sort_by(|a, b| (&a.target_id, &a.agent_id).cmp(&(&b.target_id, &b.agent_id)));
     Ok(out)

@@ -9,6 +9,9 @@
 //! - `adopt.rs`: adopting another tool's version table; `agents.rs`: register, heartbeat;
 //! - `forward.rs`: a standby forwards write calls to the leader (one hop only).
 //!
+//! Calls that reach agents run in a server span (`telemetry::api_span`), so each is one
+//! trace with the agents' spans inside it.
+//!
 //! **Architecture invariant:** write calls (start, pause/resume/abort, stamp, repair,
 //! restore, prune, adopt) act only on the leader: a standby forwards them, or answers
 //! `NOT_LEADER`; every call that reaches an agent carries the current term's fencing token.
@@ -26,11 +29,13 @@ mod watch;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_server::CoordinatorService;
 
 use crate::engine::{Engine, EngineError, FleetEntry, Term};
+use crate::telemetry::api_span;
 
 pub use fleet::add_schema_drift;
 
@@ -114,7 +119,8 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
-        rollouts::plan(self, req).await
+        let span = api_span("CoordinatorService/Plan", req.metadata());
+        rollouts::plan(self, req).instrument(span).await
     }
 
     async fn start_rollout(
@@ -172,63 +178,72 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
-        fleet::status(self, req).await
+        let span = api_span("CoordinatorService/FleetStatus", req.metadata());
+        fleet::status(self, req).instrument(span).await
     }
 
     async fn fleet_validate(
         &self,
         req: Request<pb::FleetValidateRequest>,
     ) -> Result<Response<pb::FleetValidateResponse>, Status> {
-        fleet::validate(self, req).await
+        let span = api_span("CoordinatorService/FleetValidate", req.metadata());
+        fleet::validate(self, req).instrument(span).await
     }
 
     async fn history(
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        fleet::history(self, req).await
+        let span = api_span("CoordinatorService/History", req.metadata());
+        fleet::history(self, req).instrument(span).await
     }
 
     async fn stamp(
         &self,
         req: Request<pb::FleetStampRequest>,
     ) -> Result<Response<pb::TargetStatus>, Status> {
-        targets::stamp(self, req).await
+        let span = api_span("CoordinatorService/Stamp", req.metadata());
+        targets::stamp(self, req).instrument(span).await
     }
 
     async fn repair(
         &self,
         req: Request<pb::FleetRepairRequest>,
     ) -> Result<Response<pb::TargetStatus>, Status> {
-        targets::repair(self, req).await
+        let span = api_span("CoordinatorService/Repair", req.metadata());
+        targets::repair(self, req).instrument(span).await
     }
 
     async fn list_backups(
         &self,
         req: Request<pb::FleetBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
-        backups::list(self, req).await
+        let span = api_span("CoordinatorService/ListBackups", req.metadata());
+        backups::list(self, req).instrument(span).await
     }
 
     async fn restore_backup(
         &self,
         req: Request<pb::FleetRestoreBackupRequest>,
     ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
-        backups::restore(self, req).await
+        let span = api_span("CoordinatorService/RestoreBackup", req.metadata());
+        backups::restore(self, req).instrument(span).await
     }
 
     async fn prune_backups(
         &self,
         req: Request<pb::FleetPruneBackupsRequest>,
     ) -> Result<Response<pb::PruneBackupsResponse>, Status> {
-        backups::prune(self, req).await
+        let span = api_span("CoordinatorService/PruneBackups", req.metadata());
+        backups::prune(self, req).instrument(span).await
     }
 
     async fn adopt(
         &self,
         req: Request<pb::AdoptRequest>,
     ) -> Result<Response<pb::AdoptResponse>, Status> {
-        adopt::adopt(self, req).await
+        let span = api_span("CoordinatorService/Adopt", req.metadata());
+        adopt::adopt(self, req).instrument(span).await
     }
 
     async fn register(
@@ -249,6 +264,7 @@ impl CoordinatorService for Api {
         &self,
         req: Request<pb::FenceTakeoverRequest>,
     ) -> Result<Response<pb::FenceTakeoverResponse>, Status> {
-        fence::takeover(self, req).await
+        let span = api_span("CoordinatorService/FenceTakeover", req.metadata());
+        fence::takeover(self, req).instrument(span).await
     }
 }

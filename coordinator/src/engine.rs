@@ -59,14 +59,16 @@ pub enum EngineError {
         "this coordinator is not the leader; retry against the leader or wait for it to take the lock"
     )]
     NotLeader,
-    #[error("rollout {0} not found")]
+    /// What was not found, as the message shows it (input escaped: `rollout_not_found`,
+    /// `target_not_found`).
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
     InvalidArgument(String),
     /// A goal that does not parse.
-    #[error("goal {goal:?}: {source}")]
+    #[error("goal {}: {source}", flotilla_core::text::quoted(goal))]
     InvalidGoal {
         goal: String,
         #[source]
@@ -110,6 +112,22 @@ pub enum EngineError {
     /// are not allowed.
     #[error("{0}")]
     Destructive(String),
+}
+
+/// `NotFound` for a rollout id as given (escaped).
+pub(crate) fn rollout_not_found(id: &str) -> String {
+    format!(
+        "rollout {} not found: `flotilla rollout list` shows the rollouts",
+        flotilla_core::text::quoted(id)
+    )
+}
+
+/// `NotFound` for a target id as given (escaped).
+pub(crate) fn target_not_found(id: &str) -> String {
+    format!(
+        "target {} not found: no agent serves it (`flotilla status` lists the targets)",
+        flotilla_core::text::quoted(id)
+    )
 }
 
 impl From<StoreError> for EngineError {
@@ -437,7 +455,7 @@ impl Engine {
             .store
             .get(&rollout_key(id))
             .await?
-            .ok_or_else(|| EngineError::NotFound(id.to_owned()))?;
+            .ok_or_else(|| EngineError::NotFound(rollout_not_found(id)))?;
         let rec: RolloutRecord =
             serde_json::from_slice(&raw).map_err(|source| EngineError::Decode {
                 what: format!("rollout {id}"),
@@ -481,7 +499,8 @@ impl Engine {
             && !self.graph.contains(id)
         {
             return Err(EngineError::InvalidArgument(format!(
-                "goal {goal:?}: no such revision in the migrations (see `flotilla revisions`)"
+                "goal {}: no such revision in the migrations (see `flotilla revisions`)",
+                flotilla_core::text::quoted(goal)
             )));
         }
         Ok(parsed)

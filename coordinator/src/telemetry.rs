@@ -55,6 +55,17 @@ pub fn trace_of(metadata: &tonic::metadata::MetadataMap) -> (String, String) {
     traceparent_of(&remote)
 }
 
+/// The server span of an API call that reaches agents (`method`: e.g.
+/// `CoordinatorService/FleetStatus`): a child of the caller's span when the call carries
+/// `traceparent`, else the root of the call's own trace. The agents' server spans of the call
+/// (`AgentService/Status`, `AgentService/Validate`, ...) are its children, so a call is one
+/// trace, not one agent-only root trace per agent.
+pub fn api_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!("rpc", otel.name = method, otel.kind = "server");
+    set_remote_parent(&span, extract(metadata));
+    span
+}
+
 /// The span of one rollout run, continuing the trace recorded when the rollout started (so
 /// a new leader resuming it adds to the same trace).
 pub fn rollout_span(rollout_id: &str, token: u64, traceparent: &str) -> tracing::Span {

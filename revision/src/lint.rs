@@ -52,7 +52,8 @@ impl std::fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}", self.path.display())?;
+        let path = self.path.display().to_string();
+        write!(f, "{}", flotilla_core::text::escaped(&path))?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
         }

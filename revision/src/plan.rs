@@ -33,7 +33,10 @@ pub enum Goal {
 
 /// A goal string that is none of `head`, `heads`, `base`, `+N`, `-N` or a revision id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid goal {0:?}: expected head, heads, base, +N, -N or a revision id")]
+#[error(
+    "invalid goal {}: expected head, heads, base, +N, -N or a revision id",
+    flotilla_core::text::quoted(.0)
+)]
 pub struct InvalidGoal(pub String);
 
 impl FromStr for Goal {
@@ -139,7 +142,7 @@ pub enum Blocked {
     SeveralHeads { heads: Vec<String> },
     #[error("revision {revision:?} has no down section for {dialect}: it cannot be downgraded")]
     Irreversible { revision: String, dialect: Dialect },
-    #[error("unknown goal revision {goal:?}")]
+    #[error("unknown goal revision {}", flotilla_core::text::quoted(goal))]
     UnknownGoal { goal: String },
     #[error(
         "goal {goal}: only {available} of the {requested} steps asked for are possible from the applied revisions"

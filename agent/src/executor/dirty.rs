@@ -14,6 +14,7 @@ use std::time::Instant;
 use flotilla_proto::step_event::Event;
 use flotilla_proto::{StepRetrying, StepStarted};
 
+use super::attempts;
 use super::events::EventCtx;
 use super::probe::Seen;
 use super::step::{Outcome, Progress};
@@ -35,8 +36,17 @@ impl Executor {
         let mut attempt = 0u32;
         let mut progress = Progress::Fresh;
         let mut seen = Seen::default();
+        // On the step span (current here): the attempts and the time lost before the last.
+        let record = |attempt: u32, last_start: Instant| {
+            attempts::record(
+                &tracing::Span::current(),
+                attempt,
+                last_start.duration_since(started),
+            );
+        };
         loop {
             attempt += 1;
+            let last_start = Instant::now();
             let res = self
                 .attempt(link, step, attempt, &mut progress, ctx, &mut seen)
                 .await;
@@ -44,6 +54,7 @@ impl Executor {
             link.invalidate();
             let err = match res {
                 Ok(outcome) => {
+                    record(attempt, last_start);
                     self.succeed(ctx, step, outcome, started.elapsed(), attempt)
                         .await;
                     return Ok(());
@@ -88,6 +99,7 @@ impl Executor {
                             }
                             _ => false,
                         };
+                        record(attempt, last_start);
                         self.fail(ctx, step, &e, dirty).await;
                         return Err(e);
                     };
@@ -104,7 +116,7 @@ impl Executor {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
                         () = self.cancel.cancelled() => {
-                            AgentError::Cancelled { target: self.target.id.clone() }
+                            AgentError::Cancelled { target: self.target.id.clone(), client_left: false }
                         }
                     }
                 }
@@ -114,6 +126,7 @@ impl Executor {
                 progress,
                 Progress::Executing { .. } | Progress::Executed { .. }
             );
+            record(attempt, last_start);
             self.fail(ctx, step, &err, dirty).await;
             return Err(err);
         }

@@ -38,37 +38,79 @@ struct Started<'a> {
 
 /// One `step` span per step of the unit, opened when the step first starts and closed when a
 /// later step starts (or the unit ends): each step of a shared transaction is its own span in
-/// the trace, and a retried step keeps the span it had (its retry events are on it).
-struct StepSpans(std::sync::Mutex<(Vec<Option<tracing::Span>>, Vec<bool>)>);
+/// the trace, and a retried step keeps the span it had (its retry events are on it). A span
+/// records at its close how many attempts it covered and the time the failed ones and their
+/// backoff took (`attempts.rs`).
+struct StepSpans(std::sync::Mutex<SpanSlots>);
+
+struct SpanSlots {
+    /// Per step: its open span, with the attempt it opened in and that attempt's start
+    /// (time since the unit's first attempt started).
+    open: Vec<Option<(tracing::Span, u32, Duration)>>,
+    created: Vec<bool>,
+    /// The attempt running now, and when it started (since the first one started).
+    now: (u32, Duration),
+}
+
+impl SpanSlots {
+    fn close(&mut self, index: usize) {
+        if let Some((span, attempt, since)) = self.open[index].take() {
+            let (now, now_since) = self.now;
+            super::attempts::record(
+                &span,
+                now.saturating_sub(attempt) + 1,
+                now_since.saturating_sub(since),
+            );
+        }
+    }
+}
 
 impl StepSpans {
     fn new(n: usize) -> Self {
-        StepSpans(std::sync::Mutex::new((vec![None; n], vec![false; n])))
+        StepSpans(std::sync::Mutex::new(SpanSlots {
+            open: (0..n).map(|_| None).collect(),
+            created: vec![false; n],
+            now: (1, Duration::ZERO),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpanSlots> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attempt `attempt` of the unit starts, `since` after the first one did.
+    fn attempt(&self, attempt: u32, since: Duration) {
+        self.lock().now = (attempt, since);
     }
 
     fn start(&self, exec: &Executor, index: usize, step: &PlannedStep) {
-        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (spans, created) = &mut *g;
-        for s in spans.iter_mut().take(index) {
-            *s = None;
+        let mut g = self.lock();
+        for i in 0..index {
+            g.close(i);
         }
-        if !created[index] {
-            created[index] = true;
-            spans[index] = Some(tracing::info_span!(
-                "step",
-                flotilla.target = %exec.target.id,
-                flotilla.revision = %step.spec.revision,
-                flotilla.direction = %step.spec.direction,
-                flotilla.rollout.id = %exec.meta.rollout_id,
-                db.system = exec.target.dialect.db_system(),
-            ));
+        if !g.created[index] {
+            g.created[index] = true;
+            let now = g.now;
+            g.open[index] = Some((super::attempts::step_span!(exec, step), now.0, now.1));
         }
     }
 
     /// The span of step `index`, while it is open.
     fn get(&self, index: usize) -> Option<tracing::Span> {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.0.get(index).cloned().flatten()
+        let g = self.lock();
+        g.open
+            .get(index)
+            .and_then(|s| s.as_ref().map(|s| s.0.clone()))
+    }
+}
+
+impl Drop for StepSpans {
+    /// The unit ended: the spans still open close now, with what they covered.
+    fn drop(&mut self) {
+        let mut g = self.lock();
+        for i in 0..g.open.len() {
+            g.close(i);
+        }
     }
 }
 
@@ -125,6 +167,7 @@ impl Executor {
         };
         loop {
             attempt += 1;
+            spans.attempt(attempt, started.elapsed());
             let (index, failure, todo) = match self
                 .group_attempt(link, unit, &ctxs, attempt, &mut carry, &spans)
                 .await
@@ -171,7 +214,7 @@ impl Executor {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
                         () = self.cancel.cancelled() => {
-                            AgentError::Cancelled { target: self.target.id.clone() }
+                            AgentError::Cancelled { target: self.target.id.clone(), client_left: false }
                         }
                     }
                 }
@@ -296,13 +339,7 @@ impl Executor {
                 state.history.extend(rows);
                 if let Some(&next) = todo.get(ran) {
                     // Stopped between steps: what ran committed, the rest never started.
-                    return Err((
-                        next,
-                        Failure::Fatal(AgentError::Cancelled {
-                            target: self.target.id.clone(),
-                        }),
-                        vec![],
-                    ));
+                    return Err((next, Failure::Fatal(self.stopped()), vec![]));
                 }
                 Ok(())
             }

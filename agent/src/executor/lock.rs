@@ -42,6 +42,7 @@ impl Locker<'_> {
     fn cancelled(&self) -> AgentError {
         AgentError::Cancelled {
             target: self.target.id.clone(),
+            client_left: false,
         }
     }
 

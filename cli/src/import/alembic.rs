@@ -4,8 +4,11 @@
 //! dialect), run by the user's Python (`alembic_offline.py`, embedded). Ids, `down_revision` tuples
 //! (merges), branch labels and messages are kept. Alembic's own statements (the version table,
 //! `BEGIN`/`COMMIT`, `-- Running` comments) are dropped. A revision whose up SQL is empty
-//! (and is not a merge) or raises (it reads live data) is a problem, not written; a down that
-//! is empty or raises is left out (the revision becomes irreversible) with a warning.
+//! (and is not a merge) or raises is a problem, not written, with the cause named (batch mode
+//! needs a live table, a value without a literal form, live data read); a down that is empty
+//! or raises is left out (the revision becomes irreversible) with a warning. JSON values in
+//! `op.bulk_insert` rows are rendered as string literals of their JSON text. Every rendering
+//! must be in the dialect asked for (an `env.py` preferring `DATABASE_URL` is refused).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,74 @@ struct Rev {
 struct Rendered {
     sql: Option<String>,
     error: Option<String>,
+    /// The SQLAlchemy dialect Alembic actually rendered with (`postgresql`, `mysql`,
+    /// `mariadb`, `sqlite`, ...).
+    #[serde(default)]
+    dialect: Option<String>,
+}
+
+/// The Flotilla dialect of a SQLAlchemy dialect name.
+fn dialect_of(sqlalchemy: &str) -> Option<Dialect> {
+    match sqlalchemy {
+        "postgresql" => Some(Dialect::Postgres),
+        "mysql" | "mariadb" => Some(Dialect::Mysql),
+        "sqlite" => Some(Dialect::Sqlite),
+        _ => None,
+    }
+}
+
+/// Every rendering must be in the dialect it was asked for: an `env.py` that prefers its own
+/// URL in offline mode (commonly `DATABASE_URL`) renders every dialect as that database's,
+/// and the import would write PostgreSQL SQL into the MySQL and SQLite sections.
+fn check_dialects(out: &Output) -> Result<(), ImportError> {
+    for r in &out.revisions {
+        for rendered in [&r.up, &r.down] {
+            for (asked, got) in rendered {
+                let Some(used) = got.dialect.as_deref() else {
+                    continue;
+                };
+                let Ok(asked) = asked.parse::<Dialect>() else {
+                    continue;
+                };
+                if dialect_of(used) != Some(asked) {
+                    return Err(ImportError::DialectMismatch {
+                        revision: r.id.clone(),
+                        asked,
+                        rendered: used.to_owned(),
+                        database_url: std::env::var_os("DATABASE_URL").is_some(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why Alembic could not render a revision offline, in words that name the cause (Alembic's
+/// own message follows).
+fn why_offline(d: Dialect, error: &str) -> String {
+    let lower = error.to_ascii_lowercase();
+    let cause = if lower.contains("batch mode") && lower.contains("live database") {
+        format!(
+            "Alembic's batch mode on {d} recreates the table and must read its definition \
+             from a live database, which offline mode does not have: pass the table to \
+             batch_alter_table(copy_from=sa.Table(...)), or write its {d} SQL by hand"
+        )
+    } else if lower.contains("no literal value renderer") {
+        format!(
+            "a value in it (op.bulk_insert or op.execute) has a type SQLAlchemy cannot write \
+             as a {d} SQL literal in offline mode: insert it with SQL text, or write the \
+             revision by hand"
+        )
+    } else if lower.contains("get_bind")
+        || lower.contains("mockconnection")
+        || (lower.contains("nonetype") && (lower.contains("connect") || lower.contains("execute")))
+    {
+        format!("it reads live data, and offline mode has no {d} database to read")
+    } else {
+        format!("Alembic cannot render it offline for {d}")
+    };
+    format!("{cause} (Alembic: {error})")
 }
 
 /// `alembic.ini` for a project directory or the ini path itself.
@@ -121,12 +192,9 @@ fn sql_of(rendered: &BTreeMap<String, Rendered>, dialects: &[Dialect]) -> Result
             Some(Rendered {
                 sql: Some(sql),
                 error: None,
+                ..
             }) => texts.push((*d, sql.trim().to_owned())),
-            Some(Rendered { error: Some(e), .. }) => {
-                return Err(format!(
-                    "offline mode cannot render it for {d} (it may read live data): {e}"
-                ));
-            }
+            Some(Rendered { error: Some(e), .. }) => return Err(why_offline(*d, e)),
             _ => return Err(format!("no SQL rendered for {d}")),
         }
     }
@@ -150,6 +218,7 @@ fn is_empty(sql: &Sql) -> bool {
 pub fn read(source: &Path, opts: &ReadOptions) -> Result<ImportSet, ImportError> {
     let ini = ini_of(source)?;
     let out = run_alembic(&ini, opts)?;
+    check_dialects(&out)?;
     let base = ini.parent().unwrap_or(Path::new("."));
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_owned());
     let mut revisions = Vec::new();

@@ -2,7 +2,9 @@
 # offline (--sql) mode through the project's own env.py. Used by `flotilla import alembic`.
 # argv: alembic.ini path, comma-separated dialects, then optional DIALECT=URL overrides
 # (e.g. mysql=mariadb:// so MariaDB-only types render as Alembic renders them online). Prints one line
-# "FLOTILLA-IMPORT-JSON <json>" on stdout; exit 3 when Alembic is not installed.
+# "FLOTILLA-IMPORT-JSON <json>" on stdout; exit 3 when Alembic is not installed. Each
+# rendering also reports the dialect Alembic actually used (an env.py that prefers its own URL,
+# e.g. DATABASE_URL, renders every dialect as that one), for the caller to check.
 import io
 import json
 import sys
@@ -18,6 +20,27 @@ try:
 except ImportError as e:
     print("FLOTILLA-IMPORT-MISSING " + str(e))
     sys.exit(3)
+
+from sqlalchemy import types as sqltypes
+
+
+def _json_literal_processor(self, dialect):
+    # SQLAlchemy has no literal form for JSON values, so `op.bulk_insert` rows with JSON in
+    # offline mode fail; render them as the dialect's string literal of their JSON text,
+    # serialized as the dialect would bind them (what Alembic does online).
+    string = sqltypes.String().literal_processor(dialect)
+    serializer = getattr(dialect, "_json_serializer", None) or json.dumps
+
+    def process(value):
+        if value is None:
+            return "NULL"
+        return string(serializer(value))
+
+    return process
+
+
+if "literal_processor" not in sqltypes.JSON.__dict__:
+    sqltypes.JSON.literal_processor = _json_literal_processor
 
 URLS = {"postgres": "postgresql://", "mysql": "mysql://", "sqlite": "sqlite://"}
 
@@ -43,10 +66,15 @@ def render(sc, script, dialect, up):
             return [MigrationStep.downgrade_from_script(script.revision_map, sc)]
 
     version_table = "alembic_version"
+    used = None
     with EnvironmentContext(
         cfg, script, fn=fn, as_sql=True, starting_rev=start, destination_rev=sc.revision
     ) as env:
         script.run_env()
+        try:
+            used = env.get_context().dialect.name
+        except Exception:
+            pass
         try:
             version_table = env.get_context()._version.name
         except Exception:
@@ -59,7 +87,7 @@ def render(sc, script, dialect, up):
         if text.startswith("-- Running ") or version_table in text:
             continue
         blocks.append(block.strip("\n"))
-    return "\n\n".join(blocks)
+    return "\n\n".join(blocks), used
 
 
 def main():
@@ -81,7 +109,8 @@ def main():
         for d in dialects:
             for key, up in (("up", True), ("down", False)):
                 try:
-                    rev[key][d] = {"sql": render(sc, script, d, up)}
+                    sql, used = render(sc, script, d, up)
+                    rev[key][d] = {"sql": sql, "dialect": used}
                 except Exception as e:  # noqa: BLE001 - reported per revision
                     rev[key][d] = {"error": "%s: %s" % (type(e).__name__, e)}
         out.append(rev)

@@ -70,6 +70,7 @@ pub(super) async fn run(
                     "tool": t.tool,
                     "outcome": t.outcome,
                     "revisions": t.revisions,
+                    "heads": t.heads,
                     "reason": t.reason,
                 })
             })
@@ -80,11 +81,7 @@ pub(super) async fn run(
             let what = if t.revisions.is_empty() {
                 t.reason.clone()
             } else {
-                format!(
-                    "{} revision(s), up to {}",
-                    t.revisions.len(),
-                    t.revisions.join(", ")
-                )
+                adopted_summary(t.revisions.len(), &t.heads)
             };
             writeln!(
                 out,
@@ -95,4 +92,31 @@ pub(super) async fn run(
         }
     }
     Ok(if blocked > 0 { EXIT_PROBLEMS } else { EXIT_OK })
+}
+
+/// "8 revisions; head: X" (or "heads: X, Y" for several branches): how many revisions a
+/// target has recorded and where it is, not a list that reads as a range.
+fn adopted_summary(count: usize, heads: &[String]) -> String {
+    let noun = if count == 1 { "revision" } else { "revisions" };
+    match heads {
+        [] => format!("{count} {noun}"),
+        [one] => format!("{count} {noun}; head: {one}"),
+        many => format!("{count} {noun}; heads: {}", many.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::adopted_summary;
+
+    #[test]
+    fn the_summary_names_the_heads_not_a_range() {
+        let heads = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(adopted_summary(8, &heads(&["c3"])), "8 revisions; head: c3");
+        assert_eq!(
+            adopted_summary(8, &heads(&["b2", "c3"])),
+            "8 revisions; heads: b2, c3"
+        );
+        assert_eq!(adopted_summary(1, &heads(&["a1"])), "1 revision; head: a1");
+    }
 }

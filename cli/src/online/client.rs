@@ -12,6 +12,9 @@ use flotilla_rpc::tls::{ClientTls, error_chain};
 
 use crate::error::CliError;
 
+/// Where online commands look for the coordinator unless told (`--coordinator`).
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7600";
+
 /// How to reach the coordinator: `https://` URLs use TLS.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -20,7 +23,7 @@ pub struct ClientArgs {
         long,
         global = true,
         env = "FLOTILLA_COORDINATOR",
-        default_value = "http://127.0.0.1:7600",
+        default_value = DEFAULT_COORDINATOR,
         value_name = "URL"
     )]
     pub coordinator: String,
@@ -38,6 +41,23 @@ pub struct ClientArgs {
     pub tls_domain: Option<String>,
 }
 
+/// The same flags accepted before the command (`flotilla --coordinator URL status`): the
+/// top-level parser's copies, hidden (each online command lists its own), with the same ids,
+/// so clap hands a value given here to the command's [`ClientArgs`]. Never read directly.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalClientArgs {
+    #[arg(long, global = true, hide = true, env = "FLOTILLA_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    coordinator: String,
+    #[arg(long, global = true, hide = true, env = "FLOTILLA_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    #[arg(long, global = true, hide = true, env = "FLOTILLA_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, global = true, hide = true, env = "FLOTILLA_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, global = true, hide = true, env = "FLOTILLA_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+}
+
 impl ClientArgs {
     /// The TLS settings, files read and checked. TLS flags with an `http://` coordinator are
     /// refused rather than silently ignored.
@@ -50,7 +70,7 @@ impl ClientArgs {
             return Err(CliError::Refused(format!(
                 "--coordinator {} is not an https:// URL, but TLS flags are set (--tls-*): \
                  use https://, or drop the TLS flags",
-                self.coordinator
+                flotilla_core::text::quoted(&self.coordinator)
             )));
         }
         ClientTls::load(
@@ -85,7 +105,56 @@ pub async fn connect_with(
     let channel = endpoint.connect().await.map_err(|e| {
         CliError::Refused(format!("cannot reach the coordinator at {addr}: {}; is `flotilla coordinator` running? (set --coordinator or FLOTILLA_COORDINATOR; for TLS see --tls-ca, --tls-cert, --tls-key)", error_chain(&e)))
     })?;
+    if addr.starts_with("https://") && !tls.has_identity() {
+        check_client_certificate(channel.clone(), addr).await?;
+    }
     Ok(CoordinatorServiceClient::new(channel).max_decoding_message_size(256 << 20))
+}
+
+/// A TLS 1.3 server that requires a client certificate refuses a client without one only
+/// after the handshake, when the client believes it is connected: its first call then fails
+/// with the `CertificateRequired` alert or, depending on timing, only a closed connection
+/// ("broken pipe", "operation was canceled"). So a client with no certificate asks the
+/// server's gRPC health first and says what happened; a server that answers anything at
+/// all (even an error status) did not refuse the certificate.
+async fn check_client_certificate(channel: Channel, addr: &str) -> Result<(), CliError> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let req = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    let Err(status) = health.check(req).await else {
+        return Ok(());
+    };
+    let Some(cause) = std::error::Error::source(&status) else {
+        return Ok(());
+    };
+    let chain = error_chain(cause);
+    if refused_for_certificate(&chain) {
+        return Err(CliError::Refused(format!(
+            "the coordinator at {addr} closed the connection after the TLS handshake: the server \
+             requires a client certificate (mTLS) and none was given: pass --tls-cert and \
+             --tls-key (FLOTILLA_TLS_CERT, FLOTILLA_TLS_KEY) with a certificate signed by the CA \
+             the coordinator trusts for clients ({chain})"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a transport failure right after the handshake is how TLS refuses a client
+/// without a certificate: the alert itself, or the connection closed under the call.
+fn refused_for_certificate(chain: &str) -> bool {
+    let chain = chain.to_ascii_lowercase();
+    [
+        "certificaterequired",
+        "certificate required",
+        "broken pipe",
+        "connection reset",
+        "operation was canceled",
+        "connection closed",
+        "unexpected eof",
+    ]
+    .iter()
+    .any(|p| chain.contains(p))
 }
 
 /// A failed call as a [`CliError`]: the status's message, its source chain and its code.

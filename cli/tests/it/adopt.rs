@@ -282,6 +282,33 @@ async fn alembic_fleet_is_imported_adopted_and_rolled_to_head() -> Result<()> {
         code == 0 && dry.values().all(|(o, ..)| o == "would_adopt"),
         "{dry:?}"
     );
+    // The human form says how many revisions and where the target is, not a list that
+    // reads as a range (pg2 is at both branches' tips, pg3 at their merge).
+    let (code, human, err) = run_cli(
+        &["adopt", "--coordinator", &coord.address, "--dry-run"],
+        None,
+    )
+    .await?;
+    ensure!(code == 0, "{human}{err}");
+    let line_of = |t: &str| {
+        human
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(t))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ensure!(
+        line_of("pg2").ends_with(&format!("3 revisions; heads: {B}, {C}")),
+        "{human}"
+    );
+    ensure!(
+        line_of("pg3").ends_with(&format!("4 revisions; head: {M}")),
+        "{human}"
+    );
+    ensure!(
+        line_of("pg1").ends_with(&format!("1 revision; head: {A}")),
+        "{human}"
+    );
     ensure!(
         pg_agent
             .statuses(false)

@@ -1,6 +1,7 @@
 //! System integration tests: the `flotilla` binary, coordinator and agents together, real servers via testkit.
 
 mod adopt;
+mod api_traces;
 mod backups;
 mod big_revision;
 mod blips;
@@ -15,9 +16,11 @@ mod foreign;
 mod guard;
 mod ha;
 mod harness;
+mod import_alembic;
 mod lock;
 mod metrics_truth;
 mod observability;
+mod operator_text;
 mod outcomes;
 mod reflection;
 mod registry;

@@ -227,6 +227,12 @@ impl Proc {
         .await
     }
 
+    /// SIGKILL (a process that dies without a word), and reap it.
+    pub(super) async fn kill(&mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait for a clean exit (spans and metrics flushed); returns the log.
     pub(super) async fn stop(mut self) -> Result<String> {
         let pid = self.target_pid().await?;
@@ -250,7 +256,7 @@ impl Proc {
 }
 
 /// Run the `flotilla` CLI to its end; (stdout, stderr).
-async fn cli(
+pub(super) async fn cli(
     args: &[String],
     env: &[(&str, String)],
     strace_to: Option<&Path>,
@@ -763,7 +769,35 @@ fn check_trace(spans: &[Received], trace_id: &str) -> Result<()> {
         "{retry:?}"
     );
     ensure!(attr(&retry.attributes, "delay_ms").is_some(), "{retry:?}");
+    // The step span says what the retry cost: two attempts, and the failed one with its
+    // backoff (at least the delay) before the second, so its duration is explained.
+    assert_eq!(
+        slow.attr("flotilla.attempts").as_deref(),
+        Some("2"),
+        "{:?}",
+        slow.span.attributes
+    );
+    let delay: u64 = attr(&retry.attributes, "delay_ms")
+        .context("delay_ms")?
+        .parse()?;
+    let waited: u64 = slow
+        .attr("flotilla.retry_wait_ms")
+        .with_context(|| format!("no flotilla.retry_wait_ms: {:?}", slow.span.attributes))?
+        .parse()?;
+    ensure!(
+        waited >= delay,
+        "retry wait {waited} ms < the backoff delay {delay} ms"
+    );
     for other in steps.iter().filter(|r| r.span.span_id != slow.span.span_id) {
+        assert_eq!(
+            (
+                other.attr("flotilla.attempts").as_deref(),
+                other.attr("flotilla.retry_wait_ms").as_deref()
+            ),
+            (Some("1"), Some("0")),
+            "{:?}",
+            other.attr("flotilla.revision")
+        );
         ensure!(
             !other
                 .span

@@ -176,8 +176,15 @@ async fn rollout_over_mtls_between_cli_coordinator_and_agents() -> Result<()> {
         None,
     )
     .await?;
-    // (The alert or a closed connection, depending on timing: see the test below.)
+    // The alert or a closed connection, depending on timing (see the test below): either
+    // way the CLI says what happened and what to do, not "broken pipe".
     assert_eq!(code, 1, "status without a client certificate: {err}");
+    assert!(
+        err.contains("the server requires a client certificate")
+            && err.contains("--tls-cert")
+            && err.contains("--tls-key"),
+        "{err}"
+    );
     eprintln!("refused as expected: {err}");
     // TLS flags with an http:// URL are refused, not ignored.
     let (code, _, err) = run_cli(

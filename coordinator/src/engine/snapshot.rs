@@ -565,15 +565,21 @@ impl Engine {
                         return Ok(FleetEntry { agent, status });
                     }
                 }
-                Err(e) if e.code() == tonic::Code::NotFound => {}
+                // Not served there, or not even a valid target id (so served nowhere).
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        tonic::Code::NotFound | tonic::Code::InvalidArgument
+                    ) => {}
                 Err(e) => unreachable.push(format!("{} ({})", agent.id(), e.message())),
             }
         }
         if unreachable.is_empty() {
-            Err(EngineError::NotFound(format!("target {target_id}")))
+            Err(EngineError::NotFound(super::target_not_found(target_id)))
         } else {
             Err(EngineError::Unavailable(format!(
-                "target {target_id} not found on the reachable agents; unreachable: {}",
+                "target {} not found on the reachable agents; unreachable: {}",
+                flotilla_core::text::quoted(target_id),
                 unreachable.join(", ")
             )))
         }

@@ -51,8 +51,12 @@ pub const SHOWN: usize = 64;
 /// characters with the number of bytes left out.
 pub fn shown(s: &str) -> String {
     match s.char_indices().nth(SHOWN) {
-        None => format!("{s:?}"),
-        Some((cut, _)) => format!("{:?}... ({} more bytes)", &s[..cut], s.len() - cut),
+        None => flotilla_core::text::quoted(s),
+        Some((cut, _)) => format!(
+            "{}... ({} more bytes)",
+            flotilla_core::text::quoted(&s[..cut]),
+            s.len() - cut
+        ),
     }
 }
 

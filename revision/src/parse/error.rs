@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use flotilla_core::Dialect;
+use flotilla_core::text::{escaped, quoted};
 
 /// What is wrong with a file or with the set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum ParseErrorKind {
     DuplicateKey { key: String },
     #[error("missing `-- revision: <id>` header")]
     MissingRevision,
-    #[error("bad revision id {id:?}: {why}")]
+    #[error("bad revision id {}: {why}", quoted(id))]
     BadRevisionId { id: String, why: &'static str },
     #[error("bad transactional value {value:?}: expected true or false")]
     BadTransactional { value: String },
@@ -72,13 +73,21 @@ pub enum ParseErrorKind {
         "no up section for {dialect}: add a plain `-- migrate:up` or `-- migrate:up {dialect}`"
     )]
     MissingUpFor { dialect: Dialect },
-    #[error("revision {id:?} is already defined in {}:{first_line}", first.display())]
+    #[error(
+        "revision {} is already defined in {}:{first_line}",
+        quoted(id),
+        shown_path(first)
+    )]
     DuplicateRevision {
         id: String,
         first: PathBuf,
         first_line: usize,
     },
-    #[error("revision {revision:?} revises unknown revision {parent:?}")]
+    #[error(
+        "revision {} revises unknown revision {}",
+        quoted(revision),
+        quoted(parent)
+    )]
     UnknownParent { revision: String, parent: String },
     #[error("revisions form a cycle: {}", fmt_cycle(.revisions))]
     Cycle { revisions: Vec<String> },
@@ -116,12 +125,21 @@ impl ParseErrorKind {
 }
 
 fn fmt_cycle(revisions: &[String]) -> String {
-    let mut s = revisions.join(" -> ");
+    let mut s = revisions
+        .iter()
+        .map(|r| escaped(r))
+        .collect::<Vec<_>>()
+        .join(" -> ");
     if let Some(first) = revisions.first() {
         s.push_str(" -> ");
-        s.push_str(first);
+        s.push_str(&escaped(first));
     }
     s
+}
+
+/// A file name as a message shows it: control and bidi characters escaped.
+pub(crate) fn shown_path(path: &std::path::Path) -> String {
+    escaped(&path.display().to_string()).into_owned()
 }
 
 /// One problem, located at a file and (almost always) a line.
@@ -135,8 +153,8 @@ pub struct ParseError {
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(line) => write!(f, "{}:{line}: {}", self.path.display(), self.kind),
-            None => write!(f, "{}: {}", self.path.display(), self.kind),
+            Some(line) => write!(f, "{}:{line}: {}", shown_path(&self.path), self.kind),
+            None => write!(f, "{}: {}", shown_path(&self.path), self.kind),
         }
     }
 }
