@@ -15,6 +15,7 @@ mod foreign;
 mod ha;
 mod harness;
 mod lock;
+mod metric_gate;
 mod metrics_truth;
 mod observability;
 mod outcomes;
