@@ -29,7 +29,10 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 pub enum QueryError {
     #[error("{0}")]
     InvalidUrl(String),
-    #[error("prometheus at {url} cannot be reached: {source}")]
+    #[error(
+        "prometheus at {url} cannot be reached: {}",
+        flotilla_rpc::tls::error_chain(.source)
+    )]
     Unreachable {
         url: String,
         #[source]

@@ -29,7 +29,7 @@ pub(crate) fn trace_note(r: &pb::Rollout) -> String {
 pub(crate) fn gate_line(g: &pb::MetricGateWait) -> String {
     let d = |ms: u64| humantime::format_duration(Duration::from_secs(ms.div_ceil(1000)));
     format!(
-        "metric gate after wave {}: waiting for `{}` to stay empty or 0, window {}, {} left ({} evaluations so far)",
+        "metric gate after wave {}: waiting for `{}` to stay empty or 0, window {}, {} left, evaluations so far: {}",
         g.wave,
         g.query,
         d(g.window_ms),
@@ -162,4 +162,35 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
             "waiting_for_agent": t.waiting_for_agent,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_gate_reads_as_one_line_and_in_json() {
+        let g = pb::MetricGateWait {
+            wave: 0,
+            query: "app_errors > 0".into(),
+            window_ms: 120_000,
+            started_at_unix_ms: 1_796_000_000_000,
+            ends_at_unix_ms: 1_796_000_120_000,
+            evaluations: 3,
+            remaining_ms: 89_400,
+        };
+        expect_test::expect!["metric gate after wave 0: waiting for `app_errors > 0` to stay empty or 0, window 2m, 1m 30s left, evaluations so far: 3"]
+            .assert_eq(&gate_line(&g));
+        let r = pb::Rollout {
+            metric_gate: Some(g),
+            ..Default::default()
+        };
+        let v = rollout_json(&r);
+        assert_eq!(v["metric_gate"]["ends_at"], "2026-11-30T00:55:20.000Z");
+        assert_eq!(v["metric_gate"]["remaining_ms"], 89_400);
+        assert_eq!(
+            rollout_json(&pb::Rollout::default())["metric_gate"],
+            Value::Null
+        );
+    }
 }

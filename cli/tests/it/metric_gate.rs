@@ -3,7 +3,7 @@
 //! canary (exit 4, the message names the query, the value and the wave) while the exporter
 //! reports errors, and completes when it does not; a Prometheus that goes down halts the
 //! rollout and refuses the next start; a bad query is refused before anything runs; pause and
-//! abort work while the gate waits.
+//! abort work while the gate waits; errors that appear during a window halt it.
 
 use std::time::{Duration, Instant};
 
@@ -140,6 +140,7 @@ async fn errors_after_the_canary_halt_the_rollout_before_the_next_wave() -> Resu
     assert_eq!(code, 4, "halted like any other halt: {out}{err}");
     assert!(out.contains(": halted"), "{out}");
     let why = last_rollout_message(&out);
+    eprintln!("halted: {why}");
     for want in [
         "metric gate after the canary (wave 0)",
         "`app_errors > 0` returned 3",
@@ -177,6 +178,7 @@ async fn a_quiet_window_lets_the_next_wave_run_and_a_bad_query_is_refused() -> R
         "{err}"
     );
     assert!(!fleet.touched("t01").await?, "nothing may run");
+    eprintln!("refused: {err}");
 
     let started = Instant::now();
     let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", &[]).await?;
@@ -192,6 +194,10 @@ async fn a_quiet_window_lets_the_next_wave_run_and_a_bad_query_is_refused() -> R
     assert!(
         started.elapsed() >= Duration::from_secs(5),
         "the wave started before the window passed"
+    );
+    eprintln!(
+        "watch: {err}\nrollout with a 5s gate took {:?}",
+        started.elapsed()
     );
     assert!(fleet.touched("t02").await?);
     Ok(())
@@ -253,6 +259,39 @@ async fn pause_restarts_the_window_and_a_prometheus_that_goes_down_halts() -> Re
     let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", &[]).await?;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("nothing was started"), "{err}");
+    eprintln!("refused: {err}");
+    assert!(!fleet.touched("t02").await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_that_appear_during_the_window_halt_it() -> Result<()> {
+    let fleet = GatedFleet::start().await?;
+    fleet.errors(0.0).await?;
+    let id = fleet.start_rpc(Duration::from_secs(60)).await?;
+    let mut c = fleet.coord.client().await?;
+    rollout_when(
+        &c,
+        &id,
+        "a passing evaluation",
+        Duration::from_secs(60),
+        |r| r.metric_gate.as_ref().is_some_and(|g| g.evaluations >= 1),
+    )
+    .await?;
+    fleet.exporter.set_errors(2.0);
+    let end = follow_to_end(&mut c, &id).await?;
+    assert_eq!(state(&end), pb::RolloutState::Halted, "{end:#?}");
+    eprintln!("halted: {}", end.message);
+    assert!(
+        end.message
+            .contains("metric gate after the canary (wave 0): `app_errors > 0` returned 2"),
+        "{}",
+        end.message
+    );
+    assert!(
+        end.metric_gate.is_none(),
+        "the gate no longer waits: {end:#?}"
+    );
     assert!(!fleet.touched("t02").await?);
     Ok(())
 }
