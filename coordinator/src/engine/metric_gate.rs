@@ -135,15 +135,17 @@ impl Engine {
                     Control::Run => break,
                     Control::Abort => return Ok(GateEnd::Aborted),
                     Control::Pause => {
+                        // One write: watchers never see the pause without its reason.
                         if rec.state != RolloutState::Paused {
+                            rec.state = RolloutState::Paused;
                             rec.metric_gate = None;
-                            self.sync_paused(term, rec, control).await?;
                             rec.message = format!(
                                 "paused during the metric gate after {after}: its window of {} \
                                  starts again on resume",
                                 human(window)
                             );
                             self.put_rollout(term, rec).await?;
+                            super::report::refresh_rollouts(self).await;
                         }
                         tokio::select! {
                             _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
