@@ -3,7 +3,8 @@
 //! canary (exit 4, the message names the query, the value and the wave) while the exporter
 //! reports errors, and completes when it does not; a Prometheus that goes down halts the
 //! rollout and refuses the next start; a bad query is refused before anything runs; pause and
-//! abort work while the gate waits; errors that appear during a window halt it.
+//! abort work while the gate waits; errors that appear during a window halt it; the
+//! coordinator's `--gate-prometheus` is the default, and without any the start is refused.
 
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,9 @@ use flotilla_testkit::{Exporter, Prometheus, eventually};
 
 use crate::harness::*;
 
-/// Two SQLite targets (canary t01, then one wave t02), an agent, an embedded coordinator,
-/// and Prometheus scraping the exporter every 200 ms.
+/// Two SQLite targets (canary t01, then one wave t02), an agent, an embedded coordinator
+/// (with Prometheus as its `--gate-prometheus` when `default_url`), and Prometheus scraping
+/// the exporter every 200 ms.
 struct GatedFleet {
     exporter: Exporter,
     prometheus: Prometheus,
@@ -27,7 +29,7 @@ struct GatedFleet {
 }
 
 impl GatedFleet {
-    async fn start() -> Result<GatedFleet> {
+    async fn start(default_url: bool) -> Result<GatedFleet> {
         let exporter = Exporter::start().await?;
         let prometheus =
             Prometheus::start(&[exporter.address().to_owned()], Duration::from_millis(200)).await?;
@@ -42,7 +44,11 @@ impl GatedFleet {
         )])?;
         let (targets_dir, targets) = sqlite_targets("t", 2)?;
         let agent = TestAgent::start("agent", targets).await?;
-        let coord = TestCoordinator::start(migrations.path(), &[&agent], None).await?;
+        let url = prometheus.url();
+        let coord = TestCoordinator::start_tweaked(migrations.path(), &[&agent], |e| {
+            e.gate_prometheus = default_url.then_some(url);
+        })
+        .await?;
         Ok(GatedFleet {
             exporter,
             prometheus,
@@ -71,12 +77,13 @@ impl GatedFleet {
         .await
     }
 
-    /// `flotilla rollout start --wait` with the gate flags and `extra`: (exit, stdout, stderr).
+    /// `flotilla rollout start --wait` with the gate flags (`--gate-prometheus` when
+    /// `with_url`): (exit, stdout, stderr).
     async fn start_cli(
         &self,
         query: &str,
         window: &str,
-        extra: &[&str],
+        with_url: bool,
     ) -> Result<(i32, String, String)> {
         let url = self.prometheus.url();
         let mut args = vec![
@@ -89,20 +96,25 @@ impl GatedFleet {
             query,
             "--gate-window",
             window,
-            "--gate-prometheus",
-            &url,
         ];
-        args.extend(extra);
+        if with_url {
+            args.extend(["--gate-prometheus", &url]);
+        }
         run_cli(&args, None).await
     }
 
-    /// Starts a rollout with a gate (window `window`) over gRPC; its id.
-    async fn start_rpc(&self, window: Duration) -> Result<String> {
+    /// Starts a rollout with a gate (window `window`; the URL in the spec when `with_url`,
+    /// else the coordinator's) over gRPC.
+    async fn start_rpc(&self, window: Duration, with_url: bool) -> Result<pb::Rollout> {
         let spec = RolloutSpec {
             metric_gate: Some(MetricGate {
                 query: "app_errors > 0".into(),
                 window_ms: window.as_millis() as u64,
-                prometheus_url: self.prometheus.url(),
+                prometheus_url: if with_url {
+                    self.prometheus.url()
+                } else {
+                    String::new()
+                },
             }),
             ..spec("head")
         };
@@ -115,7 +127,7 @@ impl GatedFleet {
             })
             .await?
             .into_inner();
-        Ok(r.id)
+        Ok(r)
     }
 
     /// Whether target `id` has anything applied.
@@ -134,9 +146,9 @@ fn last_rollout_message(out: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_after_the_canary_halt_the_rollout_before_the_next_wave() -> Result<()> {
-    let fleet = GatedFleet::start().await?;
+    let fleet = GatedFleet::start(false).await?;
     fleet.errors(3.0).await?;
-    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", &[]).await?;
+    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", true).await?;
     assert_eq!(code, 4, "halted like any other halt: {out}{err}");
     assert!(out.contains(": halted"), "{out}");
     let why = last_rollout_message(&out);
@@ -168,10 +180,10 @@ async fn errors_after_the_canary_halt_the_rollout_before_the_next_wave() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_window_lets_the_next_wave_run_and_a_bad_query_is_refused() -> Result<()> {
-    let fleet = GatedFleet::start().await?;
+    let fleet = GatedFleet::start(false).await?;
     fleet.errors(0.0).await?;
     // A query Prometheus cannot parse is refused before anything runs (exit 2).
-    let (code, out, err) = fleet.start_cli("app_errors >", "5s", &[]).await?;
+    let (code, out, err) = fleet.start_cli("app_errors >", "5s", true).await?;
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         err.contains("bad_data") && err.contains("fix --gate-query"),
@@ -179,9 +191,14 @@ async fn a_quiet_window_lets_the_next_wave_run_and_a_bad_query_is_refused() -> R
     );
     assert!(!fleet.touched("t01").await?, "nothing may run");
     eprintln!("refused: {err}");
+    // No Prometheus in the rollout nor in the coordinator's configuration: refused (exit 2).
+    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", false).await?;
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("no Prometheus to ask"), "{err}");
+    assert!(!fleet.touched("t01").await?, "nothing may run");
 
     let started = Instant::now();
-    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", &[]).await?;
+    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", true).await?;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(": succeeded"), "{out}");
     // The watch showed the gate holding the wave back, with its window.
@@ -205,9 +222,9 @@ async fn a_quiet_window_lets_the_next_wave_run_and_a_bad_query_is_refused() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_restarts_the_window_and_a_prometheus_that_goes_down_halts() -> Result<()> {
-    let fleet = GatedFleet::start().await?;
+    let fleet = GatedFleet::start(false).await?;
     fleet.errors(0.0).await?;
-    let id = fleet.start_rpc(Duration::from_secs(60)).await?;
+    let id = fleet.start_rpc(Duration::from_secs(60), true).await?.id;
     let mut c = fleet.coord.client().await?;
     let waiting = rollout_when(&c, &id, "the gate to wait", Duration::from_secs(60), |r| {
         r.metric_gate.is_some()
@@ -256,7 +273,7 @@ async fn pause_restarts_the_window_and_a_prometheus_that_goes_down_halts() -> Re
     assert!(!fleet.touched("t02").await?);
 
     // Nor does a new rollout start while Prometheus is away.
-    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", &[]).await?;
+    let (code, out, err) = fleet.start_cli("app_errors > 0", "5s", true).await?;
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("nothing was started"), "{err}");
     eprintln!("refused: {err}");
@@ -266,9 +283,9 @@ async fn pause_restarts_the_window_and_a_prometheus_that_goes_down_halts() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_that_appear_during_the_window_halt_it() -> Result<()> {
-    let fleet = GatedFleet::start().await?;
+    let fleet = GatedFleet::start(false).await?;
     fleet.errors(0.0).await?;
-    let id = fleet.start_rpc(Duration::from_secs(60)).await?;
+    let id = fleet.start_rpc(Duration::from_secs(60), true).await?.id;
     let mut c = fleet.coord.client().await?;
     rollout_when(
         &c,
@@ -279,9 +296,14 @@ async fn errors_that_appear_during_the_window_halt_it() -> Result<()> {
     )
     .await?;
     fleet.exporter.set_errors(2.0);
+    let errors_at = Instant::now();
     let end = follow_to_end(&mut c, &id).await?;
     assert_eq!(state(&end), pb::RolloutState::Halted, "{end:#?}");
-    eprintln!("halted: {}", end.message);
+    eprintln!(
+        "halted {:?} after the exporter reported errors (window 60s, evaluated every 6s): {}",
+        errors_at.elapsed(),
+        end.message
+    );
     assert!(
         end.message
             .contains("metric gate after the canary (wave 0): `app_errors > 0` returned 2"),
@@ -298,9 +320,13 @@ async fn errors_that_appear_during_the_window_halt_it() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abort_while_the_gate_waits_skips_the_rest() -> Result<()> {
-    let fleet = GatedFleet::start().await?;
+    let fleet = GatedFleet::start(true).await?;
     fleet.errors(0.0).await?;
-    let id = fleet.start_rpc(Duration::from_secs(60)).await?;
+    // The rollout names no Prometheus: the coordinator's is recorded in its spec.
+    let started = fleet.start_rpc(Duration::from_secs(60), false).await?;
+    let recorded = started.spec.and_then(|s| s.metric_gate).unwrap_or_default();
+    assert_eq!(recorded.prometheus_url, fleet.prometheus.url());
+    let id = started.id;
     let mut c = fleet.coord.client().await?;
     rollout_when(&c, &id, "the gate to wait", Duration::from_secs(60), |r| {
         r.metric_gate.is_some()
