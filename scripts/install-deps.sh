@@ -4,6 +4,7 @@
 #                                     make (tikv-jemalloc-sys builds jemalloc for the agent)
 #   scripts/install-deps.sh --test    plus the real servers and clients the tests start:
 #                                     etcd, PostgreSQL, MariaDB, sqlite3, grpcurl, promtool,
+#                                     prometheus (the metric gate tests' real server),
 #                                     strace (observability test: no connections without
 #                                     OTEL_*), npm and pip (the Helm chart check),
 #                                     alembic + sqlalchemy + drivers (import/adopt tests),
@@ -27,7 +28,8 @@ if [ "$want_test" = 1 ]; then
   have mariadbd || apt_pkgs+=(mariadb-server)
   have mariadb || apt_pkgs+=(mariadb-client)
   have sqlite3 || apt_pkgs+=(sqlite3)
-  have promtool || apt_pkgs+=(prometheus)
+  # promtool (dashboards/alerts) and the server the metric gate tests start: one package
+  { have promtool && have prometheus; } || apt_pkgs+=(prometheus)
   have strace || apt_pkgs+=(strace)
   # the image build and run (scripts/build-image.sh); runc: crun refuses hybrid cgroups
   have podman || apt_pkgs+=(podman)

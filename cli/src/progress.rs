@@ -1,12 +1,12 @@
 //! Live rollout progress: indicatif bars on a terminal (overall targets, current wave),
 //! plain lines otherwise (one per wave, state change, finished target and target that starts
-//! waiting for its unreachable agent).
+//! waiting for its unreachable agent, and metric gate that starts its window).
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use flotilla_proto as pb;
 
-use crate::render::{state_name, target_state_name};
+use crate::render::{gate_line, state_name, target_state_name};
 
 pub struct Progress {
     bars: Option<(MultiProgress, ProgressBar, ProgressBar)>,
@@ -96,8 +96,13 @@ impl Progress {
                 ));
                 wave.set_length(in_wave.len() as u64);
                 wave.set_position(wave_done);
+                let gate = r
+                    .metric_gate
+                    .as_ref()
+                    .map(|g| format!(" · {}", gate_line(g)))
+                    .unwrap_or_default();
                 wave.set_message(format!(
-                    "wave {}/{}",
+                    "wave {}/{}{gate}",
                     (r.current_wave + 1).min(r.wave_count),
                     r.wave_count
                 ));
@@ -107,6 +112,12 @@ impl Progress {
                 let prev_wave = last.map(|l| l.current_wave);
                 if prev_state != Some(r.state) || prev_wave != Some(r.current_wave) {
                     eprintln!("{}", summary_line(r));
+                }
+                if let Some(g) = &r.metric_gate {
+                    let before = last.and_then(|l| l.metric_gate.as_ref());
+                    if before.is_none_or(|b| b.started_at_unix_ms != g.started_at_unix_ms) {
+                        eprintln!("  {}", gate_line(g));
+                    }
                 }
                 for t in r.targets.iter().filter(|t| t.waiting_for_agent) {
                     let before =

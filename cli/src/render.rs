@@ -14,5 +14,5 @@ pub(crate) use fleet::{fleet_status, plan, validate, write_fleet_table};
 pub(crate) use format::{abbreviate, rfc3339};
 pub(crate) use names::{state_name, target_state_name};
 pub(crate) use output::{emit, row, write_table};
-pub(crate) use rollout::{rollout, rollout_json, rollouts, trace_note};
+pub(crate) use rollout::{gate_line, rollout, rollout_json, rollouts, trace_note};
 pub(crate) use target::{history, target};

@@ -15,6 +15,7 @@ use crate::args::{GlobalArgs, parse_duration};
 use crate::error::CliError;
 use flotilla_coordinator::backend::{BackendConfig, DEFAULT_PREFIX, default_holder_id};
 use flotilla_coordinator::engine::EngineConfig;
+use flotilla_coordinator::rollout::metric_gate::check_url;
 use flotilla_coordinator::server::{CoordinatorConfig, TlsConfig, build, serve};
 use flotilla_coordinator::telemetry::Hooks;
 
@@ -65,6 +66,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// The Prometheus a rollout's metric gate asks when `rollout start` gives no
+    /// --gate-prometheus (http://host:port[/prefix])
+    #[arg(long, env = "FLOTILLA_GATE_PROMETHEUS", value_name = "URL")]
+    pub gate_prometheus: Option<String>,
     #[command(flatten)]
     pub tls: flotilla_rpc::tls::PeerTlsArgs,
 }
@@ -86,6 +91,14 @@ impl ServeArgs {
         // Refuse a plaintext non-loopback listener before touching the backend.
         check_listen(self.listen, tls.server.as_ref(), tls.plaintext)
             .map_err(|e| CliError::Refused(e.to_string()))?;
+        let gate_prometheus = self
+            .gate_prometheus
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| check_url(u).map(|()| u.to_owned()))
+            .transpose()
+            .map_err(CliError::Refused)?;
         Ok(CoordinatorConfig {
             migrations: global.migrations.clone(),
             backend: BackendConfig {
@@ -113,6 +126,7 @@ impl ServeArgs {
                     (!self.listen.ip().is_unspecified())
                         .then(|| format!("{scheme}://{}", self.listen))
                 }),
+                gate_prometheus,
                 ..EngineConfig::default()
             },
             tls,

@@ -33,6 +33,7 @@ mod durable;
 pub mod fencing;
 mod gate;
 mod live;
+mod metric_gate;
 mod pack;
 pub mod preflight;
 mod report;
@@ -206,6 +207,9 @@ pub struct EngineConfig {
     /// several requests (`engine/pack.rs`). The default is the largest step a revision may
     /// hold, which the agent's default message limit takes with room to spare.
     pub migrate_request_bytes: usize,
+    /// The Prometheus a rollout's metric gate asks when the rollout names none
+    /// (`flotilla coordinator --gate-prometheus`).
+    pub gate_prometheus: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -217,6 +221,7 @@ impl Default for EngineConfig {
             lock_retry: Duration::from_secs(1),
             advertise: None,
             migrate_request_bytes: flotilla_core::limits::MAX_STEP_SQL_BYTES,
+            gate_prometheus: None,
         }
     }
 }
@@ -509,7 +514,7 @@ impl Engine {
     /// Start a rollout (leader only). Refused while another rollout is active.
     pub async fn start(
         self: &Arc<Self>,
-        spec: RolloutSpec,
+        mut spec: RolloutSpec,
         traceparent: String,
         trace_id: String,
     ) -> Result<RolloutRecord, EngineError> {
@@ -530,6 +535,7 @@ impl Engine {
         self.require_selection(&spec.selector, &traceparent).await?;
         self.preflight(&spec, &goal, &traceparent).await?;
         self.refuse_destructive(&spec, &goal, &traceparent).await?;
+        self.check_metric_gate(&mut spec).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -547,6 +553,7 @@ impl Engine {
             graph_digest: self.graph.digest(),
             goal_revision: String::new(),
             canary_fingerprint: Default::default(),
+            metric_gate: None,
         };
         self.put_rollout(&term, &mut rec).await?;
         self.spawn_run(rec.id.clone(), term, Control::Run);

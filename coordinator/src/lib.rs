@@ -12,6 +12,7 @@ mod fence;
 pub mod fleet;
 pub mod lock;
 pub mod metrics;
+pub mod prometheus;
 pub mod registry;
 pub mod rollout;
 pub mod server;

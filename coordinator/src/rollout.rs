@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 use flotilla_core::Direction;
 use flotilla_proto as pb;
 
+pub mod metric_gate;
 pub mod selector;
 pub mod waves;
 
+pub use metric_gate::{DEFAULT_GATE_WINDOW, GateWait, MetricGate};
 pub use selector::{Selector, SelectorError};
 pub use waves::{Budget, WaveSize, assign_waves};
 
@@ -88,6 +90,9 @@ pub struct RolloutSpec {
     /// written before the field existed read as the default.
     #[serde(default = "default_agent_wait_ms")]
     pub agent_wait_ms: u64,
+    /// The query that must stay empty or 0 for a window after each wave but the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_gate: Option<MetricGate>,
 }
 
 impl Default for RolloutSpec {
@@ -110,6 +115,7 @@ impl Default for RolloutSpec {
             retry_max_elapsed_ms: 0,
             allow_foreign: false,
             agent_wait_ms: default_agent_wait_ms(),
+            metric_gate: None,
         }
     }
 }
@@ -134,6 +140,7 @@ impl RolloutSpec {
             retry_max_elapsed_ms: self.retry_max_elapsed_ms,
             allow_foreign: self.allow_foreign,
             agent_wait_ms: self.agent_wait_ms,
+            metric_gate: self.metric_gate.as_ref().map(MetricGate::to_proto),
         }
     }
 
@@ -205,6 +212,7 @@ impl RolloutSpec {
             } else {
                 p.agent_wait_ms
             },
+            metric_gate: MetricGate::from_proto(p.metric_gate.as_ref())?,
         })
     }
 }
@@ -397,6 +405,9 @@ pub struct RolloutRecord {
     /// The canary's schema fingerprint per dialect, once known (the reference of the gate).
     #[serde(default)]
     pub canary_fingerprint: std::collections::BTreeMap<String, String>,
+    /// Set while the metric gate holds the next wave back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_gate: Option<GateWait>,
 }
 
 impl RolloutRecord {
@@ -415,6 +426,11 @@ impl RolloutRecord {
             fencing_token: self.fencing_token,
             graph_digest: self.graph_digest.clone(),
             goal_revision: self.goal_revision.clone(),
+            metric_gate: self
+                .metric_gate
+                .as_ref()
+                .zip(self.spec.metric_gate.as_ref())
+                .map(|(wait, gate)| wait.to_proto(gate)),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Test kit: real etcd, PostgreSQL and MariaDB servers in temp dirs on free loopback ports.
+//! Test kit: real etcd, PostgreSQL, MariaDB and Prometheus servers in temp dirs on free loopback
+//! ports.
 //!
 //! Every integration test of Flotilla runs against real servers started from here:
 //!
@@ -28,10 +29,12 @@ mod cache;
 mod database;
 mod etcd;
 mod eventually;
+mod exporter;
 mod mariadb;
 mod pki;
 mod postgres;
 mod process;
+mod prometheus;
 mod proxy;
 mod sqlite;
 mod supervisor;
@@ -39,9 +42,11 @@ mod workdir;
 
 pub use etcd::Etcd;
 pub use eventually::{eventually, eventually_true};
+pub use exporter::Exporter;
 pub use mariadb::MariaDb;
 pub use pki::{CertFiles, Pki};
 pub use postgres::{Postgres, PostgresOptions};
 pub use process::free_port;
+pub use prometheus::Prometheus;
 pub use proxy::{FaultProxy, HangUp};
 pub use sqlite::sqlite_database;

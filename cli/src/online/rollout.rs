@@ -26,7 +26,7 @@ pub enum RolloutCommand {
         #[command(flatten)]
         client: ClientArgs,
         #[command(flatten)]
-        spec: SpecArgs,
+        spec: Box<SpecArgs>,
         #[arg(long)]
         wait: bool,
     },

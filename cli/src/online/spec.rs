@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use flotilla_coordinator::rollout::{
-    Budget, DEFAULT_AGENT_WAIT, DEFAULT_MAX_PARALLEL, RolloutSpec, Selector, WaveSize,
+    Budget, DEFAULT_AGENT_WAIT, DEFAULT_MAX_PARALLEL, MetricGate, RolloutSpec, Selector, WaveSize,
 };
 
 use crate::args::parse_duration;
@@ -113,6 +113,18 @@ pub struct SpecArgs {
     /// before it fails, e.g. 5m [default: the coordinator's, 2m]
     #[arg(long, env = "FLOTILLA_AGENT_WAIT", value_name = "DURATION", value_parser = parse_duration)]
     pub agent_wait: Option<Duration>,
+    /// Metric gate: a PromQL query that must return an empty result or 0 throughout
+    /// --gate-window after the canary and after each wave but the last; otherwise (or when
+    /// Prometheus cannot answer) the rollout halts, e.g. 'sum(rate(http_errors_total[1m])) > 0'
+    #[arg(long, env = "FLOTILLA_GATE_QUERY", value_name = "PROMQL")]
+    pub gate_query: Option<String>,
+    /// How long the gate query must stay empty or 0 after each wave, e.g. 2m [default: 2m]
+    #[arg(long, env = "FLOTILLA_GATE_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub gate_window: Option<Duration>,
+    /// The Prometheus the gate asks, http://host:port[/prefix] [default: the coordinator's
+    /// --gate-prometheus]
+    #[arg(long, env = "FLOTILLA_GATE_PROMETHEUS", value_name = "URL")]
+    pub gate_prometheus: Option<String>,
 }
 
 impl SpecArgs {
@@ -124,6 +136,7 @@ impl SpecArgs {
             .collect::<Result<Vec<_>, _>>()
             .map_err(CliError::Refused)?;
         let implied_down = self.goal == "base" || self.goal.starts_with('-');
+        let metric_gate = self.metric_gate()?;
         Ok(RolloutSpec {
             goal: self.goal.clone(),
             selector: self.select.selector()?,
@@ -150,6 +163,36 @@ impl SpecArgs {
                 Some(wait) => u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 None => DEFAULT_AGENT_WAIT.as_millis() as u64,
             },
+            metric_gate,
         })
+    }
+
+    /// The gate flags, checked like the coordinator checks them (a URL without a query is
+    /// ignored: `FLOTILLA_GATE_PROMETHEUS` may be set for the coordinator in the same place).
+    fn metric_gate(&self) -> Result<Option<MetricGate>, CliError> {
+        let query = self
+            .gate_query
+            .as_deref()
+            .map(str::trim)
+            .unwrap_or_default();
+        if query.is_empty() {
+            if self.gate_window.is_some() {
+                return Err(CliError::Refused(
+                    "--gate-window needs a --gate-query 'PROMQL' to evaluate".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if self.gate_window.is_some_and(|w| w.is_zero()) {
+            return Err(CliError::Refused(
+                "--gate-window must be longer than 0; give e.g. 2m".into(),
+            ));
+        }
+        let wire = flotilla_proto::MetricGate {
+            query: query.to_owned(),
+            window_ms: ms(self.gate_window),
+            prometheus_url: self.gate_prometheus.clone().unwrap_or_default(),
+        };
+        MetricGate::from_proto(Some(&wire)).map_err(CliError::Refused)
     }
 }

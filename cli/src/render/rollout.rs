@@ -1,8 +1,10 @@
 //! A rollout as people and JSON see it: [`rollout`] (state, goal, wave, counts, failed and
-//! blocked targets), [`rollouts`] (the `rollout list` table) and [`rollout_json`].
+//! blocked targets, a waiting metric gate), [`rollouts`] (the `rollout list` table),
+//! [`rollout_json`] and [`gate_line`].
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -20,6 +22,28 @@ pub(crate) fn trace_note(r: &pb::Rollout) -> String {
     } else {
         format!(" (trace {})", r.trace_id)
     }
+}
+
+/// A metric gate holding the next wave back, in one line: the wave it follows, the query,
+/// the window and the time left.
+pub(crate) fn gate_line(g: &pb::MetricGateWait) -> String {
+    let d = |ms: u64| humantime::format_duration(Duration::from_secs(ms.div_ceil(1000)));
+    format!(
+        "metric gate after wave {}: waiting for `{}` to stay empty or 0, window {}, {} left, evaluations so far: {}",
+        g.wave,
+        g.query,
+        d(g.window_ms),
+        d(g.remaining_ms),
+        g.evaluations
+    )
+}
+
+fn gate_json(g: &pb::MetricGateWait) -> Value {
+    json!({
+        "wave": g.wave, "query": g.query, "window_ms": g.window_ms,
+        "started_at": rfc3339(g.started_at_unix_ms), "ends_at": rfc3339(g.ends_at_unix_ms),
+        "evaluations": g.evaluations, "remaining_ms": g.remaining_ms,
+    })
 }
 
 /// One rollout: its JSON, or a few lines of text.
@@ -83,6 +107,9 @@ pub(crate) fn rollout(
     for t in r.targets.iter().filter(|t| t.waiting_for_agent) {
         writeln!(out, "  waiting {}: {}", t.target_id, t.message).map_err(o)?;
     }
+    if let Some(g) = &r.metric_gate {
+        writeln!(out, "  {}", gate_line(g)).map_err(o)?;
+    }
     if !r.message.is_empty() {
         writeln!(out, "  {}", r.message).map_err(o)?;
     }
@@ -127,6 +154,7 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
         "fencing_token": r.fencing_token, "graph_digest": r.graph_digest,
         "created_at": rfc3339(r.created_at_unix_ms), "updated_at": rfc3339(r.updated_at_unix_ms),
         "created_at_unix_ms": r.created_at_unix_ms, "updated_at_unix_ms": r.updated_at_unix_ms,
+        "metric_gate": r.metric_gate.as_ref().map(gate_json),
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "agent": t.agent_id, "state": target_state_name(t.state), "wave": t.wave,
             "steps_done": t.steps_done, "steps_total": t.steps_total, "retries": t.retries,
@@ -134,4 +162,35 @@ pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
             "waiting_for_agent": t.waiting_for_agent,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_waiting_gate_reads_as_one_line_and_in_json() {
+        let g = pb::MetricGateWait {
+            wave: 0,
+            query: "app_errors > 0".into(),
+            window_ms: 120_000,
+            started_at_unix_ms: 1_796_000_000_000,
+            ends_at_unix_ms: 1_796_000_120_000,
+            evaluations: 3,
+            remaining_ms: 89_400,
+        };
+        expect_test::expect!["metric gate after wave 0: waiting for `app_errors > 0` to stay empty or 0, window 2m, 1m 30s left, evaluations so far: 3"]
+            .assert_eq(&gate_line(&g));
+        let r = pb::Rollout {
+            metric_gate: Some(g),
+            ..Default::default()
+        };
+        let v = rollout_json(&r);
+        assert_eq!(v["metric_gate"]["ends_at"], "2026-11-30T00:55:20.000Z");
+        assert_eq!(v["metric_gate"]["remaining_ms"], 89_400);
+        assert_eq!(
+            rollout_json(&pb::Rollout::default())["metric_gate"],
+            Value::Null
+        );
+    }
 }

@@ -18,6 +18,7 @@ mod ha;
 mod harness;
 mod import_alembic;
 mod lock;
+mod metric_gate;
 mod metrics_truth;
 mod observability;
 mod operator_text;

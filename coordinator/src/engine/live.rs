@@ -126,6 +126,7 @@ mod tests {
             graph_digest: String::new(),
             goal_revision: String::new(),
             canary_fingerprint: Default::default(),
+            metric_gate: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The rollout loop: plan every selected target once, then run the waves in order (canary
 //! first), honouring max_parallel (overall and per database host), the failure budget, the
-//! fingerprint gate after each wave, and pause / resume / abort.
+//! fingerprint gate and the metric gate after each wave, and pause / resume / abort.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::rollout::{RolloutRecord, RolloutState, TargetRecord, TargetState, ass
 use flotilla_revision::Goal;
 
 use super::batch::{TargetWriter, write_records};
+use super::metric_gate::GateEnd;
 use super::snapshot::{PlanMemo, TargetPlanOutcome, state_digest_of};
 use super::{Control, Engine, EngineError, Term};
 
@@ -232,6 +233,18 @@ impl Engine {
                     .finish(term, &mut rec, RolloutState::Halted, why)
                     .await
                     .map(|()| true);
+            }
+            match self.metric_gate(term, &mut rec, wave, &mut control).await? {
+                GateEnd::Passed => {}
+                // The same wave again: none of its targets is left to run, and its end sees
+                // the abort (the pending targets are skipped there).
+                GateEnd::Aborted => continue,
+                GateEnd::Halted(why) => {
+                    return self
+                        .finish(term, &mut rec, RolloutState::Halted, why)
+                        .await
+                        .map(|()| true);
+                }
             }
             wave += 1;
         }
@@ -546,7 +559,7 @@ impl Engine {
     }
 
     /// Persist Paused/Running to match the requested control.
-    async fn sync_paused(
+    pub(super) async fn sync_paused(
         &self,
         term: &Term,
         rec: &mut RolloutRecord,
