@@ -39,6 +39,7 @@ mod report;
 mod run;
 pub mod snapshot;
 mod target;
+mod unreadable;
 pub mod validate;
 pub mod view;
 

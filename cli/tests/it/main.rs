@@ -18,6 +18,7 @@ mod lock;
 mod metrics_truth;
 mod observability;
 mod outcomes;
+mod planning_retry;
 mod reflection;
 mod registry;
 mod revision_apply;
