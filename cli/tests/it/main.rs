@@ -5,6 +5,7 @@ mod backups;
 mod big_revision;
 mod blips;
 mod busy;
+mod chaos;
 mod cli_online;
 mod dashboards;
 mod destructive;
