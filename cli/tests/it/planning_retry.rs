@@ -66,13 +66,23 @@ async fn a_database_refusing_connections_while_planning_is_read_again() -> Resul
     )
     .await?;
     let mut c = p.coord.client().await?;
-    let mid = c
-        .get_rollout(pb::GetRolloutRequest { id: p.id.clone() })
-        .await?
-        .into_inner();
+    let mid = rollout_when(
+        &c,
+        &p.id,
+        "the rollout says it is planning",
+        Duration::from_secs(10),
+        |r| r.message.starts_with("planning: "),
+    )
+    .await?;
     ensure!(
         targets_in(&mid, pb::TargetState::Blocked).is_empty(),
         "no target is blocked while it is read again: {mid:#?}"
+    );
+    ensure!(
+        mid.message
+            .starts_with("planning: 1 target(s) could not be read (pg: ")
+            && mid.message.contains("for up to 1m"),
+        "the rollout says what it waits for: {mid:#?}"
     );
     p.proxy.set_refusing(false);
     let end = follow_to_end(&mut c, &p.id).await?;

@@ -316,7 +316,7 @@ impl Engine {
                 rec.spec.allow_foreign,
             )
             .await?;
-        self.reread_unreadable(term, &rec.id, &mut snap, rec.spec.agent_wait())
+        self.reread_unreadable(term, rec, &mut snap, rec.spec.agent_wait())
             .await?;
         if !snap.unreachable.is_empty() {
             let list = snap

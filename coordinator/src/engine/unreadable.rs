@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::snapshot::FleetSnapshot;
 use super::{Engine, EngineError, Term};
+use crate::rollout::RolloutRecord;
 
 /// Whether a planning read of this target failed for a reason a later read may not have.
 fn transiently_unreadable(status: &flotilla_proto::TargetStatus) -> bool {
@@ -22,11 +23,12 @@ fn transiently_unreadable(status: &flotilla_proto::TargetStatus) -> bool {
 impl Engine {
     /// Read the targets of `snap` that were transiently unreadable again (one `Status` per
     /// agent per round, with backoff) until they are read, or `wait` has passed since the
-    /// first read, or the term ends. The entries read replace the failed ones.
+    /// first read, or the term ends. The entries read replace the failed ones. While it
+    /// waits, the rollout's message says which targets it waits for (`rollout get`/`watch`).
     pub(super) async fn reread_unreadable(
         &self,
         term: &Term,
-        rollout_id: &str,
+        rec: &mut RolloutRecord,
         snap: &mut FleetSnapshot,
         wait: Duration,
     ) -> Result<(), EngineError> {
@@ -50,7 +52,9 @@ impl Engine {
             }
             let waited = since.elapsed();
             if waited >= wait {
-                let waited = flotilla_core::bounds::format_duration(waited);
+                let waited = flotilla_core::bounds::format_duration(Duration::from_secs(
+                    waited.as_secs().max(1),
+                ));
                 for entry in &mut snap.targets {
                     if transiently_unreadable(&entry.status) {
                         entry.status.error = format!(
@@ -66,10 +70,24 @@ impl Engine {
                 announced = true;
                 let ids: Vec<&str> = by_agent.values().flatten().map(String::as_str).collect();
                 tracing::warn!(
-                    rollout = %rollout_id,
+                    rollout = %rec.id,
                     targets = %ids.join(", "),
                     "targets could not be read while planning (transient); reading them again within the rollout's agent wait"
                 );
+                let first = snap
+                    .targets
+                    .iter()
+                    .find(|e| transiently_unreadable(&e.status))
+                    .map(|e| e.status.error.clone())
+                    .unwrap_or_default();
+                rec.message = format!(
+                    "planning: {} target(s) could not be read ({}: {first}); reading them again \
+                     for up to {}, the rollout's agent wait",
+                    ids.len(),
+                    ids.join(", "),
+                    flotilla_core::bounds::format_duration(wait)
+                );
+                self.put_rollout(term, rec).await?;
             }
             let pause = delays
                 .next()
