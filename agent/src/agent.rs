@@ -29,6 +29,7 @@ use crate::fence::FenceMemory;
 use crate::service::validate as check;
 use crate::status::{empty_status, target_status};
 use crate::target::{Target, Targets};
+use flotilla_core::error_class::ErrorClass;
 use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::TargetState;
 use flotilla_rpc::convert::{CatalogProto, ForeignProto};
@@ -42,6 +43,10 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StepEvent, Status>> + Se
 
 /// Events buffered per Migrate call before the executor waits for the client.
 const EVENT_BUFFER: usize = 64;
+
+/// `TargetStatus.error_class` of a target whose read did not answer within the status
+/// timeout: worth reading again, like a transient database error.
+pub const STATUS_TIMEOUT_CLASS: &str = "timeout";
 
 /// A Flotilla agent serving a set of targets.
 pub struct Agent {
@@ -76,12 +81,14 @@ async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
 /// The target's history and fence token, read without writing anything.
 /// What Status reports of a target: its state and, when it has no Flotilla history, other
 /// tools' version tables.
-async fn read_status(target: &Target) -> Result<(TargetState, Vec<ForeignTable>), AgentError> {
-    target
-        .driver
-        .read_status()
-        .await
-        .map_err(|e| driver_error(&target.id, e))
+/// The target's state, or the error with its transient class (`None`: permanent).
+async fn read_status(
+    target: &Target,
+) -> Result<(TargetState, Vec<ForeignTable>), (AgentError, Option<ErrorClass>)> {
+    target.driver.read_status().await.map_err(|e| {
+        let class = e.class();
+        (driver_error(&target.id, e), class)
+    })
 }
 
 /// The target's history and, unless skipped, its schema fingerprint (and, when asked for,
@@ -290,18 +297,20 @@ impl Agent {
             group_transactions: !req.transaction_per_step,
             report_fingerprint: req.report_fingerprint,
         };
-        self.tasks.spawn(
-            async move {
-                if let Err(e) = exec.run(planned).await {
-                    flotilla_rpc::telemetry::record_failure(
-                        &tracing::Span::current(),
-                        &e.to_string(),
-                    );
-                    let _ = tx.send(Err(e.to_status())).await;
-                }
+        self.tasks.spawn(async move {
+            let failed = async {
+                let e = exec.run(planned).await.err()?;
+                flotilla_rpc::telemetry::record_failure(&tracing::Span::current(), &e.to_string());
+                Some(e.to_status())
             }
-            .instrument(span),
-        );
+            .instrument(span)
+            .await;
+            // The `migrate` span has closed by now; only then does the stream end (here, or
+            // when `tx` drops), so the server span that covers the stream outlasts it.
+            if let Some(status) = failed {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
         // A succeeded step committed the token with the target's fence row.
         let events = ReceiverStream::new(rx).inspect(move |ev| {
             if let Ok(StepEvent {
@@ -356,8 +365,9 @@ impl Agent {
                             ..target_status(&t, &state, include_history)
                         }
                     }
-                    Ok(Err(e)) => TargetStatus {
+                    Ok(Err((e, class))) => TargetStatus {
                         error: e.to_string(),
+                        error_class: class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
                         ..empty_status(&t)
                     },
                     Err(_) => TargetStatus {
@@ -366,6 +376,7 @@ impl Agent {
                             t.id,
                             timeout.as_millis()
                         ),
+                        error_class: STATUS_TIMEOUT_CLASS.to_owned(),
                         ..empty_status(&t)
                     },
                 }

@@ -40,6 +40,7 @@ mod report;
 mod run;
 pub mod snapshot;
 mod target;
+mod unreadable;
 pub mod validate;
 pub mod view;
 

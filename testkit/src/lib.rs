@@ -23,6 +23,8 @@
 //!   `FLOTILLA_TESTKIT_NO_CACHE`.
 //! - Stdout and stderr of each server go to a log file in its temp dir; startup errors include
 //!   its tail.
+//! - Faults: servers stop (a crash) and restart on their data; [`Program`] runs any other
+//!   process (an agent, a coordinator) so that it can be killed, restarted and frozen.
 //! - Wait for events with [`eventually`], not sleeps.
 
 mod cache;
@@ -35,6 +37,7 @@ mod pki;
 mod postgres;
 mod process;
 mod prometheus;
+mod program;
 mod proxy;
 mod sqlite;
 mod supervisor;
@@ -48,5 +51,6 @@ pub use pki::{CertFiles, Pki};
 pub use postgres::{Postgres, PostgresOptions};
 pub use process::free_port;
 pub use prometheus::Prometheus;
+pub use program::Program;
 pub use proxy::{FaultProxy, HangUp};
 pub use sqlite::sqlite_database;

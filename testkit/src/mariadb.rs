@@ -139,7 +139,13 @@ impl MariaDb {
         self.create_database(&database::unique_name()).await
     }
 
-    /// Clean shutdown (SIGTERM), then starts again on the same port and data dir and waits
+    /// Crashes the server (SIGKILL: InnoDB recovers on the next start); [`MariaDb::restart`]
+    /// starts it again on the same port and data dir.
+    pub fn stop(&self) {
+        self.server.kill();
+    }
+
+    /// Clean shutdown (SIGTERM; a no-op after [`MariaDb::stop`]), then starts again on the same port and data dir and waits
     /// until the server answers. Existing connections break.
     pub async fn restart(&self) -> anyhow::Result<()> {
         let url = self.server_url();

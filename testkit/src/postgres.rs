@@ -189,7 +189,15 @@ impl Postgres {
         self.create_database(&database::unique_name()).await
     }
 
-    /// Fast shutdown (SIGINT: open connections are closed), then starts again on the same port
+    /// Crashes the server: immediate shutdown (SIGQUIT: no checkpoint, connections cut; the
+    /// next start runs crash recovery), SIGKILL if that hangs. [`Postgres::restart`] starts it
+    /// again on the same port and data dir.
+    pub fn stop(&self) {
+        self.server.kill();
+    }
+
+    /// Fast shutdown (SIGINT: open connections are closed; a no-op after
+    /// [`Postgres::stop`]), then starts again on the same port
     /// and data dir and waits until the server answers. Existing connections break.
     pub async fn restart(&self) -> anyhow::Result<()> {
         let url = admin_url(self.port);

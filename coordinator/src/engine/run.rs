@@ -321,13 +321,15 @@ impl Engine {
         rec: &mut RolloutRecord,
         goal: &Goal,
     ) -> Result<(), EngineError> {
-        let snap = self
+        let mut snap = self
             .planning_snapshot(
                 &rec.spec.selector,
                 goal,
                 rec.spec.allow_downgrade,
                 rec.spec.allow_foreign,
             )
+            .await?;
+        self.reread_unreadable(term, rec, &mut snap, rec.spec.agent_wait())
             .await?;
         if !snap.unreachable.is_empty() {
             let list = snap

@@ -497,7 +497,7 @@ impl Engine {
     }
 
     /// Read `target_ids` on `agent` (one Status) and record what they reported in the view.
-    async fn read_for_planning(
+    pub(super) async fn read_for_planning(
         &self,
         agent: &Arc<dyn AgentClient>,
         target_ids: Vec<String>,

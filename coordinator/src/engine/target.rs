@@ -508,7 +508,7 @@ impl Engine {
 
     /// Backoff between attempts at an unreachable agent: unbounded in count, the rollout's
     /// agent wait bounds it in time.
-    fn agent_wait_backoff(&self) -> ExponentialBuilder {
+    pub(super) fn agent_wait_backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.config.agent_backoff_min)
             .with_max_delay(self.config.agent_backoff_max)
