@@ -8,6 +8,9 @@ use clap::{Args, ValueEnum};
 
 use flotilla_coordinator::telemetry::LogFormat;
 
+/// The migrations directory when `--migrations` is not given.
+pub const DEFAULT_MIGRATIONS: &str = "migrations";
+
 /// Flags every command accepts.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
@@ -16,7 +19,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "FLOTILLA_MIGRATIONS",
-        default_value = "migrations",
+        default_value = DEFAULT_MIGRATIONS,
         value_name = "DIR"
     )]
     pub migrations: PathBuf,

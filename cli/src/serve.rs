@@ -16,6 +16,7 @@ use crate::error::CliError;
 use flotilla_coordinator::backend::{BackendConfig, DEFAULT_PREFIX, default_holder_id};
 use flotilla_coordinator::engine::EngineConfig;
 use flotilla_coordinator::server::{CoordinatorConfig, TlsConfig, build, serve};
+use flotilla_coordinator::sets::DEFAULT_KEEP_SETS;
 use flotilla_coordinator::telemetry::Hooks;
 
 #[derive(Debug, Clone, Args)]
@@ -65,6 +66,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Migration sets no rollout refers to that are kept (newest first); older ones are
+    /// removed from the state store
+    #[arg(long, env = "FLOTILLA_KEEP_SETS", default_value_t = DEFAULT_KEEP_SETS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_sets: u64,
     #[command(flatten)]
     pub tls: flotilla_rpc::tls::PeerTlsArgs,
 }
@@ -87,7 +93,7 @@ impl ServeArgs {
         check_listen(self.listen, tls.server.as_ref(), tls.plaintext)
             .map_err(|e| CliError::Refused(e.to_string()))?;
         Ok(CoordinatorConfig {
-            migrations: global.migrations.clone(),
+            migrations: default_set_dir(global),
             backend: BackendConfig {
                 etcd_endpoints: self
                     .etcd
@@ -113,11 +119,21 @@ impl ServeArgs {
                     (!self.listen.ip().is_unspecified())
                         .then(|| format!("{scheme}://{}", self.listen))
                 }),
+                keep_sets: self.keep_sets as usize,
                 ..EngineConfig::default()
             },
             tls,
         })
     }
+}
+
+/// The coordinator's default migration set: `--migrations` when that directory exists. The
+/// flag's default (`migrations`) may be absent: the coordinator then plans only with the sets
+/// the CLI uploads. A directory given explicitly must exist (its load fails otherwise).
+fn default_set_dir(global: &GlobalArgs) -> Option<PathBuf> {
+    let dir = &global.migrations;
+    let implicit = dir.as_path() == std::path::Path::new(crate::args::DEFAULT_MIGRATIONS);
+    (!implicit || dir.is_dir()).then(|| dir.clone())
 }
 
 /// Resolves on SIGTERM or SIGINT.

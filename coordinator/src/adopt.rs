@@ -231,7 +231,7 @@ pub async fn adopt(
         let dialects: BTreeMap<&str, i32> =
             targets.iter().map(|(id, d)| (id.as_str(), *d)).collect();
         for tf in &report.targets {
-            let d = decide(graph, tf, from);
+            let d = decide(&graph, tf, from);
             // Adopt now, or (adopted earlier, with `retire`) only retire its version table.
             let (tool, revisions) = match (&d, dry_run) {
                 (Decision::Adopt { tool, revisions }, false) => (tool, revisions.as_slice()),

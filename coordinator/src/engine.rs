@@ -37,11 +37,13 @@ mod pack;
 pub mod preflight;
 mod report;
 mod run;
+pub mod sets;
 pub mod snapshot;
 mod target;
 pub mod validate;
 pub mod view;
 
+pub use sets::DefaultSet;
 pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
 
 /// How soon a rollout interrupted by an error other than its term's end is resumed, at
@@ -110,6 +112,22 @@ pub enum EngineError {
     /// are not allowed.
     #[error("{0}")]
     Destructive(String),
+    /// An uploaded (or the default) set does not validate: every error, file:line.
+    #[error("{0}")]
+    SetInvalid(String),
+    /// A request names a set the state store does not hold.
+    #[error(
+        "the coordinator has no migration set {0}: upload it first (the CLI does when given --migrations DIR)"
+    )]
+    SetUnknown(String),
+    /// A request names no set and the coordinator has no default one.
+    #[error(
+        "no migration set: run the command with --migrations DIR (the CLI uploads the set), or start the coordinator with --migrations"
+    )]
+    NoSet,
+    /// A stored set cannot be read back intact.
+    #[error("{0}")]
+    SetCorrupt(String),
 }
 
 impl From<StoreError> for EngineError {
@@ -188,6 +206,9 @@ pub struct EngineConfig {
     /// several requests (`engine/pack.rs`). The default is the largest step a revision may
     /// hold, which the agent's default message limit takes with room to spare.
     pub migrate_request_bytes: usize,
+    /// Migration sets no rollout refers to that garbage collection keeps, newest first
+    /// (default [`crate::sets::DEFAULT_KEEP_SETS`]).
+    pub keep_sets: usize,
 }
 
 impl Default for EngineConfig {
@@ -199,12 +220,14 @@ impl Default for EngineConfig {
             lock_retry: Duration::from_secs(1),
             advertise: None,
             migrate_request_bytes: flotilla_core::limits::MAX_STEP_SQL_BYTES,
+            keep_sets: crate::sets::DEFAULT_KEEP_SETS,
         }
     }
 }
 
 pub struct Engine {
-    pub(crate) graph: Arc<Graph>,
+    /// The migration sets planned with (see `sets.rs`).
+    pub(crate) sets: sets::SetCache,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: EngineConfig,
@@ -222,13 +245,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        graph: Arc<Graph>,
+        default_set: Option<DefaultSet>,
         store: Arc<dyn StateStore>,
         registry: Arc<Registry>,
         config: EngineConfig,
     ) -> Arc<Engine> {
         Arc::new(Engine {
-            graph,
+            sets: sets::SetCache::new(default_set),
             store,
             registry,
             config,
@@ -240,10 +263,6 @@ impl Engine {
             live: live::LiveRollouts::default(),
             store_health: durable::StoreHealth::default(),
         })
-    }
-
-    pub fn graph(&self) -> &Arc<Graph> {
-        &self.graph
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -356,6 +375,10 @@ impl Engine {
                     }
                 }
                 Err(e) => tracing::warn!("cannot announce the new fencing token: {e}"),
+            }
+            // Before resuming: a rollout started with the default set finds it stored.
+            if let Err(e) = self.register_default_set(&term).await {
+                tracing::error!("cannot store the default migration set: {e}");
             }
             if let Err(e) = self.resume_all(&term).await {
                 tracing::error!("cannot resume rollouts: {e}");
@@ -471,14 +494,14 @@ impl Engine {
 
     /// Parse a goal and check it names something in the graph: an unknown revision is
     /// refused up front instead of blocking every target.
-    pub fn goal(&self, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
+    pub fn goal(&self, graph: &Graph, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
         let parsed: flotilla_revision::Goal =
             goal.parse().map_err(|source| EngineError::InvalidGoal {
                 goal: goal.to_owned(),
                 source,
             })?;
         if let flotilla_revision::Goal::Revision(id) = &parsed
-            && !self.graph.contains(id)
+            && !graph.contains(id)
         {
             return Err(EngineError::InvalidArgument(format!(
                 "goal {goal:?}: no such revision in the migrations (see `flotilla revisions`)"
@@ -490,12 +513,14 @@ impl Engine {
     /// Start a rollout (leader only). Refused while another rollout is active.
     pub async fn start(
         self: &Arc<Self>,
-        spec: RolloutSpec,
+        mut spec: RolloutSpec,
         traceparent: String,
         trace_id: String,
     ) -> Result<RolloutRecord, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
-        let goal = self.goal(&spec.goal)?;
+        let (digest, graph) = self.graph_of(&spec.set_digest).await?;
+        spec.set_digest = digest;
+        let goal = self.goal(&graph, &spec.goal)?;
         if let Some(active) = self
             .list()
             .await?
@@ -509,8 +534,9 @@ impl Engine {
             )));
         }
         self.require_selection(&spec.selector, &traceparent).await?;
-        self.preflight(&spec, &goal, &traceparent).await?;
-        self.refuse_destructive(&spec, &goal, &traceparent).await?;
+        self.preflight(&graph, &spec, &goal, &traceparent).await?;
+        self.refuse_destructive(&graph, &spec, &goal, &traceparent)
+            .await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -525,7 +551,7 @@ impl Engine {
             trace_id,
             traceparent,
             fencing_token: term.token,
-            graph_digest: self.graph.digest(),
+            graph_digest: graph.digest(),
             goal_revision: String::new(),
             canary_fingerprint: Default::default(),
         };

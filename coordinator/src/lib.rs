@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod registry;
 pub mod rollout;
 pub mod server;
+pub mod sets;
 pub mod store;
 pub mod telemetry;

@@ -88,6 +88,11 @@ pub struct RolloutSpec {
     /// written before the field existed read as the default.
     #[serde(default = "default_agent_wait_ms")]
     pub agent_wait_ms: u64,
+    /// The migration set (its digest); empty in a request = the coordinator's default set,
+    /// which the engine writes here when it records the rollout. Records written before the
+    /// field existed read as empty: the default set.
+    #[serde(default)]
+    pub set_digest: String,
 }
 
 impl Default for RolloutSpec {
@@ -110,6 +115,7 @@ impl Default for RolloutSpec {
             retry_max_elapsed_ms: 0,
             allow_foreign: false,
             agent_wait_ms: default_agent_wait_ms(),
+            set_digest: String::new(),
         }
     }
 }
@@ -134,6 +140,7 @@ impl RolloutSpec {
             retry_max_elapsed_ms: self.retry_max_elapsed_ms,
             allow_foreign: self.allow_foreign,
             agent_wait_ms: self.agent_wait_ms,
+            set_digest: self.set_digest.clone(),
         }
     }
 
@@ -205,6 +212,7 @@ impl RolloutSpec {
             } else {
                 p.agent_wait_ms
             },
+            set_digest: p.set_digest.trim().to_owned(),
         })
     }
 }
@@ -415,6 +423,7 @@ impl RolloutRecord {
             fencing_token: self.fencing_token,
             graph_digest: self.graph_digest.clone(),
             goal_revision: self.goal_revision.clone(),
+            set_digest: self.spec.set_digest.clone(),
         }
     }
 }

@@ -150,6 +150,8 @@ impl SpecArgs {
                 Some(wait) => u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 None => DEFAULT_AGENT_WAIT.as_millis() as u64,
             },
+            // Filled in by the command once it knows the set it sends.
+            set_digest: String::new(),
         })
     }
 }

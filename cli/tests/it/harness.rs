@@ -383,7 +383,7 @@ impl TestCoordinator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}", listener.local_addr()?);
         let mut config = CoordinatorConfig {
-            migrations: migrations.to_owned(),
+            migrations: Some(migrations.to_owned()),
             backend: BackendConfig {
                 etcd_endpoints: etcd.map(|e| vec![e.to_owned()]).unwrap_or_default(),
                 prefix: prefix.to_owned(),

@@ -30,13 +30,18 @@ pub(super) async fn status(
     let req = req.into_inner();
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (set_digest, graph) = api
+        .engine
+        .graph_of(&req.set_digest)
+        .await
+        .map_err(status_of)?;
     let snap = api.engine.select(&selector).await.map_err(status_of)?;
     let mut targets: Vec<pb::FleetTarget> = snap
         .targets
         .iter()
         .map(|e| pb::FleetTarget {
             agent_id: e.agent.id().to_owned(),
-            drift: drift_of(&api.engine, e),
+            drift: drift_of(&graph, e),
             status: Some(e.status.clone()),
         })
         .collect();
@@ -53,15 +58,15 @@ pub(super) async fn status(
     if req.include_schema {
         add_schema_drift(
             &mut targets,
-            &api.engine.validate_fleet(&snap.targets).await,
+            &api.engine.validate_fleet(&graph, &snap.targets).await,
         );
     }
-    let graph = api.engine.graph();
     crate::metrics::record_fleet(&targets, req.include_schema);
     Ok(Response::new(pb::FleetStatusResponse {
         targets,
         graph_heads: graph.heads().iter().map(|h| h.to_string()).collect(),
         graph_digest: graph.digest(),
+        set_digest,
     }))
 }
 
@@ -69,10 +74,16 @@ pub(super) async fn validate(
     api: &Api,
     req: Request<pb::FleetValidateRequest>,
 ) -> Result<Response<pb::FleetValidateResponse>, Status> {
-    let selector = Selector::from_proto(req.into_inner().selector.as_ref())
+    let req = req.into_inner();
+    let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let (_, graph) = api
+        .engine
+        .graph_of(&req.set_digest)
+        .await
+        .map_err(status_of)?;
     let snap = api.engine.select(&selector).await.map_err(status_of)?;
-    let v = api.engine.validate_fleet(&snap.targets).await;
+    let v = api.engine.validate_fleet(&graph, &snap.targets).await;
     metrics::gauge!("flotilla_fleet_drift_targets").set(v.drifted_targets().len() as f64);
     Ok(Response::new(pb::FleetValidateResponse {
         targets: v.targets,
