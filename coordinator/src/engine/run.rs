@@ -84,7 +84,12 @@ impl Engine {
             // ran (the planning Status and each Migrate's closing state and fingerprint).
             if !term.cancel.is_cancelled() {
                 let migrated = matches!(result, Ok(true)).then_some(id);
-                super::report::record_fleet_view(&engine, migrated).await;
+                // Drift against the rollout's own set, whatever other calls planned with.
+                let graph = match engine.graph_of(&rec.spec.set_digest).await {
+                    Ok((_, g)) => g,
+                    Err(_) => engine.graph(),
+                };
+                super::report::record_fleet_view(&engine, &graph, migrated).await;
             }
             result.map(|_| ())
         };
