@@ -561,3 +561,68 @@ async fn sets_no_rollout_names_are_collected_keeping_the_newest() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Result<()> {
+    use flotilla_coordinator::engine::EngineConfig;
+    use flotilla_coordinator::server::{CoordinatorConfig, build, serve};
+    use tokio_util::sync::CancellationToken;
+
+    let b = dir_of(&set_a_plus_new(false))?;
+    let (_t, targets) = sqlite_targets("t", 2)?;
+    let agent = TestAgent::start("agent", targets).await?;
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = format!("http://{}", listener.local_addr()?);
+    let config = CoordinatorConfig {
+        migrations: None,
+        backend: BackendConfig {
+            etcd_endpoints: vec![],
+            prefix: "/unused".into(),
+            lease_ttl: Duration::from_secs(5),
+            state_dir: dir.path().join("state"),
+            holder_id: "no-default-set".into(),
+        },
+        fleet_file: Some(fleet_file(dir.path(), &[&agent])?),
+        registration_ttl: Duration::from_secs(3),
+        engine: EngineConfig::default(),
+        tls: Default::default(),
+    };
+    let coord = build(&config, vec![], Default::default()).await?;
+    let engine = coord.engine.clone();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve(coord, listener, shutdown.clone()));
+    let _stop = shutdown.clone().drop_guard();
+    tokio::time::timeout(Duration::from_secs(20), engine.wait_leader()).await?;
+
+    // No set named (no ./migrations where the CLI runs) and none by default: refused.
+    let (code, out, err) = run_cli(&["status", "--coordinator", &address], None).await?;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("NO_SET") && err.contains("--migrations DIR"),
+        "the refusal says what to do: {err}"
+    );
+    // With the CLI's set, everything works.
+    let (code, out, err) = run_cli(
+        &[
+            "--migrations",
+            p(b.path())?,
+            "rollout",
+            "start",
+            "--coordinator",
+            &address,
+            "--to",
+            "head",
+            "--wait",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    for (id, revs) in applied_everywhere(&agent).await? {
+        assert_eq!(revs, vec!["0001_base", "0002_new"], "{id}");
+    }
+    shutdown.cancel();
+    server.await??;
+    Ok(())
+}
