@@ -142,7 +142,7 @@ pub async fn run(
         }
         OnlineCommand::Rollout(cmd) => rollout::run(cmd, &global.migrations, json, out).await,
         OnlineCommand::Fence(cmd) => fence::run(cmd, json, out).await,
-        OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
+        OnlineCommand::Adopt(args) => adopt::run(args, &global.migrations, json, out).await,
         OnlineCommand::Backups(args) => backups::run(args, json, out).await,
         OnlineCommand::Status { client, select } => {
             fleet::status(&client, &select, &global.migrations, json, out).await
@@ -161,7 +161,7 @@ pub async fn run(
             client,
             target,
             revision,
-        } => target::stamp(&client, target, revision, json, out).await,
+        } => target::stamp(&client, target, revision, &global.migrations, json, out).await,
         OnlineCommand::Repair {
             client,
             target,

@@ -182,6 +182,7 @@ type AgentTargets = (Arc<dyn AgentClient>, Vec<(String, i32)>);
 /// Adopt every selected target (the leader's term supplies the fencing token).
 pub async fn adopt(
     engine: &Engine,
+    graph: &Graph,
     token: u64,
     selector: &Selector,
     from: Option<&str>,
@@ -189,7 +190,6 @@ pub async fn adopt(
     retire: bool,
 ) -> Result<Vec<pb::AdoptedTarget>, EngineError> {
     let snap = engine.select(selector).await?;
-    let graph = engine.graph();
     // Per agent: the client and its selected targets with their dialects.
     let mut by_agent: BTreeMap<String, AgentTargets> = BTreeMap::new();
     for e in &snap.targets {
@@ -231,7 +231,7 @@ pub async fn adopt(
         let dialects: BTreeMap<&str, i32> =
             targets.iter().map(|(id, d)| (id.as_str(), *d)).collect();
         for tf in &report.targets {
-            let d = decide(&graph, tf, from);
+            let d = decide(graph, tf, from);
             // Adopt now, or (adopted earlier, with `retire`) only retire its version table.
             let (tool, revisions) = match (&d, dry_run) {
                 (Decision::Adopt { tool, revisions }, false) => (tool, revisions.as_slice()),

@@ -602,7 +602,23 @@ async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Res
         err.contains("NO_SET") && err.contains("--migrations DIR"),
         "the refusal says what to do: {err}"
     );
-    // With the CLI's set, everything works.
+    // With the CLI's set, everything works: an operator stamp, then a rollout.
+    let (code, out, err) = run_cli(
+        &[
+            "--migrations",
+            p(b.path())?,
+            "stamp",
+            "--coordinator",
+            &address,
+            "--target",
+            "t01",
+            "--revision",
+            "0001_base",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0, "{out}{err}");
     let (code, out, err) = run_cli(
         &[
             "--migrations",
@@ -614,6 +630,8 @@ async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Res
             "--to",
             "head",
             "--wait",
+            // t01 was stamped (no table created): its schema differs on purpose.
+            "--no-fingerprint-gate",
         ],
         None,
     )
@@ -622,6 +640,17 @@ async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Res
     for (id, revs) in applied_everywhere(&agent).await? {
         assert_eq!(revs, vec!["0001_base", "0002_new"], "{id}");
     }
+    let stamped = agent.statuses(true).await?["t01"]
+        .history
+        .iter()
+        .filter(|h| h.revision == "0001_base")
+        .map(|h| h.status.clone())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        stamped,
+        vec!["stamped"],
+        "t01's 0001_base was stamped, not run"
+    );
     shutdown.cancel();
     server.await??;
     Ok(())

@@ -25,7 +25,11 @@ pub(super) async fn stamp(
     let dialect = e
         .dialect()
         .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
-    let graph = api.engine.graph();
+    let (_, graph) = api
+        .engine
+        .graph_of(&req.set_digest)
+        .await
+        .map_err(status_of)?;
     let goal: Goal = api.engine.goal(&graph, &req.revision).map_err(status_of)?;
     let plan = flotilla_revision::plan(&graph, &history_of(&e.status), &goal, dialect)
         .map_err(|b| Status::failed_precondition(b.to_string()))?;
