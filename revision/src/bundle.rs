@@ -156,7 +156,13 @@ impl Bundle {
             if path == crate::lint::CONFIG_FILE {
                 config = match std::str::from_utf8(bytes) {
                     Ok(text) => LintConfig::parse(lint_path, text),
-                    Err(_) => LintConfig::parse(lint_path, "\u{0}"),
+                    Err(e) => Err(crate::parse::ParseError {
+                        path: lint_path.to_owned(),
+                        line: None,
+                        kind: crate::parse::ParseErrorKind::LintConfig {
+                            message: format!("not UTF-8 text ({e})"),
+                        },
+                    }),
                 };
             } else if path.ends_with(".sql") {
                 sql.push((PathBuf::from(path), bytes.clone()));
