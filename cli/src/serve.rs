@@ -128,12 +128,14 @@ impl ServeArgs {
 }
 
 /// The coordinator's default migration set: `--migrations` when that directory exists. The
-/// flag's default (`migrations`) may be absent: the coordinator then plans only with the sets
-/// the CLI uploads. A directory given explicitly must exist (its load fails otherwise).
+/// flag's default (`migrations`) may be absent, and `--migrations=` (empty) asks for none:
+/// the coordinator then plans only with the sets the CLI uploads. Another directory must
+/// exist (its load fails otherwise).
 fn default_set_dir(global: &GlobalArgs) -> Option<PathBuf> {
     let dir = &global.migrations;
     let implicit = dir.as_path() == std::path::Path::new(crate::args::DEFAULT_MIGRATIONS);
-    (!implicit || dir.is_dir()).then(|| dir.clone())
+    let none = dir.as_os_str().is_empty() || (implicit && !dir.is_dir());
+    (!none).then(|| dir.clone())
 }
 
 /// Resolves on SIGTERM or SIGINT.

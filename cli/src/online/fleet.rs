@@ -170,6 +170,12 @@ fn missing(resp: &pb::FleetStatusResponse, revision: &str) -> Vec<String> {
         return vec!["(no target matches the selector)".into()];
     }
     let wanted: Vec<String> = if revision == "head" {
+        if resp.graph_heads.is_empty() {
+            return vec![
+                "(no migration set to tell the head: pass --migrations DIR or pin --revision)"
+                    .into(),
+            ];
+        }
         resp.graph_heads.clone()
     } else {
         vec![revision.to_owned()]

@@ -1,7 +1,8 @@
 //! The migration set a planning command sends: the digest of `--migrations` (a
 //! content-addressed bundle, `flotilla_revision::Bundle`), uploaded first when the
 //! coordinator's state store lacks it. Without the directory (the flag's default, absent) the
-//! command names no set and the coordinator plans with its own default set.
+//! command names no set and the coordinator plans with its own default set (so does an
+//! empty `--migrations=`).
 
 use std::path::Path;
 
@@ -23,7 +24,9 @@ pub(crate) async fn ensure_set(
     c: &mut CoordinatorServiceClient<Channel>,
     dir: &Path,
 ) -> Result<String, CliError> {
-    if dir == Path::new(DEFAULT_MIGRATIONS) && !dir.is_dir() {
+    // `--migrations=` (empty) names no set explicitly, e.g. in the image, whose
+    // FLOTILLA_MIGRATIONS points at the examples.
+    if dir.as_os_str().is_empty() || (dir == Path::new(DEFAULT_MIGRATIONS) && !dir.is_dir()) {
         return Ok(String::new());
     }
     let bundle = Bundle::load_dir(dir)?;

@@ -176,6 +176,22 @@ async fn a_new_revision_in_the_clis_set_rolls_out_without_a_coordinator_restart(
     let v: Value = serde_json::from_str(&out)?;
     assert_eq!(v["graph_heads"], serde_json::json!(["0001_base"]), "{v}");
     assert_eq!(v["set_digest"], Value::from(digest_of(a.path())?), "{v}");
+    // `--migrations=` names no set: the coordinator's default (A).
+    let (code, out, err) = run_cli(
+        &[
+            "--migrations=",
+            "--output",
+            "json",
+            "status",
+            "--coordinator",
+            &coord.address,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!(v["set_digest"], Value::from(digest_of(a.path())?), "{v}");
     Ok(())
 }
 
@@ -595,13 +611,42 @@ async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Res
     let _stop = shutdown.clone().drop_guard();
     tokio::time::timeout(Duration::from_secs(20), engine.wait_leader()).await?;
 
-    // No set named (no ./migrations where the CLI runs) and none by default: refused.
-    let (code, out, err) = run_cli(&["status", "--coordinator", &address], None).await?;
+    // No set named (no ./migrations where the CLI runs) and none by default: a plan is
+    // refused, saying what to do.
+    let (code, out, err) = run_cli(&["plan", "--coordinator", &address], None).await?;
     assert_ne!(code, 0, "{out}");
     assert!(
         err.contains("NO_SET") && err.contains("--migrations DIR"),
         "the refusal says what to do: {err}"
     );
+    // The fleet's state needs no set: status answers without heads or drift, and `wait` for
+    // "head" keeps waiting, saying why.
+    let (code, out, err) = run_cli(
+        &["--output", "json", "status", "--coordinator", &address],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!(v["targets"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["graph_heads"], serde_json::json!([]), "{v}");
+    let (code, out, err) = run_cli(
+        &[
+            "wait",
+            "--coordinator",
+            &address,
+            "--revision",
+            "head",
+            "--timeout",
+            "1s",
+            "--interval",
+            "100ms",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(out.contains("no migration set to tell the head"), "{out}");
     // With the CLI's set, everything works: an operator stamp, then a rollout.
     let (code, out, err) = run_cli(
         &[

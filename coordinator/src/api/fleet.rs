@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use flotilla_proto as pb;
 
 use super::{Api, check_id, status_of};
+use crate::engine::EngineError;
 use crate::engine::validate::{FleetValidation, drift_line};
 use crate::engine::view::drift_of;
 use crate::rollout::Selector;
@@ -30,18 +31,23 @@ pub(super) async fn status(
     let req = req.into_inner();
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let (set_digest, graph) = api
-        .engine
-        .graph_of(&req.set_digest)
-        .await
-        .map_err(status_of)?;
+    // The fleet's state needs no set: without one (none named, no default) the answer has
+    // no heads and no drift, rather than no answer (`wait` on a pinned revision works).
+    let set = match api.engine.graph_of(&req.set_digest).await {
+        Ok(set) => Some(set),
+        Err(EngineError::NoSet) => None,
+        Err(e) => return Err(status_of(e)),
+    };
     let snap = api.engine.select(&selector).await.map_err(status_of)?;
     let mut targets: Vec<pb::FleetTarget> = snap
         .targets
         .iter()
         .map(|e| pb::FleetTarget {
             agent_id: e.agent.id().to_owned(),
-            drift: drift_of(&graph, e),
+            drift: set
+                .as_ref()
+                .map(|(_, g)| drift_of(g, e))
+                .unwrap_or_default(),
             status: Some(e.status.clone()),
         })
         .collect();
@@ -55,6 +61,12 @@ pub(super) async fn status(
             drift: vec![],
         });
     }
+    let Some((set_digest, graph)) = set else {
+        return Ok(Response::new(pb::FleetStatusResponse {
+            targets,
+            ..Default::default()
+        }));
+    };
     if req.include_schema {
         add_schema_drift(
             &mut targets,
