@@ -700,3 +700,58 @@ async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Res
     server.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_sent_to_a_standby_is_stored_by_the_leader() -> Result<()> {
+    let etcd = Etcd::start().await?;
+    let prefix = format!("/flotilla-sets-{}", uuid::Uuid::new_v4());
+    let a = dir_of(&set_a())?;
+    let b = dir_of(&set_a_plus_new(false))?;
+    let (_t, targets) = sqlite_targets("t", 2)?;
+    let agent = TestAgent::start("agent", targets).await?;
+    let entries = vec![(agent.id.clone(), agent.address.clone())];
+    let leader =
+        TestCoordinator::start_opts(a.path(), &entries, Some(&etcd.endpoint()), &prefix, true)
+            .await?;
+    let standby =
+        TestCoordinator::start_opts(a.path(), &entries, Some(&etcd.endpoint()), &prefix, false)
+            .await?;
+    assert!(
+        standby.engine.term().is_none(),
+        "the second coordinator stands by"
+    );
+
+    let (code, out, err) = run_cli(
+        &[
+            "--migrations",
+            p(b.path())?,
+            "--output",
+            "json",
+            "plan",
+            "--coordinator",
+            &standby.address,
+            "--to",
+            "head",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(code, 0, "{out}{err}");
+    let plan: Value = serde_json::from_str(&out)?;
+    let digest = digest_of(b.path())?;
+    assert_eq!(plan["set_digest"], Value::from(digest.clone()));
+    for t in plan["targets"].as_array().context("targets")? {
+        assert_eq!(t["steps"].as_array().map(Vec::len), Some(2), "{t}");
+    }
+    let has = leader
+        .client()
+        .await?
+        .has_set(pb::HasSetRequest { digest })
+        .await?
+        .into_inner();
+    assert!(
+        has.present,
+        "the leader stored the set the standby forwarded"
+    );
+    Ok(())
+}
