@@ -126,7 +126,7 @@ pub async fn run(
     }
 
     let config = CoordinatorConfig {
-        migrations: global.migrations.clone(),
+        migrations: Some(global.migrations.clone()),
         backend: BackendConfig {
             etcd_endpoints: vec![],
             prefix: flotilla_coordinator::backend::DEFAULT_PREFIX.into(),
@@ -270,6 +270,7 @@ async fn drive(
         .fleet_status(pb::FleetStatusRequest {
             selector: None,
             include_schema: false,
+            set_digest: String::new(),
         })
         .await
         .map_err(|e| CliError::Refused(e.message().to_owned()))?

@@ -17,6 +17,7 @@ use flotilla_coordinator::backend::{BackendConfig, DEFAULT_PREFIX, default_holde
 use flotilla_coordinator::engine::EngineConfig;
 use flotilla_coordinator::rollout::metric_gate::check_url;
 use flotilla_coordinator::server::{CoordinatorConfig, TlsConfig, build, serve};
+use flotilla_coordinator::sets::DEFAULT_KEEP_SETS;
 use flotilla_coordinator::telemetry::Hooks;
 
 #[derive(Debug, Clone, Args)]
@@ -70,6 +71,11 @@ pub struct ServeArgs {
     /// --gate-prometheus (http://host:port[/prefix])
     #[arg(long, env = "FLOTILLA_GATE_PROMETHEUS", value_name = "URL")]
     pub gate_prometheus: Option<String>,
+    /// Migration sets no rollout refers to that are kept (newest first); older ones are
+    /// removed from the state store
+    #[arg(long, env = "FLOTILLA_KEEP_SETS", default_value_t = DEFAULT_KEEP_SETS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_sets: u64,
     #[command(flatten)]
     pub tls: flotilla_rpc::tls::PeerTlsArgs,
 }
@@ -100,7 +106,7 @@ impl ServeArgs {
             .transpose()
             .map_err(CliError::Refused)?;
         Ok(CoordinatorConfig {
-            migrations: global.migrations.clone(),
+            migrations: default_set_dir(global),
             backend: BackendConfig {
                 etcd_endpoints: self
                     .etcd
@@ -127,11 +133,23 @@ impl ServeArgs {
                         .then(|| format!("{scheme}://{}", self.listen))
                 }),
                 gate_prometheus,
+                keep_sets: self.keep_sets as usize,
                 ..EngineConfig::default()
             },
             tls,
         })
     }
+}
+
+/// The coordinator's default migration set: `--migrations` when that directory exists. The
+/// flag's default (`migrations`) may be absent, and `--migrations=` (empty) asks for none:
+/// the coordinator then plans only with the sets the CLI uploads. Another directory must
+/// exist (its load fails otherwise).
+fn default_set_dir(global: &GlobalArgs) -> Option<PathBuf> {
+    let dir = &global.migrations;
+    let implicit = dir.as_path() == std::path::Path::new(crate::args::DEFAULT_MIGRATIONS);
+    let none = dir.as_os_str().is_empty() || (implicit && !dir.is_dir());
+    (!none).then(|| dir.clone())
 }
 
 /// Resolves on SIGTERM or SIGINT.

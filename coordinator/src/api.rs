@@ -7,13 +7,14 @@
 //! - `fleet.rs`: fleet status and validation, a target's history;
 //! - `targets.rs`: operator calls on one target (stamp, repair); `backups.rs`: backups;
 //! - `adopt.rs`: adopting another tool's version table; `agents.rs`: register, heartbeat;
+//! - `sets.rs`: has and upload a migration set;
 //! - `forward.rs`: a standby forwards write calls to the leader (one hop only).
 //!
 //! Calls that reach agents run in a server span (`telemetry::api_span`), so each is one
 //! trace with the agents' spans inside it.
 //!
 //! **Architecture invariant:** write calls (start, pause/resume/abort, stamp, repair,
-//! restore, prune, adopt) act only on the leader: a standby forwards them, or answers
+//! restore, prune, adopt, upload set) act only on the leader: a standby forwards them, or answers
 //! `NOT_LEADER`; every call that reaches an agent carries the current term's fencing token.
 
 mod adopt;
@@ -23,6 +24,7 @@ mod fence;
 mod fleet;
 mod forward;
 mod rollouts;
+mod sets;
 mod targets;
 mod watch;
 
@@ -58,6 +60,10 @@ pub fn status_of(e: EngineError) -> Status {
         | EngineError::Gate { .. } => Status::unavailable(e.to_string()),
         EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),
         EngineError::Destructive(_) => Status::failed_precondition(format!("DESTRUCTIVE: {e}")),
+        EngineError::SetInvalid(_) => Status::invalid_argument(format!("SET_INVALID: {e}")),
+        EngineError::SetUnknown(_) => Status::failed_precondition(format!("SET_UNKNOWN: {e}")),
+        EngineError::NoSet => Status::failed_precondition(format!("NO_SET: {e}")),
+        EngineError::SetCorrupt(_) => Status::data_loss(format!("SET_CORRUPT: {e}")),
     }
 }
 
@@ -266,5 +272,19 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::FenceTakeoverResponse>, Status> {
         let span = api_span("CoordinatorService/FenceTakeover", req.metadata());
         fence::takeover(self, req).instrument(span).await
+    }
+
+    async fn has_set(
+        &self,
+        req: Request<pb::HasSetRequest>,
+    ) -> Result<Response<pb::HasSetResponse>, Status> {
+        sets::has(self, req).await
+    }
+
+    async fn upload_set(
+        &self,
+        req: Request<tonic::Streaming<pb::SetChunk>>,
+    ) -> Result<Response<pb::UploadSetResponse>, Status> {
+        sets::upload(self, req).await
     }
 }

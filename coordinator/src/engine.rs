@@ -38,12 +38,14 @@ mod pack;
 pub mod preflight;
 mod report;
 mod run;
+pub mod sets;
 pub mod snapshot;
 mod target;
 mod unreadable;
 pub mod validate;
 pub mod view;
 
+pub use sets::DefaultSet;
 pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
 
 /// How soon a rollout interrupted by an error other than its term's end is resumed, at
@@ -114,6 +116,22 @@ pub enum EngineError {
     /// are not allowed.
     #[error("{0}")]
     Destructive(String),
+    /// An uploaded (or the default) set does not validate: every error, file:line.
+    #[error("{0}")]
+    SetInvalid(String),
+    /// A request names a set the state store does not hold.
+    #[error(
+        "the coordinator has no migration set {0}: upload it first (the CLI does when given --migrations DIR)"
+    )]
+    SetUnknown(String),
+    /// A request names no set and the coordinator has no default one.
+    #[error(
+        "no migration set: run the command with --migrations DIR (the CLI uploads the set), or start the coordinator with --migrations"
+    )]
+    NoSet,
+    /// A stored set cannot be read back intact.
+    #[error("{0}")]
+    SetCorrupt(String),
 }
 
 /// `NotFound` for a rollout id as given (escaped).
@@ -211,6 +229,9 @@ pub struct EngineConfig {
     /// The Prometheus a rollout's metric gate asks when the rollout names none
     /// (`flotilla coordinator --gate-prometheus`).
     pub gate_prometheus: Option<String>,
+    /// Migration sets no rollout refers to that garbage collection keeps, newest first
+    /// (default [`crate::sets::DEFAULT_KEEP_SETS`]).
+    pub keep_sets: usize,
 }
 
 impl Default for EngineConfig {
@@ -223,12 +244,14 @@ impl Default for EngineConfig {
             advertise: None,
             migrate_request_bytes: flotilla_core::limits::MAX_STEP_SQL_BYTES,
             gate_prometheus: None,
+            keep_sets: crate::sets::DEFAULT_KEEP_SETS,
         }
     }
 }
 
 pub struct Engine {
-    pub(crate) graph: Arc<Graph>,
+    /// The migration sets planned with (see `sets.rs`).
+    pub(crate) sets: sets::SetCache,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: EngineConfig,
@@ -246,13 +269,13 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        graph: Arc<Graph>,
+        default_set: Option<DefaultSet>,
         store: Arc<dyn StateStore>,
         registry: Arc<Registry>,
         config: EngineConfig,
     ) -> Arc<Engine> {
         Arc::new(Engine {
-            graph,
+            sets: sets::SetCache::new(default_set),
             store,
             registry,
             config,
@@ -264,10 +287,6 @@ impl Engine {
             live: live::LiveRollouts::default(),
             store_health: durable::StoreHealth::default(),
         })
-    }
-
-    pub fn graph(&self) -> &Arc<Graph> {
-        &self.graph
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -380,6 +399,10 @@ impl Engine {
                     }
                 }
                 Err(e) => tracing::warn!("cannot announce the new fencing token: {e}"),
+            }
+            // Before resuming: a rollout started with the default set finds it stored.
+            if let Err(e) = self.register_default_set(&term).await {
+                tracing::error!("cannot store the default migration set: {e}");
             }
             if let Err(e) = self.resume_all(&term).await {
                 tracing::error!("cannot resume rollouts: {e}");
@@ -495,14 +518,14 @@ impl Engine {
 
     /// Parse a goal and check it names something in the graph: an unknown revision is
     /// refused up front instead of blocking every target.
-    pub fn goal(&self, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
+    pub fn goal(&self, graph: &Graph, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
         let parsed: flotilla_revision::Goal =
             goal.parse().map_err(|source| EngineError::InvalidGoal {
                 goal: goal.to_owned(),
                 source,
             })?;
         if let flotilla_revision::Goal::Revision(id) = &parsed
-            && !self.graph.contains(id)
+            && !graph.contains(id)
         {
             return Err(EngineError::InvalidArgument(format!(
                 "goal {}: no such revision in the migrations (see `flotilla revisions`)",
@@ -520,7 +543,9 @@ impl Engine {
         trace_id: String,
     ) -> Result<RolloutRecord, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
-        let goal = self.goal(&spec.goal)?;
+        let (digest, graph) = self.graph_of(&spec.set_digest).await?;
+        spec.set_digest = digest;
+        let goal = self.goal(&graph, &spec.goal)?;
         if let Some(active) = self
             .list()
             .await?
@@ -534,8 +559,9 @@ impl Engine {
             )));
         }
         self.require_selection(&spec.selector, &traceparent).await?;
-        self.preflight(&spec, &goal, &traceparent).await?;
-        self.refuse_destructive(&spec, &goal, &traceparent).await?;
+        self.preflight(&graph, &spec, &goal, &traceparent).await?;
+        self.refuse_destructive(&graph, &spec, &goal, &traceparent)
+            .await?;
         self.check_metric_gate(&mut spec).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
@@ -551,7 +577,7 @@ impl Engine {
             trace_id,
             traceparent,
             fencing_token: term.token,
-            graph_digest: self.graph.digest(),
+            graph_digest: graph.digest(),
             goal_revision: String::new(),
             canary_fingerprint: Default::default(),
             metric_gate: None,

@@ -93,6 +93,11 @@ pub struct RolloutSpec {
     /// The query that must stay empty or 0 for a window after each wave but the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_gate: Option<MetricGate>,
+    /// The migration set (its digest); empty in a request = the coordinator's default set,
+    /// which the engine writes here when it records the rollout. Records written before the
+    /// field existed read as empty: the default set.
+    #[serde(default)]
+    pub set_digest: String,
 }
 
 impl Default for RolloutSpec {
@@ -116,6 +121,7 @@ impl Default for RolloutSpec {
             allow_foreign: false,
             agent_wait_ms: default_agent_wait_ms(),
             metric_gate: None,
+            set_digest: String::new(),
         }
     }
 }
@@ -141,6 +147,7 @@ impl RolloutSpec {
             allow_foreign: self.allow_foreign,
             agent_wait_ms: self.agent_wait_ms,
             metric_gate: self.metric_gate.as_ref().map(MetricGate::to_proto),
+            set_digest: self.set_digest.clone(),
         }
     }
 
@@ -213,6 +220,7 @@ impl RolloutSpec {
                 p.agent_wait_ms
             },
             metric_gate: MetricGate::from_proto(p.metric_gate.as_ref())?,
+            set_digest: p.set_digest.trim().to_owned(),
         })
     }
 }
@@ -431,6 +439,7 @@ impl RolloutRecord {
                 .as_ref()
                 .zip(self.spec.metric_gate.as_ref())
                 .map(|(wait, gate)| wait.to_proto(gate)),
+            set_digest: self.spec.set_digest.clone(),
         }
     }
 }

@@ -164,6 +164,8 @@ impl SpecArgs {
                 None => DEFAULT_AGENT_WAIT.as_millis() as u64,
             },
             metric_gate,
+            // Filled in by the command once it knows the set it sends.
+            set_digest: String::new(),
         })
     }
 

@@ -45,12 +45,15 @@ pub(super) async fn stamp(
     client: &ClientArgs,
     target: String,
     revision: String,
+    migrations: &std::path::Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let mut c = client.connect().await?;
+    let set_digest = super::sets::ensure_set(&mut c, migrations).await?;
     let t = c
         .stamp(pb::FleetStampRequest {
+            set_digest,
             target_id: target,
             revision,
             direction: 0,

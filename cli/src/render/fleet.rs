@@ -201,7 +201,7 @@ fn write_schema_drift(
 
 fn fleet_json(r: &pb::FleetStatusResponse) -> Value {
     json!({
-        "graph_heads": r.graph_heads, "graph_digest": r.graph_digest,
+        "graph_heads": r.graph_heads, "graph_digest": r.graph_digest, "set_digest": r.set_digest,
         "targets": r.targets.iter().map(|t| {
             let mut v = t.status.as_ref().map(target_status_json).unwrap_or(json!({}));
             v["agent"] = json!(t.agent_id);
@@ -229,7 +229,7 @@ fn validate_json(r: &pb::FleetValidateResponse) -> Value {
 
 fn plan_json(r: &pb::PlanResponse) -> Value {
     json!({
-        "graph_digest": r.graph_digest,
+        "graph_digest": r.graph_digest, "set_digest": r.set_digest,
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "agent": t.agent_id, "dialect": dialect_name(t.dialect), "blocked": t.blocked_reason,
             "steps": t.steps.iter().map(|s| json!({ "revision": s.revision, "direction": direction_name(s.direction), "checksum": s.checksum, "transactional": s.transactional })).collect::<Vec<_>>(),

@@ -31,6 +31,7 @@ mod revision_apply;
 mod revision_cli;
 mod rollout;
 mod selection;
+mod sets;
 mod span_status;
 mod store;
 mod tls;

@@ -17,6 +17,7 @@ async fn fleet_targets(coord: &TestCoordinator) -> Result<Vec<(String, String)>>
         .fleet_status(pb::FleetStatusRequest {
             selector: None,
             include_schema: false,
+            ..Default::default()
         })
         .await?
         .into_inner();

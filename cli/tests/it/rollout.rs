@@ -736,7 +736,13 @@ async fn planned_from(coord: &TestCoordinator) -> Result<BTreeMap<String, Vec<St
     use flotilla_revision::Goal;
     let snap = coord
         .engine
-        .planning_snapshot(&Selector::default(), &Goal::Head, false, false)
+        .planning_snapshot(
+            &coord.engine.graph(),
+            &Selector::default(),
+            &Goal::Head,
+            false,
+            false,
+        )
         .await?;
     Ok(snap
         .targets

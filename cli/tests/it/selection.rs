@@ -228,6 +228,7 @@ async fn selectors_outside_their_bounds_are_refused_by_the_api() -> Result<()> {
         .fleet_status(pb::FleetStatusRequest {
             selector: Some(selector(&[], &["b01\0"])),
             include_schema: false,
+            ..Default::default()
         })
         .await
         .expect_err("FleetStatus checks the selector too");

@@ -26,7 +26,13 @@ pub(super) async fn plan(
 ) -> Result<Response<pb::PlanResponse>, Status> {
     let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
         .map_err(Status::invalid_argument)?;
-    let goal: Goal = api.engine.goal(&spec.goal).map_err(status_of)?;
+    let (set_digest, graph) = api
+        .engine
+        .graph_of(&spec.set_digest)
+        .await
+        .map_err(status_of)?;
+    let graph = graph.as_ref();
+    let goal: Goal = api.engine.goal(graph, &spec.goal).map_err(status_of)?;
     let snap = api.engine.snapshot(false).await.map_err(status_of)?;
     let fleet_size = snap.targets.len();
     let mut snap = snap;
@@ -39,7 +45,6 @@ pub(super) async fn plan(
             "nothing to plan",
         )));
     }
-    let graph = api.engine.graph();
     let mut targets = Vec::new();
     let mut refusal = Refusal::default();
     for e in &snap.targets {
@@ -90,6 +95,7 @@ pub(super) async fn plan(
     Ok(Response::new(pb::PlanResponse {
         targets,
         graph_digest: graph.digest(),
+        set_digest,
     }))
 }
 

@@ -25,8 +25,13 @@ pub(super) async fn stamp(
     let dialect = e
         .dialect()
         .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
-    let goal: Goal = api.engine.goal(&req.revision).map_err(status_of)?;
-    let plan = flotilla_revision::plan(api.engine.graph(), &history_of(&e.status), &goal, dialect)
+    let (_, graph) = api
+        .engine
+        .graph_of(&req.set_digest)
+        .await
+        .map_err(status_of)?;
+    let goal: Goal = api.engine.goal(&graph, &req.revision).map_err(status_of)?;
+    let plan = flotilla_revision::plan(&graph, &history_of(&e.status), &goal, dialect)
         .map_err(|b| Status::failed_precondition(b.to_string()))?;
     let mut last = e.status.clone();
     for direction in [Direction::Down, Direction::Up] {
@@ -38,9 +43,7 @@ pub(super) async fn stamp(
                 revision: s.revision.clone(),
                 checksum: match direction {
                     Direction::Up => s.checksum.clone(),
-                    Direction::Down => api
-                        .engine
-                        .graph()
+                    Direction::Down => graph
                         .get(&s.revision)
                         .map(|r| r.up_checksum(dialect))
                         .unwrap_or_default(),

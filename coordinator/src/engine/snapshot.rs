@@ -357,6 +357,7 @@ impl Engine {
     /// others read as before, so a no-op check still reads every target and locks none.
     pub async fn planning_snapshot(
         &self,
+        graph: &Graph,
         selector: &Selector,
         goal: &Goal,
         allow_downgrade: bool,
@@ -371,12 +372,8 @@ impl Engine {
             .map(|e| (e.status.target_id.clone(), e))
             .collect();
         let known = &known;
-        let memo = std::sync::Mutex::new(PlanMemo::new(
-            &self.graph,
-            goal,
-            allow_downgrade,
-            allow_foreign,
-        ));
+        let memo =
+            std::sync::Mutex::new(PlanMemo::new(graph, goal, allow_downgrade, allow_foreign));
         let memo = &memo;
         let plans_to_steps = |status: &pb::TargetStatus, dialect: Option<Dialect>| {
             let plan = memo

@@ -96,8 +96,7 @@ type AgentTargets = (Arc<dyn AgentClient>, Vec<String>);
 impl Engine {
     /// Validate `entries` against the graph: per target its history issues and fingerprint,
     /// the (revision, fingerprint) groups and the schema drift, each with its diff.
-    pub async fn validate_fleet(&self, entries: &[FleetEntry]) -> FleetValidation {
-        let graph = self.graph();
+    pub async fn validate_fleet(&self, graph: &Graph, entries: &[FleetEntry]) -> FleetValidation {
         // One Validate per (agent, dialect): the expected checksums depend on the dialect.
         let mut calls: BTreeMap<(String, Dialect), AgentTargets> = BTreeMap::new();
         let mut known: HashMap<&str, (Dialect, bool)> = HashMap::new();
