@@ -212,6 +212,7 @@ pub async fn adopt(
         let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
         let report = match agent
             .detect_foreign(pb::DetectForeignRequest {
+                project: Default::default(),
                 target_ids: ids.clone(),
             })
             .await
@@ -262,6 +263,7 @@ pub async fn adopt(
                 continue;
             };
             let req = pb::AdoptTargetRequest {
+                project: Default::default(),
                 target_id: tf.target_id.clone(),
                 fencing_token: token,
                 tool: tool.clone(),

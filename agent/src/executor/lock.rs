@@ -14,6 +14,7 @@ use super::events::EventCtx;
 use crate::driver::Session;
 use crate::error::AgentError;
 use crate::target::Target;
+use flotilla_core::project::Project;
 
 /// First pause between two `try_lock` polls; it doubles up to the configured maximum.
 const FIRST_POLL: Duration = Duration::from_millis(10);
@@ -25,6 +26,8 @@ fn millis(d: Duration) -> u64 {
 /// Bounded waits for one target's locks, reporting `LockWaiting`/`LockAcquired` events.
 pub(crate) struct Locker<'a> {
     pub(crate) target: &'a Target,
+    /// Whose migration lock (in-process and in the database) this is.
+    pub(crate) project: &'a Project,
     pub(crate) wait: Duration,
     pub(crate) max_poll: Duration,
     pub(crate) cancel: &'a CancellationToken,
@@ -61,14 +64,15 @@ impl Locker<'_> {
 
     /// The in-process mutex: serializes writers to this target within the agent.
     pub(crate) async fn lock_in_process(&self) -> Result<OwnedMutexGuard<()>, AgentError> {
-        if let Ok(guard) = self.target.mutex.clone().try_lock_owned() {
+        let mutex = self.target.mutex_for(self.project);
+        if let Ok(guard) = mutex.clone().try_lock_owned() {
             return Ok(guard);
         }
         self.waiting().await;
         let start = Instant::now();
         tracing::info!(target_id = %self.target.id, wait_ms = millis(self.wait), "waiting for another request on this target");
         tokio::select! {
-            r = tokio::time::timeout(self.wait, self.target.mutex.clone().lock_owned()) => {
+            r = tokio::time::timeout(self.wait, mutex.lock_owned()) => {
                 self.record_wait(start.elapsed());
                 r.map_err(|_| self.timeout())
             }
@@ -86,7 +90,7 @@ impl Locker<'_> {
         let mut session = self
             .target
             .driver
-            .connect()
+            .connect(self.project)
             .await
             .map_err(Failure::Driver)?;
         let res = async {

@@ -9,6 +9,7 @@ mod hostile;
 mod hostile_prop;
 mod locking;
 mod migrate;
+mod projects;
 mod support;
 mod tls;
 mod validate;

@@ -176,7 +176,7 @@ async fn a_replan_that_would_run_a_destructive_step_blocks_the_target() -> Resul
     let driver = flotilla_agent::driver::sqlite::SqliteDriver::new(flotilla_core::Secret::new(
         url.as_str(),
     ))?;
-    let mut holder = driver.connect().await?;
+    let mut holder = driver.connect(&Default::default()).await?;
     anyhow::ensure!(holder.try_lock().await?, "the lock was not free");
 
     // Head is 0003 only for both: nothing destructive, the rollout starts (d01 the canary).

@@ -18,7 +18,10 @@ pub(super) async fn list(
     if req.target_id.is_empty() {
         for agent in api.engine.agents().await.map_err(status_of)? {
             match agent
-                .list_backups(pb::ListBackupsRequest { target_ids: vec![] })
+                .list_backups(pb::ListBackupsRequest {
+                    project: Default::default(),
+                    target_ids: vec![],
+                })
                 .await
             {
                 Ok(r) => {
@@ -40,6 +43,7 @@ pub(super) async fn list(
         out = e
             .agent
             .list_backups(pb::ListBackupsRequest {
+                project: Default::default(),
                 target_ids: vec![req.target_id],
             })
             .await?;
@@ -63,6 +67,7 @@ pub(super) async fn restore(
     let resp = e
         .agent
         .restore_backup(pb::RestoreBackupRequest {
+            project: Default::default(),
             target_id: req.target_id,
             rollout_id: req.rollout_id,
             fencing_token: term.agent_token(),
@@ -84,6 +89,7 @@ pub(super) async fn prune(
         for agent in api.engine.agents().await.map_err(status_of)? {
             match agent
                 .prune_backups(pb::PruneBackupsRequest {
+                    project: Default::default(),
                     target_ids: vec![],
                     keep: req.keep,
                 })
@@ -103,6 +109,7 @@ pub(super) async fn prune(
         out = e
             .agent
             .prune_backups(pb::PruneBackupsRequest {
+                project: Default::default(),
                 target_ids: vec![req.target_id],
                 keep: req.keep,
             })

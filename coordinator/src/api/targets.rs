@@ -53,6 +53,7 @@ pub(super) async fn stamp(
         let resp = e
             .agent
             .stamp(pb::StampRequest {
+                project: Default::default(),
                 target_id: req.target_id.clone(),
                 fencing_token: term.agent_token(),
                 revisions,
@@ -84,6 +85,7 @@ pub(super) async fn repair(
     let resp = e
         .agent
         .repair(pb::RepairRequest {
+            project: Default::default(),
             target_id: req.target_id,
             fencing_token: term.agent_token(),
             revision,

@@ -609,6 +609,7 @@ impl Engine {
             };
             let resp = agent
                 .validate(pb::ValidateRequest {
+                    project: Default::default(),
                     target_ids: ids,
                     expected: vec![],
                     skip_fingerprint: false,

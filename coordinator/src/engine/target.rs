@@ -265,6 +265,7 @@ impl Engine {
         let more = sent < steps.len();
         steps.truncate(sent);
         let req = pb::MigrateRequest {
+            project: Default::default(),
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
             fencing_token: term.agent_token(),

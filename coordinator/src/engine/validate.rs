@@ -120,6 +120,7 @@ impl Engine {
                     .collect();
                 let res = agent
                     .validate(pb::ValidateRequest {
+                        project: Default::default(),
                         target_ids: ids.clone(),
                         expected,
                         skip_fingerprint: false,
@@ -262,6 +263,7 @@ async fn catalogs(calls: Vec<AgentTargets>) -> Catalogs {
     let results = futures::future::join_all(calls.into_iter().map(|(agent, ids)| async move {
         let res = agent
             .validate(pb::ValidateRequest {
+                project: Default::default(),
                 target_ids: ids.clone(),
                 expected: vec![],
                 skip_fingerprint: false,
