@@ -17,6 +17,7 @@ use flotilla_coordinator::backend::{BackendConfig, DEFAULT_PREFIX, default_holde
 use flotilla_coordinator::engine::EngineConfig;
 use flotilla_coordinator::server::{CoordinatorConfig, TlsConfig, build, serve};
 use flotilla_coordinator::telemetry::Hooks;
+use flotilla_core::project::Project;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -62,6 +63,18 @@ pub struct ServeArgs {
     /// reached during the rollout waits for it: `rollout start --agent-wait`)
     #[arg(long, env = "FLOTILLA_AGENT_ATTEMPTS", default_value_t = 5)]
     pub agent_attempts: u32,
+    /// Another project's migrations, as NAME=DIR (repeatable; the env var is
+    /// comma-separated): `--project NAME` calls plan and roll out that set, with their own
+    /// rollouts and each target's own history of that project. `--migrations` is project
+    /// `default`'s
+    #[arg(
+        long = "project-migrations",
+        env = "FLOTILLA_PROJECT_MIGRATIONS",
+        value_delimiter = ',',
+        value_name = "NAME=DIR",
+        value_parser = parse_project_migrations
+    )]
+    pub project_migrations: Vec<(Project, PathBuf)>,
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -88,6 +101,7 @@ impl ServeArgs {
             .map_err(|e| CliError::Refused(e.to_string()))?;
         Ok(CoordinatorConfig {
             migrations: global.migrations.clone(),
+            project_migrations: self.project_migrations.clone(),
             backend: BackendConfig {
                 etcd_endpoints: self
                     .etcd
@@ -118,6 +132,23 @@ impl ServeArgs {
             tls,
         })
     }
+}
+
+/// `NAME=DIR` of `--project-migrations`.
+fn parse_project_migrations(raw: &str) -> Result<(Project, PathBuf), String> {
+    let (name, dir) = raw.split_once('=').ok_or_else(|| {
+        format!("{raw:?}: expected NAME=DIR (a project name and its migrations directory)")
+    })?;
+    let project = Project::parse(name.trim()).map_err(|e| e.to_string())?;
+    if project.is_default() {
+        return Err("project default's migrations are --migrations; name another project".into());
+    }
+    if dir.trim().is_empty() {
+        return Err(format!(
+            "{raw:?}: the migrations directory is empty; give NAME=DIR"
+        ));
+    }
+    Ok((project, PathBuf::from(dir.trim())))
 }
 
 /// Resolves on SIGTERM or SIGINT.

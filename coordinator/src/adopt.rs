@@ -212,7 +212,7 @@ pub async fn adopt(
         let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
         let report = match agent
             .detect_foreign(pb::DetectForeignRequest {
-                project: Default::default(),
+                project: engine.wire_project(),
                 target_ids: ids.clone(),
             })
             .await
@@ -263,7 +263,7 @@ pub async fn adopt(
                 continue;
             };
             let req = pb::AdoptTargetRequest {
-                project: Default::default(),
+                project: engine.wire_project(),
                 target_id: tf.target_id.clone(),
                 fencing_token: token,
                 tool: tool.clone(),

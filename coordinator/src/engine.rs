@@ -25,6 +25,7 @@ use crate::rollout::{
     RolloutRecord, RolloutSpec, RolloutState, TargetRecord, now_ms, rollout_key, targets_prefix,
 };
 use crate::store::{StateStore, StoreError, WriteOp};
+use flotilla_core::project::Project;
 use flotilla_revision::Graph;
 
 mod batch;
@@ -35,6 +36,7 @@ mod gate;
 mod live;
 mod pack;
 pub mod preflight;
+pub mod projects;
 mod report;
 mod run;
 pub mod snapshot;
@@ -204,11 +206,17 @@ impl Default for EngineConfig {
 }
 
 pub struct Engine {
+    /// The project this engine runs rollouts of (see `projects.rs`): every agent request
+    /// carries it, and it sees only that project's rollouts and targets' states.
+    pub(crate) project: Project,
     pub(crate) graph: Arc<Graph>,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: EngineConfig,
-    term: watch::Sender<Option<Term>>,
+    /// Shared by the engines of every project: one lock, one term.
+    term: Arc<watch::Sender<Option<Term>>>,
+    /// The other projects' engines, which lead with this one (`default`'s; see `projects.rs`).
+    siblings: std::sync::OnceLock<Vec<Arc<Engine>>>,
     updates: broadcast::Sender<RolloutUpdate>,
     controls: Mutex<HashMap<String, watch::Sender<Control>>>,
     tasks: TaskTracker,
@@ -228,11 +236,13 @@ impl Engine {
         config: EngineConfig,
     ) -> Arc<Engine> {
         Arc::new(Engine {
+            project: Project::default(),
             graph,
             store,
             registry,
             config,
-            term: watch::channel(None).0,
+            term: Arc::new(watch::channel(None).0),
+            siblings: std::sync::OnceLock::new(),
             updates: broadcast::channel(1024).0,
             controls: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
@@ -357,8 +367,10 @@ impl Engine {
                 }
                 Err(e) => tracing::warn!("cannot announce the new fencing token: {e}"),
             }
-            if let Err(e) = self.resume_all(&term).await {
-                tracing::error!("cannot resume rollouts: {e}");
+            for engine in std::iter::once(&self).chain(self.siblings()) {
+                if let Err(e) = engine.resume_all(&term).await {
+                    tracing::error!(project = %engine.project, "cannot resume rollouts: {e}");
+                }
             }
             let lost = tokio::select! {
                 _ = leadership.lost.cancelled() => true,
@@ -376,9 +388,11 @@ impl Engine {
                 metrics::counter!("flotilla_coordinator_lease_losses_total").increment(1);
             }
             // Wait for this term's tasks to observe the cancellation before going on.
-            self.tasks.close();
-            self.tasks.wait().await;
-            self.tasks.reopen();
+            for engine in std::iter::once(&self).chain(self.siblings()) {
+                engine.tasks.close();
+                engine.tasks.wait().await;
+                engine.tasks.reopen();
+            }
             if shutdown.is_cancelled() {
                 if let Err(e) = leadership.release().await {
                     tracing::warn!("releasing the fleet lock: {e}");
@@ -456,11 +470,13 @@ impl Engine {
         Ok((rec, targets))
     }
 
-    /// Every rollout record, newest first.
+    /// Every rollout record of this engine's project, newest first (records written before
+    /// projects existed are `default`'s).
     pub async fn list(&self) -> Result<Vec<RolloutRecord>, EngineError> {
         let mut out = Vec::new();
         for (key, value) in self.store.list("rollouts/").await? {
             match serde_json::from_slice::<RolloutRecord>(&value) {
+                Ok(r) if r.spec.project() != self.project => {}
                 Ok(r) => out.push(r),
                 Err(e) => tracing::warn!("skipping unreadable {key}: {e}"),
             }
@@ -487,7 +503,8 @@ impl Engine {
         Ok(parsed)
     }
 
-    /// Start a rollout (leader only). Refused while another rollout is active.
+    /// Start a rollout (leader only). Refused while another rollout of the same project is
+    /// active; other projects' rollouts run alongside.
     pub async fn start(
         self: &Arc<Self>,
         spec: RolloutSpec,
@@ -503,8 +520,9 @@ impl Engine {
             .find(|r| !r.state.is_terminal())
         {
             return Err(EngineError::Conflict(format!(
-                "rollout {} is still {}; wait for it, or abort it first",
+                "rollout {} of project {} is still {}; wait for it, or abort it first",
                 active.id,
+                self.project,
                 active.state.as_str()
             )));
         }

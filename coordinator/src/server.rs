@@ -15,16 +15,21 @@ use flotilla_rpc::tls::{ClientTls, ServerTls, TransportMode, check_listen};
 
 use crate::api::Api;
 use crate::backend::{BackendConfig, BackendError, open_backend};
+use crate::engine::projects::ProjectEngines;
 use crate::engine::{Engine, EngineConfig};
 use crate::fleet::{AgentAddressError, AgentClient, RemoteAgent};
 use crate::registry::{FleetFile, FleetFileError, Registry};
 use crate::telemetry::Hooks;
+use flotilla_core::project::Project;
 use flotilla_revision::Graph;
 
 /// A validated coordinator configuration.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
+    /// Project `default`'s migrations.
     pub migrations: PathBuf,
+    /// Other projects' migrations (each a project of its own; see `engine/projects.rs`).
+    pub project_migrations: Vec<(Project, PathBuf)>,
     pub backend: BackendConfig,
     pub fleet_file: Option<PathBuf>,
     /// How long an agent registration lives without a heartbeat.
@@ -72,7 +77,10 @@ pub enum ServerError {
 
 /// Everything a running coordinator is made of; built by [`build`], served by [`serve`].
 pub struct Coordinator {
+    /// Project `default`'s engine (the one that leads).
     pub engine: Arc<Engine>,
+    /// Every project's engine.
+    pub projects: Arc<ProjectEngines>,
     lock: Arc<dyn crate::lock::FleetLock>,
     hooks: Hooks,
     tls: TlsConfig,
@@ -85,6 +93,10 @@ pub async fn build(
     hooks: Hooks,
 ) -> Result<Coordinator, ServerError> {
     let graph = Graph::load_dir(&config.migrations)?;
+    let mut graphs = Vec::new();
+    for (project, dir) in &config.project_migrations {
+        graphs.push((project.clone(), Arc::new(Graph::load_dir(dir)?)));
+    }
     let (lock, store) = open_backend(&config.backend).await?;
     let mut agents = embedded;
     if let Some(path) = &config.fleet_file {
@@ -107,8 +119,10 @@ pub async fn build(
         config.registration_ttl,
     ));
     let engine = Engine::new(Arc::new(graph), store, registry, config.engine.clone());
+    let projects = ProjectEngines::new(engine.clone(), graphs);
     Ok(Coordinator {
         engine,
+        projects,
         lock,
         hooks,
         tls: config.tls.clone(),
@@ -124,6 +138,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let Coordinator {
         engine,
+        projects,
         lock,
         hooks,
         tls,
@@ -161,7 +176,7 @@ pub async fn serve(
     let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });
-    let api = Api::new(engine.clone(), trace_of, tls.agents.clone());
+    let api = Api::new(projects, trace_of, tls.agents.clone());
     let incoming = flotilla_rpc::listener::incoming(listener);
     let result = builder
         .add_service(health_service)

@@ -23,7 +23,7 @@ pub(super) async fn plan(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
-    let spec = spec.spec()?;
+    let spec = spec.spec(&client.project)?;
     let mut c = client.connect().await?;
     let resp = c
         .plan(pb::PlanRequest {
@@ -49,6 +49,7 @@ pub(super) async fn status(
         .fleet_status(pb::FleetStatusRequest {
             selector: Some(selector.to_proto()),
             include_schema: true,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -69,6 +70,7 @@ pub(super) async fn validate(
     let resp = c
         .fleet_validate(pb::FleetValidateRequest {
             selector: Some(selector.to_proto()),
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -105,6 +107,7 @@ pub(super) async fn wait(
             c.fleet_status(pb::FleetStatusRequest {
                 selector: Some(selector.to_proto()),
                 include_schema: false,
+                project: client.project.clone(),
             })
             .await
             .map_err(rpc)

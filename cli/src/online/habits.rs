@@ -76,6 +76,7 @@ pub(super) async fn current(
             selector: Some(args.select.selector()?.to_proto()),
             // `current` shows revisions: no catalog comparison.
             include_schema: false,
+            project: args.client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -180,6 +181,7 @@ pub(super) async fn reset(
         max_parallel: 1,
         fingerprint_gate: false,
         allow_downgrade: true,
+        project: args.client.project.clone(),
         ..RolloutSpec::default()
     };
     let mut c = args.client.connect().await?;

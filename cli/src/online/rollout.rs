@@ -109,7 +109,7 @@ async fn start(
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     // Bad flags (a selector outside its bounds) fail before any call.
-    let spec = spec.spec()?;
+    let spec = spec.spec(&client.project)?;
     let mut c = client.connect().await?;
     let mut req = tonic::Request::new(pb::StartRolloutRequest {
         spec: Some(spec.to_proto()),
@@ -161,7 +161,10 @@ async fn list(
 ) -> Result<u8, CliError> {
     let mut c = client.connect().await?;
     let resp = c
-        .list_rollouts(pb::ListRolloutsRequest { limit })
+        .list_rollouts(pb::ListRolloutsRequest {
+            limit,
+            project: client.project.clone(),
+        })
         .await
         .map_err(rpc)?
         .into_inner();

@@ -116,7 +116,8 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    pub fn spec(&self) -> Result<RolloutSpec, CliError> {
+    /// The spec of a rollout of `project` (`--project`).
+    pub fn spec(&self, project: &str) -> Result<RolloutSpec, CliError> {
         let waves = self
             .waves
             .iter()
@@ -150,6 +151,7 @@ impl SpecArgs {
                 Some(wait) => u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 None => DEFAULT_AGENT_WAIT.as_millis() as u64,
             },
+            project: project.to_owned(),
         })
     }
 }

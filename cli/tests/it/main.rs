@@ -18,6 +18,7 @@ mod lock;
 mod metrics_truth;
 mod observability;
 mod outcomes;
+mod projects;
 mod reflection;
 mod registry;
 mod revision_apply;

@@ -35,7 +35,7 @@ pub(super) async fn adopt(
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let targets = crate::adopt::adopt(
-        &api.engine,
+        api.project(&req.project)?,
         term.agent_token(),
         &selector,
         from,

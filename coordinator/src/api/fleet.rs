@@ -30,13 +30,14 @@ pub(super) async fn status(
     let req = req.into_inner();
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let snap = api.engine.select(&selector).await.map_err(status_of)?;
+    let engine = api.project(&req.project)?;
+    let snap = engine.select(&selector).await.map_err(status_of)?;
     let mut targets: Vec<pb::FleetTarget> = snap
         .targets
         .iter()
         .map(|e| pb::FleetTarget {
             agent_id: e.agent.id().to_owned(),
-            drift: drift_of(&api.engine, e),
+            drift: drift_of(engine, e),
             status: Some(e.status.clone()),
         })
         .collect();
@@ -51,14 +52,12 @@ pub(super) async fn status(
         });
     }
     if req.include_schema {
-        add_schema_drift(
-            &mut targets,
-            &api.engine.validate_fleet(&snap.targets).await,
-        );
+        add_schema_drift(&mut targets, &engine.validate_fleet(&snap.targets).await);
     }
-    let graph = api.engine.graph();
-    crate::metrics::record_fleet(&targets, req.include_schema);
+    let graph = engine.graph();
+    crate::metrics::record_fleet(engine.project(), &targets, req.include_schema);
     Ok(Response::new(pb::FleetStatusResponse {
+        project: engine.project().to_string(),
         targets,
         graph_heads: graph.heads().iter().map(|h| h.to_string()).collect(),
         graph_digest: graph.digest(),
@@ -69,11 +68,14 @@ pub(super) async fn validate(
     api: &Api,
     req: Request<pb::FleetValidateRequest>,
 ) -> Result<Response<pb::FleetValidateResponse>, Status> {
-    let selector = Selector::from_proto(req.into_inner().selector.as_ref())
+    let req = req.into_inner();
+    let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let snap = api.engine.select(&selector).await.map_err(status_of)?;
-    let v = api.engine.validate_fleet(&snap.targets).await;
-    metrics::gauge!("flotilla_fleet_drift_targets").set(v.drifted_targets().len() as f64);
+    let engine = api.project(&req.project)?;
+    let snap = engine.select(&selector).await.map_err(status_of)?;
+    let v = engine.validate_fleet(&snap.targets).await;
+    metrics::gauge!("flotilla_fleet_drift_targets", "project" => engine.project().to_string())
+        .set(v.drifted_targets().len() as f64);
     Ok(Response::new(pb::FleetValidateResponse {
         targets: v.targets,
         groups: v.groups,
@@ -85,10 +87,11 @@ pub(super) async fn history(
     api: &Api,
     req: Request<pb::HistoryRequest>,
 ) -> Result<Response<pb::HistoryResponse>, Status> {
-    let id = req.into_inner().target_id;
+    let req = req.into_inner();
+    let id = req.target_id;
     check_id("target id", &id)?;
     let e = api
-        .engine
+        .project(&req.project)?
         .target_status(&id, true)
         .await
         .map_err(status_of)?;

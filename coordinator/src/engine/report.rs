@@ -42,7 +42,7 @@ pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>
         })
         .collect();
     let Some(rollout) = migrated_by else {
-        metrics::record_fleet(&targets, false);
+        metrics::record_fleet(engine.project(), &targets, false);
         return;
     };
     let mut fingerprints: std::collections::HashMap<String, String> =
@@ -92,5 +92,5 @@ pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>
                 .push(format!("schema differs from {}", d.reference_target));
         }
     }
-    metrics::record_fleet(&targets, true);
+    metrics::record_fleet(engine.project(), &targets, true);
 }

@@ -609,7 +609,7 @@ impl Engine {
             };
             let resp = agent
                 .validate(pb::ValidateRequest {
-                    project: Default::default(),
+                    project: self.wire_project(),
                     target_ids: ids,
                     expected: vec![],
                     skip_fingerprint: false,

@@ -265,7 +265,7 @@ impl Engine {
         let more = sent < steps.len();
         steps.truncate(sent);
         let req = pb::MigrateRequest {
-            project: Default::default(),
+            project: self.wire_project(),
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
             fencing_token: term.agent_token(),
@@ -409,6 +409,7 @@ impl Engine {
                 target_ids: vec![rec.target_id.clone()],
                 include_history: false,
                 fencing_token: term.agent_token(),
+                project: self.wire_project(),
                 ..Default::default()
             })
             .await

@@ -177,7 +177,7 @@ impl Session for MysqlSession {
         let result = async {
             let mut state = TargetState::default();
             let (history, fence) = (self.project.history_table(), self.project.fence_table());
-            if names.iter().any(|n| *n == history) {
+            if names.contains(&history) {
                 let sql = format!("SELECT {HISTORY_COLUMNS} FROM {history} ORDER BY id");
                 let rows = sqlx::query(AssertSqlSafe(sql))
                     .fetch_all(&mut *tx)
@@ -189,7 +189,7 @@ impl Session for MysqlSession {
                         .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
                 }
             }
-            if names.iter().any(|n| *n == fence) {
+            if names.contains(&fence) {
                 let token: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
                     &self.project,
                     "SELECT token FROM flotilla_fence WHERE id = 1",

@@ -75,8 +75,8 @@ impl SqliteSession {
         .map_err(on(D, "read sqlite_master"))?;
         let (history, fence) = (self.project.history_table(), self.project.fence_table());
         Ok((
-            names.iter().any(|n| *n == history),
-            names.iter().any(|n| *n == fence),
+            names.contains(&history),
+            names.contains(&fence),
         ))
     }
 }
