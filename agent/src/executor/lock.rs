@@ -80,9 +80,10 @@ impl Locker<'_> {
         }
     }
 
-    /// Connect, create Flotilla's tables if needed (unless `ensure_schema` is false: the
-    /// caller creates them itself, after its checks under the lock) and take the database
-    /// lock. On any error the session is closed (releasing whatever it held).
+    /// Connect, take the database lock and create the project's tables if needed (unless
+    /// `ensure_schema` is false: the caller creates them itself, after its checks under the
+    /// lock): a project's tables are made under its migration lock. On any error the session
+    /// is closed (releasing whatever it held).
     pub(crate) async fn open_locked(
         &self,
         ensure_schema: bool,
@@ -94,10 +95,11 @@ impl Locker<'_> {
             .await
             .map_err(Failure::Driver)?;
         let res = async {
+            self.db_lock(session.as_mut()).await?;
             if ensure_schema {
                 session.ensure_schema().await.map_err(Failure::Driver)?;
             }
-            self.db_lock(session.as_mut()).await
+            Ok(())
         }
         .await;
         match res {

@@ -11,7 +11,7 @@ use flotilla_core::{Dialect, Direction, checksum};
 use flotilla_proto::{ExpectedRevision, MigrateRequest, StatusRequest, ValidateRequest};
 
 use crate::locking::driver_for;
-use crate::support::{Backend, agent, run, up};
+use crate::support::{Backend, agent, reason, run, up};
 
 const A_UP: &str = "CREATE TABLE app_a (id INTEGER PRIMARY KEY);";
 const B_UP: &str = "CREATE TABLE app_b (id INTEGER PRIMARY KEY);";
@@ -89,6 +89,29 @@ async fn two_projects_on_one_target(dialect: Dialect) -> Result<()> {
     ensure!(default.is_applied("0001_a") && default.fence_token == 5);
     ensure!(applied(&agent, "default").await? == ["0001_a"]);
 
+    // Billing's writers wait for billing's own lock: held elsewhere, a billing Migrate times
+    // out on it (LOCK_TIMEOUT) and runs no step.
+    let billing = Project::parse("billing")?;
+    let mut b_holder = driver.connect(&billing).await?;
+    ensure!(b_holder.try_lock().await?, "billing's lock was not free");
+    let waited = run(
+        &agent,
+        MigrateRequest {
+            lock_wait_ms: 300,
+            ..in_project("billing", migrate("r-b0", 5, vec![up("0001_b", B_UP)]))
+        },
+    )
+    .await?;
+    ensure!(
+        reason(waited.err()?) == "LOCK_TIMEOUT",
+        "{:?}",
+        waited.error
+    );
+    let (_, tables) = validate(&agent, "billing", &[]).await?;
+    ensure!(!tables.contains(&"app_b".to_owned()), "{tables:?}");
+    b_holder.unlock().await?;
+    b_holder.close().await;
+
     // Project billing on the same database, while someone holds project default's migration
     // lock: billing's lock is its own, so it does not wait.
     let mut holder = driver.connect(&Project::default()).await?;
@@ -148,7 +171,6 @@ async fn two_projects_on_one_target(dialect: Dialect) -> Result<()> {
     ensure!(issues.is_empty(), "billing sees drift: {issues:?}");
 
     // Billing's fence row is its own and guards its writes: a lower token is refused there.
-    let billing = Project::parse("billing")?;
     let mut s = driver.connect(&billing).await?;
     let step = StepSpec {
         revision: "0003_b".into(),

@@ -74,10 +74,7 @@ impl SqliteSession {
         .await
         .map_err(on(D, "read sqlite_master"))?;
         let (history, fence) = (self.project.history_table(), self.project.fence_table());
-        Ok((
-            names.contains(&history),
-            names.contains(&fence),
-        ))
+        Ok((names.contains(&history), names.contains(&fence)))
     }
 }
 
