@@ -147,6 +147,21 @@ async fn stored_rollouts(state: &Path) -> Result<Vec<(String, Value)>> {
         .collect()
 }
 
+/// Write `key` into the embedded store directly, as an earlier coordinator left it.
+async fn put_stored(state: &Path, key: &str, value: &Value) -> Result<()> {
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(state.join("state.db"))
+        .busy_timeout(Duration::from_secs(10));
+    let mut conn = sqlx::ConnectOptions::connect(&opts).await?;
+    sqlx::query("INSERT INTO kv (key, value) VALUES (?1, ?2)")
+        .bind(key)
+        .bind(serde_json::to_vec(value)?)
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_projects_share_a_coordinator_and_a_postgres_database_independently() -> Result<()> {
     let pg = flotilla_testkit::Postgres::start().await?;
@@ -379,6 +394,29 @@ async fn two_projects_share_a_coordinator_and_a_postgres_database_independently(
             .any(|(_, v)| v["spec"]["project"] == "billing"),
         "{stored:?}"
     );
+    // A rollout record written by a coordinator before projects, put into the store
+    // directly (a finished one, with the fields such records had: no `project`), is
+    // project default's: listed and shown there, not under billing.
+    let mut old = default_rec.1.clone();
+    old["id"] = Value::from("old-rollout-1");
+    old["created_at_ms"] = Value::from(1_i64);
+    let spec = old["spec"].as_object_mut().context("spec")?;
+    spec.remove("project");
+    spec.remove("agent_wait_ms");
+    put_stored(&state, "rollouts/old-rollout-1", &old).await?;
+    let list = json(&["rollout", "list"]).await?;
+    assert!(
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| r["id"] == "old-rollout-1" && r["project"] == "default"),
+        "{list}"
+    );
+    let (_, out, _) = cli(&["rollout", "list", "--project", "billing"]).await?;
+    assert!(!out.contains("old-rollout-1"), "{out}");
+    let r = json(&["rollout", "get", "old-rollout-1"]).await?;
+    assert_eq!(r["project"], "default", "{r}");
+
     let (code, _, err) = cli(&["status", "--project", "payroll"]).await?;
     assert_ne!(code, 0);
     assert!(err.contains("--project-migrations payroll=DIR"), "{err}");
