@@ -34,6 +34,7 @@ impl Agent {
         req: ListBackupsRequest,
     ) -> Result<ListBackupsResponse, Status> {
         check::target_ids("target_ids", &req.target_ids)?;
+        check::project(&req.project)?;
         let mut out = ListBackupsResponse::default();
         for t in self.select(&req.target_ids).await? {
             match read_backups(&t).await {
