@@ -181,6 +181,7 @@ async fn bench_rollout(dir: &Path, tenants: usize) -> Result<serde_json::Value> 
     }
     let config = CoordinatorConfig {
         migrations: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations")),
+        project_migrations: vec![],
         backend: BackendConfig {
             etcd_endpoints: vec![],
             prefix: "/bench".into(),

@@ -225,6 +225,7 @@ pub async fn adopt(
         let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
         let report = match agent
             .detect_foreign(pb::DetectForeignRequest {
+                project: engine.wire_project(),
                 target_ids: ids.clone(),
             })
             .await
@@ -275,6 +276,7 @@ pub async fn adopt(
                 continue;
             };
             let req = pb::AdoptTargetRequest {
+                project: engine.wire_project(),
                 target_id: tf.target_id.clone(),
                 fencing_token: token,
                 tool: tool.clone(),

@@ -36,6 +36,7 @@ use tracing::Instrument;
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_server::CoordinatorService;
 
+use crate::engine::projects::ProjectEngines;
 use crate::engine::{Engine, EngineError, FleetEntry, Term};
 use crate::telemetry::api_span;
 
@@ -73,7 +74,11 @@ fn registry_status(e: impl std::error::Error) -> Status {
 }
 
 pub struct Api {
+    /// Project `default`'s engine: it leads, and answers what no project scopes (agents,
+    /// fence takeover, where the leader is).
     engine: Arc<Engine>,
+    /// Every project's engine, for the calls a project scopes.
+    projects: Arc<ProjectEngines>,
     /// Extracts the caller's trace context: (traceparent, trace id) for a new rollout.
     trace_of: crate::telemetry::TraceOf,
     /// How a standby dials the leader to forward write calls.
@@ -82,27 +87,35 @@ pub struct Api {
 
 impl Api {
     pub fn new(
-        engine: Arc<Engine>,
+        projects: Arc<ProjectEngines>,
         trace_of: crate::telemetry::TraceOf,
         leader_tls: flotilla_rpc::tls::ClientTls,
     ) -> Api {
         Api {
-            engine,
+            engine: projects.default_engine().clone(),
+            projects,
             trace_of,
             leader_tls,
         }
     }
 
+    /// The engine of the project a request names (empty: `default`).
+    fn project(&self, name: &str) -> Result<Arc<Engine>, Status> {
+        self.projects.get(name).map_err(status_of)
+    }
+
     /// For an operator call on one target (stamp, repair, backups): this leader's term and
     /// the target as its agent reports it.
-    async fn leader_target(&self, target_id: &str) -> Result<(Term, FleetEntry), Status> {
+    async fn leader_target(
+        &self,
+        engine: &Engine,
+        target_id: &str,
+    ) -> Result<(Term, FleetEntry), Status> {
         check_id("target id", target_id)?;
-        let term = self
-            .engine
+        let term = engine
             .term()
             .ok_or_else(|| status_of(EngineError::NotLeader))?;
-        let entry = self
-            .engine
+        let entry = engine
             .target_status(target_id, false)
             .await
             .map_err(status_of)?;

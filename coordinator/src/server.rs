@@ -15,10 +15,12 @@ use flotilla_rpc::tls::{ClientTls, ServerTls, TransportMode, check_listen};
 
 use crate::api::Api;
 use crate::backend::{BackendConfig, BackendError, open_backend};
+use crate::engine::projects::ProjectEngines;
 use crate::engine::{DefaultSet, Engine, EngineConfig};
 use crate::fleet::{AgentAddressError, AgentClient, RemoteAgent};
 use crate::registry::{FleetFile, FleetFileError, Registry};
 use crate::telemetry::Hooks;
+use flotilla_core::project::Project;
 
 /// A validated coordinator configuration.
 #[derive(Debug, Clone)]
@@ -26,6 +28,9 @@ pub struct CoordinatorConfig {
     /// The default migration set (`--migrations`), for requests that name none; `None`:
     /// every request must name a set the CLI uploaded.
     pub migrations: Option<PathBuf>,
+    /// Other projects (each a project of its own; see `engine/projects.rs`), with their
+    /// default migration sets when given (`None`: the CLI uploads every set).
+    pub project_migrations: Vec<(Project, Option<PathBuf>)>,
     pub backend: BackendConfig,
     pub fleet_file: Option<PathBuf>,
     /// How long an agent registration lives without a heartbeat.
@@ -73,7 +78,10 @@ pub enum ServerError {
 
 /// Everything a running coordinator is made of; built by [`build`], served by [`serve`].
 pub struct Coordinator {
+    /// Project `default`'s engine (the one that leads).
     pub engine: Arc<Engine>,
+    /// Every project's engine.
+    pub projects: Arc<ProjectEngines>,
     lock: Arc<dyn crate::lock::FleetLock>,
     hooks: Hooks,
     tls: TlsConfig,
@@ -89,6 +97,14 @@ pub async fn build(
         Some(dir) => Some(DefaultSet::load(dir)?),
         None => None,
     };
+    let mut project_sets = Vec::new();
+    for (project, dir) in &config.project_migrations {
+        let set = match dir {
+            Some(dir) => Some(DefaultSet::load(dir)?),
+            None => None,
+        };
+        project_sets.push((project.clone(), set));
+    }
     let (lock, store) = open_backend(&config.backend).await?;
     let mut agents = embedded;
     if let Some(path) = &config.fleet_file {
@@ -111,8 +127,10 @@ pub async fn build(
         config.registration_ttl,
     ));
     let engine = Engine::new(default_set, store, registry, config.engine.clone());
+    let projects = ProjectEngines::new(engine.clone(), project_sets);
     Ok(Coordinator {
         engine,
+        projects,
         lock,
         hooks,
         tls: config.tls.clone(),
@@ -128,6 +146,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let Coordinator {
         engine,
+        projects,
         lock,
         hooks,
         tls,
@@ -165,7 +184,7 @@ pub async fn serve(
     let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });
-    let api = Api::new(engine.clone(), trace_of, tls.agents.clone());
+    let api = Api::new(projects, trace_of, tls.agents.clone());
     let incoming = flotilla_rpc::listener::incoming(listener);
     let result = builder
         .add_service(health_service)

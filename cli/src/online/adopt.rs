@@ -53,6 +53,7 @@ pub(super) async fn run(
             from: args.from.map(|t| t.as_str().to_owned()).unwrap_or_default(),
             dry_run: args.dry_run,
             retire_foreign: args.retire_foreign,
+            project: args.client.project.clone(),
         })
         .await
         .map_err(rpc)?

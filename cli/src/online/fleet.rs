@@ -26,7 +26,7 @@ pub(super) async fn plan(
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
-    let mut spec = spec.spec()?;
+    let mut spec = spec.spec(&client.project)?;
     let mut c = client.connect().await?;
     spec.set_digest = ensure_set(&mut c, migrations).await?;
     let resp = c
@@ -56,6 +56,7 @@ pub(super) async fn status(
             selector: Some(selector.to_proto()),
             include_schema: true,
             set_digest,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -79,6 +80,7 @@ pub(super) async fn validate(
         .fleet_validate(pb::FleetValidateRequest {
             selector: Some(selector.to_proto()),
             set_digest,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -119,6 +121,7 @@ pub(super) async fn wait(
                 selector: Some(selector.to_proto()),
                 include_schema: false,
                 set_digest,
+                project: client.project.clone(),
             })
             .await
             .map_err(rpc)

@@ -79,6 +79,7 @@ pub(super) async fn current(
             // `current` shows revisions: no catalog comparison.
             include_schema: false,
             set_digest,
+            project: args.client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -183,6 +184,7 @@ pub(super) async fn reset(
         max_parallel: 1,
         fingerprint_gate: false,
         allow_downgrade: true,
+        project: args.client.project.clone(),
         ..RolloutSpec::default()
     };
     let mut c = args.client.connect().await?;

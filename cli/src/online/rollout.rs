@@ -113,7 +113,7 @@ async fn start(
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     // Bad flags (a selector outside its bounds) fail before any call.
-    let mut spec = spec.spec()?;
+    let mut spec = spec.spec(&client.project)?;
     let mut c = client.connect().await?;
     spec.set_digest = ensure_set(&mut c, migrations).await?;
     let mut req = tonic::Request::new(pb::StartRolloutRequest {
@@ -166,7 +166,10 @@ async fn list(
 ) -> Result<u8, CliError> {
     let mut c = client.connect().await?;
     let resp = c
-        .list_rollouts(pb::ListRolloutsRequest { limit })
+        .list_rollouts(pb::ListRolloutsRequest {
+            limit,
+            project: client.project.clone(),
+        })
         .await
         .map_err(rpc)?
         .into_inner();

@@ -128,7 +128,8 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    pub fn spec(&self) -> Result<RolloutSpec, CliError> {
+    /// The spec of a rollout of `project` (`--project`).
+    pub fn spec(&self, project: &str) -> Result<RolloutSpec, CliError> {
         let waves = self
             .waves
             .iter()
@@ -166,6 +167,7 @@ impl SpecArgs {
             metric_gate,
             // Filled in by the command once it knows the set it sends.
             set_digest: String::new(),
+            project: project.to_owned(),
         })
     }
 

@@ -30,7 +30,10 @@ pub(super) async fn history(
     };
     let mut c = client.connect().await?;
     let t = c
-        .history(pb::HistoryRequest { target_id: target })
+        .history(pb::HistoryRequest {
+            target_id: target,
+            project: client.project.clone(),
+        })
         .await
         .map_err(rpc)?
         .into_inner()
@@ -57,6 +60,7 @@ pub(super) async fn stamp(
             target_id: target,
             revision,
             direction: 0,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -81,6 +85,7 @@ pub(super) async fn repair(
             target_id: target,
             revision: revision.unwrap_or_default(),
             applied,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use flotilla_proto as pb;
 
 use super::format::{abbreviate, revision_of, short};
-use super::names::{dialect_name, direction_name};
+use super::names::{dialect_name, direction_name, project_name};
 use super::output::{emit, row, write_table};
 use super::target::target_status_json;
 use crate::error::CliError;
@@ -70,6 +70,7 @@ pub(crate) fn fleet_status(
     if json {
         emit(out, &fleet_json(resp))
     } else {
+        writeln!(out, "project: {}", project_name(&resp.project)).map_err(CliError::Output)?;
         write_fleet_table(out, resp)
     }
 }
@@ -201,6 +202,7 @@ fn write_schema_drift(
 
 fn fleet_json(r: &pb::FleetStatusResponse) -> Value {
     json!({
+        "project": project_name(&r.project),
         "graph_heads": r.graph_heads, "graph_digest": r.graph_digest, "set_digest": r.set_digest,
         "targets": r.targets.iter().map(|t| {
             let mut v = t.status.as_ref().map(target_status_json).unwrap_or(json!({}));

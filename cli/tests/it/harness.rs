@@ -384,6 +384,7 @@ impl TestCoordinator {
         let address = format!("http://{}", listener.local_addr()?);
         let mut config = CoordinatorConfig {
             migrations: Some(migrations.to_owned()),
+            project_migrations: vec![],
             backend: BackendConfig {
                 etcd_endpoints: etcd.map(|e| vec![e.to_owned()]).unwrap_or_default(),
                 prefix: prefix.to_owned(),

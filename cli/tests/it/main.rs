@@ -25,6 +25,7 @@ mod observability;
 mod operator_text;
 mod outcomes;
 mod planning_retry;
+mod projects;
 mod reflection;
 mod registry;
 mod revision_apply;

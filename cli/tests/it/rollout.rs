@@ -668,7 +668,10 @@ async fn an_unknown_goal_is_refused_before_anything_starts() -> Result<()> {
         .expect_err("plan too");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let list = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 0,
+        })
         .await?
         .into_inner();
     assert!(list.rollouts.is_empty(), "{list:?}");

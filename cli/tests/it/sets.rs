@@ -115,7 +115,10 @@ async fn a_new_revision_in_the_clis_set_rolls_out_without_a_coordinator_restart(
     let digest = digest_of(b.path())?;
     let mut c = coord.client().await?;
     let list = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 10 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            limit: 10,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     let [rollout] = list.rollouts.as_slice() else {
@@ -237,7 +240,10 @@ async fn a_broken_set_is_refused_at_upload_with_file_and_line_and_nothing_runs()
         .into_inner();
     assert!(!has.present);
     let list = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 10 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            limit: 10,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert!(list.rollouts.is_empty(), "{list:#?}");
@@ -326,6 +332,7 @@ async fn a_coordinator_without_migrations_plans_only_with_uploaded_sets() -> Res
     let address = format!("http://{}", listener.local_addr()?);
     let config = CoordinatorConfig {
         migrations: None,
+        project_migrations: vec![],
         backend: BackendConfig {
             etcd_endpoints: vec![],
             prefix: "/unused".into(),

@@ -31,14 +31,15 @@ pub(super) async fn status(
     let req = req.into_inner();
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let engine = api.project(&req.project)?;
     // The fleet's state needs no set: without one (none named, no default) the answer has
     // no heads and no drift, rather than no answer (`wait` on a pinned revision works).
-    let set = match api.engine.graph_of(&req.set_digest).await {
+    let set = match engine.graph_of(&req.set_digest).await {
         Ok(set) => Some(set),
         Err(EngineError::NoSet) => None,
         Err(e) => return Err(status_of(e)),
     };
-    let snap = api.engine.select(&selector).await.map_err(status_of)?;
+    let snap = engine.select(&selector).await.map_err(status_of)?;
     let mut targets: Vec<pb::FleetTarget> = snap
         .targets
         .iter()
@@ -63,6 +64,7 @@ pub(super) async fn status(
     }
     let Some((set_digest, graph)) = set else {
         return Ok(Response::new(pb::FleetStatusResponse {
+            project: engine.project().to_string(),
             targets,
             ..Default::default()
         }));
@@ -70,11 +72,12 @@ pub(super) async fn status(
     if req.include_schema {
         add_schema_drift(
             &mut targets,
-            &api.engine.validate_fleet(&graph, &snap.targets).await,
+            &engine.validate_fleet(&graph, &snap.targets).await,
         );
     }
-    crate::metrics::record_fleet(&targets, req.include_schema);
+    crate::metrics::record_fleet(engine.project(), &targets, req.include_schema);
     Ok(Response::new(pb::FleetStatusResponse {
+        project: engine.project().to_string(),
         targets,
         graph_heads: graph.heads().iter().map(|h| h.to_string()).collect(),
         graph_digest: graph.digest(),
@@ -89,14 +92,12 @@ pub(super) async fn validate(
     let req = req.into_inner();
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let (_, graph) = api
-        .engine
-        .graph_of(&req.set_digest)
-        .await
-        .map_err(status_of)?;
-    let snap = api.engine.select(&selector).await.map_err(status_of)?;
-    let v = api.engine.validate_fleet(&graph, &snap.targets).await;
-    metrics::gauge!("flotilla_fleet_drift_targets").set(v.drifted_targets().len() as f64);
+    let engine = api.project(&req.project)?;
+    let (_, graph) = engine.graph_of(&req.set_digest).await.map_err(status_of)?;
+    let snap = engine.select(&selector).await.map_err(status_of)?;
+    let v = engine.validate_fleet(&graph, &snap.targets).await;
+    metrics::gauge!("flotilla_fleet_drift_targets", "project" => engine.project().to_string())
+        .set(v.drifted_targets().len() as f64);
     Ok(Response::new(pb::FleetValidateResponse {
         targets: v.targets,
         groups: v.groups,
@@ -108,10 +109,11 @@ pub(super) async fn history(
     api: &Api,
     req: Request<pb::HistoryRequest>,
 ) -> Result<Response<pb::HistoryResponse>, Status> {
-    let id = req.into_inner().target_id;
+    let req = req.into_inner();
+    let id = req.target_id;
     check_id("target id", &id)?;
     let e = api
-        .engine
+        .project(&req.project)?
         .target_status(&id, true)
         .await
         .map_err(status_of)?;

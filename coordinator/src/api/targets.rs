@@ -21,16 +21,13 @@ pub(super) async fn stamp(
         return leader.stamp(forwarded(req)).await;
     }
     let req = req.into_inner();
-    let (term, e) = api.leader_target(&req.target_id).await?;
+    let engine = api.project(&req.project)?;
+    let (term, e) = api.leader_target(&engine, &req.target_id).await?;
     let dialect = e
         .dialect()
         .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
-    let (_, graph) = api
-        .engine
-        .graph_of(&req.set_digest)
-        .await
-        .map_err(status_of)?;
-    let goal: Goal = api.engine.goal(&graph, &req.revision).map_err(status_of)?;
+    let (_, graph) = engine.graph_of(&req.set_digest).await.map_err(status_of)?;
+    let goal: Goal = engine.goal(&graph, &req.revision).map_err(status_of)?;
     let plan = flotilla_revision::plan(&graph, &history_of(&e.status), &goal, dialect)
         .map_err(|b| Status::failed_precondition(b.to_string()))?;
     let mut last = e.status.clone();
@@ -56,6 +53,7 @@ pub(super) async fn stamp(
         let resp = e
             .agent
             .stamp(pb::StampRequest {
+                project: engine.wire_project(),
                 target_id: req.target_id.clone(),
                 fencing_token: term.agent_token(),
                 revisions,
@@ -78,7 +76,8 @@ pub(super) async fn repair(
         return leader.repair(forwarded(req)).await;
     }
     let req = req.into_inner();
-    let (term, e) = api.leader_target(&req.target_id).await?;
+    let engine = api.project(&req.project)?;
+    let (term, e) = api.leader_target(&engine, &req.target_id).await?;
     let revision = if req.revision.is_empty() {
         e.status.dirty_revision.clone()
     } else {
@@ -87,6 +86,7 @@ pub(super) async fn repair(
     let resp = e
         .agent
         .repair(pb::RepairRequest {
+            project: engine.wire_project(),
             target_id: req.target_id,
             fencing_token: term.agent_token(),
             revision,

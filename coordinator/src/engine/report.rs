@@ -46,7 +46,7 @@ pub(crate) async fn record_fleet_view(
         })
         .collect();
     let Some(rollout) = migrated_by else {
-        metrics::record_fleet(&targets, false);
+        metrics::record_fleet(engine.project(), &targets, false);
         return;
     };
     let mut fingerprints: std::collections::HashMap<String, String> =
@@ -96,5 +96,5 @@ pub(crate) async fn record_fleet_view(
                 .push(format!("schema differs from {}", d.reference_target));
         }
     }
-    metrics::record_fleet(&targets, true);
+    metrics::record_fleet(engine.project(), &targets, true);
 }

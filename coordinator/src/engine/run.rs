@@ -637,6 +637,7 @@ impl Engine {
             };
             let resp = agent
                 .validate(pb::ValidateRequest {
+                    project: self.wire_project(),
                     target_ids: ids,
                     expected: vec![],
                     skip_fingerprint: false,

@@ -223,27 +223,36 @@ impl Engine {
         Ok(true)
     }
 
-    /// On taking the lock: store the default set (so standbys and later leaders have it)
-    /// and collect old sets.
+    /// On taking the lock: store the default set (so standbys and later leaders have it).
     pub(super) async fn register_default_set(&self, term: &Term) -> Result<(), EngineError> {
         if let Some(d) = self.sets.default.clone() {
             self.store_set(term, &d.digest, &d.encoded, d.graph.len() as u32)
                 .await?;
         }
-        self.gc_sets(term).await
+        Ok(())
     }
 
-    /// Remove the sets no rollout record names (nor the default set), except the
-    /// `keep_sets` newest of them.
-    async fn gc_sets(&self, term: &Term) -> Result<(), EngineError> {
-        let mut referenced: HashSet<String> = self
-            .list()
-            .await?
-            .into_iter()
-            .map(|r| r.spec.set_digest)
-            .collect();
-        if let Some(d) = &self.sets.default {
-            referenced.insert(d.digest.clone());
+    /// Remove the sets no rollout record of any project names (nor a project's default
+    /// set), except the `keep_sets` newest of them. Sets are shared by every project (keyed
+    /// by digest), so this runs on the leading (`default`) engine, which knows its siblings.
+    pub(super) async fn gc_sets(&self, term: &Term) -> Result<(), EngineError> {
+        let mut referenced: HashSet<String> = HashSet::new();
+        for (key, value) in self.store.list("rollouts/").await? {
+            match serde_json::from_slice::<crate::rollout::RolloutRecord>(&value) {
+                Ok(r) => {
+                    referenced.insert(r.spec.set_digest);
+                }
+                // An unreadable record may name any set: collect nothing this time.
+                Err(e) => {
+                    tracing::warn!("not collecting migration sets: unreadable {key}: {e}");
+                    return Ok(());
+                }
+            }
+        }
+        for engine in std::iter::once(self).chain(self.siblings().iter().map(AsRef::as_ref)) {
+            if let Some(d) = &engine.sets.default {
+                referenced.insert(d.digest.clone());
+            }
         }
         let all = sets::manifests(self.store.as_ref()).await?;
         for m in sets::gc_victims(all, &referenced, self.config.keep_sets) {

@@ -265,6 +265,7 @@ impl Engine {
         let calls = agents.iter().map(|agent| async move {
             let req = pb::StatusRequest {
                 fencing_token: token,
+                project: self.wire_project(),
                 ..req.clone()
             };
             (agent.clone(), self.status_of_agent(agent, req).await)
@@ -509,6 +510,7 @@ impl Engine {
                 pb::StatusRequest {
                     target_ids,
                     fencing_token: token,
+                    project: self.wire_project(),
                     ..Default::default()
                 },
             )
@@ -548,6 +550,7 @@ impl Engine {
                 target_ids: vec![target_id.to_owned()],
                 include_history,
                 fencing_token: token,
+                project: self.wire_project(),
                 ..Default::default()
             };
             (agent.clone(), agent.status(req).await)

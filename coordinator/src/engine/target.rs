@@ -256,14 +256,15 @@ impl Engine {
                     graph.get(&s.revision).and_then(|r| r.statement_timeout),
                 ),
                 // Covered by the step's checksum (the revision's up checksum).
-                check_sql: guard_sql(&graph, s, |r, d| r.check_sql(d), rec.dialect),
-                verify_sql: guard_sql(&graph, s, |r, d| r.verify_sql(d), rec.dialect),
+                check_sql: guard_sql(graph, s, |r, d| r.check_sql(d), rec.dialect),
+                verify_sql: guard_sql(graph, s, |r, d| r.verify_sql(d), rec.dialect),
             })
             .collect();
         let sent = super::pack::request_len(&steps, self.config.migrate_request_bytes);
         let more = sent < steps.len();
         steps.truncate(sent);
         let req = pb::MigrateRequest {
+            project: self.wire_project(),
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
             fencing_token: term.agent_token(),
@@ -420,6 +421,7 @@ impl Engine {
                 target_ids: vec![rec.target_id.clone()],
                 include_history: false,
                 fencing_token: term.agent_token(),
+                project: self.wire_project(),
                 ..Default::default()
             })
             .await

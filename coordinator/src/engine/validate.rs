@@ -119,6 +119,7 @@ impl Engine {
                     .collect();
                 let res = agent
                     .validate(pb::ValidateRequest {
+                        project: self.wire_project(),
                         target_ids: ids.clone(),
                         expected,
                         skip_fingerprint: false,
@@ -261,6 +262,8 @@ async fn catalogs(calls: Vec<AgentTargets>) -> Catalogs {
     let results = futures::future::join_all(calls.into_iter().map(|(agent, ids)| async move {
         let res = agent
             .validate(pb::ValidateRequest {
+                // The catalog is the database's, whichever project asks.
+                project: String::new(),
                 target_ids: ids.clone(),
                 expected: vec![],
                 skip_fingerprint: false,

@@ -35,6 +35,7 @@ async fn coordinator(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = CoordinatorConfig {
         migrations: Some(repo_migrations()),
+        project_migrations: vec![],
         backend: BackendConfig {
             etcd_endpoints: vec![etcd.endpoint()],
             prefix: format!("/flotilla-leadership-{}", uuid::Uuid::new_v4()),
