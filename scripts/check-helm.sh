@@ -6,6 +6,9 @@
 #     missing required fields fail);
 #   - NOTES.txt renders (with the init-container snippet) for every ci values file;
 #   - the chart's own guards (embedded mode with 2 replicas must be refused);
+#   - the rollout hook's modes: pre-install,pre-upgrade against an external coordinator
+#     (the set's ConfigMap a hook created first, mounted and uploaded by the Job), post-*
+#     with the release's coordinator, pre-install with it refused;
 #   - the PrometheusRule (no schema in kubernetes-validate) carries exactly
 #     deploy/prometheus/flotilla-rules.yaml and passes `promtool check rules`;
 #   - the rollout goal the chart computes from migrations.files, for the repo's migrations/,
@@ -164,6 +167,53 @@ grep -q "needs etcd" "$TMP/err" || die "embedded replicas=2 failed with an unexp
     --set 'coordinator.etcd.endpoints={http://etcd:2379}' >/dev/null 2>"$TMP/err" ||
     die "etcd mode with coordinator.replicas=2 was refused: $(cat "$TMP/err")"
 ok "guard: coordinator.replicas=2 is refused without etcd, accepted with it"
+
+# The rollout hook's two modes. Pre-upgrade (ci/pre-upgrade-values.yaml, no coordinator in the
+# release): the Job is a pre-install,pre-upgrade hook that mounts the release's set and
+# uploads it (--migrations), and the set's ConfigMap is a hook created before the Job.
+PRE="$CHART/ci/pre-upgrade-values.yaml"
+"$HELM" template flotilla "$CHART" -f "$PRE" >"$TMP/pre.yaml" 2>"$TMP/err" ||
+    die "helm template -f $PRE failed: $(cat "$TMP/err")"
+PYTHONPATH="$PWD/$PYLIB${PYTHONPATH:+:$PYTHONPATH}" python3 - "$TMP/pre.yaml" <<'EOF' || die "the pre-upgrade mode does not render as expected"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+jobs = [d for d in docs if d["kind"] == "Job"]
+cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-migrations")]
+if len(jobs) != 1 or len(cms) != 1:
+    sys.exit(f"expected one Job and one migrations ConfigMap, found {len(jobs)} and {len(cms)}")
+job, cm = jobs[0], cms[0]
+ja, ca = job["metadata"]["annotations"], cm["metadata"].get("annotations") or {}
+if ja["helm.sh/hook"] != "pre-install,pre-upgrade":
+    sys.exit(f"Job hook is {ja['helm.sh/hook']!r}, not pre-install,pre-upgrade")
+if ca.get("helm.sh/hook") != "pre-install,pre-upgrade":
+    sys.exit(f"the set's ConfigMap is not a pre-install,pre-upgrade hook: {ca}")
+if int(ca["helm.sh/hook-weight"]) >= int(ja["helm.sh/hook-weight"]):
+    sys.exit("the set's ConfigMap must be created before the Job (lower hook weight)")
+pod = job["spec"]["template"]["spec"]
+c = pod["containers"][0]
+mount = next((m for m in c["volumeMounts"] if m["name"] == "migrations"), None)
+vol = next((v for v in pod["volumes"] if v["name"] == "migrations"), None)
+if not mount or not vol or vol["configMap"]["name"] != cm["metadata"]["name"]:
+    sys.exit("the Job does not mount the set's ConfigMap")
+if f"--migrations={mount['mountPath']}" not in c["args"]:
+    sys.exit(f"the Job does not upload the mounted set: {c['args']}")
+if "--coordinator=http://flotilla-coordinator.platform.svc:7600" not in c["args"]:
+    sys.exit(f"the Job does not target the external coordinator: {c['args']}")
+if "lint.toml" not in cm["data"]:
+    sys.exit("lint.toml is not part of the set")
+if any(d["kind"] == "Deployment" and "coordinator" in d["metadata"]["name"] for d in docs):
+    sys.exit("a coordinator was rendered with coordinator.enabled=false")
+EOF
+post=$("$HELM" template flotilla "$CHART" -f "$CHART/ci/embedded-values.yaml" --show-only templates/rollout-job.yaml |
+    sed -n 's|^ *helm.sh/hook: ||p')
+[[ $post == '"post-install,post-upgrade"' ]] ||
+    die "with the coordinator in the release the hook must default to post-install,post-upgrade, got $post"
+if "$HELM" template flotilla "$CHART" --set 'rolloutJob.hook=pre-install\,pre-upgrade' >/dev/null 2>"$TMP/err"; then
+    die "a pre-install hook with the coordinator in the release rendered; the chart must refuse it"
+fi
+grep -q "long-lived coordinator" "$TMP/err" ||
+    die "pre-install with coordinator.enabled failed with an unexpected error: $(cat "$TMP/err")"
+ok "rollout hook: pre-install,pre-upgrade against an external coordinator (set ConfigMap hook first, mounted, uploaded); post-* with the release's coordinator; pre-install refused with it"
 
 # The PrometheusRule carries exactly the alert rules of deploy/prometheus/, and promtool
 # accepts them as rendered (kubernetes-validate has no schema for the custom resource).

@@ -32,6 +32,7 @@ use crate::target::{Target, Targets};
 use flotilla_core::error_class::ErrorClass;
 use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::TargetState;
+use flotilla_core::project::Project;
 use flotilla_rpc::convert::{CatalogProto, ForeignProto};
 
 mod adopt;
@@ -70,10 +71,10 @@ impl std::fmt::Debug for Agent {
 
 /// A read-only session (no lock, nothing created: a target without Flotilla's tables reads
 /// as one at base).
-async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
+async fn open_session(target: &Target, project: &Project) -> Result<Box<dyn Session>, AgentError> {
     target
         .driver
-        .connect_read()
+        .connect_read(project)
         .await
         .map_err(|e| driver_error(&target.id, e))
 }
@@ -84,8 +85,9 @@ async fn open_session(target: &Target) -> Result<Box<dyn Session>, AgentError> {
 /// The target's state, or the error with its transient class (`None`: permanent).
 async fn read_status(
     target: &Target,
+    project: &Project,
 ) -> Result<(TargetState, Vec<ForeignTable>), (AgentError, Option<ErrorClass>)> {
-    target.driver.read_status().await.map_err(|e| {
+    target.driver.read_status(project).await.map_err(|e| {
         let class = e.class();
         (driver_error(&target.id, e), class)
     })
@@ -95,10 +97,11 @@ async fn read_status(
 /// the normalized catalog it hashes).
 async fn read_target_and_fingerprint(
     target: &Target,
+    project: &Project,
     skip_fingerprint: bool,
     include_catalog: bool,
 ) -> Result<(TargetState, String, Option<flotilla_proto::Catalog>), AgentError> {
-    let mut session = open_session(target).await?;
+    let mut session = open_session(target, project).await?;
     let res = async {
         let state = session.read_state().await?;
         if skip_fingerprint {
@@ -239,6 +242,7 @@ impl Agent {
     /// event; everything after that is streamed.
     pub async fn migrate(&self, req: MigrateRequest) -> Result<EventStream, Status> {
         let mut steps = check::migrate_request(&req)?;
+        let project = check::project(&req.project)?;
         for (spec, _) in &mut steps {
             if spec.bounds.lock_timeout.is_zero() {
                 spec.bounds.lock_timeout = self.config.lock.step_timeout;
@@ -280,6 +284,7 @@ impl Agent {
             "migrate",
             flotilla.target = %target.id,
             flotilla.rollout.id = %req.rollout_id,
+            flotilla.project = %project,
             flotilla.fencing_token = req.fencing_token,
             flotilla.steps = planned.len(),
             db.system = target.dialect.db_system(),
@@ -287,6 +292,7 @@ impl Agent {
         let exec = Executor {
             sink: EventSink::new(tx.clone(), target.id.clone()),
             target,
+            project,
             meta: self.meta(&req.rollout_id, req.fencing_token),
             retry,
             lock: self.config.lock.clone(),
@@ -341,6 +347,7 @@ impl Agent {
     /// cannot be read gets `error` set instead of failing the call.
     pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
         check::status_request(&req)?;
+        let project = &check::project(&req.project)?;
         // A leader announces its token: lower tokens are refused while it is fresh.
         self.fence.announce(req.fencing_token);
         let targets = self.select(&req.target_ids).await?;
@@ -356,7 +363,7 @@ impl Agent {
         let include_history = req.include_history;
         let targets = futures::stream::iter(targets)
             .map(|t| async move {
-                match tokio::time::timeout(timeout, read_status(&t)).await {
+                match tokio::time::timeout(timeout, read_status(&t, project)).await {
                     Ok(Ok((state, foreign))) => {
                         // What a fence row holds was committed: it binds for every target.
                         self.fence.accepted(state.fence_token);
@@ -395,6 +402,7 @@ impl Agent {
     /// Compare each target's history with the expected revisions and fingerprint its schema.
     pub async fn validate(&self, req: ValidateRequest) -> Result<ValidateResponse, Status> {
         check::validate_request(&req)?;
+        let project = &check::project(&req.project)?;
         let targets = self.select(&req.target_ids).await?;
         let expected: std::collections::HashMap<&str, &str> = req
             .expected
@@ -408,7 +416,7 @@ impl Agent {
             .map(|t| {
                 let expected = &expected;
                 async move {
-                    let read = read_target_and_fingerprint(&t, skip, include_catalog);
+                    let read = read_target_and_fingerprint(&t, project, skip, include_catalog);
                     let mut tv = TargetValidation {
                         target_id: t.id.clone(),
                         ..Default::default()
@@ -441,11 +449,13 @@ impl Agent {
     async fn locked(
         &self,
         target: &Target,
+        project: &Project,
     ) -> Result<(tokio::sync::OwnedMutexGuard<()>, Box<dyn Session>), AgentError> {
         self.ensure_running(&target.id)?;
         let cancel = self.shutdown.child_token();
         let locker = Locker {
             target,
+            project,
             wait: self.config.lock.wait,
             max_poll: self.config.lock.max_poll_interval,
             cancel: &cancel,
@@ -467,6 +477,7 @@ impl Agent {
     /// Record revisions as applied (up) or removed (down) without running SQL. Fenced.
     pub async fn stamp(&self, req: StampRequest) -> Result<StampResponse, Status> {
         let direction = check::stamp_request(&req)?;
+        let project = check::project(&req.project)?;
         let target = self.targets.lookup(&req.target_id).await?;
         self.check_fence(&target.id, req.fencing_token)?;
         let meta = self.meta(&req.rollout_id, req.fencing_token);
@@ -475,7 +486,7 @@ impl Agent {
             .iter()
             .map(|r| (r.revision.clone(), r.checksum.clone()))
             .collect();
-        let (guard, mut session) = self.locked(&target).await?;
+        let (guard, mut session) = self.locked(&target, &project).await?;
         let res = stamp_locked(session.as_mut(), &target.id, &pairs, direction, &meta).await;
         Self::release(session).await;
         drop(guard);
@@ -490,10 +501,11 @@ impl Agent {
     /// Resolve the target's dirty step: it counts as applied, or as not applied. Fenced.
     pub async fn repair(&self, req: RepairRequest) -> Result<RepairResponse, Status> {
         check::repair_request(&req)?;
+        let project = check::project(&req.project)?;
         let target = self.targets.lookup(&req.target_id).await?;
         self.check_fence(&target.id, req.fencing_token)?;
         let meta = self.meta("", req.fencing_token);
-        let (guard, mut session) = self.locked(&target).await?;
+        let (guard, mut session) = self.locked(&target, &project).await?;
         let res = repair_locked(
             session.as_mut(),
             &target.id,

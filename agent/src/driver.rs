@@ -14,6 +14,7 @@ use flotilla_core::catalog::Catalog;
 pub use flotilla_core::error_class::ErrorClass;
 use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::project::Project;
 use flotilla_core::{Dialect, Direction};
 
 pub mod blockers;
@@ -132,20 +133,21 @@ pub trait Driver: Send + Sync + 'static {
     /// `host:port` of the server (never credentials), or the file path for SQLite.
     fn host(&self) -> String;
 
-    /// Open one dedicated connection to the target.
-    async fn connect(&self) -> Result<Box<dyn Session>, DriverError>;
+    /// Open one dedicated connection to the target, on `project`'s history, fence and
+    /// migration lock.
+    async fn connect(&self, project: &Project) -> Result<Box<dyn Session>, DriverError>;
 
     /// Open a connection for reading only (status, validate): it must not create anything.
     /// SQLite opens an existing file without creating it, and a missing file reads as an
     /// empty database.
-    async fn connect_read(&self) -> Result<Box<dyn Session>, DriverError> {
-        self.connect().await
+    async fn connect_read(&self, project: &Project) -> Result<Box<dyn Session>, DriverError> {
+        self.connect(project).await
     }
 
     /// The target's state, read without writing anything (Status): a read-only session's
     /// `read_state`. SQLite answers from a cache while the database files are unchanged.
-    async fn read_state(&self) -> Result<TargetState, DriverError> {
-        let mut session = self.connect_read().await?;
+    async fn read_state(&self, project: &Project) -> Result<TargetState, DriverError> {
+        let mut session = self.connect_read(project).await?;
         let res = session.read_state().await;
         session.close().await;
         res
@@ -154,8 +156,11 @@ pub trait Driver: Send + Sync + 'static {
     /// What Status reports: the state as [`Driver::read_state`] reads it and, only for a
     /// target without Flotilla history, other tools' version tables (one more query when
     /// there is none), read on the same read-only session.
-    async fn read_status(&self) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
-        let mut session = self.connect_read().await?;
+    async fn read_status(
+        &self,
+        project: &Project,
+    ) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
+        let mut session = self.connect_read(project).await?;
         let res = async {
             let state = session.read_state().await?;
             let foreign = if state.history.is_empty() {

@@ -119,6 +119,8 @@ fn millis(d: Duration) -> u64 {
 /// Runs one Migrate request against one target.
 pub(crate) struct Executor {
     pub(crate) target: std::sync::Arc<Target>,
+    /// Whose history, fence and migration lock on the target this run uses.
+    pub(crate) project: flotilla_core::project::Project,
     pub(crate) meta: StepMeta,
     pub(crate) retry: RetryConfig,
     pub(crate) lock: LockConfig,
@@ -187,6 +189,7 @@ impl Executor {
     fn locker<'a>(&'a self, events: &'a EventCtx) -> Locker<'a> {
         Locker {
             target: &self.target,
+            project: &self.project,
             wait: self.lock_wait,
             max_poll: self.lock.max_poll_interval,
             cancel: &self.cancel,

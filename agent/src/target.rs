@@ -15,6 +15,7 @@ use tokio::sync::{Mutex, RwLock};
 use crate::config::{DiscoverySource, TargetConfig, is_valid_target_id};
 use crate::driver::{Driver, DriverError};
 use crate::error::AgentError;
+use flotilla_core::project::Project;
 use flotilla_core::{Dialect, Secret};
 
 /// One target database and what the agent keeps about it in memory.
@@ -23,8 +24,26 @@ pub(crate) struct Target {
     pub(crate) dialect: Dialect,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) driver: Arc<dyn Driver>,
-    /// Serializes writers (Migrate, Stamp, Repair) inside this agent, before the database lock.
+    /// Serializes writers (Migrate, Stamp, Repair) of project `default` inside this agent,
+    /// before the database lock.
     pub(crate) mutex: Arc<Mutex<()>>,
+    /// The same for every other project that wrote here (made on first use): two projects'
+    /// writers on one target do not wait for each other.
+    pub(crate) project_mutexes: std::sync::Mutex<BTreeMap<Project, Arc<Mutex<()>>>>,
+}
+
+impl Target {
+    /// The in-process mutex of `project`'s writers on this target.
+    pub(crate) fn mutex_for(&self, project: &Project) -> Arc<Mutex<()>> {
+        if project.is_default() {
+            return self.mutex.clone();
+        }
+        let mut map = self
+            .project_mutexes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.entry(project.clone()).or_default().clone()
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -171,6 +190,7 @@ impl Targets {
                     labels: cfg.labels.clone(),
                     driver: open_driver(cfg.dialect, &cfg.url)?,
                     mutex: Arc::new(Mutex::new(())),
+                    project_mutexes: Default::default(),
                 }),
             };
             next.insert(cfg.id, target);

@@ -180,7 +180,8 @@ async fn bench_rollout(dir: &Path, tenants: usize) -> Result<serde_json::Value> 
         )));
     }
     let config = CoordinatorConfig {
-        migrations: Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations"),
+        migrations: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations")),
+        project_migrations: vec![],
         backend: BackendConfig {
             etcd_endpoints: vec![],
             prefix: "/bench".into(),

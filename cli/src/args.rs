@@ -8,16 +8,25 @@ use clap::{Args, ValueEnum};
 
 use flotilla_coordinator::telemetry::LogFormat;
 
+/// The migrations directory when `--migrations` is not given.
+pub const DEFAULT_MIGRATIONS: &str = "migrations";
+
 /// Flags every command accepts.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Directory holding the migration files (searched recursively for *.sql)
+    /// Directory holding the migration files (searched recursively for *.sql); online
+    /// commands send its set to the coordinator (empty: none, the coordinator's own)
     #[arg(
         long,
         global = true,
         env = "FLOTILLA_MIGRATIONS",
-        default_value = "migrations",
-        value_name = "DIR"
+        default_value = DEFAULT_MIGRATIONS,
+        value_name = "DIR",
+        // Empty is allowed: online commands then name no set (the coordinator's own).
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::OsStringValueParser::new(),
+            PathBuf::from
+        )
     )]
     pub migrations: PathBuf,
     /// Output format

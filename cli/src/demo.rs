@@ -126,7 +126,8 @@ pub async fn run(
     }
 
     let config = CoordinatorConfig {
-        migrations: global.migrations.clone(),
+        migrations: Some(global.migrations.clone()),
+        project_migrations: vec![],
         backend: BackendConfig {
             etcd_endpoints: vec![],
             prefix: flotilla_coordinator::backend::DEFAULT_PREFIX.into(),
@@ -270,6 +271,7 @@ async fn drive(
         .fleet_status(pb::FleetStatusRequest {
             selector: None,
             include_schema: false,
+            ..Default::default()
         })
         .await
         .map_err(|e| CliError::Refused(e.message().to_owned()))?

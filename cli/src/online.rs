@@ -23,6 +23,7 @@ mod fence;
 mod fleet;
 mod habits;
 mod rollout;
+mod sets;
 mod spec;
 mod target;
 
@@ -136,16 +137,18 @@ pub async fn run(
 ) -> Result<u8, CliError> {
     let json = global.output == OutputFormat::Json;
     match cmd {
-        OnlineCommand::Plan { client, spec } => fleet::plan(&client, &spec, json, out).await,
-        OnlineCommand::Rollout(cmd) => rollout::run(cmd, json, out).await,
+        OnlineCommand::Plan { client, spec } => {
+            fleet::plan(&client, &spec, &global.migrations, json, out).await
+        }
+        OnlineCommand::Rollout(cmd) => rollout::run(cmd, &global.migrations, json, out).await,
         OnlineCommand::Fence(cmd) => fence::run(cmd, json, out).await,
-        OnlineCommand::Adopt(args) => adopt::run(args, json, out).await,
+        OnlineCommand::Adopt(args) => adopt::run(args, &global.migrations, json, out).await,
         OnlineCommand::Backups(args) => backups::run(args, json, out).await,
         OnlineCommand::Status { client, select } => {
-            fleet::status(&client, &select, json, out).await
+            fleet::status(&client, &select, &global.migrations, json, out).await
         }
         OnlineCommand::Validate { client, select } => {
-            fleet::validate(&client, &select, json, out).await
+            fleet::validate(&client, &select, &global.migrations, json, out).await
         }
         OnlineCommand::History {
             client,
@@ -158,7 +161,7 @@ pub async fn run(
             client,
             target,
             revision,
-        } => target::stamp(&client, target, revision, json, out).await,
+        } => target::stamp(&client, target, revision, &global.migrations, json, out).await,
         OnlineCommand::Repair {
             client,
             target,
@@ -174,7 +177,17 @@ pub async fn run(
             interval,
         } => {
             let selector = select.selector()?;
-            fleet::wait(&client, &revision, selector, timeout, interval, json, out).await
+            fleet::wait(
+                &client,
+                &global.migrations,
+                &revision,
+                selector,
+                timeout,
+                interval,
+                json,
+                out,
+            )
+            .await
         }
     }
 }

@@ -17,7 +17,9 @@ use flotilla_coordinator::backend::{BackendConfig, DEFAULT_PREFIX, default_holde
 use flotilla_coordinator::engine::EngineConfig;
 use flotilla_coordinator::rollout::metric_gate::check_url;
 use flotilla_coordinator::server::{CoordinatorConfig, TlsConfig, build, serve};
+use flotilla_coordinator::sets::DEFAULT_KEEP_SETS;
 use flotilla_coordinator::telemetry::Hooks;
+use flotilla_core::project::Project;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -63,6 +65,18 @@ pub struct ServeArgs {
     /// reached during the rollout waits for it: `rollout start --agent-wait`)
     #[arg(long, env = "FLOTILLA_AGENT_ATTEMPTS", default_value_t = 5)]
     pub agent_attempts: u32,
+    /// Another project this coordinator serves, as NAME or NAME=DIR (repeatable; the env var
+    /// is comma-separated): `--project NAME` calls have their own rollouts and each target's
+    /// own history of that project; DIR is its default set (else the CLI uploads its set).
+    /// `--migrations` is project `default`'s
+    #[arg(
+        long = "project-migrations",
+        env = "FLOTILLA_PROJECT_MIGRATIONS",
+        value_delimiter = ',',
+        value_name = "NAME[=DIR]",
+        value_parser = parse_project_migrations
+    )]
+    pub project_migrations: Vec<(Project, Option<PathBuf>)>,
     /// Serve Prometheus metrics on this address (`/metrics`); off when unset
     #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -70,6 +84,11 @@ pub struct ServeArgs {
     /// --gate-prometheus (http://host:port[/prefix])
     #[arg(long, env = "FLOTILLA_GATE_PROMETHEUS", value_name = "URL")]
     pub gate_prometheus: Option<String>,
+    /// Migration sets no rollout refers to that are kept (newest first); older ones are
+    /// removed from the state store
+    #[arg(long, env = "FLOTILLA_KEEP_SETS", default_value_t = DEFAULT_KEEP_SETS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep_sets: u64,
     #[command(flatten)]
     pub tls: flotilla_rpc::tls::PeerTlsArgs,
 }
@@ -100,7 +119,8 @@ impl ServeArgs {
             .transpose()
             .map_err(CliError::Refused)?;
         Ok(CoordinatorConfig {
-            migrations: global.migrations.clone(),
+            migrations: default_set_dir(global),
+            project_migrations: self.project_migrations.clone(),
             backend: BackendConfig {
                 etcd_endpoints: self
                     .etcd
@@ -127,10 +147,42 @@ impl ServeArgs {
                         .then(|| format!("{scheme}://{}", self.listen))
                 }),
                 gate_prometheus,
+                keep_sets: self.keep_sets as usize,
                 ..EngineConfig::default()
             },
             tls,
         })
+    }
+}
+
+/// The coordinator's default migration set: `--migrations` when that directory exists. The
+/// flag's default (`migrations`) may be absent, and `--migrations=` (empty) asks for none:
+/// the coordinator then plans only with the sets the CLI uploads. Another directory must
+/// exist (its load fails otherwise).
+fn default_set_dir(global: &GlobalArgs) -> Option<PathBuf> {
+    let dir = &global.migrations;
+    let implicit = dir.as_path() == std::path::Path::new(crate::args::DEFAULT_MIGRATIONS);
+    let none = dir.as_os_str().is_empty() || (implicit && !dir.is_dir());
+    (!none).then(|| dir.clone())
+}
+
+/// `NAME` or `NAME=DIR` of `--project-migrations`: a project this coordinator serves, with
+/// its default migration set when a directory is given (else every call uploads its set).
+fn parse_project_migrations(raw: &str) -> Result<(Project, Option<PathBuf>), String> {
+    let (name, dir) = match raw.split_once('=') {
+        Some((name, dir)) => (name, Some(dir)),
+        None => (raw, None),
+    };
+    let project = Project::parse(name.trim()).map_err(|e| e.to_string())?;
+    if project.is_default() {
+        return Err("project default's migrations are --migrations; name another project".into());
+    }
+    match dir.map(str::trim) {
+        Some("") => Err(format!(
+            "{raw:?}: the migrations directory is empty; give NAME or NAME=DIR"
+        )),
+        Some(dir) => Ok((project, Some(PathBuf::from(dir)))),
+        None => Ok((project, None)),
     }
 }
 

@@ -195,6 +195,7 @@ type AgentTargets = (Arc<dyn AgentClient>, Vec<(String, i32)>);
 /// Adopt every selected target (the leader's term supplies the fencing token).
 pub async fn adopt(
     engine: &Engine,
+    graph: &Graph,
     token: u64,
     selector: &Selector,
     from: Option<&str>,
@@ -202,7 +203,6 @@ pub async fn adopt(
     retire: bool,
 ) -> Result<Vec<pb::AdoptedTarget>, EngineError> {
     let snap = engine.select(selector).await?;
-    let graph = engine.graph();
     // Per agent: the client and its selected targets with their dialects.
     let mut by_agent: BTreeMap<String, AgentTargets> = BTreeMap::new();
     for e in &snap.targets {
@@ -225,6 +225,7 @@ pub async fn adopt(
         let ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
         let report = match agent
             .detect_foreign(pb::DetectForeignRequest {
+                project: engine.wire_project(),
                 target_ids: ids.clone(),
             })
             .await
@@ -275,6 +276,7 @@ pub async fn adopt(
                 continue;
             };
             let req = pb::AdoptTargetRequest {
+                project: engine.wire_project(),
                 target_id: tf.target_id.clone(),
                 fencing_token: token,
                 tool: tool.clone(),

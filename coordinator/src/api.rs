@@ -7,13 +7,14 @@
 //! - `fleet.rs`: fleet status and validation, a target's history;
 //! - `targets.rs`: operator calls on one target (stamp, repair); `backups.rs`: backups;
 //! - `adopt.rs`: adopting another tool's version table; `agents.rs`: register, heartbeat;
+//! - `sets.rs`: has and upload a migration set;
 //! - `forward.rs`: a standby forwards write calls to the leader (one hop only).
 //!
 //! Calls that reach agents run in a server span (`telemetry::api_span`), so each is one
 //! trace with the agents' spans inside it.
 //!
 //! **Architecture invariant:** write calls (start, pause/resume/abort, stamp, repair,
-//! restore, prune, adopt) act only on the leader: a standby forwards them, or answers
+//! restore, prune, adopt, upload set) act only on the leader: a standby forwards them, or answers
 //! `NOT_LEADER`; every call that reaches an agent carries the current term's fencing token.
 
 mod adopt;
@@ -23,6 +24,7 @@ mod fence;
 mod fleet;
 mod forward;
 mod rollouts;
+mod sets;
 mod targets;
 mod watch;
 
@@ -34,6 +36,7 @@ use tracing::Instrument;
 use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_server::CoordinatorService;
 
+use crate::engine::projects::ProjectEngines;
 use crate::engine::{Engine, EngineError, FleetEntry, Term};
 use crate::telemetry::api_span;
 
@@ -58,6 +61,10 @@ pub fn status_of(e: EngineError) -> Status {
         | EngineError::Gate { .. } => Status::unavailable(e.to_string()),
         EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),
         EngineError::Destructive(_) => Status::failed_precondition(format!("DESTRUCTIVE: {e}")),
+        EngineError::SetInvalid(_) => Status::invalid_argument(format!("SET_INVALID: {e}")),
+        EngineError::SetUnknown(_) => Status::failed_precondition(format!("SET_UNKNOWN: {e}")),
+        EngineError::NoSet => Status::failed_precondition(format!("NO_SET: {e}")),
+        EngineError::SetCorrupt(_) => Status::data_loss(format!("SET_CORRUPT: {e}")),
     }
 }
 
@@ -67,7 +74,11 @@ fn registry_status(e: impl std::error::Error) -> Status {
 }
 
 pub struct Api {
+    /// Project `default`'s engine: it leads, and answers what no project scopes (agents,
+    /// fence takeover, where the leader is).
     engine: Arc<Engine>,
+    /// Every project's engine, for the calls a project scopes.
+    projects: Arc<ProjectEngines>,
     /// Extracts the caller's trace context: (traceparent, trace id) for a new rollout.
     trace_of: crate::telemetry::TraceOf,
     /// How a standby dials the leader to forward write calls.
@@ -76,27 +87,35 @@ pub struct Api {
 
 impl Api {
     pub fn new(
-        engine: Arc<Engine>,
+        projects: Arc<ProjectEngines>,
         trace_of: crate::telemetry::TraceOf,
         leader_tls: flotilla_rpc::tls::ClientTls,
     ) -> Api {
         Api {
-            engine,
+            engine: projects.default_engine().clone(),
+            projects,
             trace_of,
             leader_tls,
         }
     }
 
+    /// The engine of the project a request names (empty: `default`).
+    fn project(&self, name: &str) -> Result<Arc<Engine>, Status> {
+        self.projects.get(name).map_err(status_of)
+    }
+
     /// For an operator call on one target (stamp, repair, backups): this leader's term and
     /// the target as its agent reports it.
-    async fn leader_target(&self, target_id: &str) -> Result<(Term, FleetEntry), Status> {
+    async fn leader_target(
+        &self,
+        engine: &Engine,
+        target_id: &str,
+    ) -> Result<(Term, FleetEntry), Status> {
         check_id("target id", target_id)?;
-        let term = self
-            .engine
+        let term = engine
             .term()
             .ok_or_else(|| status_of(EngineError::NotLeader))?;
-        let entry = self
-            .engine
+        let entry = engine
             .target_status(target_id, false)
             .await
             .map_err(status_of)?;
@@ -266,5 +285,19 @@ impl CoordinatorService for Api {
     ) -> Result<Response<pb::FenceTakeoverResponse>, Status> {
         let span = api_span("CoordinatorService/FenceTakeover", req.metadata());
         fence::takeover(self, req).instrument(span).await
+    }
+
+    async fn has_set(
+        &self,
+        req: Request<pb::HasSetRequest>,
+    ) -> Result<Response<pb::HasSetResponse>, Status> {
+        sets::has(self, req).await
+    }
+
+    async fn upload_set(
+        &self,
+        req: Request<tonic::Streaming<pb::SetChunk>>,
+    ) -> Result<Response<pb::UploadSetResponse>, Status> {
+        sets::upload(self, req).await
     }
 }

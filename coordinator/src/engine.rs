@@ -25,25 +25,32 @@ use crate::rollout::{
     RolloutRecord, RolloutSpec, RolloutState, TargetRecord, now_ms, rollout_key, targets_prefix,
 };
 use crate::store::{StateStore, StoreError, WriteOp};
+use flotilla_core::project::Project;
 use flotilla_revision::Graph;
 
 mod batch;
 pub mod destructive;
 mod durable;
+mod error;
 pub mod fencing;
 mod gate;
 mod live;
 mod metric_gate;
 mod pack;
 pub mod preflight;
+pub mod projects;
 mod report;
 mod run;
+pub mod sets;
 pub mod snapshot;
 mod target;
 mod unreadable;
 pub mod validate;
 pub mod view;
 
+pub use error::EngineError;
+pub(crate) use error::{rollout_not_found, target_not_found};
+pub use sets::DefaultSet;
 pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
 
 /// How soon a rollout interrupted by an error other than its term's end is resumed, at
@@ -53,93 +60,6 @@ const RESUME_MAX: Duration = Duration::from_secs(10);
 
 /// Store key holding the current leader's API address (`{"address", "token"}`).
 pub const LEADER_KEY: &str = "leader";
-
-/// Engine errors, mapped to gRPC codes in one place (`api.rs`'s `status_of`).
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(
-        "this coordinator is not the leader; retry against the leader or wait for it to take the lock"
-    )]
-    NotLeader,
-    /// What was not found, as the message shows it (input escaped: `rollout_not_found`,
-    /// `target_not_found`).
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// A goal that does not parse.
-    #[error("goal {}: {source}", flotilla_core::text::quoted(goal))]
-    InvalidGoal {
-        goal: String,
-        #[source]
-        source: flotilla_revision::InvalidGoal,
-    },
-    #[error("leadership lost: fencing token {0} is stale")]
-    Fenced(u64),
-    /// The state store failed (a fenced refusal is [`EngineError::Fenced`] instead).
-    #[error("state store: {0}")]
-    Store(#[source] StoreError),
-    /// A record could not be encoded for the store.
-    #[error("state store: {0}")]
-    Encode(#[source] serde_json::Error),
-    /// A stored record (`what`: the rollout or the key) could not be decoded.
-    #[error("state store: {what}: {source}")]
-    Decode {
-        what: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// A background write of target records failed earlier (see `engine/batch.rs`); every
-    /// later write of that rollout in this term reports it.
-    #[error("state store: {0}")]
-    WriteBehind(#[source] Arc<EngineError>),
-    /// A target's task panicked or was cancelled.
-    #[error("state store: target task failed: {0}")]
-    TargetTask(#[source] tokio::task::JoinError),
-    #[error("{0}")]
-    Unavailable(String),
-    /// The wave gate could not ask an agent for its targets' fingerprints.
-    #[error("fingerprint gate: agent {agent_id}: {}", .source.message())]
-    Gate {
-        agent_id: String,
-        #[source]
-        source: Box<tonic::Status>,
-    },
-    /// `StartRollout` refused: the plan would block selected targets (a downgrade).
-    #[error("{0}")]
-    WouldBlock(String),
-    /// `StartRollout` / `Plan` refused: revisions to apply have destructive findings that
-    /// are not allowed.
-    #[error("{0}")]
-    Destructive(String),
-}
-
-/// `NotFound` for a rollout id as given (escaped).
-pub(crate) fn rollout_not_found(id: &str) -> String {
-    format!(
-        "rollout {} not found: `flotilla rollout list` shows the rollouts",
-        flotilla_core::text::quoted(id)
-    )
-}
-
-/// `NotFound` for a target id as given (escaped).
-pub(crate) fn target_not_found(id: &str) -> String {
-    format!(
-        "target {} not found: no agent serves it (`flotilla status` lists the targets)",
-        flotilla_core::text::quoted(id)
-    )
-}
-
-impl From<StoreError> for EngineError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Fenced { token } => EngineError::Fenced(token),
-            other => EngineError::Store(other),
-        }
-    }
-}
 
 /// What the user asked a running rollout to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +131,9 @@ pub struct EngineConfig {
     /// The Prometheus a rollout's metric gate asks when the rollout names none
     /// (`flotilla coordinator --gate-prometheus`).
     pub gate_prometheus: Option<String>,
+    /// Migration sets no rollout refers to that garbage collection keeps, newest first
+    /// (default [`crate::sets::DEFAULT_KEEP_SETS`]).
+    pub keep_sets: usize,
 }
 
 impl Default for EngineConfig {
@@ -223,16 +146,24 @@ impl Default for EngineConfig {
             advertise: None,
             migrate_request_bytes: flotilla_core::limits::MAX_STEP_SQL_BYTES,
             gate_prometheus: None,
+            keep_sets: crate::sets::DEFAULT_KEEP_SETS,
         }
     }
 }
 
 pub struct Engine {
-    pub(crate) graph: Arc<Graph>,
+    /// The migration sets planned with (see `sets.rs`).
+    pub(crate) sets: sets::SetCache,
+    /// The project this engine runs rollouts of (see `projects.rs`): every agent request
+    /// carries it, and it sees only that project's rollouts and targets' states.
+    pub(crate) project: Project,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: EngineConfig,
-    term: watch::Sender<Option<Term>>,
+    /// Shared by the engines of every project: one lock, one term.
+    term: Arc<watch::Sender<Option<Term>>>,
+    /// The other projects' engines, which lead with this one (`default`'s; see `projects.rs`).
+    siblings: Mutex<Vec<Arc<Engine>>>,
     updates: broadcast::Sender<RolloutUpdate>,
     controls: Mutex<HashMap<String, watch::Sender<Control>>>,
     tasks: TaskTracker,
@@ -246,17 +177,19 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(
-        graph: Arc<Graph>,
+        default_set: Option<DefaultSet>,
         store: Arc<dyn StateStore>,
         registry: Arc<Registry>,
         config: EngineConfig,
     ) -> Arc<Engine> {
         Arc::new(Engine {
-            graph,
+            sets: sets::SetCache::new(default_set),
+            project: Project::default(),
             store,
             registry,
             config,
-            term: watch::channel(None).0,
+            term: Arc::new(watch::channel(None).0),
+            siblings: Mutex::new(Vec::new()),
             updates: broadcast::channel(1024).0,
             controls: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
@@ -264,10 +197,6 @@ impl Engine {
             live: live::LiveRollouts::default(),
             store_health: durable::StoreHealth::default(),
         })
-    }
-
-    pub fn graph(&self) -> &Arc<Graph> {
-        &self.graph
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -381,8 +310,20 @@ impl Engine {
                 }
                 Err(e) => tracing::warn!("cannot announce the new fencing token: {e}"),
             }
-            if let Err(e) = self.resume_all(&term).await {
-                tracing::error!("cannot resume rollouts: {e}");
+            if let Err(e) = self.adopt_recorded_projects().await {
+                tracing::error!("cannot list the rollouts' projects: {e}");
+            }
+            for engine in std::iter::once(self.clone()).chain(self.siblings()) {
+                // Before resuming: a rollout started with a default set finds it stored.
+                if let Err(e) = engine.register_default_set(&term).await {
+                    tracing::error!(project = %engine.project, "cannot store the default migration set: {e}");
+                }
+                if let Err(e) = engine.resume_all(&term).await {
+                    tracing::error!(project = %engine.project, "cannot resume rollouts: {e}");
+                }
+            }
+            if let Err(e) = self.gc_sets(&term).await {
+                tracing::warn!("cannot garbage-collect migration sets: {e}");
             }
             let lost = tokio::select! {
                 _ = leadership.lost.cancelled() => true,
@@ -400,9 +341,11 @@ impl Engine {
                 metrics::counter!("flotilla_coordinator_lease_losses_total").increment(1);
             }
             // Wait for this term's tasks to observe the cancellation before going on.
-            self.tasks.close();
-            self.tasks.wait().await;
-            self.tasks.reopen();
+            for engine in std::iter::once(self.clone()).chain(self.siblings()) {
+                engine.tasks.close();
+                engine.tasks.wait().await;
+                engine.tasks.reopen();
+            }
             if shutdown.is_cancelled() {
                 if let Err(e) = leadership.release().await {
                     tracing::warn!("releasing the fleet lock: {e}");
@@ -480,11 +423,13 @@ impl Engine {
         Ok((rec, targets))
     }
 
-    /// Every rollout record, newest first.
+    /// Every rollout record of this engine's project, newest first (records written before
+    /// projects existed are `default`'s).
     pub async fn list(&self) -> Result<Vec<RolloutRecord>, EngineError> {
         let mut out = Vec::new();
         for (key, value) in self.store.list("rollouts/").await? {
             match serde_json::from_slice::<RolloutRecord>(&value) {
+                Ok(r) if r.spec.project() != self.project => {}
                 Ok(r) => out.push(r),
                 Err(e) => tracing::warn!("skipping unreadable {key}: {e}"),
             }
@@ -495,14 +440,14 @@ impl Engine {
 
     /// Parse a goal and check it names something in the graph: an unknown revision is
     /// refused up front instead of blocking every target.
-    pub fn goal(&self, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
+    pub fn goal(&self, graph: &Graph, goal: &str) -> Result<flotilla_revision::Goal, EngineError> {
         let parsed: flotilla_revision::Goal =
             goal.parse().map_err(|source| EngineError::InvalidGoal {
                 goal: goal.to_owned(),
                 source,
             })?;
         if let flotilla_revision::Goal::Revision(id) = &parsed
-            && !self.graph.contains(id)
+            && !graph.contains(id)
         {
             return Err(EngineError::InvalidArgument(format!(
                 "goal {}: no such revision in the migrations (see `flotilla revisions`)",
@@ -512,7 +457,8 @@ impl Engine {
         Ok(parsed)
     }
 
-    /// Start a rollout (leader only). Refused while another rollout is active.
+    /// Start a rollout (leader only). Refused while another rollout of the same project is
+    /// active; other projects' rollouts run alongside.
     pub async fn start(
         self: &Arc<Self>,
         mut spec: RolloutSpec,
@@ -520,7 +466,9 @@ impl Engine {
         trace_id: String,
     ) -> Result<RolloutRecord, EngineError> {
         let term = self.term().ok_or(EngineError::NotLeader)?;
-        let goal = self.goal(&spec.goal)?;
+        let (digest, graph) = self.graph_of(&spec.set_digest).await?;
+        spec.set_digest = digest;
+        let goal = self.goal(&graph, &spec.goal)?;
         if let Some(active) = self
             .list()
             .await?
@@ -528,14 +476,16 @@ impl Engine {
             .find(|r| !r.state.is_terminal())
         {
             return Err(EngineError::Conflict(format!(
-                "rollout {} is still {}; wait for it, or abort it first",
+                "rollout {} of project {} is still {}; wait for it, or abort it first",
                 active.id,
+                self.project,
                 active.state.as_str()
             )));
         }
         self.require_selection(&spec.selector, &traceparent).await?;
-        self.preflight(&spec, &goal, &traceparent).await?;
-        self.refuse_destructive(&spec, &goal, &traceparent).await?;
+        self.preflight(&graph, &spec, &goal, &traceparent).await?;
+        self.refuse_destructive(&graph, &spec, &goal, &traceparent)
+            .await?;
         self.check_metric_gate(&mut spec).await?;
         let now = now_ms();
         let mut rec = RolloutRecord {
@@ -551,7 +501,7 @@ impl Engine {
             trace_id,
             traceparent,
             fencing_token: term.token,
-            graph_digest: self.graph.digest(),
+            graph_digest: graph.digest(),
             goal_revision: String::new(),
             canary_fingerprint: Default::default(),
             metric_gate: None,

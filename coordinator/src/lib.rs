@@ -16,5 +16,6 @@ pub mod prometheus;
 pub mod registry;
 pub mod rollout;
 pub mod server;
+pub mod sets;
 pub mod store;
 pub mod telemetry;

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_core::project::Project;
 use flotilla_proto as pb;
 
 use crate::rollout::{RolloutState, TargetRecord, TargetState};
@@ -100,7 +101,7 @@ pub fn describe() {
 
 /// Record the fleet gauges from one fleet status. The drift gauge only when `schema_known`:
 /// the targets' `drift` lists include schema drift (a status without it would undercount).
-pub fn record_fleet(targets: &[pb::FleetTarget], schema_known: bool) {
+pub fn record_fleet(project: &Project, targets: &[pb::FleetTarget], schema_known: bool) {
     let mut by_revision: BTreeMap<String, u64> = BTreeMap::new();
     let mut drift = 0u64;
     for t in targets {
@@ -119,15 +120,18 @@ pub fn record_fleet(targets: &[pb::FleetTarget], schema_known: bool) {
         }
     }
     // Replaced as a whole: a revision no reachable target is at any more is no series at all.
-    flotilla_rpc::prometheus::replace_gauge_family(
+    flotilla_rpc::prometheus::replace_gauge_family_part(
         "flotilla_fleet_targets",
         FLEET_TARGETS_HELP,
         "revision",
+        ("project", project.to_string()),
         by_revision.iter().map(|(rev, n)| (rev.clone(), *n as f64)),
     );
-    metrics::gauge!("flotilla_fleet_version_skew").set(by_revision.len() as f64);
+    let project = project.to_string();
+    metrics::gauge!("flotilla_fleet_version_skew", "project" => project.clone())
+        .set(by_revision.len() as f64);
     if schema_known {
-        metrics::gauge!("flotilla_fleet_drift_targets").set(drift as f64);
+        metrics::gauge!("flotilla_fleet_drift_targets", "project" => project).set(drift as f64);
     }
 }
 

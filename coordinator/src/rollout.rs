@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use flotilla_core::Direction;
+use flotilla_core::project::Project;
 use flotilla_proto as pb;
 
 pub mod metric_gate;
@@ -93,6 +94,15 @@ pub struct RolloutSpec {
     /// The query that must stay empty or 0 for a window after each wave but the last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_gate: Option<MetricGate>,
+    /// The migration set (its digest); empty in a request = the coordinator's default set,
+    /// which the engine writes here when it records the rollout. Records written before the
+    /// field existed read as empty: the default set.
+    #[serde(default)]
+    pub set_digest: String,
+    /// The project the rollout belongs to (`flotilla_core::project`); records written before
+    /// projects existed have none and read as `default`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub project: String,
 }
 
 impl Default for RolloutSpec {
@@ -116,6 +126,8 @@ impl Default for RolloutSpec {
             allow_foreign: false,
             agent_wait_ms: default_agent_wait_ms(),
             metric_gate: None,
+            set_digest: String::new(),
+            project: String::new(),
         }
     }
 }
@@ -141,7 +153,14 @@ impl RolloutSpec {
             allow_foreign: self.allow_foreign,
             agent_wait_ms: self.agent_wait_ms,
             metric_gate: self.metric_gate.as_ref().map(MetricGate::to_proto),
+            set_digest: self.set_digest.clone(),
+            project: self.project().to_string(),
         }
+    }
+
+    /// The rollout's project (`default` when it names none).
+    pub fn project(&self) -> Project {
+        Project::parse(&self.project).unwrap_or_default()
     }
 
     /// How long a target waits for its unreachable agent.
@@ -182,6 +201,7 @@ impl RolloutSpec {
                 MAX_AGENT_WAIT.as_secs() / 3600
             ));
         }
+        let project = Project::parse(&p.project).map_err(|e| e.to_string())?;
         let failure_budget = match &p.failure_budget {
             Some(b) => Budget::from_proto(b)?,
             None => Budget::Count(0),
@@ -213,6 +233,13 @@ impl RolloutSpec {
                 p.agent_wait_ms
             },
             metric_gate: MetricGate::from_proto(p.metric_gate.as_ref())?,
+            set_digest: p.set_digest.trim().to_owned(),
+            // Stored empty for `default`: its records read as they always did.
+            project: if project.is_default() {
+                String::new()
+            } else {
+                project.to_string()
+            },
         })
     }
 }
@@ -431,6 +458,7 @@ impl RolloutRecord {
                 .as_ref()
                 .zip(self.spec.metric_gate.as_ref())
                 .map(|(wait, gate)| wait.to_proto(gate)),
+            set_digest: self.spec.set_digest.clone(),
         }
     }
 }
@@ -455,6 +483,36 @@ mod tests {
             ..RolloutSpec::default()
         };
         assert_eq!(RolloutSpec::from_proto(&spec.to_proto()).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_spec_stored_before_projects_is_default_and_default_is_stored_as_before() {
+        // A record's spec as coordinators before projects wrote it: no project field.
+        let mut old = serde_json::to_value(RolloutSpec::default()).unwrap();
+        old.as_object_mut().unwrap().remove("project");
+        let spec: RolloutSpec = serde_json::from_value(old).unwrap();
+        assert!(spec.project().is_default());
+        // Default's specs are still written without the field; another project's with it.
+        let wire = |name: &str| pb::RolloutSpec {
+            project: name.into(),
+            ..RolloutSpec::default().to_proto()
+        };
+        let default = RolloutSpec::from_proto(&wire("default")).unwrap();
+        assert!(
+            serde_json::to_value(&default)
+                .unwrap()
+                .get("project")
+                .is_none()
+        );
+        let billing = RolloutSpec::from_proto(&wire("billing")).unwrap();
+        assert_eq!(
+            serde_json::to_value(&billing).unwrap()["project"],
+            "billing"
+        );
+        assert_eq!(billing.to_proto().project, "billing");
+        assert_eq!(default.to_proto().project, "default");
+        let err = RolloutSpec::from_proto(&wire("Billing!")).unwrap_err();
+        assert!(err.contains("invalid project name"), "{err}");
     }
 
     #[test]

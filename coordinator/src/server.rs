@@ -1,4 +1,4 @@
-//! Running a coordinator: load the revision graph, open the backend (etcd or embedded),
+//! Running a coordinator: load the default migration set (if any), open the backend (etcd or embedded),
 //! build the registry and engine, lead while holding the lock, and serve the gRPC API
 //! (plus health and reflection) on a listener the caller passes in, over TLS or mTLS when
 //! configured ([`TlsConfig`]; plaintext only on loopback or when asked for).
@@ -15,16 +15,22 @@ use flotilla_rpc::tls::{ClientTls, ServerTls, TransportMode, check_listen};
 
 use crate::api::Api;
 use crate::backend::{BackendConfig, BackendError, open_backend};
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::projects::ProjectEngines;
+use crate::engine::{DefaultSet, Engine, EngineConfig};
 use crate::fleet::{AgentAddressError, AgentClient, RemoteAgent};
 use crate::registry::{FleetFile, FleetFileError, Registry};
 use crate::telemetry::Hooks;
-use flotilla_revision::Graph;
+use flotilla_core::project::Project;
 
 /// A validated coordinator configuration.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
-    pub migrations: PathBuf,
+    /// The default migration set (`--migrations`), for requests that name none; `None`:
+    /// every request must name a set the CLI uploaded.
+    pub migrations: Option<PathBuf>,
+    /// Other projects (each a project of its own; see `engine/projects.rs`), with their
+    /// default migration sets when given (`None`: the CLI uploads every set).
+    pub project_migrations: Vec<(Project, Option<PathBuf>)>,
     pub backend: BackendConfig,
     pub fleet_file: Option<PathBuf>,
     /// How long an agent registration lives without a heartbeat.
@@ -48,9 +54,9 @@ pub struct TlsConfig {
 /// Why a coordinator could not be built or stopped serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The migrations directory does not load.
+    /// The migrations directory does not load or validate.
     #[error(transparent)]
-    Migrations(#[from] flotilla_revision::ParseErrors),
+    Migrations(#[from] crate::engine::sets::DefaultSetError),
     /// The fleet lock and state store could not be opened.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -72,7 +78,10 @@ pub enum ServerError {
 
 /// Everything a running coordinator is made of; built by [`build`], served by [`serve`].
 pub struct Coordinator {
+    /// Project `default`'s engine (the one that leads).
     pub engine: Arc<Engine>,
+    /// Every project's engine.
+    pub projects: Arc<ProjectEngines>,
     lock: Arc<dyn crate::lock::FleetLock>,
     hooks: Hooks,
     tls: TlsConfig,
@@ -84,7 +93,18 @@ pub async fn build(
     embedded: Vec<Arc<dyn AgentClient>>,
     hooks: Hooks,
 ) -> Result<Coordinator, ServerError> {
-    let graph = Graph::load_dir(&config.migrations)?;
+    let default_set = match &config.migrations {
+        Some(dir) => Some(DefaultSet::load(dir)?),
+        None => None,
+    };
+    let mut project_sets = Vec::new();
+    for (project, dir) in &config.project_migrations {
+        let set = match dir {
+            Some(dir) => Some(DefaultSet::load(dir)?),
+            None => None,
+        };
+        project_sets.push((project.clone(), set));
+    }
     let (lock, store) = open_backend(&config.backend).await?;
     let mut agents = embedded;
     if let Some(path) = &config.fleet_file {
@@ -106,9 +126,11 @@ pub async fn build(
         config.tls.agents.clone(),
         config.registration_ttl,
     ));
-    let engine = Engine::new(Arc::new(graph), store, registry, config.engine.clone());
+    let engine = Engine::new(default_set, store, registry, config.engine.clone());
+    let projects = ProjectEngines::new(engine.clone(), project_sets);
     Ok(Coordinator {
         engine,
+        projects,
         lock,
         hooks,
         tls: config.tls.clone(),
@@ -124,6 +146,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let Coordinator {
         engine,
+        projects,
         lock,
         hooks,
         tls,
@@ -161,7 +184,7 @@ pub async fn serve(
     let trace_of = hooks.trace_of.clone().unwrap_or_else(|| {
         Arc::new(|_: &tonic::metadata::MetadataMap| (String::new(), String::new()))
     });
-    let api = Api::new(engine.clone(), trace_of, tls.agents.clone());
+    let api = Api::new(projects, trace_of, tls.agents.clone());
     let incoming = flotilla_rpc::listener::incoming(listener);
     let result = builder
         .add_service(health_service)

@@ -15,6 +15,7 @@ pub mod fencing;
 pub mod foreign;
 pub mod history;
 pub mod limits;
+pub mod project;
 pub mod split;
 pub mod text;
 pub mod types;

@@ -2,12 +2,13 @@
 //! `flotilla check` and the offline SQL renderer.
 //!
 //! **Architecture invariant:** this crate does no I/O except [`load_dir`] (with the
-//! `lint.toml` beside the files), which reads the migration files and hands their bytes to
+//! `lint.toml` beside the files, also read by [`Bundle::load_dir`]), which reads the migration files and hands their bytes to
 //! the pure parser. Its dependencies cannot do more: no async runtime, no database driver, no
 //! gRPC (`cargo tree -p flotilla-revision`). Planning is a pure function of the graph, a
 //! target's history and a goal. (Importing other tools' directories runs their code and
 //! writes files, so it lives with the CLI: `flotilla_cli::import`.)
 
+mod bundle;
 mod check;
 mod graph;
 pub mod lint;
@@ -16,6 +17,7 @@ mod plan;
 mod render;
 mod rule;
 
+pub use bundle::{Bundle, BundleError};
 pub use check::{lint_set, lint_sources};
 pub use graph::Graph;
 pub use lint::{Diagnostic, LintConfig, RevisionFinding, Severity, lint_revision};

@@ -25,14 +25,17 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// How often the recorder's histograms are drained when nobody scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// A gauge family replaced as a whole: its HELP text, its one label and the series.
+/// A gauge family (or one part of it, [`replace_gauge_family_part`]) replaced as a whole: its
+/// HELP text, its label, the series, and the label every series of the part shares.
 struct Family {
     help: &'static str,
     label: &'static str,
     series: BTreeMap<String, f64>,
+    fixed: Option<(&'static str, String)>,
 }
 
-static FAMILIES: Mutex<BTreeMap<&'static str, Family>> = Mutex::new(BTreeMap::new());
+/// By family name, then part (empty for a whole family).
+static FAMILIES: Mutex<BTreeMap<(&'static str, String), Family>> = Mutex::new(BTreeMap::new());
 
 /// Set gauge family `name` to exactly `series` (label value → value): series of earlier
 /// calls that are not in `series` disappear from the scrape. `help` is its `# HELP` text.
@@ -46,27 +49,62 @@ pub fn replace_gauge_family(
         help,
         label,
         series: series.into_iter().collect(),
+        fixed: None,
     };
     FAMILIES
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(name, family);
+        .insert((name, String::new()), family);
+}
+
+/// [`replace_gauge_family`] for the part of family `name` whose series all carry
+/// `fixed` (a label and its value, e.g. `project="billing"`): other parts are kept.
+pub fn replace_gauge_family_part(
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    fixed: (&'static str, String),
+    series: impl IntoIterator<Item = (String, f64)>,
+) {
+    let part = format!("{}={}", fixed.0, fixed.1);
+    let family = Family {
+        help,
+        label,
+        series: series.into_iter().collect(),
+        fixed: Some(fixed),
+    };
+    FAMILIES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert((name, part), family);
 }
 
 /// The replaced families in the text exposition format, one block per family with series.
 pub(crate) fn render_families() -> String {
     let families = FAMILIES.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = String::new();
-    for (name, f) in families.iter().filter(|(_, f)| !f.series.is_empty()) {
-        out.push_str(&format!("# HELP {name} {}\n", escape_help(f.help)));
-        out.push_str(&format!("# TYPE {name} gauge\n"));
+    let mut last: Option<&str> = None;
+    for ((name, _), f) in families.iter().filter(|(_, f)| !f.series.is_empty()) {
+        if last != Some(*name) {
+            if last.is_some() {
+                out.push('\n');
+            }
+            out.push_str(&format!("# HELP {name} {}\n", escape_help(f.help)));
+            out.push_str(&format!("# TYPE {name} gauge\n"));
+            last = Some(*name);
+        }
+        let fixed = f.fixed.as_ref().map_or_else(String::new, |(l, v)| {
+            format!(",{l}=\"{}\"", escape_label(v))
+        });
         for (value, n) in &f.series {
             out.push_str(&format!(
-                "{name}{{{}=\"{}\"}} {n}\n",
+                "{name}{{{}=\"{}\"{fixed}}} {n}\n",
                 f.label,
                 escape_label(value)
             ));
         }
+    }
+    if last.is_some() {
         out.push('\n');
     }
     out
@@ -185,6 +223,48 @@ mod tests {
         );
         replace_gauge_family(name, "A test family", "revision", []);
         assert!(!render_families().contains(name));
+    }
+
+    #[test]
+    fn parts_of_a_family_are_replaced_apart_under_one_help() {
+        let name = "flotilla_test_parts";
+        let part = |project: &str, series: &[(&str, f64)]| {
+            replace_gauge_family_part(
+                name,
+                "A family in parts",
+                "revision",
+                ("project", project.to_owned()),
+                series.iter().map(|(r, n)| ((*r).to_owned(), *n)),
+            )
+        };
+        part("default", &[("a", 2.0)]);
+        part("billing", &[("x", 1.0)]);
+        let text = render_families();
+        assert_eq!(
+            text.matches("# HELP flotilla_test_parts ").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_test_parts{revision=\"a\",project=\"default\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_test_parts{revision=\"x\",project=\"billing\"} 1\n"),
+            "{text}"
+        );
+        // Replacing one project's part leaves the other's alone.
+        part("billing", &[("y", 4.0)]);
+        let text = render_families();
+        assert!(!text.contains("revision=\"x\""), "{text}");
+        assert!(
+            text.contains("flotilla_test_parts{revision=\"a\",project=\"default\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flotilla_test_parts{revision=\"y\",project=\"billing\"} 4\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -20,11 +20,15 @@ use crate::target::Target;
 use flotilla_core::Direction;
 use flotilla_core::foreign::{ForeignTable, retire_sql, table_of};
 use flotilla_core::history::{RowStatus, TargetState};
+use flotilla_core::project::Project;
 use flotilla_rpc::convert::ForeignProto;
 
 /// History and foreign tables of one target.
-async fn read_foreign(target: &Target) -> Result<(TargetState, Vec<ForeignTable>), AgentError> {
-    let mut session = open_session(target).await?;
+async fn read_foreign(
+    target: &Target,
+    project: &Project,
+) -> Result<(TargetState, Vec<ForeignTable>), AgentError> {
+    let mut session = open_session(target, project).await?;
     let res = async {
         let state = session.read_state().await?;
         let tables = session.foreign_tables().await?;
@@ -94,6 +98,7 @@ impl Agent {
         req: DetectForeignRequest,
     ) -> Result<DetectForeignResponse, Status> {
         check::target_ids("target_ids", &req.target_ids)?;
+        let project = &check::project(&req.project)?;
         let targets = self.select(&req.target_ids).await?;
         let timeout = self.config.status.timeout;
         let targets = futures::stream::iter(targets)
@@ -102,7 +107,7 @@ impl Agent {
                     target_id: t.id.clone(),
                     ..TargetForeign::default()
                 };
-                match tokio::time::timeout(timeout, read_foreign(&t)).await {
+                match tokio::time::timeout(timeout, read_foreign(&t, project)).await {
                     Ok(Ok((state, tables))) => {
                         tf.history_rows = u32::try_from(state.history.len()).unwrap_or(u32::MAX);
                         tf.tables = tables.iter().map(ForeignProto::to_proto).collect();
@@ -136,8 +141,10 @@ impl Agent {
                 revisions: req.revisions.clone(),
                 direction: PbDirection::Up as i32,
                 rollout_id: "adopt".into(),
+                project: req.project.clone(),
             })?;
         }
+        let project = check::project(&req.project)?;
         if table_of(&req.tool).is_none() {
             return Err(AgentError::InvalidRequest {
                 field: "tool".into(),
@@ -158,7 +165,7 @@ impl Agent {
         } else {
             vec![]
         };
-        let (guard, mut session) = self.locked(&target).await?;
+        let (guard, mut session) = self.locked(&target, &project).await?;
         let res = adopt_locked(
             session.as_mut(),
             &target.id,

@@ -15,10 +15,12 @@ use crate::service::validate as check;
 use crate::status::target_status;
 use crate::target::Target;
 use flotilla_core::backup::{BackupRecord, to_prune};
+use flotilla_core::project::Project;
 use flotilla_rpc::convert::BackupProto;
 
 async fn read_backups(target: &Target) -> Result<Vec<BackupRecord>, AgentError> {
-    let mut session = open_session(target).await?;
+    // `flotilla_backups` is one table for every project (rollout ids are unique across them).
+    let mut session = open_session(target, &Project::default()).await?;
     let res = session.list_backups().await;
     session.close().await;
     res.map_err(|e| driver_error(&target.id, e))
@@ -32,6 +34,7 @@ impl Agent {
         req: ListBackupsRequest,
     ) -> Result<ListBackupsResponse, Status> {
         check::target_ids("target_ids", &req.target_ids)?;
+        check::project(&req.project)?;
         let mut out = ListBackupsResponse::default();
         for t in self.select(&req.target_ids).await? {
             match read_backups(&t).await {
@@ -52,10 +55,11 @@ impl Agent {
         check::target_ids("target_id", std::slice::from_ref(&req.target_id))?;
         check::rollout_id(&req.rollout_id)?;
         check::fencing_token(req.fencing_token)?;
+        let project = check::project(&req.project)?;
         let target = self.targets.lookup(&req.target_id).await?;
         self.check_fence(&target.id, req.fencing_token)?;
         let meta = self.meta(&req.rollout_id, req.fencing_token);
-        let (guard, mut session) = self.locked(&target).await?;
+        let (guard, mut session) = self.locked(&target, &project).await?;
         let res = async {
             let all = session.list_backups().await?;
             let chosen: Vec<BackupRecord> = all
@@ -105,10 +109,11 @@ impl Agent {
         req: PruneBackupsRequest,
     ) -> Result<PruneBackupsResponse, Status> {
         check::target_ids("target_ids", &req.target_ids)?;
+        let project = check::project(&req.project)?;
         let mut out = PruneBackupsResponse::default();
         for t in self.select(&req.target_ids).await? {
             let res = async {
-                let (guard, mut session) = self.locked(&t).await?;
+                let (guard, mut session) = self.locked(&t, &project).await?;
                 let res = async {
                     let all = session.list_backups().await?;
                     let gone = to_prune(&all, req.keep as usize);

@@ -7,6 +7,7 @@ use crate::driver::{DriverError, StepMeta};
 use flotilla_core::Direction;
 use flotilla_core::Secret;
 use flotilla_core::history::{HistoryRow, RowStatus};
+use flotilla_core::project::Project;
 
 /// How long a driver waits for a connection (TCP + handshake + authentication).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,6 +18,17 @@ pub(crate) const CLOSE_UNLOCK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The columns of `flotilla_history` in the order [`history_row`] expects them.
 pub(crate) const HISTORY_COLUMNS: &str = "id, revision, checksum, direction, status, applied_at, \
      duration_ms, rollout_id, agent_id, fencing_token";
+
+/// Flotilla's SQL is written with the default project's table names (`flotilla_history`,
+/// `flotilla_fence`); this is the same SQL on `project`'s tables (unchanged for `default`).
+/// Project names are validated identifiers (`flotilla_core::project`), so nothing is quoted.
+pub(crate) fn in_project(project: &Project, sql: &str) -> String {
+    if project.is_default() {
+        return sql.to_owned();
+    }
+    sql.replace("flotilla_history", &project.history_table())
+        .replace("flotilla_fence", &project.fence_table())
+}
 
 /// Wall clock in unix milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> i64 {

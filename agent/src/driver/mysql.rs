@@ -19,6 +19,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use crate::driver::classify::on;
 use crate::driver::common::CONNECT_TIMEOUT;
 use crate::driver::{Driver, DriverError, ErrorClass, Session};
+use flotilla_core::project::Project;
 use flotilla_core::{Dialect, Secret};
 
 mod backup;
@@ -67,8 +68,13 @@ impl MysqlDriver {
         self.options.get_database()
     }
 
-    /// Open a connection without boxing it.
+    /// Open a connection without boxing it, on project `default`'s tables.
     pub async fn open(&self) -> Result<MysqlSession, DriverError> {
+        self.open_project(&Project::default()).await
+    }
+
+    /// Open a connection without boxing it, on `project`'s tables.
+    pub async fn open_project(&self, project: &Project) -> Result<MysqlSession, DriverError> {
         if self.options.get_database().is_none() {
             return Err(DriverError::Permanent {
                 message: "the mysql target url names no database: add /<database> to it".into(),
@@ -78,6 +84,7 @@ impl MysqlDriver {
             conn: connect(&self.options).await?,
             locked: false,
             id: None,
+            project: project.clone(),
         })
     }
 }
@@ -110,8 +117,8 @@ impl Driver for MysqlDriver {
         }
     }
 
-    async fn connect(&self) -> Result<Box<dyn Session>, DriverError> {
-        Ok(Box::new(self.open().await?))
+    async fn connect(&self, project: &Project) -> Result<Box<dyn Session>, DriverError> {
+        Ok(Box::new(self.open_project(project).await?))
     }
 }
 

@@ -16,6 +16,7 @@ use sqlx::{ConnectOptions, Connection};
 use crate::driver::classify::on;
 use crate::driver::common::CONNECT_TIMEOUT;
 use crate::driver::{Driver, DriverError, ErrorClass, Session};
+use flotilla_core::project::Project;
 use flotilla_core::{Dialect, Secret};
 
 mod backup;
@@ -71,13 +72,19 @@ impl PostgresDriver {
         self.options.get_database()
     }
 
-    /// Open a connection without boxing it.
+    /// Open a connection without boxing it, on project `default`'s tables.
     pub async fn open(&self) -> Result<PostgresSession, DriverError> {
+        self.open_project(&Project::default()).await
+    }
+
+    /// Open a connection without boxing it, on `project`'s tables.
+    pub async fn open_project(&self, project: &Project) -> Result<PostgresSession, DriverError> {
         Ok(PostgresSession {
             conn: connect(&self.options).await?,
             locked: false,
             schema_ready: false,
             pid: None,
+            project: project.clone(),
         })
     }
 }
@@ -106,8 +113,8 @@ impl Driver for PostgresDriver {
         }
     }
 
-    async fn connect(&self) -> Result<Box<dyn Session>, DriverError> {
-        Ok(Box::new(self.open().await?))
+    async fn connect(&self, project: &Project) -> Result<Box<dyn Session>, DriverError> {
+        Ok(Box::new(self.open_project(project).await?))
     }
 }
 

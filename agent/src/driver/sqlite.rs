@@ -21,6 +21,7 @@ use crate::driver::common::CONNECT_TIMEOUT;
 use crate::driver::{Driver, DriverError, Session};
 use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::TargetState;
+use flotilla_core::project::Project;
 use flotilla_core::{Dialect, Secret};
 
 mod backup;
@@ -121,11 +122,15 @@ impl SqliteDriver {
         self.path.as_deref()
     }
 
-    /// The migration lock file beside the database: `<db path>.flotilla-lock`.
-    pub fn lock_path(&self) -> Option<PathBuf> {
+    /// The migration lock file beside the database: `<db path>.flotilla-lock` (project
+    /// `default`, as earlier versions), `<db path>.flotilla-lock-<project>` for another.
+    pub fn lock_path(&self, project: &Project) -> Option<PathBuf> {
         self.path.as_ref().map(|p| {
             let mut s = p.clone().into_os_string();
             s.push(".flotilla-lock");
+            if !project.is_default() {
+                s.push(format!("-{project}"));
+            }
             PathBuf::from(s)
         })
     }
@@ -134,11 +139,20 @@ impl SqliteDriver {
     /// if missing. The database keeps its own journal mode (rollback journal unless its owner
     /// chose WAL): a read then creates no file, and nothing changes the owner's choice.
     pub async fn open(&self) -> Result<SqliteSession, DriverError> {
-        self.open_with(self.source.options()?.create_if_missing(true))
+        self.open_project(&Project::default()).await
+    }
+
+    /// `open` on `project`'s tables.
+    pub async fn open_project(&self, project: &Project) -> Result<SqliteSession, DriverError> {
+        self.open_with(self.source.options()?.create_if_missing(true), project)
             .await
     }
 
-    async fn open_with(&self, options: SqliteConnectOptions) -> Result<SqliteSession, DriverError> {
+    async fn open_with(
+        &self,
+        options: SqliteConnectOptions,
+        project: &Project,
+    ) -> Result<SqliteSession, DriverError> {
         let options = options
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true)
@@ -152,9 +166,10 @@ impl SqliteDriver {
             .map_err(on(D, "open sqlite database"))?;
         Ok(SqliteSession {
             conn,
-            lock_path: self.lock_path(),
+            lock_path: self.lock_path(project),
             lock: None,
             _read: None,
+            project: project.clone(),
         })
     }
 }
@@ -172,11 +187,11 @@ impl Driver for SqliteDriver {
         }
     }
 
-    async fn connect(&self) -> Result<Box<dyn Session>, DriverError> {
-        Ok(Box::new(self.open().await?))
+    async fn connect(&self, project: &Project) -> Result<Box<dyn Session>, DriverError> {
+        Ok(Box::new(self.open_project(project).await?))
     }
 
-    async fn connect_read(&self) -> Result<Box<dyn Session>, DriverError> {
+    async fn connect_read(&self, project: &Project) -> Result<Box<dyn Session>, DriverError> {
         let permit =
             read_permits()
                 .clone()
@@ -195,7 +210,7 @@ impl Driver for SqliteDriver {
         } else {
             self.source.options()?.create_if_missing(false)
         };
-        let mut session = self.open_with(options).await?;
+        let mut session = self.open_with(options, project).await?;
         session._read = Some(permit);
         Ok(Box::new(session))
     }
@@ -206,14 +221,19 @@ impl Driver for SqliteDriver {
     /// journal) and served again while the stamp is unchanged, and only once the files have
     /// been unchanged for [`SETTLED`](stamp::SETTLED) when they were read. Any committed
     /// write, by this agent or anyone else, changes the stamp. Migrations never use this: the
-    /// executor reads the state on its locked session.
-    async fn read_status(&self) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
-        read_status(self).await
+    /// executor reads the state on its locked session. Only project `default`'s state is
+    /// kept (one per target: an agent serving thousands of files keeps one state each);
+    /// another project's is read every time.
+    async fn read_status(
+        &self,
+        project: &Project,
+    ) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
+        read_status(self, project).await
     }
 
-    async fn read_state(&self) -> Result<TargetState, DriverError> {
-        let Some(path) = self.path.as_deref() else {
-            return read_once(self).await;
+    async fn read_state(&self, project: &Project) -> Result<TargetState, DriverError> {
+        let Some(path) = self.path.as_deref().filter(|_| project.is_default()) else {
+            return read_once(self, project).await;
         };
         let before = FileStamp::read(path).await;
         if let Some(stamp) = before {
@@ -227,7 +247,7 @@ impl Driver for SqliteDriver {
             }
         }
         let started = std::time::SystemTime::now();
-        let state = read_once(self).await?;
+        let state = read_once(self, project).await?;
         let after = FileStamp::read(path).await;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = match (before, after) {
@@ -244,20 +264,21 @@ impl Driver for SqliteDriver {
 /// looked at for other tools' version tables, on a read-only session (a missing file has none).
 async fn read_status(
     driver: &SqliteDriver,
+    project: &Project,
 ) -> Result<(TargetState, Vec<ForeignTable>), DriverError> {
-    let state = driver.read_state().await?;
+    let state = driver.read_state(project).await?;
     if !state.history.is_empty() {
         return Ok((state, Vec::new()));
     }
-    let mut session = driver.connect_read().await?;
+    let mut session = driver.connect_read(project).await?;
     let foreign = session.foreign_tables().await;
     session.close().await;
     Ok((state, foreign?))
 }
 
 /// One uncached read on a read-only session.
-async fn read_once(driver: &SqliteDriver) -> Result<TargetState, DriverError> {
-    let mut session = driver.connect_read().await?;
+async fn read_once(driver: &SqliteDriver, project: &Project) -> Result<TargetState, DriverError> {
+    let mut session = driver.connect_read(project).await?;
     let res = session.read_state().await;
     session.close().await;
     res

@@ -14,6 +14,7 @@ use super::events::EventCtx;
 use crate::driver::Session;
 use crate::error::AgentError;
 use crate::target::Target;
+use flotilla_core::project::Project;
 
 /// First pause between two `try_lock` polls; it doubles up to the configured maximum.
 const FIRST_POLL: Duration = Duration::from_millis(10);
@@ -25,6 +26,8 @@ fn millis(d: Duration) -> u64 {
 /// Bounded waits for one target's locks, reporting `LockWaiting`/`LockAcquired` events.
 pub(crate) struct Locker<'a> {
     pub(crate) target: &'a Target,
+    /// Whose migration lock (in-process and in the database) this is.
+    pub(crate) project: &'a Project,
     pub(crate) wait: Duration,
     pub(crate) max_poll: Duration,
     pub(crate) cancel: &'a CancellationToken,
@@ -62,14 +65,15 @@ impl Locker<'_> {
 
     /// The in-process mutex: serializes writers to this target within the agent.
     pub(crate) async fn lock_in_process(&self) -> Result<OwnedMutexGuard<()>, AgentError> {
-        if let Ok(guard) = self.target.mutex.clone().try_lock_owned() {
+        let mutex = self.target.mutex_for(self.project);
+        if let Ok(guard) = mutex.clone().try_lock_owned() {
             return Ok(guard);
         }
         self.waiting().await;
         let start = Instant::now();
         tracing::info!(target_id = %self.target.id, wait_ms = millis(self.wait), "waiting for another request on this target");
         tokio::select! {
-            r = tokio::time::timeout(self.wait, self.target.mutex.clone().lock_owned()) => {
+            r = tokio::time::timeout(self.wait, mutex.lock_owned()) => {
                 self.record_wait(start.elapsed());
                 r.map_err(|_| self.timeout())
             }
@@ -77,9 +81,10 @@ impl Locker<'_> {
         }
     }
 
-    /// Connect, create Flotilla's tables if needed (unless `ensure_schema` is false: the
-    /// caller creates them itself, after its checks under the lock) and take the database
-    /// lock. On any error the session is closed (releasing whatever it held).
+    /// Connect, take the database lock and create the project's tables if needed (unless
+    /// `ensure_schema` is false: the caller creates them itself, after its checks under the
+    /// lock): a project's tables are made under its migration lock. On any error the session
+    /// is closed (releasing whatever it held).
     pub(crate) async fn open_locked(
         &self,
         ensure_schema: bool,
@@ -87,14 +92,15 @@ impl Locker<'_> {
         let mut session = self
             .target
             .driver
-            .connect()
+            .connect(self.project)
             .await
             .map_err(Failure::Driver)?;
         let res = async {
+            self.db_lock(session.as_mut()).await?;
             if ensure_schema {
                 session.ensure_schema().await.map_err(Failure::Driver)?;
             }
-            self.db_lock(session.as_mut()).await
+            Ok(())
         }
         .await;
         match res {

@@ -38,7 +38,7 @@ impl Executor {
         let every = (bound * 3 / 4).max(Duration::from_millis(20));
         let probe = async {
             tokio::time::sleep(every).await;
-            let Ok(mut session) = self.target.driver.connect_read().await else {
+            let Ok(mut session) = self.target.driver.connect_read(&self.project).await else {
                 return std::future::pending::<()>().await;
             };
             loop {

@@ -13,6 +13,7 @@ use flotilla_core::bounds::{StepBounds, from_wire_ms};
 #[cfg(test)]
 use flotilla_core::checksum;
 use flotilla_core::limits::show_bytes;
+use flotilla_core::project::Project;
 use flotilla_core::{Direction, is_valid_revision_id, step_checksum};
 use flotilla_rpc::convert::DirectionProto;
 
@@ -44,6 +45,11 @@ pub const MAX_FENCING_TOKEN: u64 = i64::MAX as u64;
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> AgentError {
     AgentError::invalid(field, message)
+}
+
+/// The request's project (empty: `default`).
+pub(crate) fn project(name: &str) -> Result<Project, AgentError> {
+    Project::parse(name).map_err(|e| invalid("project", e.to_string()))
 }
 
 pub(crate) fn target_id(field: &str, id: &str) -> Result<(), AgentError> {

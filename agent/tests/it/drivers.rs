@@ -104,7 +104,7 @@ fn step(revision: &str, sql: &str) -> StepSpec {
 }
 
 async fn session(driver: &dyn Driver) -> Result<Box<dyn Session>> {
-    let mut s = driver.connect().await?;
+    let mut s = driver.connect(&Default::default()).await?;
     s.ensure_schema().await?;
     Ok(s)
 }
@@ -487,7 +487,7 @@ async fn concurrent_ensure_schema(targets: &mut impl Targets) -> Result<()> {
     let driver = targets.fresh().await?;
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        sessions.push(driver.connect().await?);
+        sessions.push(driver.connect(&Default::default()).await?);
     }
     let results = futures::future::join_all(sessions.iter_mut().map(|s| s.ensure_schema())).await;
     for r in results {
@@ -718,7 +718,7 @@ async fn sqlite_status_cache_sees_every_write() -> Result<()> {
         "a status read answered from the cache",
         std::time::Duration::from_secs(10),
         || async {
-            let st = driver.read_state().await?;
+            let st = driver.read_state(&Default::default()).await?;
             ensure!(st.history.len() == 1, "{st:?}");
             Ok(driver.cached_reads() > 0)
         },
@@ -730,7 +730,7 @@ async fn sqlite_status_cache_sees_every_write() -> Result<()> {
     w.apply_transactional(&step("0002", "CREATE TABLE b (id INT);"), &meta(1))
         .await?;
     w.close().await;
-    let st = driver.read_state().await?;
+    let st = driver.read_state(&Default::default()).await?;
     let revs: Vec<&str> = st.history.iter().map(|r| r.revision.as_str()).collect();
     ensure!(
         revs == ["0001", "0002"],
@@ -741,7 +741,7 @@ async fn sqlite_status_cache_sees_every_write() -> Result<()> {
     raw.execute_non_transactional("UPDATE flotilla_fence SET token = 7 WHERE id = 1")
         .await?;
     Box::new(raw).close().await;
-    let st = driver.read_state().await?;
+    let st = driver.read_state(&Default::default()).await?;
     ensure!(st.fence_token == 7, "stale fence after a write: {st:?}");
     ensure!(
         driver.cached_reads() == hits,
@@ -780,7 +780,7 @@ async fn postgres_driver() -> Result<()> {
         flotilla_testkit::free_port()
     )))?;
     let err = dead
-        .connect()
+        .connect(&Default::default())
         .await
         .err()
         .context("connect to a closed port must fail")?;

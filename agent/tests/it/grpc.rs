@@ -279,6 +279,7 @@ async fn malformed_requests_are_invalid_argument() -> Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
         .repair(RepairRequest {
+            project: Default::default(),
             target_id: "t1".into(),
             fencing_token: 0,
             revision: "x".into(),
@@ -290,6 +291,7 @@ async fn malformed_requests_are_invalid_argument() -> Result<()> {
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = client
         .repair(RepairRequest {
+            project: Default::default(),
             target_id: "t1".into(),
             fencing_token: 1,
             revision: "x".into(),
@@ -349,6 +351,7 @@ async fn stamp_over_grpc() -> Result<()> {
     let mut client = server.client().await?;
     let resp = client
         .stamp(StampRequest {
+            project: Default::default(),
             target_id: "t1".into(),
             fencing_token: 4,
             revisions: vec![flotilla_proto::ExpectedRevision {
@@ -381,6 +384,7 @@ async fn stamp_over_grpc() -> Result<()> {
     );
     let err = client
         .stamp(StampRequest {
+            project: Default::default(),
             target_id: "t1".into(),
             fencing_token: 3,
             revisions: vec![flotilla_proto::ExpectedRevision {

@@ -106,6 +106,7 @@ async fn storage_limits(dialect: Dialect) -> Result<()> {
         ensure!(status.code() == Code::InvalidArgument, "{status:?}");
         let stamp = c
             .stamp(StampRequest {
+                project: Default::default(),
                 target_id: "t1".into(),
                 fencing_token: token,
                 revisions: vec![ExpectedRevision {
@@ -121,6 +122,7 @@ async fn storage_limits(dialect: Dialect) -> Result<()> {
         ensure!(stamp.code() == Code::InvalidArgument, "{stamp:?}");
         let repair = c
             .repair(RepairRequest {
+                project: Default::default(),
                 target_id: "t1".into(),
                 fencing_token: token,
                 revision: "0001_a".into(),
@@ -365,6 +367,7 @@ async fn a_bogus_announcement_lapses() -> Result<()> {
 /// is read), which must fence as a full one would.
 async fn announce(c: &mut Client, token: u64) -> Result<()> {
     c.status(StatusRequest {
+        project: Default::default(),
         target_ids: vec![],
         include_history: false,
         fencing_token: token,

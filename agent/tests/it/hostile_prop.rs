@@ -156,7 +156,7 @@ fn request() -> impl Strategy<Value = Req> {
                 })
             }),
         2 => (target_id(), token(), proptest::collection::vec(expected(), 0..3), direction(), rollout_id())
-            .prop_map(|(target_id, fencing_token, revisions, direction, rollout_id)| Req::Stamp(StampRequest {
+            .prop_map(|(target_id, fencing_token, revisions, direction, rollout_id)| Req::Stamp(StampRequest { project: Default::default(),
                 target_id,
                 fencing_token,
                 revisions,
@@ -164,21 +164,21 @@ fn request() -> impl Strategy<Value = Req> {
                 rollout_id,
             })),
         1 => (target_id(), token(), revision(), any::<bool>())
-            .prop_map(|(target_id, fencing_token, revision, applied)| Req::Repair(RepairRequest {
+            .prop_map(|(target_id, fencing_token, revision, applied)| Req::Repair(RepairRequest { project: Default::default(),
                 target_id,
                 fencing_token,
                 revision,
                 applied,
             })),
         2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token(), any::<bool>())
-            .prop_map(|(target_ids, include_history, fencing_token, identities_only)| Req::Status(StatusRequest {
+            .prop_map(|(target_ids, include_history, fencing_token, identities_only)| Req::Status(StatusRequest { project: Default::default(),
                 target_ids,
                 include_history,
                 fencing_token,
                 identities_only,
             })),
         1 => (proptest::collection::vec(target_id(), 0..2), proptest::collection::vec(expected(), 0..3))
-            .prop_map(|(target_ids, expected)| Req::Validate(ValidateRequest {
+            .prop_map(|(target_ids, expected)| Req::Validate(ValidateRequest { project: Default::default(),
                 target_ids,
                 expected,
                 skip_fingerprint: true,

@@ -31,7 +31,7 @@ pub(crate) fn driver_for(dialect: Dialect, url: &str) -> Result<Box<dyn Driver>>
 /// Take the target's migration lock on a session of our own.
 async fn hold_lock(dialect: Dialect, url: &str) -> Result<Box<dyn Session>> {
     let driver = driver_for(dialect, url)?;
-    let mut s = driver.connect().await?;
+    let mut s = driver.connect(&Default::default()).await?;
     s.ensure_schema().await?;
     ensure!(s.try_lock().await?, "the lock was not free");
     Ok(s)

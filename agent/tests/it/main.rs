@@ -11,6 +11,7 @@ mod hostile_prop;
 mod lock_bounds;
 mod locking;
 mod migrate;
+mod projects;
 mod support;
 mod tls;
 mod validate;

@@ -302,6 +302,7 @@ async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
     assert_eq!(ts.dirty_revision, "0001_half");
     let v = agent
         .validate(flotilla_proto::ValidateRequest {
+            project: Default::default(),
             target_ids: vec!["t1".into()],
             expected: vec![],
             skip_fingerprint: true,
@@ -341,6 +342,7 @@ async fn mariadb_failing_ddl_leaves_target_dirty_until_repair() -> Result<()> {
 
     let repaired = agent
         .repair(RepairRequest {
+            project: Default::default(),
             target_id: "t1".into(),
             fencing_token: 1,
             revision: "0001_half".into(),

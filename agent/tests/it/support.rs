@@ -214,6 +214,7 @@ pub(crate) async fn status(
 pub(crate) async fn fingerprint(agent: &Agent, target: &str) -> Result<String> {
     let resp = agent
         .validate(ValidateRequest {
+            project: Default::default(),
             target_ids: vec![target.into()],
             expected: vec![],
             skip_fingerprint: false,

@@ -53,6 +53,7 @@ async fn validate_reports(dialect: Dialect) -> Result<()> {
     let edited_sql = format!("{USERS}\n-- edited after it was applied");
     let resp = agent
         .validate(ValidateRequest {
+            project: Default::default(),
             target_ids: vec![],
             expected: vec![ExpectedRevision {
                 revision: "0001_users".into(),
@@ -102,6 +103,7 @@ async fn validate_reports(dialect: Dialect) -> Result<()> {
     // With the right expectations, a clean target has no issues.
     let resp = agent
         .validate(ValidateRequest {
+            project: Default::default(),
             target_ids: vec!["forward".into()],
             expected: vec![
                 ExpectedRevision {

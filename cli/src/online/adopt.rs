@@ -40,16 +40,20 @@ pub struct AdoptArgs {
 
 pub(super) async fn run(
     args: AdoptArgs,
+    migrations: &std::path::Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let mut c = args.client.connect().await?;
+    let set_digest = super::sets::ensure_set(&mut c, migrations).await?;
     let resp = c
         .adopt(pb::AdoptRequest {
+            set_digest,
             selector: Some(args.select.selector()?.to_proto()),
             from: args.from.map(|t| t.as_str().to_owned()).unwrap_or_default(),
             dry_run: args.dry_run,
             retire_foreign: args.retire_foreign,
+            project: args.client.project.clone(),
         })
         .await
         .map_err(rpc)?

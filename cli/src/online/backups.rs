@@ -100,6 +100,7 @@ pub(super) async fn run(
         BackupsCommand::List { target } => {
             let r = c
                 .list_backups(pb::FleetBackupsRequest {
+                    project: args.client.project.clone(),
                     target_id: target.unwrap_or_default(),
                 })
                 .await
@@ -126,6 +127,7 @@ pub(super) async fn run(
         BackupsCommand::Restore { target, rollout } => {
             let r = c
                 .restore_backup(pb::FleetRestoreBackupRequest {
+                    project: args.client.project.clone(),
                     target_id: target.clone(),
                     rollout_id: rollout.clone(),
                 })
@@ -157,6 +159,7 @@ pub(super) async fn run(
         BackupsCommand::Prune { keep, target } => {
             let r = c
                 .prune_backups(pb::FleetPruneBackupsRequest {
+                    project: args.client.project.clone(),
                     target_id: target.unwrap_or_default(),
                     keep,
                 })

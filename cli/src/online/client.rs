@@ -39,6 +39,24 @@ pub struct ClientArgs {
     /// Name to verify the coordinator's certificate against (default: the URL's host)
     #[arg(long, global = true, env = "FLOTILLA_TLS_DOMAIN", value_name = "NAME")]
     pub tls_domain: Option<String>,
+    /// The project whose rollouts, locks and target histories a command works on (several
+    /// applications share one coordinator and fleet)
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_PROJECT",
+        default_value = flotilla_core::project::DEFAULT_PROJECT,
+        value_name = "NAME",
+        value_parser = parse_project
+    )]
+    pub project: String,
+}
+
+/// A `--project` value: a valid project name.
+fn parse_project(raw: &str) -> Result<String, String> {
+    flotilla_core::project::Project::parse(raw)
+        .map(|p| p.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// The same flags accepted before the command (`flotilla --coordinator URL status`): the

@@ -3,6 +3,7 @@
 //! init-container gate, exit 5 on timeout). `current` is in `habits`.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -11,6 +12,7 @@ use flotilla_coordinator::rollout::Selector;
 use flotilla_proto as pb;
 
 use super::client::{ClientArgs, connect_with, refused_spec, rpc};
+use super::sets::ensure_set;
 use super::spec::{SelectArgs, SpecArgs};
 use crate::error::CliError;
 use crate::exit::{EXIT_PROBLEMS, EXIT_TIMEOUT};
@@ -20,11 +22,13 @@ use crate::render;
 pub(super) async fn plan(
     client: &ClientArgs,
     spec: &SpecArgs,
+    migrations: &Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
-    let spec = spec.spec()?;
+    let mut spec = spec.spec(&client.project)?;
     let mut c = client.connect().await?;
+    spec.set_digest = ensure_set(&mut c, migrations).await?;
     let resp = c
         .plan(pb::PlanRequest {
             spec: Some(spec.to_proto()),
@@ -40,15 +44,19 @@ pub(super) async fn plan(
 pub(super) async fn status(
     client: &ClientArgs,
     select: &SelectArgs,
+    migrations: &Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let selector = select.selector()?;
     let mut c = client.connect().await?;
+    let set_digest = ensure_set(&mut c, migrations).await?;
     let resp = c
         .fleet_status(pb::FleetStatusRequest {
             selector: Some(selector.to_proto()),
             include_schema: true,
+            set_digest,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -61,14 +69,18 @@ pub(super) async fn status(
 pub(super) async fn validate(
     client: &ClientArgs,
     select: &SelectArgs,
+    migrations: &Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let selector = select.selector()?;
     let mut c = client.connect().await?;
+    let set_digest = ensure_set(&mut c, migrations).await?;
     let resp = c
         .fleet_validate(pb::FleetValidateRequest {
             selector: Some(selector.to_proto()),
+            set_digest,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -85,8 +97,10 @@ pub(super) async fn validate(
 
 /// `wait`: poll until every selected target has `revision` applied (0), or time out (5).
 /// The coordinator may not be up yet: connection failures are retried like missing targets.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn wait(
     client: &ClientArgs,
+    migrations: &Path,
     revision: &str,
     selector: Selector,
     timeout: Duration,
@@ -102,9 +116,12 @@ pub(super) async fn wait(
         // The coordinator may not be up yet (init containers start with the app): retry.
         let attempt = async {
             let mut c = connect_with(&client.coordinator, &tls).await?;
+            let set_digest = ensure_set(&mut c, migrations).await?;
             c.fleet_status(pb::FleetStatusRequest {
                 selector: Some(selector.to_proto()),
                 include_schema: false,
+                set_digest,
+                project: client.project.clone(),
             })
             .await
             .map_err(rpc)
@@ -156,6 +173,12 @@ fn missing(resp: &pb::FleetStatusResponse, revision: &str) -> Vec<String> {
         return vec!["(no target matches the selector)".into()];
     }
     let wanted: Vec<String> = if revision == "head" {
+        if resp.graph_heads.is_empty() {
+            return vec![
+                "(no migration set to tell the head: pass --migrations DIR or pin --revision)"
+                    .into(),
+            ];
+        }
         resp.graph_heads.clone()
     } else {
         vec![revision.to_owned()]

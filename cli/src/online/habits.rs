@@ -13,6 +13,7 @@ use flotilla_proto as pb;
 
 use super::client::{ClientArgs, rpc};
 use super::rollout::follow;
+use super::sets::ensure_set;
 use super::spec::SelectArgs;
 use crate::args::{GlobalArgs, OutputFormat};
 use crate::error::CliError;
@@ -71,11 +72,14 @@ pub(super) async fn current(
     let json = global.output == OutputFormat::Json;
     let graph = Graph::load_dir(&global.migrations).ok();
     let mut c = args.client.connect().await?;
+    let set_digest = ensure_set(&mut c, &global.migrations).await?;
     let resp = c
         .fleet_status(pb::FleetStatusRequest {
             selector: Some(args.select.selector()?.to_proto()),
             // `current` shows revisions: no catalog comparison.
             include_schema: false,
+            set_digest,
+            project: args.client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -180,9 +184,15 @@ pub(super) async fn reset(
         max_parallel: 1,
         fingerprint_gate: false,
         allow_downgrade: true,
+        project: args.client.project.clone(),
         ..RolloutSpec::default()
     };
     let mut c = args.client.connect().await?;
+    // The down sections come from the set the CLI has.
+    let spec = RolloutSpec {
+        set_digest: ensure_set(&mut c, &global.migrations).await?,
+        ..spec
+    };
     let r = c
         .start_rollout(pb::StartRolloutRequest {
             spec: Some(spec.to_proto()),

@@ -3,6 +3,7 @@
 //! `watch`, `reset`, the demo).
 
 use std::io::{IsTerminal, Write};
+use std::path::Path;
 
 use clap::Subcommand;
 use tonic::transport::Channel;
@@ -12,6 +13,7 @@ use flotilla_proto as pb;
 use flotilla_proto::coordinator_service_client::CoordinatorServiceClient;
 
 use super::client::{ClientArgs, refused_spec, rpc};
+use super::sets::ensure_set;
 use super::spec::SpecArgs;
 use crate::error::CliError;
 use crate::exit::{EXIT_BLOCKED, EXIT_ROLLOUT_FAILED};
@@ -75,12 +77,13 @@ enum Control {
 /// Run a `rollout` subcommand; returns the exit code.
 pub(super) async fn run(
     cmd: RolloutCommand,
+    migrations: &Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     match cmd {
         RolloutCommand::Start { client, spec, wait } => {
-            start(&client, &spec, wait, json, out).await
+            start(&client, &spec, migrations, wait, json, out).await
         }
         RolloutCommand::Watch { client, id } => {
             let mut c = client.connect().await?;
@@ -104,13 +107,15 @@ pub(super) async fn run(
 async fn start(
     client: &ClientArgs,
     spec: &SpecArgs,
+    migrations: &Path,
     wait: bool,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     // Bad flags (a selector outside its bounds) fail before any call.
-    let spec = spec.spec()?;
+    let mut spec = spec.spec(&client.project)?;
     let mut c = client.connect().await?;
+    spec.set_digest = ensure_set(&mut c, migrations).await?;
     let mut req = tonic::Request::new(pb::StartRolloutRequest {
         spec: Some(spec.to_proto()),
     });
@@ -161,7 +166,10 @@ async fn list(
 ) -> Result<u8, CliError> {
     let mut c = client.connect().await?;
     let resp = c
-        .list_rollouts(pb::ListRolloutsRequest { limit })
+        .list_rollouts(pb::ListRolloutsRequest {
+            limit,
+            project: client.project.clone(),
+        })
         .await
         .map_err(rpc)?
         .into_inner();

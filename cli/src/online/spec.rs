@@ -128,7 +128,8 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    pub fn spec(&self) -> Result<RolloutSpec, CliError> {
+    /// The spec of a rollout of `project` (`--project`).
+    pub fn spec(&self, project: &str) -> Result<RolloutSpec, CliError> {
         let waves = self
             .waves
             .iter()
@@ -164,6 +165,9 @@ impl SpecArgs {
                 None => DEFAULT_AGENT_WAIT.as_millis() as u64,
             },
             metric_gate,
+            // Filled in by the command once it knows the set it sends.
+            set_digest: String::new(),
+            project: project.to_owned(),
         })
     }
 

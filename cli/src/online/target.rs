@@ -30,7 +30,10 @@ pub(super) async fn history(
     };
     let mut c = client.connect().await?;
     let t = c
-        .history(pb::HistoryRequest { target_id: target })
+        .history(pb::HistoryRequest {
+            target_id: target,
+            project: client.project.clone(),
+        })
         .await
         .map_err(rpc)?
         .into_inner()
@@ -45,15 +48,19 @@ pub(super) async fn stamp(
     client: &ClientArgs,
     target: String,
     revision: String,
+    migrations: &std::path::Path,
     json: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<u8, CliError> {
     let mut c = client.connect().await?;
+    let set_digest = super::sets::ensure_set(&mut c, migrations).await?;
     let t = c
         .stamp(pb::FleetStampRequest {
+            set_digest,
             target_id: target,
             revision,
             direction: 0,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?
@@ -78,6 +85,7 @@ pub(super) async fn repair(
             target_id: target,
             revision: revision.unwrap_or_default(),
             applied,
+            project: client.project.clone(),
         })
         .await
         .map_err(rpc)?

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use flotilla_proto as pb;
 
 use super::format::{abbreviate, revision_of, short};
-use super::names::{dialect_name, direction_name};
+use super::names::{dialect_name, direction_name, project_name};
 use super::output::{emit, row, write_table};
 use super::target::target_status_json;
 use crate::error::CliError;
@@ -70,6 +70,7 @@ pub(crate) fn fleet_status(
     if json {
         emit(out, &fleet_json(resp))
     } else {
+        writeln!(out, "project: {}", project_name(&resp.project)).map_err(CliError::Output)?;
         write_fleet_table(out, resp)
     }
 }
@@ -201,7 +202,8 @@ fn write_schema_drift(
 
 fn fleet_json(r: &pb::FleetStatusResponse) -> Value {
     json!({
-        "graph_heads": r.graph_heads, "graph_digest": r.graph_digest,
+        "project": project_name(&r.project),
+        "graph_heads": r.graph_heads, "graph_digest": r.graph_digest, "set_digest": r.set_digest,
         "targets": r.targets.iter().map(|t| {
             let mut v = t.status.as_ref().map(target_status_json).unwrap_or(json!({}));
             v["agent"] = json!(t.agent_id);
@@ -229,7 +231,7 @@ fn validate_json(r: &pb::FleetValidateResponse) -> Value {
 
 fn plan_json(r: &pb::PlanResponse) -> Value {
     json!({
-        "graph_digest": r.graph_digest,
+        "graph_digest": r.graph_digest, "set_digest": r.set_digest,
         "targets": r.targets.iter().map(|t| json!({
             "target": t.target_id, "agent": t.agent_id, "dialect": dialect_name(t.dialect), "blocked": t.blocked_reason,
             "steps": t.steps.iter().map(|s| json!({ "revision": s.revision, "direction": direction_name(s.direction), "checksum": s.checksum, "transactional": s.transactional })).collect::<Vec<_>>(),

@@ -35,3 +35,12 @@ pub(crate) fn target_state_name(s: i32) -> &'static str {
         pb::TargetState::Blocked => "blocked",
     }
 }
+
+/// A project as printed: `default` for the empty name (records from before projects).
+pub(crate) fn project_name(p: &str) -> &str {
+    if p.is_empty() {
+        flotilla_core::project::DEFAULT_PROJECT
+    } else {
+        p
+    }
+}

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use flotilla_proto as pb;
 
 use super::format::rfc3339;
-use super::names::{state_name, target_state_name};
+use super::names::{project_name, state_name, target_state_name};
 use super::output::{emit, row, write_table};
 use crate::error::CliError;
 
@@ -57,8 +57,12 @@ pub(crate) fn rollout(
     }
     let o = |e| CliError::Output(e);
     writeln!(out, "rollout {}: {}", r.id, state_name(r.state)).map_err(o)?;
+    writeln!(out, "  project: {}", rollout_project(r)).map_err(o)?;
     if let Some(s) = &r.spec {
         writeln!(out, "  goal: {} ({})", s.goal, r.goal_revision).map_err(o)?;
+    }
+    if !r.set_digest.is_empty() {
+        writeln!(out, "  set: {}", r.set_digest).map_err(o)?;
     }
     writeln!(
         out,
@@ -128,12 +132,16 @@ pub(crate) fn rollouts(
             &Value::Array(rollouts.iter().map(rollout_json).collect()),
         );
     }
-    let mut rows = vec![row(&["ID", "STATE", "GOAL", "WAVE", "CREATED", "MESSAGE"])];
+    let mut rows = vec![row(&[
+        "ID", "STATE", "PROJECT", "GOAL", "SET", "WAVE", "CREATED", "MESSAGE",
+    ])];
     for r in rollouts {
         rows.push(vec![
             r.id.clone(),
             state_name(r.state).into(),
+            rollout_project(r).to_owned(),
             r.spec.as_ref().map(|s| s.goal.clone()).unwrap_or_default(),
+            short_digest(&r.set_digest).into(),
             format!(
                 "{}/{}",
                 (r.current_wave + 1).min(r.wave_count),
@@ -146,12 +154,23 @@ pub(crate) fn rollouts(
     write_table(out, &rows)
 }
 
+/// A set digest as a table shows it: its first 12 characters (`rollout get` prints it whole).
+fn short_digest(d: &str) -> &str {
+    d.get(..12).unwrap_or(d)
+}
+
+/// The project a rollout belongs to (`default` when its spec names none).
+fn rollout_project(r: &pb::Rollout) -> &str {
+    project_name(r.spec.as_ref().map_or("", |s| s.project.as_str()))
+}
+
 pub(crate) fn rollout_json(r: &pb::Rollout) -> Value {
     json!({
         "id": r.id, "state": state_name(r.state), "message": r.message,
+        "project": rollout_project(r),
         "goal": r.spec.as_ref().map(|s| s.goal.clone()), "goal_revision": r.goal_revision,
         "current_wave": r.current_wave, "wave_count": r.wave_count, "trace_id": r.trace_id,
-        "fencing_token": r.fencing_token, "graph_digest": r.graph_digest,
+        "fencing_token": r.fencing_token, "graph_digest": r.graph_digest, "set_digest": r.set_digest,
         "created_at": rfc3339(r.created_at_unix_ms), "updated_at": rfc3339(r.updated_at_unix_ms),
         "created_at_unix_ms": r.created_at_unix_ms, "updated_at_unix_ms": r.updated_at_unix_ms,
         "metric_gate": r.metric_gate.as_ref().map(gate_json),

@@ -123,6 +123,7 @@ async fn adopt(
 async fn fingerprint(agent: &Agent, target: &str) -> Result<String> {
     let resp = agent
         .validate(pb::ValidateRequest {
+            project: Default::default(),
             target_ids: vec![target.into()],
             expected: vec![],
             skip_fingerprint: false,

@@ -39,7 +39,10 @@ async fn destructive_rollout_is_refused_before_anything_runs_unless_allowed() ->
     let r = coord.rollout(spec("0001")).await?;
     assert_eq!(state(&r), pb::RolloutState::Succeeded, "{r:?}");
     let before = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 0,
+        })
         .await?
         .into_inner()
         .rollouts
@@ -59,7 +62,10 @@ async fn destructive_rollout_is_refused_before_anything_runs_unless_allowed() ->
     assert!(msg.contains(&format!("revision 0002 (sqlite, 2 targets) {file}:4: destructive: dropping column legacy of users")), "{msg}");
     assert!(msg.contains("--allow-destructive"), "{msg}");
     let after = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 0,
+        })
         .await?
         .into_inner()
         .rollouts
@@ -176,7 +182,7 @@ async fn a_replan_that_would_run_a_destructive_step_blocks_the_target() -> Resul
     let driver = flotilla_agent::driver::sqlite::SqliteDriver::new(flotilla_core::Secret::new(
         url.as_str(),
     ))?;
-    let mut holder = driver.connect().await?;
+    let mut holder = driver.connect(&Default::default()).await?;
     anyhow::ensure!(holder.try_lock().await?, "the lock was not free");
 
     // Head is 0003 only for both: nothing destructive, the rollout starts (d01 the canary).

@@ -383,7 +383,8 @@ impl TestCoordinator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = format!("http://{}", listener.local_addr()?);
         let mut config = CoordinatorConfig {
-            migrations: migrations.to_owned(),
+            migrations: Some(migrations.to_owned()),
+            project_migrations: vec![],
             backend: BackendConfig {
                 etcd_endpoints: etcd.map(|e| vec![e.to_owned()]).unwrap_or_default(),
                 prefix: prefix.to_owned(),
@@ -577,13 +578,15 @@ pub(crate) fn signal(pid: i32, sig: &str) -> Result<()> {
     Ok(())
 }
 
-/// Run the `flotilla` binary to completion: (exit code, stdout, stderr).
+/// Run the `flotilla` binary to completion, in `cwd` (default: this crate's directory):
+/// (exit code, stdout, stderr).
 pub(crate) async fn run_cli(args: &[&str], cwd: Option<&Path>) -> Result<(i32, String, String)> {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"));
-    cmd.args(args).stdin(Stdio::null());
-    if let Some(d) = cwd {
-        cmd.current_dir(d);
-    }
+    // The crate's directory by default (as `cargo test` runs): it has no `migrations/`, so a
+    // command without --migrations names no set and the coordinator uses its own.
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .current_dir(cwd.unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR"))));
     let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .context("flotilla timed out")??;

@@ -37,12 +37,14 @@ fn retries(text: &str, dialect: &str, class: &str) -> Option<f64> {
     )
 }
 
-/// The `revision` label of every `flotilla_fleet_targets` series, with its value.
+/// The `revision` label of every `flotilla_fleet_targets` series of project `default`, with
+/// its value.
 fn fleet_targets(text: &str) -> Vec<(String, f64)> {
     text.lines()
         .filter_map(|l| l.strip_prefix("flotilla_fleet_targets{revision=\""))
         .filter_map(|rest| {
-            let (rev, value) = rest.split_once("\"} ")?;
+            let (rev, rest) = rest.split_once('"')?;
+            let value = rest.strip_prefix(",project=\"default\"} ")?;
             Some((rev.to_owned(), value.parse().ok()?))
         })
         .collect()

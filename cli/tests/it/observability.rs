@@ -456,7 +456,10 @@ pub(super) async fn wait_succeeded(coordinator: &str, id: &str) -> Result<pb::Ro
         "rollout did not succeed: {r:#?}"
     );
     let _ = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 1 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 1,
+        })
         .await?;
     Ok(r)
 }

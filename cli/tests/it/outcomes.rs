@@ -117,7 +117,10 @@ async fn a_blocking_downgrade_is_refused_then_allowed_and_ends_blocked() -> Resu
     );
     let mut c = coord.client().await?;
     let listed = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 0,
+        })
         .await?
         .into_inner();
     assert_eq!(

@@ -15,8 +15,10 @@ async fn fleet_targets(coord: &TestCoordinator) -> Result<Vec<(String, String)>>
     let mut c = coord.client().await?;
     let resp = c
         .fleet_status(pb::FleetStatusRequest {
+            project: Default::default(),
             selector: None,
             include_schema: false,
+            ..Default::default()
         })
         .await?
         .into_inner();

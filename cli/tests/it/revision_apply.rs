@@ -129,6 +129,7 @@ async fn run_plan(
 async fn fingerprint(agent: &Agent, target: &str) -> Result<String> {
     let resp = agent
         .validate(ValidateRequest {
+            project: Default::default(),
             target_ids: vec![target.into()],
             expected: vec![],
             skip_fingerprint: false,

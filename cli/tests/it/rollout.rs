@@ -668,7 +668,10 @@ async fn an_unknown_goal_is_refused_before_anything_starts() -> Result<()> {
         .expect_err("plan too");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let list = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 0 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 0,
+        })
         .await?
         .into_inner();
     assert!(list.rollouts.is_empty(), "{list:?}");
@@ -736,7 +739,13 @@ async fn planned_from(coord: &TestCoordinator) -> Result<BTreeMap<String, Vec<St
     use flotilla_revision::Goal;
     let snap = coord
         .engine
-        .planning_snapshot(&Selector::default(), &Goal::Head, false, false)
+        .planning_snapshot(
+            &coord.engine.graph(),
+            &Selector::default(),
+            &Goal::Head,
+            false,
+            false,
+        )
         .await?;
     Ok(snap
         .targets

@@ -16,11 +16,14 @@ use crate::harness::{
 };
 
 async fn recorded(c: &mut CoordinatorServiceClient<Channel>) -> Result<usize> {
-    Ok(c.list_rollouts(pb::ListRolloutsRequest { limit: 0 })
-        .await?
-        .into_inner()
-        .rollouts
-        .len())
+    Ok(c.list_rollouts(pb::ListRolloutsRequest {
+        project: Default::default(),
+        limit: 0,
+    })
+    .await?
+    .into_inner()
+    .rollouts
+    .len())
 }
 
 fn selector(labels: &[(&str, &str)], ids: &[&str]) -> pb::Selector {
@@ -226,8 +229,10 @@ async fn selectors_outside_their_bounds_are_refused_by_the_api() -> Result<()> {
     // The fleet calls check the same bounds.
     let err = c
         .fleet_status(pb::FleetStatusRequest {
+            project: Default::default(),
             selector: Some(selector(&[], &["b01\0"])),
             include_schema: false,
+            ..Default::default()
         })
         .await
         .expect_err("FleetStatus checks the selector too");

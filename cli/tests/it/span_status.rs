@@ -89,7 +89,10 @@ async fn a_failed_step_is_an_error_on_every_span_up_to_the_rollout() -> Result<(
         "the canary's failure halts the rollout: {r:#?}"
     );
     let _ = c
-        .list_rollouts(pb::ListRolloutsRequest { limit: 1 })
+        .list_rollouts(pb::ListRolloutsRequest {
+            project: Default::default(),
+            limit: 1,
+        })
         .await?;
     // Stopping the processes flushes their spans.
     fleet.stop().await?;

@@ -34,8 +34,11 @@ pub(super) async fn adopt(
         .ok_or_else(|| status_of(EngineError::NotLeader))?;
     let selector = Selector::from_proto(req.selector.as_ref())
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let engine = api.project(&req.project)?;
+    let (_, graph) = engine.graph_of(&req.set_digest).await.map_err(status_of)?;
     let targets = crate::adopt::adopt(
-        &api.engine,
+        &engine,
+        &graph,
         term.agent_token(),
         &selector,
         from,

@@ -18,7 +18,10 @@ pub(super) async fn list(
     if req.target_id.is_empty() {
         for agent in api.engine.agents().await.map_err(status_of)? {
             match agent
-                .list_backups(pb::ListBackupsRequest { target_ids: vec![] })
+                .list_backups(pb::ListBackupsRequest {
+                    project: api.project(&req.project)?.wire_project(),
+                    target_ids: vec![],
+                })
                 .await
             {
                 Ok(r) => {
@@ -40,6 +43,7 @@ pub(super) async fn list(
         out = e
             .agent
             .list_backups(pb::ListBackupsRequest {
+                project: api.project(&req.project)?.wire_project(),
                 target_ids: vec![req.target_id],
             })
             .await?;
@@ -59,10 +63,13 @@ pub(super) async fn restore(
     }
     let req = req.into_inner();
     check_id("rollout id", &req.rollout_id)?;
-    let (term, e) = api.leader_target(&req.target_id).await?;
+    let (term, e) = api
+        .leader_target(&*api.project(&req.project)?, &req.target_id)
+        .await?;
     let resp = e
         .agent
         .restore_backup(pb::RestoreBackupRequest {
+            project: api.project(&req.project)?.wire_project(),
             target_id: req.target_id,
             rollout_id: req.rollout_id,
             fencing_token: term.agent_token(),
@@ -84,6 +91,7 @@ pub(super) async fn prune(
         for agent in api.engine.agents().await.map_err(status_of)? {
             match agent
                 .prune_backups(pb::PruneBackupsRequest {
+                    project: api.project(&req.project)?.wire_project(),
                     target_ids: vec![],
                     keep: req.keep,
                 })
@@ -99,10 +107,13 @@ pub(super) async fn prune(
             }
         }
     } else {
-        let (_, e) = api.leader_target(&req.target_id).await?;
+        let (_, e) = api
+            .leader_target(&*api.project(&req.project)?, &req.target_id)
+            .await?;
         out = e
             .agent
             .prune_backups(pb::PruneBackupsRequest {
+                project: api.project(&req.project)?.wire_project(),
                 target_ids: vec![req.target_id],
                 keep: req.keep,
             })

@@ -17,7 +17,8 @@ use flotilla_rpc::convert::DirectionProto;
 
 /// The rollout as the API shows it.
 pub(super) async fn rollout(api: &Api, id: &str) -> Result<pb::Rollout, Status> {
-    api.engine.rollout_proto(id).await.map_err(status_of)
+    let engine = api.projects.of_rollout(id).await.map_err(status_of)?;
+    engine.rollout_proto(id).await.map_err(status_of)
 }
 
 pub(super) async fn plan(
@@ -26,8 +27,11 @@ pub(super) async fn plan(
 ) -> Result<Response<pb::PlanResponse>, Status> {
     let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
         .map_err(Status::invalid_argument)?;
-    let goal: Goal = api.engine.goal(&spec.goal).map_err(status_of)?;
-    let snap = api.engine.snapshot(false).await.map_err(status_of)?;
+    let engine = api.project(&spec.project)?;
+    let (set_digest, graph) = engine.graph_of(&spec.set_digest).await.map_err(status_of)?;
+    let graph = graph.as_ref();
+    let goal: Goal = engine.goal(graph, &spec.goal).map_err(status_of)?;
+    let snap = engine.snapshot(false).await.map_err(status_of)?;
     let fleet_size = snap.targets.len();
     let mut snap = snap;
     snap.targets.retain(|e| e.matches(&spec.selector));
@@ -39,7 +43,6 @@ pub(super) async fn plan(
             "nothing to plan",
         )));
     }
-    let graph = api.engine.graph();
     let mut targets = Vec::new();
     let mut refusal = Refusal::default();
     for e in &snap.targets {
@@ -90,6 +93,7 @@ pub(super) async fn plan(
     Ok(Response::new(pb::PlanResponse {
         targets,
         graph_digest: graph.digest(),
+        set_digest,
     }))
 }
 
@@ -104,7 +108,7 @@ pub(super) async fn start(
     let spec = RolloutSpec::from_proto(&req.into_inner().spec.unwrap_or_default())
         .map_err(Status::invalid_argument)?;
     let rec = api
-        .engine
+        .project(&spec.project)?
         .start(spec, traceparent, trace_id)
         .await
         .map_err(status_of)?;
@@ -124,11 +128,12 @@ pub(super) async fn list(
     api: &Api,
     req: Request<pb::ListRolloutsRequest>,
 ) -> Result<Response<pb::ListRolloutsResponse>, Status> {
-    let limit = match req.into_inner().limit {
+    let req = req.into_inner();
+    let limit = match req.limit {
         0 => 50,
         n => n as usize,
     };
-    let recs = api.engine.list().await.map_err(status_of)?;
+    let recs = api.project(&req.project)?.list().await.map_err(status_of)?;
     let rollouts = recs
         .into_iter()
         .take(limit)
@@ -170,7 +175,10 @@ pub(super) async fn abort(
 /// Pause, resume or abort, then the rollout as it now stands.
 async fn control(api: &Api, id: String, c: Control) -> Result<Response<pb::Rollout>, Status> {
     check_id("rollout id", &id)?;
-    api.engine
+    api.projects
+        .of_rollout(&id)
+        .await
+        .map_err(status_of)?
         .control_rollout(&id, c)
         .await
         .map_err(status_of)?;

@@ -21,12 +21,14 @@ pub(super) async fn stamp(
         return leader.stamp(forwarded(req)).await;
     }
     let req = req.into_inner();
-    let (term, e) = api.leader_target(&req.target_id).await?;
+    let engine = api.project(&req.project)?;
+    let (term, e) = api.leader_target(&engine, &req.target_id).await?;
     let dialect = e
         .dialect()
         .ok_or_else(|| Status::failed_precondition("target has no dialect"))?;
-    let goal: Goal = api.engine.goal(&req.revision).map_err(status_of)?;
-    let plan = flotilla_revision::plan(api.engine.graph(), &history_of(&e.status), &goal, dialect)
+    let (_, graph) = engine.graph_of(&req.set_digest).await.map_err(status_of)?;
+    let goal: Goal = engine.goal(&graph, &req.revision).map_err(status_of)?;
+    let plan = flotilla_revision::plan(&graph, &history_of(&e.status), &goal, dialect)
         .map_err(|b| Status::failed_precondition(b.to_string()))?;
     let mut last = e.status.clone();
     for direction in [Direction::Down, Direction::Up] {
@@ -38,9 +40,7 @@ pub(super) async fn stamp(
                 revision: s.revision.clone(),
                 checksum: match direction {
                     Direction::Up => s.checksum.clone(),
-                    Direction::Down => api
-                        .engine
-                        .graph()
+                    Direction::Down => graph
                         .get(&s.revision)
                         .map(|r| r.up_checksum(dialect))
                         .unwrap_or_default(),
@@ -53,6 +53,7 @@ pub(super) async fn stamp(
         let resp = e
             .agent
             .stamp(pb::StampRequest {
+                project: engine.wire_project(),
                 target_id: req.target_id.clone(),
                 fencing_token: term.agent_token(),
                 revisions,
@@ -75,7 +76,8 @@ pub(super) async fn repair(
         return leader.repair(forwarded(req)).await;
     }
     let req = req.into_inner();
-    let (term, e) = api.leader_target(&req.target_id).await?;
+    let engine = api.project(&req.project)?;
+    let (term, e) = api.leader_target(&engine, &req.target_id).await?;
     let revision = if req.revision.is_empty() {
         e.status.dirty_revision.clone()
     } else {
@@ -84,6 +86,7 @@ pub(super) async fn repair(
     let resp = e
         .agent
         .repair(pb::RepairRequest {
+            project: engine.wire_project(),
             target_id: req.target_id,
             fencing_token: term.agent_token(),
             revision,

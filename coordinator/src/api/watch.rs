@@ -23,7 +23,12 @@ pub(super) async fn watch_rollout(
 ) -> Result<Response<WatchStream>, Status> {
     let id = req.into_inner().id;
     check_id("rollout id", &id)?;
-    let engine = api.engine.clone();
+    let engine = api
+        .projects
+        .of_rollout(&id)
+        .await
+        .map_err(super::status_of)?
+        .clone();
     let first = rollout(api, &id).await?;
     let stream = watch_stream(engine.clone(), id, first, engine.subscribe());
     Ok(Response::new(stream))

@@ -122,11 +122,12 @@ impl Engine {
     /// has such a revision at all.
     pub(super) async fn refuse_destructive(
         &self,
+        graph: &Graph,
         spec: &RolloutSpec,
         goal: &Goal,
         traceparent: &str,
     ) -> Result<(), EngineError> {
-        if spec.allow_destructive || !graph_has_unallowed(&self.graph) {
+        if spec.allow_destructive || !graph_has_unallowed(graph) {
             return Ok(());
         }
         let span = tracing::info_span!("preflight_destructive");
@@ -139,17 +140,17 @@ impl Engine {
         for e in &snap.targets {
             let Some(d) = e.dialect() else { continue };
             if let TargetPlanOutcome::Steps(steps) = plan_target(
-                &self.graph,
+                graph,
                 &e.status,
                 Some(d),
                 goal,
                 spec.allow_downgrade,
                 spec.allow_foreign,
             ) {
-                refusal.add(&self.graph, d, &steps);
+                refusal.add(graph, d, &steps);
             }
         }
-        match refusal.error(&self.graph) {
+        match refusal.error(graph) {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -121,6 +121,7 @@ impl Engine {
     /// the rollout's trace (`traceparent`: the StartRollout span).
     pub(super) async fn preflight(
         &self,
+        graph: &Graph,
         spec: &RolloutSpec,
         goal: &Goal,
         traceparent: &str,
@@ -141,14 +142,8 @@ impl Engine {
             .targets
             .iter()
             .filter_map(|e| {
-                downgrade_block(
-                    &self.graph,
-                    &e.status,
-                    e.dialect(),
-                    goal,
-                    spec.allow_downgrade,
-                )
-                .map(|why| (e.status.target_id.clone(), why))
+                downgrade_block(graph, &e.status, e.dialect(), goal, spec.allow_downgrade)
+                    .map(|why| (e.status.target_id.clone(), why))
             })
             .collect();
         if blocked.is_empty() {

@@ -24,7 +24,11 @@ pub(crate) async fn refresh_rollouts(engine: &Engine) {
 /// fingerprints the rollout's Migrates reported (with the wave gate on) are used as they are,
 /// and only the other targets' catalogs are read (one Validate per agent and dialect). After
 /// a rollout that changed nothing no catalog is read and the drift gauge keeps its value.
-pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>) {
+pub(crate) async fn record_fleet_view(
+    engine: &Engine,
+    graph: &flotilla_revision::Graph,
+    migrated_by: Option<&str>,
+) {
     let entries = if engine.view.is_empty() {
         match engine.snapshot(false).await {
             Ok(snap) => snap.targets,
@@ -37,12 +41,12 @@ pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>
         .iter()
         .map(|e| pb::FleetTarget {
             agent_id: e.agent.id().to_owned(),
-            drift: super::view::drift_of(engine, e),
+            drift: super::view::drift_of(graph, e),
             status: Some(e.status.clone()),
         })
         .collect();
     let Some(rollout) = migrated_by else {
-        metrics::record_fleet(&targets, false);
+        metrics::record_fleet(engine.project(), &targets, false);
         return;
     };
     let mut fingerprints: std::collections::HashMap<String, String> =
@@ -60,7 +64,7 @@ pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>
         .cloned()
         .collect();
     if !unknown.is_empty() {
-        for t in engine.validate_fleet(&unknown).await.targets {
+        for t in engine.validate_fleet(graph, &unknown).await.targets {
             if t.error.is_empty() {
                 fingerprints.insert(t.target_id, t.fingerprint);
             }
@@ -92,5 +96,5 @@ pub(crate) async fn record_fleet_view(engine: &Engine, migrated_by: Option<&str>
                 .push(format!("schema differs from {}", d.reference_target));
         }
     }
-    metrics::record_fleet(&targets, true);
+    metrics::record_fleet(engine.project(), &targets, true);
 }

@@ -14,7 +14,7 @@ use flotilla_core::Dialect;
 use flotilla_proto as pb;
 
 use crate::rollout::{RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves};
-use flotilla_revision::Goal;
+use flotilla_revision::{Goal, Graph};
 
 use super::batch::{TargetWriter, write_records};
 use super::metric_gate::GateEnd;
@@ -85,7 +85,12 @@ impl Engine {
             // ran (the planning Status and each Migrate's closing state and fingerprint).
             if !term.cancel.is_cancelled() {
                 let migrated = matches!(result, Ok(true)).then_some(id);
-                super::report::record_fleet_view(&engine, migrated).await;
+                // Drift against the rollout's own set, whatever other calls planned with.
+                let graph = match engine.graph_of(&rec.spec.set_digest).await {
+                    Ok((_, g)) => g,
+                    Err(_) => engine.graph(),
+                };
+                super::report::record_fleet_view(&engine, &graph, migrated).await;
             }
             result.map(|_| ())
         };
@@ -97,11 +102,14 @@ impl Engine {
         if rec.state.is_terminal() {
             return Ok(false);
         }
-        if rec.graph_digest != self.graph.digest() {
+        // The set the rollout recorded (older records: the default set), from the store
+        // when this coordinator did not start it.
+        let (_, graph) = self.graph_of(&rec.spec.set_digest).await?;
+        if rec.graph_digest != graph.digest() {
             let why = format!(
                 "the migrations changed since this rollout started (graph digest {} now {}); start a new rollout",
                 short(&rec.graph_digest),
-                short(&self.graph.digest())
+                short(&graph.digest())
             );
             return self
                 .finish(term, &mut rec, RolloutState::Halted, why)
@@ -117,7 +125,7 @@ impl Engine {
                 source,
             })?;
         if !rec.planned {
-            self.plan_rollout(term, &mut rec, &goal).await?;
+            self.plan_rollout(term, &mut rec, &graph, &goal).await?;
             if rec.state.is_terminal() {
                 return Ok(false);
             }
@@ -153,6 +161,7 @@ impl Engine {
                 self.run_wave(
                     term,
                     &mut rec,
+                    &graph,
                     &goal,
                     wave,
                     &mut targets,
@@ -319,10 +328,12 @@ impl Engine {
         &self,
         term: &Term,
         rec: &mut RolloutRecord,
+        graph: &Graph,
         goal: &Goal,
     ) -> Result<(), EngineError> {
         let mut snap = self
             .planning_snapshot(
+                graph,
                 &rec.spec.selector,
                 goal,
                 rec.spec.allow_downgrade,
@@ -357,7 +368,7 @@ impl Engine {
         let mut runnable = Vec::new();
         let mut records = Vec::new();
         let mut memo = PlanMemo::new(
-            &self.graph,
+            graph,
             goal,
             rec.spec.allow_downgrade,
             rec.spec.allow_foreign,
@@ -426,7 +437,7 @@ impl Engine {
         rec.wave_count = waves.len() as u32;
         rec.current_wave = 0;
         rec.goal_revision = match goal {
-            Goal::Head => self.graph.heads().join(","),
+            Goal::Head => graph.heads().join(","),
             other => other.to_string(),
         };
         if rec.state == RolloutState::Pending {
@@ -457,6 +468,7 @@ impl Engine {
         self: &Arc<Self>,
         term: &Term,
         rec: &mut RolloutRecord,
+        graph: &Arc<Graph>,
         goal: &Goal,
         wave: u32,
         targets: &mut BTreeMap<String, TargetRecord>,
@@ -496,6 +508,7 @@ impl Engine {
             let engine = self.clone();
             let (term, rollout, goal, t) =
                 (term.clone(), snapshot.clone(), goal.clone(), t.clone());
+            let graph = graph.clone();
             let (global, control, limits) = (global.clone(), control.clone(), limits.clone());
             let writer = writer.clone();
             let span = tracing::Span::current();
@@ -521,7 +534,7 @@ impl Engine {
                         return Ok(t);
                     }
                     let t = engine
-                        .run_target(&term, &rollout, &goal, t, &writer, target_control)
+                        .run_target(&term, &rollout, &graph, &goal, t, &writer, target_control)
                         .await?;
                     if t.state == TargetState::Failed {
                         limits.failed.fetch_add(1, Ordering::SeqCst);
@@ -624,6 +637,7 @@ impl Engine {
             };
             let resp = agent
                 .validate(pb::ValidateRequest {
+                    project: self.wire_project(),
                     target_ids: ids,
                     expected: vec![],
                     skip_fingerprint: false,

@@ -265,6 +265,7 @@ impl Engine {
         let calls = agents.iter().map(|agent| async move {
             let req = pb::StatusRequest {
                 fencing_token: token,
+                project: self.wire_project(),
                 ..req.clone()
             };
             (agent.clone(), self.status_of_agent(agent, req).await)
@@ -357,6 +358,7 @@ impl Engine {
     /// others read as before, so a no-op check still reads every target and locks none.
     pub async fn planning_snapshot(
         &self,
+        graph: &Graph,
         selector: &Selector,
         goal: &Goal,
         allow_downgrade: bool,
@@ -371,12 +373,8 @@ impl Engine {
             .map(|e| (e.status.target_id.clone(), e))
             .collect();
         let known = &known;
-        let memo = std::sync::Mutex::new(PlanMemo::new(
-            &self.graph,
-            goal,
-            allow_downgrade,
-            allow_foreign,
-        ));
+        let memo =
+            std::sync::Mutex::new(PlanMemo::new(graph, goal, allow_downgrade, allow_foreign));
         let memo = &memo;
         let plans_to_steps = |status: &pb::TargetStatus, dialect: Option<Dialect>| {
             let plan = memo
@@ -512,6 +510,7 @@ impl Engine {
                 pb::StatusRequest {
                     target_ids,
                     fencing_token: token,
+                    project: self.wire_project(),
                     ..Default::default()
                 },
             )
@@ -551,6 +550,7 @@ impl Engine {
                 target_ids: vec![target_id.to_owned()],
                 include_history,
                 fencing_token: token,
+                project: self.wire_project(),
                 ..Default::default()
             };
             (agent.clone(), agent.status(req).await)

@@ -30,8 +30,8 @@ use pb::step_event::Event;
 
 use crate::fleet::is_retryable;
 use crate::rollout::{RolloutRecord, StepRecord, TargetRecord, TargetState};
-use flotilla_revision::Goal;
 use flotilla_revision::PlannedStep;
+use flotilla_revision::{Goal, Graph};
 
 use super::batch::TargetWriter;
 use super::snapshot::{FleetEntry, TargetPlanOutcome, plan_target, state_digest_of};
@@ -62,10 +62,12 @@ impl Engine {
     /// Run one target to a terminal state. Returns the final record; `Err` only when the
     /// term ended (the caller stops) or the store failed.
     #[tracing::instrument(name = "target", skip_all, fields(flotilla.target = %rec.target_id, flotilla.agent.id = %rec.agent_id, flotilla.wave = rec.wave, flotilla.rollout.id = %rollout.id, db.system = rec.dialect.db_system()))]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_target(
         &self,
         term: &Term,
         rollout: &RolloutRecord,
+        graph: &Graph,
         goal: &Goal,
         mut rec: TargetRecord,
         writer: &std::sync::Arc<TargetWriter>,
@@ -91,7 +93,7 @@ impl Engine {
             self.store_writable(term).await?;
             let outcome = tokio::select! {
                 _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
-                o = self.attempt(term, rollout, goal, &mut rec, replan, writer) => o?,
+                o = self.attempt(term, rollout, graph, goal, &mut rec, replan, writer) => o?,
             };
             replan = true;
             if rec.steps_done > done_before {
@@ -202,6 +204,7 @@ impl Engine {
         &self,
         term: &Term,
         rollout: &RolloutRecord,
+        graph: &Graph,
         goal: &Goal,
         rec: &mut TargetRecord,
         replan: bool,
@@ -213,12 +216,10 @@ impl Engine {
                 rec.agent_id
             )));
         };
-        let recorded = (!replan)
-            .then(|| recorded_steps(&self.graph, rec))
-            .flatten();
+        let recorded = (!replan).then(|| recorded_steps(graph, rec)).flatten();
         let (steps, expected_state) = match recorded {
             Some(steps) => (steps, rec.planned_from.clone()),
-            None => match self.replan(term, rollout, goal, rec, &agent).await? {
+            None => match self.replan(term, rollout, graph, goal, rec, &agent).await? {
                 Ok(planned) => planned,
                 Err(attempt) => return Ok(attempt),
             },
@@ -239,35 +240,31 @@ impl Engine {
                 sql: s.sql.clone(),
                 checksum: s.checksum.clone(),
                 transactional: s.transactional,
-                up_checksum: self
-                    .graph
+                up_checksum: graph
                     .get(&s.revision)
                     .map(|r| r.up_checksum(rec.dialect))
                     .unwrap_or_default(),
                 backup_tables: match s.direction {
                     flotilla_core::Direction::Up => {
-                        self.graph.backup_tables(&s.revision, rec.dialect).to_vec()
+                        graph.backup_tables(&s.revision, rec.dialect).to_vec()
                     }
                     flotilla_core::Direction::Down => vec![],
                 },
                 // The revision's own bounds (headers) win over the rollout's.
-                lock_timeout_ms: to_wire_ms(
-                    self.graph.get(&s.revision).and_then(|r| r.lock_timeout),
-                ),
+                lock_timeout_ms: to_wire_ms(graph.get(&s.revision).and_then(|r| r.lock_timeout)),
                 statement_timeout_ms: to_wire_ms(
-                    self.graph
-                        .get(&s.revision)
-                        .and_then(|r| r.statement_timeout),
+                    graph.get(&s.revision).and_then(|r| r.statement_timeout),
                 ),
                 // Covered by the step's checksum (the revision's up checksum).
-                check_sql: self.guard_sql(s, |r, d| r.check_sql(d), rec.dialect),
-                verify_sql: self.guard_sql(s, |r, d| r.verify_sql(d), rec.dialect),
+                check_sql: guard_sql(graph, s, |r, d| r.check_sql(d), rec.dialect),
+                verify_sql: guard_sql(graph, s, |r, d| r.verify_sql(d), rec.dialect),
             })
             .collect();
         let sent = super::pack::request_len(&steps, self.config.migrate_request_bytes);
         let more = sent < steps.len();
         steps.truncate(sent);
         let req = pb::MigrateRequest {
+            project: self.wire_project(),
             target_id: rec.target_id.clone(),
             rollout_id: rollout.id.clone(),
             fencing_token: term.agent_token(),
@@ -414,6 +411,7 @@ impl Engine {
         &self,
         term: &Term,
         rollout: &RolloutRecord,
+        graph: &Graph,
         goal: &Goal,
         rec: &TargetRecord,
         agent: &std::sync::Arc<dyn crate::fleet::AgentClient>,
@@ -423,6 +421,7 @@ impl Engine {
                 target_ids: vec![rec.target_id.clone()],
                 include_history: false,
                 fencing_token: term.agent_token(),
+                project: self.wire_project(),
                 ..Default::default()
             })
             .await
@@ -454,17 +453,19 @@ impl Engine {
         };
         Ok(
             match plan_target(
-                &self.graph,
+                graph,
                 &entry.status,
                 entry.dialect(),
                 goal,
                 rollout.spec.allow_downgrade,
                 rollout.spec.allow_foreign,
             ) {
-                TargetPlanOutcome::Steps(s) => match self.destructive_in(rollout, &entry, &s) {
-                    Some(why) => Err(Attempt::Blocked(why)),
-                    None => Ok((s, digest)),
-                },
+                TargetPlanOutcome::Steps(s) => {
+                    match self.destructive_in(rollout, graph, &entry, &s) {
+                        Some(why) => Err(Attempt::Blocked(why)),
+                        None => Ok((s, digest)),
+                    }
+                }
                 TargetPlanOutcome::Blocked(why) => Err(Attempt::Blocked(why)),
             },
         )
@@ -475,6 +476,7 @@ impl Engine {
     fn destructive_in(
         &self,
         rollout: &RolloutRecord,
+        graph: &Graph,
         entry: &FleetEntry,
         steps: &[PlannedStep],
     ) -> Option<String> {
@@ -483,29 +485,29 @@ impl Engine {
         }
         let dialect = entry.dialect()?;
         let mut refusal = super::destructive::Refusal::default();
-        refusal.add(&self.graph, dialect, steps);
-        refusal.blocked_target(&self.graph)
+        refusal.add(graph, dialect, steps);
+        refusal.blocked_target(graph)
     }
 }
 
-impl Engine {
-    /// An up step's check or verify queries for `dialect` ("" for none, and for down steps).
-    fn guard_sql(
-        &self,
-        step: &PlannedStep,
-        section: impl Fn(&flotilla_revision::Revision, flotilla_core::Dialect) -> Option<&str>,
-        dialect: flotilla_core::Dialect,
-    ) -> String {
-        if step.direction != flotilla_core::Direction::Up {
-            return String::new();
-        }
-        self.graph
-            .get(&step.revision)
-            .and_then(|r| section(r, dialect))
-            .unwrap_or_default()
-            .to_owned()
+/// An up step's check or verify queries for `dialect` ("" for none, and for down steps).
+fn guard_sql(
+    graph: &Graph,
+    step: &PlannedStep,
+    section: impl Fn(&flotilla_revision::Revision, flotilla_core::Dialect) -> Option<&str>,
+    dialect: flotilla_core::Dialect,
+) -> String {
+    if step.direction != flotilla_core::Direction::Up {
+        return String::new();
     }
+    graph
+        .get(&step.revision)
+        .and_then(|r| section(r, dialect))
+        .unwrap_or_default()
+        .to_owned()
+}
 
+impl Engine {
     /// Backoff between attempts at an unreachable agent: unbounded in count, the rollout's
     /// agent wait bounds it in time.
     pub(super) fn agent_wait_backoff(&self) -> ExponentialBuilder {

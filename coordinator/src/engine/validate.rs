@@ -96,8 +96,7 @@ type AgentTargets = (Arc<dyn AgentClient>, Vec<String>);
 impl Engine {
     /// Validate `entries` against the graph: per target its history issues and fingerprint,
     /// the (revision, fingerprint) groups and the schema drift, each with its diff.
-    pub async fn validate_fleet(&self, entries: &[FleetEntry]) -> FleetValidation {
-        let graph = self.graph();
+    pub async fn validate_fleet(&self, graph: &Graph, entries: &[FleetEntry]) -> FleetValidation {
         // One Validate per (agent, dialect): the expected checksums depend on the dialect.
         let mut calls: BTreeMap<(String, Dialect), AgentTargets> = BTreeMap::new();
         let mut known: HashMap<&str, (Dialect, bool)> = HashMap::new();
@@ -120,6 +119,7 @@ impl Engine {
                     .collect();
                 let res = agent
                     .validate(pb::ValidateRequest {
+                        project: self.wire_project(),
                         target_ids: ids.clone(),
                         expected,
                         skip_fingerprint: false,
@@ -262,6 +262,8 @@ async fn catalogs(calls: Vec<AgentTargets>) -> Catalogs {
     let results = futures::future::join_all(calls.into_iter().map(|(agent, ids)| async move {
         let res = agent
             .validate(pb::ValidateRequest {
+                // The catalog is the database's, whichever project asks.
+                project: String::new(),
                 target_ids: ids.clone(),
                 expected: vec![],
                 skip_fingerprint: false,

@@ -56,11 +56,10 @@ impl FleetView {
 }
 
 /// Revisions of a target that the graph lacks or whose checksum differs.
-pub fn drift_of(engine: &super::Engine, e: &FleetEntry) -> Vec<String> {
+pub fn drift_of(graph: &flotilla_revision::Graph, e: &FleetEntry) -> Vec<String> {
     let Some(dialect) = e.dialect() else {
         return vec![];
     };
-    let graph = engine.graph();
     e.status
         .applied
         .iter()

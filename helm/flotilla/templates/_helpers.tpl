@@ -136,6 +136,22 @@ each in a file), which is what the file format defines. "" without migrations.fi
 {{- end }}
 {{- end }}
 
+{{/* When the rollout Job runs: rolloutJob.hook, "auto" resolved (see values.yaml). */}}
+{{- define "flotilla.rolloutHook" -}}
+{{- if ne .Values.rolloutJob.hook "auto" }}
+{{- .Values.rolloutJob.hook }}
+{{- else if .Values.coordinator.enabled }}
+{{- "post-install,post-upgrade" }}
+{{- else }}
+{{- "pre-install,pre-upgrade" }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the rollout Job is a pre-* hook (it runs before the release's resources). */}}
+{{- define "flotilla.rolloutBeforeRelease" -}}
+{{- if and .Values.rolloutJob.enabled (contains "pre-" (include "flotilla.rolloutHook" .)) }}true{{ end }}
+{{- end }}
+
 {{/* OTEL_* environment: pass (dict "ctx" $ "component" "coordinator"). */}}
 {{- define "flotilla.otelEnv" -}}
 {{- $o := .ctx.Values.otel }}
@@ -178,6 +194,9 @@ prometheus.io/path: /metrics
 {{- end }}
 {{- if and .Values.migrations.configMap .Values.migrations.files }}
 {{- fail "set migrations.configMap or migrations.files, not both" }}
+{{- end }}
+{{- if and .Values.rolloutJob.enabled .Values.coordinator.enabled (contains "pre-install" (include "flotilla.rolloutHook" .)) }}
+{{- fail "rolloutJob.hook pre-install needs a long-lived coordinator outside this release (this release's coordinator does not exist before install): set coordinator.enabled=false and coordinator.externalAddress, or use hook auto / post-install,post-upgrade" }}
 {{- end }}
 {{- $seen := dict }}
 {{- range .Values.agents }}

@@ -14,6 +14,7 @@ use crate::driver::{DriverError, StepMeta};
 use flotilla_core::Direction;
 use flotilla_core::backup::{BackupRecord, backup_table_name, bare_name};
 use flotilla_core::history::RowStatus;
+use flotilla_core::project::Project;
 
 const TABLE: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_backups (
@@ -263,6 +264,7 @@ async fn restore_one(conn: &mut MySqlConnection, b: &BackupRecord) -> Result<u64
 
 pub(super) async fn restore(
     conn: &mut MySqlConnection,
+    project: &Project,
     backups: &[BackupRecord],
     checksum: &str,
     meta: &StepMeta,
@@ -270,7 +272,7 @@ pub(super) async fn restore(
     // DDL commits implicitly on MySQL: the fence is checked in the transaction that records
     // the restore, after the data is back (the migration lock keeps others out meanwhile).
     let mut tx = conn.begin().await.map_err(on(D, "begin transaction"))?;
-    let checked = fence(&mut tx, meta).await;
+    let checked = fence(&mut tx, project, meta).await;
     finish(tx, checked).await?;
     let mut rows = 0;
     for b in backups {
@@ -278,7 +280,7 @@ pub(super) async fn restore(
     }
     let mut tx = conn.begin().await.map_err(on(D, "begin transaction"))?;
     let result = async {
-        fence(&mut tx, meta).await?;
+        fence(&mut tx, project, meta).await?;
         let mut revisions: Vec<&str> = Vec::new();
         for b in backups {
             sqlx::query("UPDATE flotilla_backups SET restored_at = ? WHERE id = ?")
@@ -293,7 +295,7 @@ pub(super) async fn restore(
         }
         for r in revisions {
             let row = new_row(r, checksum, Direction::Up, RowStatus::Restored, 0, meta);
-            insert_history(&mut tx, row).await?;
+            insert_history(&mut tx, project, row).await?;
         }
         Ok(rows)
     }

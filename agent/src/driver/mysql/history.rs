@@ -1,14 +1,15 @@
 //! Flotilla's own tables on MySQL/MariaDB: their DDL, the fence check and raise, and history
 //! rows (insert, decode).
 
-use sqlx::Row;
 use sqlx::mysql::{MySqlConnection, MySqlRow};
+use sqlx::{AssertSqlSafe, Row};
 
 use super::{D, text};
 use crate::driver::classify::on;
-use crate::driver::common::{RawHistoryRow, check_fence, missing_fence, now_ms, to_db};
+use crate::driver::common::{RawHistoryRow, check_fence, in_project, missing_fence, now_ms, to_db};
 use crate::driver::{DriverError, StepMeta};
 use flotilla_core::history::HistoryRow;
+use flotilla_core::project::Project;
 
 pub(super) const SCHEMA: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS flotilla_history (
@@ -31,30 +32,41 @@ pub(super) const SCHEMA: [&str; 2] = [
 ];
 
 /// Check and raise the fence inside the caller's transaction.
-pub(super) async fn fence(conn: &mut MySqlConnection, meta: &StepMeta) -> Result<(), DriverError> {
-    let stored: Option<i64> =
-        sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1 FOR UPDATE")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(on(D, "read fence"))?;
+pub(super) async fn fence(
+    conn: &mut MySqlConnection,
+    project: &Project,
+    meta: &StepMeta,
+) -> Result<(), DriverError> {
+    let stored: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+        project,
+        "SELECT token FROM flotilla_fence WHERE id = 1 FOR UPDATE",
+    )))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(on(D, "read fence"))?;
     check_fence(meta.fencing_token, stored.ok_or_else(missing_fence)?)?;
-    sqlx::query("UPDATE flotilla_fence SET token = ?, updated_at = ? WHERE id = 1")
-        .bind(to_db(meta.fencing_token, "fencing token")?)
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await
-        .map_err(on(D, "raise fence"))?;
+    sqlx::query(AssertSqlSafe(in_project(
+        project,
+        "UPDATE flotilla_fence SET token = ?, updated_at = ? WHERE id = 1",
+    )))
+    .bind(to_db(meta.fencing_token, "fencing token")?)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await
+    .map_err(on(D, "raise fence"))?;
     Ok(())
 }
 
 pub(super) async fn insert_history(
     conn: &mut MySqlConnection,
+    project: &Project,
     mut row: HistoryRow,
 ) -> Result<HistoryRow, DriverError> {
-    let done = sqlx::query(
+    let done = sqlx::query(AssertSqlSafe(in_project(
+        project,
         "INSERT INTO flotilla_history (revision, checksum, direction, status, applied_at, \
          duration_ms, rollout_id, agent_id, fencing_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
+    )))
     .bind(&row.revision)
     .bind(&row.checksum)
     .bind(row.direction.as_str())

@@ -13,8 +13,8 @@ use super::{D, backup, finish, mysql_needs_dirty_protocol, text};
 use crate::driver::blockers::LockBlock;
 use crate::driver::classify::on;
 use crate::driver::common::{
-    CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
-    now_ms, to_db,
+    CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, in_project, millis, new_row,
+    no_dirty_row, now_ms, to_db,
 };
 use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
@@ -24,12 +24,22 @@ use crate::driver::{
 use flotilla_core::bounds::StepBounds;
 use flotilla_core::catalog::Catalog;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::project::Project;
 use flotilla_core::split::{first_keyword, split_statements};
 use flotilla_core::{Dialect, Direction};
 
-/// `GET_LOCK` names are limited to 64 characters: long database names are hashed.
-const LOCK_NAME: &str = "CONCAT('flotilla:', IF(CHAR_LENGTH(DATABASE()) <= 55, DATABASE(), \
-                         SHA1(DATABASE())))";
+/// The migration lock's name. `GET_LOCK` names are limited to 64 characters: long database
+/// names are hashed. Project `default` keeps the name earlier versions take (so an agent of
+/// an earlier version and this one still exclude each other); another project's name is a
+/// hash of the database and the project.
+fn lock_name(project: &Project) -> String {
+    if project.is_default() {
+        "CONCAT('flotilla:', IF(CHAR_LENGTH(DATABASE()) <= 55, DATABASE(), SHA1(DATABASE())))"
+            .to_owned()
+    } else {
+        format!("CONCAT('flotilla:', SHA1(CONCAT(DATABASE(), ':{project}')))")
+    }
+}
 
 /// One connection to a MySQL/MariaDB database.
 pub struct MysqlSession {
@@ -38,6 +48,8 @@ pub struct MysqlSession {
     pub(super) locked: bool,
     /// `CONNECTION_ID()`, learnt with the migration lock.
     pub(super) id: Option<u64>,
+    /// Whose history, fence and migration lock this session uses.
+    pub(super) project: Project,
 }
 
 /// MySQL's lock waits are whole seconds: a bound below 1 s waits 1 s.
@@ -74,35 +86,41 @@ impl Session for MysqlSession {
     async fn ensure_schema(&mut self) -> Result<(), DriverError> {
         // Fast path, read-only: the fence row exists (so do both tables; DDL commits
         // implicitly, so the row is created last).
-        let ready: i64 = sqlx::query_scalar(
+        let ready: i64 = sqlx::query_scalar(AssertSqlSafe(in_project(
+            &self.project,
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
              AND table_name IN ('flotilla_history', 'flotilla_fence')",
-        )
+        )))
         .fetch_one(&mut self.conn)
         .await
         .map_err(on(D, "look up flotilla tables"))?;
         if ready == 2 {
-            let fence: Option<i64> =
-                sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
-                    .fetch_optional(&mut self.conn)
-                    .await
-                    .map_err(on(D, "read fence"))?;
+            let fence: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+                &self.project,
+                "SELECT token FROM flotilla_fence WHERE id = 1",
+            )))
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(on(D, "read fence"))?;
             if fence.is_some() {
                 return Ok(());
             }
         }
         // DDL commits implicitly: each statement stands alone, all are idempotent.
         for ddl in SCHEMA {
-            sqlx::raw_sql(ddl)
+            sqlx::raw_sql(AssertSqlSafe(in_project(&self.project, ddl)))
                 .execute(&mut self.conn)
                 .await
                 .map_err(on(D, "create flotilla tables"))?;
         }
-        sqlx::query("INSERT IGNORE INTO flotilla_fence (id, token, updated_at) VALUES (1, 0, ?)")
-            .bind(now_ms())
-            .execute(&mut self.conn)
-            .await
-            .map_err(on(D, "create fence row"))?;
+        sqlx::query(AssertSqlSafe(in_project(
+            &self.project,
+            "INSERT IGNORE INTO flotilla_fence (id, token, updated_at) VALUES (1, 0, ?)",
+        )))
+        .bind(now_ms())
+        .execute(&mut self.conn)
+        .await
+        .map_err(on(D, "create fence row"))?;
         Ok(())
     }
 
@@ -111,7 +129,8 @@ impl Session for MysqlSession {
             return Ok(true);
         }
         let sql = format!(
-            "SELECT CAST(GET_LOCK({LOCK_NAME}, 0) AS SIGNED), CAST(CONNECTION_ID() AS UNSIGNED)"
+            "SELECT CAST(GET_LOCK({}, 0) AS SIGNED), CAST(CONNECTION_ID() AS UNSIGNED)",
+            lock_name(&self.project)
         );
         let (got, id): (Option<i64>, u64) = sqlx::query_as(AssertSqlSafe(sql))
             .fetch_one(&mut self.conn)
@@ -126,7 +145,10 @@ impl Session for MysqlSession {
         if !self.locked {
             return Ok(());
         }
-        let sql = format!("SELECT CAST(RELEASE_LOCK({LOCK_NAME}) AS SIGNED)");
+        let sql = format!(
+            "SELECT CAST(RELEASE_LOCK({}) AS SIGNED)",
+            lock_name(&self.project)
+        );
         sqlx::query_scalar::<_, Option<i64>>(AssertSqlSafe(sql))
             .fetch_one(&mut self.conn)
             .await
@@ -137,8 +159,8 @@ impl Session for MysqlSession {
 
     async fn read_state(&mut self) -> Result<TargetState, DriverError> {
         let tables = sqlx::query(
-            "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('flotilla_history', 'flotilla_fence')",
+            AssertSqlSafe(in_project(&self.project, "SELECT CAST(TABLE_NAME AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('flotilla_history', 'flotilla_fence')")),
         )
         .fetch_all(&mut self.conn)
         .await
@@ -155,8 +177,9 @@ impl Session for MysqlSession {
             .map_err(on(D, "begin transaction"))?;
         let result = async {
             let mut state = TargetState::default();
-            if names.iter().any(|n| n == "flotilla_history") {
-                let sql = format!("SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id");
+            let (history, fence) = (self.project.history_table(), self.project.fence_table());
+            if names.contains(&history) {
+                let sql = format!("SELECT {HISTORY_COLUMNS} FROM {history} ORDER BY id");
                 let rows = sqlx::query(AssertSqlSafe(sql))
                     .fetch_all(&mut *tx)
                     .await
@@ -167,12 +190,14 @@ impl Session for MysqlSession {
                         .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
                 }
             }
-            if names.iter().any(|n| n == "flotilla_fence") {
-                let token: Option<i64> =
-                    sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(on(D, "read fence"))?;
+            if names.contains(&fence) {
+                let token: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+                    &self.project,
+                    "SELECT token FROM flotilla_fence WHERE id = 1",
+                )))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(on(D, "read fence"))?;
                 state.fence_token = from_db(token.unwrap_or(0));
             }
             Ok(state)
@@ -216,7 +241,9 @@ impl Session for MysqlSession {
             .map_err(on(D, "begin transaction"))
             .map_err(GroupFailure::at(0))?;
         let result = async {
-            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            fence(&mut tx, &self.project, meta)
+                .await
+                .map_err(GroupFailure::at(0))?;
             let mut rows = Vec::with_capacity(steps.len());
             for (i, step) in steps.iter().enumerate() {
                 if !observer.started(i).await {
@@ -258,7 +285,7 @@ impl Session for MysqlSession {
                     meta,
                 );
                 rows.push(
-                    insert_history(&mut tx, row)
+                    insert_history(&mut tx, &self.project, row)
                         .await
                         .map_err(GroupFailure::at(i))?,
                 );
@@ -299,7 +326,7 @@ impl Session for MysqlSession {
             .await
             .map_err(on(D, "begin transaction"))?;
         let result = async {
-            fence(&mut tx, meta).await?;
+            fence(&mut tx, &self.project, meta).await?;
             let row = new_row(
                 &step.revision,
                 &step.checksum,
@@ -308,7 +335,7 @@ impl Session for MysqlSession {
                 0,
                 meta,
             );
-            Ok(insert_history(&mut tx, row).await?.id)
+            Ok(insert_history(&mut tx, &self.project, row).await?.id)
         }
         .await;
         finish(tx, result).await
@@ -401,10 +428,11 @@ impl Session for MysqlSession {
     }
 
     async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {
-        let done = sqlx::query(
+        let done = sqlx::query(AssertSqlSafe(in_project(
+            &self.project,
             "UPDATE flotilla_history SET status = 'applied', duration_ms = ? \
              WHERE id = ? AND status = 'dirty'",
-        )
+        )))
         .bind(to_db(duration_ms, "duration")?)
         .bind(row_id)
         .execute(&mut self.conn)
@@ -435,22 +463,26 @@ impl Session for MysqlSession {
             .await
             .map_err(on(D, "begin transaction"))?;
         let result = async {
-            fence(&mut tx, meta).await?;
-            let id: Option<i64> = sqlx::query_scalar(
+            fence(&mut tx, &self.project, meta).await?;
+            let id: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+                &self.project,
                 "SELECT id FROM flotilla_history WHERE revision = ? AND status = 'dirty' \
                  ORDER BY id DESC LIMIT 1 FOR UPDATE",
-            )
+            )))
             .bind(revision)
             .fetch_optional(&mut *tx)
             .await
             .map_err(on(D, "find dirty row"))?;
             let id = id.ok_or_else(|| no_dirty_row(revision))?;
-            sqlx::query("UPDATE flotilla_history SET status = ? WHERE id = ?")
-                .bind(status.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, "repair history row"))?;
+            sqlx::query(AssertSqlSafe(in_project(
+                &self.project,
+                "UPDATE flotilla_history SET status = ? WHERE id = ?",
+            )))
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(on(D, "repair history row"))?;
             Ok(())
         }
         .await;
@@ -471,10 +503,10 @@ impl Session for MysqlSession {
             .await
             .map_err(on(D, "begin transaction"))?;
         let result = async {
-            fence(&mut tx, meta).await?;
+            fence(&mut tx, &self.project, meta).await?;
             for (revision, checksum) in revisions {
                 let row = new_row(revision, checksum, direction, status, 0, meta);
-                insert_history(&mut tx, row).await?;
+                insert_history(&mut tx, &self.project, row).await?;
             }
             for sql in then {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
@@ -519,7 +551,7 @@ impl Session for MysqlSession {
         checksum: &str,
         meta: &StepMeta,
     ) -> Result<u64, DriverError> {
-        backup::restore(&mut self.conn, backups, checksum, meta).await
+        backup::restore(&mut self.conn, &self.project, backups, checksum, meta).await
     }
 
     async fn drop_backups(

@@ -12,6 +12,7 @@ use crate::driver::{DriverError, StepMeta};
 use flotilla_core::Direction;
 use flotilla_core::backup::{BackupRecord, backup_table_name};
 use flotilla_core::history::RowStatus;
+use flotilla_core::project::Project;
 
 const TABLE: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_backups (
@@ -248,13 +249,14 @@ async fn restore_one(conn: &mut PgConnection, b: &BackupRecord) -> Result<u64, D
 
 pub(super) async fn restore(
     conn: &mut PgConnection,
+    project: &Project,
     backups: &[BackupRecord],
     checksum: &str,
     meta: &StepMeta,
 ) -> Result<u64, DriverError> {
     let mut tx = conn.begin().await.map_err(on(D, "begin transaction"))?;
     let result = async {
-        fence(&mut tx, meta).await?;
+        fence(&mut tx, project, meta).await?;
         let mut rows = 0;
         let mut revisions: Vec<&str> = Vec::new();
         for b in backups {
@@ -273,7 +275,7 @@ pub(super) async fn restore(
             .into_iter()
             .map(|r| new_row(r, checksum, Direction::Up, RowStatus::Restored, 0, meta))
             .collect();
-        insert_history(&mut tx, history).await?;
+        insert_history(&mut tx, project, history).await?;
         Ok(rows)
     }
     .await;

@@ -6,13 +6,15 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::D;
 use crate::driver::classify::on;
-use crate::driver::common::{RawHistoryRow, check_fence, missing_fence, now_ms, to_db};
+use crate::driver::common::{RawHistoryRow, check_fence, in_project, missing_fence, now_ms, to_db};
 use crate::driver::{DriverError, StepMeta};
 use flotilla_core::history::HistoryRow;
+use flotilla_core::project::Project;
 
 /// A different key, held by the transaction that creates Flotilla's tables (`begin_write`)
 /// until it ends: concurrent `CREATE TABLE IF NOT EXISTS` can otherwise fail on PostgreSQL's
 /// catalog unique indexes.
+/// One key for every project: the projects' tables are created under the same lock.
 const SCHEMA_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(('x' || substr(md5('flotilla:schema:' \
      || current_database() || '.' || current_schema()), 1, 16))::bit(64)::bigint)";
 
@@ -45,11 +47,16 @@ CREATE TABLE IF NOT EXISTS flotilla_fence (
 /// locks the fence row (serializing concurrent steps on it, and with them the history ids
 /// `insert_history` picks) and only matches when the stored token is not higher than the
 /// offered one. When it matches nothing, a second read says why (stale token, or no row).
-pub(super) async fn fence(conn: &mut PgConnection, meta: &StepMeta) -> Result<(), DriverError> {
+pub(super) async fn fence(
+    conn: &mut PgConnection,
+    project: &Project,
+    meta: &StepMeta,
+) -> Result<(), DriverError> {
     let offered = to_db(meta.fencing_token, "fencing token")?;
     let sql = format!(
-        "UPDATE flotilla_fence SET token = {offered}, updated_at = {} \
+        "UPDATE {} SET token = {offered}, updated_at = {} \
          WHERE id = 1 AND token <= {offered}",
+        project.fence_table(),
         now_ms()
     );
     let raised = sqlx::raw_sql(AssertSqlSafe(sql))
@@ -59,11 +66,13 @@ pub(super) async fn fence(conn: &mut PgConnection, meta: &StepMeta) -> Result<()
     if raised.rows_affected() == 1 {
         return Ok(());
     }
-    let stored: Option<i64> =
-        sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1 FOR UPDATE")
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(on(D, "read fence"))?;
+    let stored: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+        project,
+        "SELECT token FROM flotilla_fence WHERE id = 1 FOR UPDATE",
+    )))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(on(D, "read fence"))?;
     check_fence(meta.fencing_token, stored.ok_or_else(missing_fence)?)?;
     Err(DriverError::Permanent {
         message: "flotilla_fence: the fence row matched no update yet accepts the token".into(),
@@ -74,6 +83,7 @@ pub(super) async fn fence(conn: &mut PgConnection, meta: &StepMeta) -> Result<()
 /// transaction holds the fence row (`fence` first).
 pub(super) async fn insert_history(
     conn: &mut PgConnection,
+    project: &Project,
     mut rows: Vec<HistoryRow>,
 ) -> Result<Vec<HistoryRow>, DriverError> {
     if rows.is_empty() {
@@ -88,7 +98,8 @@ pub(super) async fn insert_history(
         .iter()
         .map(|r| to_db(r.fencing_token, "fencing token"))
         .collect::<Result<Vec<i64>, _>>()?;
-    let mut ids: Vec<i64> = sqlx::query_scalar(
+    let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+        project,
         "INSERT INTO flotilla_history (id, revision, checksum, direction, status, applied_at, \
          duration_ms, rollout_id, agent_id, fencing_token) \
          SELECT base.id + r.ord, r.revision, r.checksum, r.direction, r.status, r.applied_at, \
@@ -99,7 +110,7 @@ pub(super) async fn insert_history(
          AS r(revision, checksum, direction, status, applied_at, duration_ms, rollout_id, \
          agent_id, fencing_token, ord) \
          RETURNING id",
-    )
+    )))
     .bind(column(|r| r.revision.clone()))
     .bind(column(|r| r.checksum.clone()))
     .bind(column(|r| r.direction.as_str().to_owned()))
@@ -131,12 +142,16 @@ pub(super) async fn insert_history(
 
 /// Whether `flotilla_history` and `flotilla_fence` exist in the session's schema (one simple
 /// query).
-pub(super) async fn tables_exist(conn: &mut PgConnection) -> Result<(bool, bool), DriverError> {
+pub(super) async fn tables_exist(
+    conn: &mut PgConnection,
+    project: &Project,
+) -> Result<(bool, bool), DriverError> {
     async {
-        let row = sqlx::raw_sql(
+        let row = sqlx::raw_sql(AssertSqlSafe(in_project(
+            project,
             "SELECT to_regclass('flotilla_history') IS NOT NULL, \
              to_regclass('flotilla_fence') IS NOT NULL",
-        )
+        )))
         .fetch_one(&mut *conn)
         .await?;
         Ok((row.try_get(0)?, row.try_get(1)?))
@@ -150,17 +165,21 @@ pub(super) async fn tables_exist(conn: &mut PgConnection) -> Result<(bool, bool)
 /// under the schema lock (held until it ends): concurrent creators wait for each other, and
 /// a rollback takes the creation with it. The fence row starts at token 0; the caller's
 /// `fence` raises it.
-pub(super) async fn begin_write(
-    conn: &mut PgConnection,
+pub(super) async fn begin_write<'c>(
+    conn: &'c mut PgConnection,
+    project: &Project,
     tables_known: bool,
-) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, DriverError> {
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, DriverError> {
     let mut tx = conn.begin().await.map_err(on(D, "begin transaction"))?;
     if !tables_known {
-        let sql = format!(
-            "{SCHEMA_LOCK_SQL}; {SCHEMA} \
-             INSERT INTO flotilla_fence (id, token, updated_at) SELECT 1, 0, {} \
-             WHERE NOT EXISTS (SELECT 1 FROM flotilla_fence WHERE id = 1);",
-            now_ms()
+        let sql = in_project(
+            project,
+            &format!(
+                "{SCHEMA_LOCK_SQL}; {SCHEMA} \
+                 INSERT INTO flotilla_fence (id, token, updated_at) SELECT 1, 0, {} \
+                 WHERE NOT EXISTS (SELECT 1 FROM flotilla_fence WHERE id = 1);",
+                now_ms()
+            ),
         );
         let created = sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&mut *tx)

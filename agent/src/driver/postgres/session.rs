@@ -14,8 +14,8 @@ use super::{D, backup, finish};
 use crate::driver::blockers::LockBlock;
 use crate::driver::classify::on;
 use crate::driver::common::{
-    CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, millis, new_row, no_dirty_row,
-    to_db,
+    CLOSE_UNLOCK_TIMEOUT, HISTORY_COLUMNS, from_db, history_row, in_project, millis, new_row,
+    no_dirty_row, to_db,
 };
 use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
@@ -26,11 +26,23 @@ use flotilla_core::Direction;
 use flotilla_core::bounds::StepBounds;
 use flotilla_core::catalog::Catalog;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::project::Project;
 use flotilla_core::split::split_statements;
 
-/// The advisory lock key: first 64 bits of md5 over a constant, the database and the schema.
-const LOCK_KEY: &str = "('x' || substr(md5('flotilla:migrate:' || current_database() || '.' || \
-                        current_schema()), 1, 16))::bit(64)::bigint";
+/// The advisory lock key: first 64 bits of md5 over a constant, the database and the schema,
+/// and the project unless it is `default` (whose key is the one earlier versions take, so an
+/// agent of an earlier version and this one still exclude each other).
+fn lock_key(project: &Project) -> String {
+    let prefix = if project.is_default() {
+        "flotilla:migrate:".to_owned()
+    } else {
+        format!("flotilla:migrate:{project}:")
+    };
+    format!(
+        "('x' || substr(md5('{prefix}' || current_database() || '.' || \
+         current_schema()), 1, 16))::bit(64)::bigint"
+    )
+}
 
 /// One connection to a PostgreSQL database.
 pub struct PostgresSession {
@@ -43,6 +55,8 @@ pub struct PostgresSession {
     pub(super) schema_ready: bool,
     /// The backend pid, learnt with the migration lock (no round trip of its own).
     pub(super) pid: Option<u64>,
+    /// Whose history, fence and migration lock this session uses.
+    pub(super) project: Project,
 }
 
 /// `SET [LOCAL]` statements that bound the step's lock waits (and statements, when set).
@@ -75,7 +89,8 @@ impl Session for PostgresSession {
         // The backend pid comes with it: what a second connection asks about while a step
         // of this session waits for a lock.
         let row = sqlx::raw_sql(AssertSqlSafe(format!(
-            "SELECT pg_try_advisory_lock({LOCK_KEY}), pg_backend_pid()"
+            "SELECT pg_try_advisory_lock({}), pg_backend_pid()",
+            lock_key(&self.project)
         )))
         .fetch_one(&mut self.conn)
         .await
@@ -93,7 +108,7 @@ impl Session for PostgresSession {
         }
         simple_bool(
             &mut self.conn,
-            format!("SELECT pg_advisory_unlock({LOCK_KEY})"),
+            format!("SELECT pg_advisory_unlock({})", lock_key(&self.project)),
         )
         .await
         .map_err(on(D, "release migration lock"))?;
@@ -108,18 +123,22 @@ impl Session for PostgresSession {
         let (history, fence) = if self.schema_ready {
             (true, true)
         } else {
-            tables_exist(&mut self.conn).await?
+            tables_exist(&mut self.conn, &self.project).await?
         };
         self.schema_ready = history && fence;
         // Both reads in one round trip, as one implicit transaction.
         let mut sql = String::new();
         if history {
             sql.push_str(&format!(
-                "SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id;"
+                "SELECT {HISTORY_COLUMNS} FROM {} ORDER BY id;",
+                self.project.history_table()
             ));
         }
         if fence {
-            sql.push_str("SELECT token FROM flotilla_fence WHERE id = 1;");
+            sql.push_str(&format!(
+                "SELECT token FROM {} WHERE id = 1;",
+                self.project.fence_table()
+            ));
         }
         let mut state = TargetState::default();
         if sql.is_empty() {
@@ -151,11 +170,13 @@ impl Session for PostgresSession {
     ) -> Result<Vec<HistoryRow>, GroupFailure> {
         let last = steps.len().saturating_sub(1);
         let known = self.schema_ready;
-        let mut tx = begin_write(&mut self.conn, known)
+        let mut tx = begin_write(&mut self.conn, &self.project, known)
             .await
             .map_err(GroupFailure::at(0))?;
         let result = async {
-            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            fence(&mut tx, &self.project, meta)
+                .await
+                .map_err(GroupFailure::at(0))?;
             let mut rows = Vec::with_capacity(steps.len());
             for (i, step) in steps.iter().enumerate() {
                 if !observer.started(i).await {
@@ -200,7 +221,7 @@ impl Session for PostgresSession {
                 rows.push(row);
             }
             let at = rows.len().saturating_sub(1);
-            insert_history(&mut tx, rows)
+            insert_history(&mut tx, &self.project, rows)
                 .await
                 .map_err(GroupFailure::at(at))
         }
@@ -239,9 +260,9 @@ impl Session for PostgresSession {
 
     async fn mark_dirty(&mut self, step: &StepSpec, meta: &StepMeta) -> Result<i64, DriverError> {
         let known = self.schema_ready;
-        let mut tx = begin_write(&mut self.conn, known).await?;
+        let mut tx = begin_write(&mut self.conn, &self.project, known).await?;
         let result = async {
-            fence(&mut tx, meta).await?;
+            fence(&mut tx, &self.project, meta).await?;
             let row = new_row(
                 &step.revision,
                 &step.checksum,
@@ -250,7 +271,7 @@ impl Session for PostgresSession {
                 0,
                 meta,
             );
-            let rows = insert_history(&mut tx, vec![row]).await?;
+            let rows = insert_history(&mut tx, &self.project, vec![row]).await?;
             Ok(rows.first().map_or(0, |r| r.id))
         }
         .await;
@@ -334,10 +355,11 @@ impl Session for PostgresSession {
     }
 
     async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {
-        let done = sqlx::query(
+        let done = sqlx::query(AssertSqlSafe(in_project(
+            &self.project,
             "UPDATE flotilla_history SET status = 'applied', duration_ms = $1 \
              WHERE id = $2 AND status = 'dirty'",
-        )
+        )))
         .bind(to_db(duration_ms, "duration")?)
         .bind(row_id)
         .execute(&mut self.conn)
@@ -363,24 +385,28 @@ impl Session for PostgresSession {
             RowStatus::Abandoned
         };
         let known = self.schema_ready;
-        let mut tx = begin_write(&mut self.conn, known).await?;
+        let mut tx = begin_write(&mut self.conn, &self.project, known).await?;
         let result = async {
-            fence(&mut tx, meta).await?;
-            let id: Option<i64> = sqlx::query_scalar(
+            fence(&mut tx, &self.project, meta).await?;
+            let id: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+                &self.project,
                 "SELECT id FROM flotilla_history WHERE revision = $1 AND status = 'dirty' \
                  ORDER BY id DESC LIMIT 1",
-            )
+            )))
             .bind(revision)
             .fetch_optional(&mut *tx)
             .await
             .map_err(on(D, "find dirty row"))?;
             let id = id.ok_or_else(|| no_dirty_row(revision))?;
-            sqlx::query("UPDATE flotilla_history SET status = $1 WHERE id = $2")
-                .bind(status.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, "repair history row"))?;
+            sqlx::query(AssertSqlSafe(in_project(
+                &self.project,
+                "UPDATE flotilla_history SET status = $1 WHERE id = $2",
+            )))
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(on(D, "repair history row"))?;
             Ok(())
         }
         .await;
@@ -398,14 +424,16 @@ impl Session for PostgresSession {
         then: &[String],
     ) -> Result<(), DriverError> {
         let known = self.schema_ready;
-        let mut tx = begin_write(&mut self.conn, known).await?;
+        let mut tx = begin_write(&mut self.conn, &self.project, known).await?;
         let result = async {
-            fence(&mut tx, meta).await?;
+            fence(&mut tx, &self.project, meta).await?;
             let rows = revisions
                 .iter()
                 .map(|(revision, checksum)| new_row(revision, checksum, direction, status, 0, meta))
                 .collect();
-            insert_history(&mut tx, rows).await.map(|_| ())?;
+            insert_history(&mut tx, &self.project, rows)
+                .await
+                .map(|_| ())?;
             for sql in then {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
                     .execute(&mut *tx)
@@ -451,7 +479,7 @@ impl Session for PostgresSession {
         checksum: &str,
         meta: &StepMeta,
     ) -> Result<u64, DriverError> {
-        backup::restore(&mut self.conn, backups, checksum, meta).await
+        backup::restore(&mut self.conn, &self.project, backups, checksum, meta).await
     }
 
     async fn drop_backups(

@@ -15,6 +15,7 @@ use crate::driver::{DriverError, StepMeta};
 use flotilla_core::Direction;
 use flotilla_core::backup::{BackupRecord, backup_file_name, bare_name};
 use flotilla_core::history::RowStatus;
+use flotilla_core::project::Project;
 
 const TABLE: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_backups (
@@ -326,6 +327,7 @@ async fn restore_one(conn: &mut SqliteConnection, b: &BackupRecord) -> Result<u6
 
 pub(super) async fn restore(
     conn: &mut SqliteConnection,
+    project: &Project,
     backups: &[BackupRecord],
     checksum: &str,
     meta: &StepMeta,
@@ -345,7 +347,7 @@ pub(super) async fn restore(
             .execute(&mut *conn)
             .await
             .map_err(on(D, "attach the backup file"))?;
-        let result = restore_file(conn, backups, file, checksum, meta).await;
+        let result = restore_file(conn, project, backups, file, checksum, meta).await;
         let _ = sqlx::query(AssertSqlSafe(format!("DETACH DATABASE {ATTACHED}")))
             .execute(&mut *conn)
             .await;
@@ -356,6 +358,7 @@ pub(super) async fn restore(
 
 async fn restore_file(
     conn: &mut SqliteConnection,
+    project: &Project,
     backups: &[BackupRecord],
     file: &str,
     checksum: &str,
@@ -366,7 +369,7 @@ async fn restore_file(
         .await
         .map_err(on(D, "begin transaction"))?;
     let result = async {
-        fence(&mut tx, meta).await?;
+        fence(&mut tx, project, meta).await?;
         let mut rows = 0;
         let mut revisions: Vec<&str> = Vec::new();
         for b in backups.iter().filter(|b| b.location == file) {
@@ -383,7 +386,7 @@ async fn restore_file(
         }
         for r in revisions {
             let row = new_row(r, checksum, Direction::Up, RowStatus::Restored, 0, meta);
-            insert_history(&mut tx, row).await?;
+            insert_history(&mut tx, project, row).await?;
         }
         Ok(rows)
     }

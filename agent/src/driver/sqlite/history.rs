@@ -1,14 +1,15 @@
 //! Flotilla's own tables on SQLite: their DDL, the fence check and raise, and history rows
 //! (insert, decode).
 
-use sqlx::Row;
 use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Row};
 
 use super::D;
 use crate::driver::classify::on;
-use crate::driver::common::{RawHistoryRow, check_fence, missing_fence, to_db};
+use crate::driver::common::{RawHistoryRow, check_fence, in_project, missing_fence, to_db};
 use crate::driver::{DriverError, StepMeta};
 use flotilla_core::history::HistoryRow;
+use flotilla_core::project::Project;
 
 pub(super) const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_history (
@@ -30,31 +31,43 @@ CREATE TABLE IF NOT EXISTS flotilla_fence (
 );";
 
 /// Check and raise the fence inside the caller's `BEGIN IMMEDIATE` transaction.
-pub(super) async fn fence(conn: &mut SqliteConnection, meta: &StepMeta) -> Result<(), DriverError> {
-    let stored: Option<i64> = sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(on(D, "read fence"))?;
+pub(super) async fn fence(
+    conn: &mut SqliteConnection,
+    project: &Project,
+    meta: &StepMeta,
+) -> Result<(), DriverError> {
+    let stored: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+        project,
+        "SELECT token FROM flotilla_fence WHERE id = 1",
+    )))
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(on(D, "read fence"))?;
     check_fence(meta.fencing_token, stored.ok_or_else(missing_fence)?)?;
-    sqlx::query("UPDATE flotilla_fence SET token = ?1, updated_at = ?2 WHERE id = 1")
-        .bind(to_db(meta.fencing_token, "fencing token")?)
-        .bind(crate::driver::common::now_ms())
-        .execute(&mut *conn)
-        .await
-        .map_err(on(D, "raise fence"))?;
+    sqlx::query(AssertSqlSafe(in_project(
+        project,
+        "UPDATE flotilla_fence SET token = ?1, updated_at = ?2 WHERE id = 1",
+    )))
+    .bind(to_db(meta.fencing_token, "fencing token")?)
+    .bind(crate::driver::common::now_ms())
+    .execute(&mut *conn)
+    .await
+    .map_err(on(D, "raise fence"))?;
     Ok(())
 }
 
 /// Insert `row` into the history and return it with its id.
 pub(super) async fn insert_history(
     conn: &mut SqliteConnection,
+    project: &Project,
     mut row: HistoryRow,
 ) -> Result<HistoryRow, DriverError> {
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = sqlx::query_scalar(AssertSqlSafe(in_project(
+        project,
         "INSERT INTO flotilla_history (revision, checksum, direction, status, applied_at, \
          duration_ms, rollout_id, agent_id, fencing_token) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
-    )
+    )))
     .bind(&row.revision)
     .bind(&row.checksum)
     .bind(row.direction.as_str())

@@ -14,7 +14,9 @@ use super::catalog::catalog;
 use super::history::{SCHEMA, fence, insert_history, raw_row};
 use super::{D, backup};
 use crate::driver::classify::on;
-use crate::driver::common::{HISTORY_COLUMNS, history_row, millis, new_row, no_dirty_row, to_db};
+use crate::driver::common::{
+    HISTORY_COLUMNS, history_row, in_project, millis, new_row, no_dirty_row, to_db,
+};
 use crate::driver::guard::{self, GuardKind};
 use crate::driver::{
     DriverError, GroupFailure, Session, StatementFailure, StepMeta, StepObserver, StepSpec,
@@ -22,6 +24,7 @@ use crate::driver::{
 use flotilla_core::Direction;
 use flotilla_core::catalog::Catalog;
 use flotilla_core::history::{HistoryRow, RowStatus, TargetState};
+use flotilla_core::project::Project;
 use std::time::Duration;
 
 /// One connection to a SQLite database, plus the migration lock file while it is held.
@@ -32,6 +35,8 @@ pub struct SqliteSession {
     pub(super) lock: Option<File>,
     /// A read-only session's place among [`read_permits`].
     pub(super) _read: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Whose history and fence this session uses (its lock file is the project's too).
+    pub(super) project: Project,
 }
 
 /// `PRAGMA busy_timeout`: how long the connection waits for another's write lock.
@@ -61,17 +66,16 @@ pub(super) fn read_permits() -> &'static Arc<tokio::sync::Semaphore> {
 
 impl SqliteSession {
     async fn own_tables(&mut self) -> Result<(bool, bool), DriverError> {
-        let names: Vec<String> = sqlx::query_scalar(
+        let names: Vec<String> = sqlx::query_scalar(AssertSqlSafe(in_project(
+            &self.project,
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name IN ('flotilla_history', 'flotilla_fence')",
-        )
+        )))
         .fetch_all(&mut self.conn)
         .await
         .map_err(on(D, "read sqlite_master"))?;
-        Ok((
-            names.iter().any(|n| n == "flotilla_history"),
-            names.iter().any(|n| n == "flotilla_fence"),
-        ))
+        let (history, fence) = (self.project.history_table(), self.project.fence_table());
+        Ok((names.contains(&history), names.contains(&fence)))
     }
 }
 
@@ -91,7 +95,9 @@ impl SqliteSession {
             .map_err(on(D, "begin transaction"))
             .map_err(GroupFailure::at(0))?;
         let result = async {
-            fence(&mut tx, meta).await.map_err(GroupFailure::at(0))?;
+            fence(&mut tx, &self.project, meta)
+                .await
+                .map_err(GroupFailure::at(0))?;
             let mut rows = Vec::with_capacity(steps.len());
             for (i, step) in steps.iter().enumerate() {
                 if !observer.started(i).await {
@@ -123,7 +129,7 @@ impl SqliteSession {
                     meta,
                 );
                 rows.push(
-                    insert_history(&mut tx, row)
+                    insert_history(&mut tx, &self.project, row)
                         .await
                         .map_err(GroupFailure::at(i))?,
                 );
@@ -160,13 +166,14 @@ impl Session for SqliteSession {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(on(D, "begin transaction"))?;
-        sqlx::raw_sql(SCHEMA)
+        sqlx::raw_sql(AssertSqlSafe(in_project(&self.project, SCHEMA)))
             .execute(&mut *tx)
             .await
             .map_err(on(D, "create flotilla tables"))?;
-        sqlx::query(
+        sqlx::query(AssertSqlSafe(in_project(
+            &self.project,
             "INSERT OR IGNORE INTO flotilla_fence (id, token, updated_at) VALUES (1, 0, ?1)",
-        )
+        )))
         .bind(crate::driver::common::now_ms())
         .execute(&mut *tx)
         .await
@@ -223,7 +230,10 @@ impl Session for SqliteSession {
             .map_err(on(D, "begin transaction"))?;
         let mut state = TargetState::default();
         if has_history {
-            let sql = format!("SELECT {HISTORY_COLUMNS} FROM flotilla_history ORDER BY id");
+            let sql = format!(
+                "SELECT {HISTORY_COLUMNS} FROM {} ORDER BY id",
+                self.project.history_table()
+            );
             let rows = sqlx::query(AssertSqlSafe(sql))
                 .fetch_all(&mut *tx)
                 .await
@@ -235,11 +245,13 @@ impl Session for SqliteSession {
             }
         }
         if has_fence {
-            let token: Option<i64> =
-                sqlx::query_scalar("SELECT token FROM flotilla_fence WHERE id = 1")
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(on(D, "read fence"))?;
+            let token: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+                &self.project,
+                "SELECT token FROM flotilla_fence WHERE id = 1",
+            )))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(on(D, "read fence"))?;
             state.fence_token = crate::driver::common::from_db(token.unwrap_or(0));
         }
         tx.commit().await.map_err(on(D, "commit"))?;
@@ -304,7 +316,7 @@ impl Session for SqliteSession {
             .await
             .map_err(on(D, "begin transaction"))?;
         let result = async {
-            fence(&mut tx, meta).await?;
+            fence(&mut tx, &self.project, meta).await?;
             let row = new_row(
                 &step.revision,
                 &step.checksum,
@@ -313,7 +325,7 @@ impl Session for SqliteSession {
                 0,
                 meta,
             );
-            insert_history(&mut tx, row).await
+            insert_history(&mut tx, &self.project, row).await
         }
         .await;
         match result {
@@ -337,10 +349,11 @@ impl Session for SqliteSession {
     }
 
     async fn mark_clean(&mut self, row_id: i64, duration_ms: u64) -> Result<(), DriverError> {
-        let done = sqlx::query(
+        let done = sqlx::query(AssertSqlSafe(in_project(
+            &self.project,
             "UPDATE flotilla_history SET status = 'applied', duration_ms = ?1 \
              WHERE id = ?2 AND status = 'dirty'",
-        )
+        )))
         .bind(to_db(duration_ms, "duration")?)
         .bind(row_id)
         .execute(&mut self.conn)
@@ -371,22 +384,26 @@ impl Session for SqliteSession {
             .await
             .map_err(on(D, "begin transaction"))?;
         let result = async {
-            fence(&mut tx, meta).await?;
-            let id: Option<i64> = sqlx::query_scalar(
+            fence(&mut tx, &self.project, meta).await?;
+            let id: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+                &self.project,
                 "SELECT id FROM flotilla_history WHERE revision = ?1 AND status = 'dirty' \
                  ORDER BY id DESC LIMIT 1",
-            )
+            )))
             .bind(revision)
             .fetch_optional(&mut *tx)
             .await
             .map_err(on(D, "find dirty row"))?;
             let id = id.ok_or_else(|| no_dirty_row(revision))?;
-            sqlx::query("UPDATE flotilla_history SET status = ?1 WHERE id = ?2")
-                .bind(status.as_str())
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(on(D, "repair history row"))?;
+            sqlx::query(AssertSqlSafe(in_project(
+                &self.project,
+                "UPDATE flotilla_history SET status = ?1 WHERE id = ?2",
+            )))
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(on(D, "repair history row"))?;
             Ok(())
         }
         .await;
@@ -407,10 +424,10 @@ impl Session for SqliteSession {
             .await
             .map_err(on(D, "begin transaction"))?;
         let result = async {
-            fence(&mut tx, meta).await?;
+            fence(&mut tx, &self.project, meta).await?;
             for (revision, checksum) in revisions {
                 let row = new_row(revision, checksum, direction, status, 0, meta);
-                insert_history(&mut tx, row).await?;
+                insert_history(&mut tx, &self.project, row).await?;
             }
             for sql in then {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(sql.as_str()))
@@ -455,7 +472,7 @@ impl Session for SqliteSession {
         checksum: &str,
         meta: &StepMeta,
     ) -> Result<u64, DriverError> {
-        backup::restore(&mut self.conn, backups, checksum, meta).await
+        backup::restore(&mut self.conn, &self.project, backups, checksum, meta).await
     }
 
     async fn drop_backups(

@@ -34,7 +34,8 @@ async fn coordinator(
 ) -> Result<(Arc<Engine>, CancellationToken)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = CoordinatorConfig {
-        migrations: repo_migrations(),
+        migrations: Some(repo_migrations()),
+        project_migrations: vec![],
         backend: BackendConfig {
             etcd_endpoints: vec![etcd.endpoint()],
             prefix: format!("/flotilla-leadership-{}", uuid::Uuid::new_v4()),
