@@ -463,7 +463,10 @@ impl Engine {
                 allowed
             },
         });
-        let snapshot = rec.clone();
+        // One copy of the record and the goal for every target's task, not one each: a wave
+        // spawns a task per target up front (100,000 at scale), each waiting for its permit.
+        let snapshot = Arc::new(rec.clone());
+        let goal = Arc::new(goal.clone());
         // A pause may have arrived before this wave subscribed to changes.
         self.sync_paused(term, rec, control).await?;
         let mut running = FuturesUnordered::new();
@@ -505,9 +508,17 @@ impl Engine {
                     {
                         return Ok(t);
                     }
-                    let t = engine
-                        .run_target(&term, &rollout, &goal, t, &writer, target_control)
-                        .await?;
+                    // Boxed: a waiting task holds a pointer, not the space of the whole
+                    // target run's state machine (kilobytes, times every waiting target).
+                    let t = Box::pin(engine.run_target(
+                        &term,
+                        &rollout,
+                        &goal,
+                        t,
+                        &writer,
+                        target_control,
+                    ))
+                    .await?;
                     if t.state == TargetState::Failed {
                         limits.failed.fetch_add(1, Ordering::SeqCst);
                     }
