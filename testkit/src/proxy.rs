@@ -1,9 +1,12 @@
 //! A TCP proxy on loopback that can cut open connections, refuse new ones and hang up on new
-//! ones cleanly, for fault tests.
+//! ones cleanly, for fault tests, and delay every byte both ways, for a remote link.
+
+mod delay;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +32,8 @@ struct Shared {
     /// How many of the next connections are hung up on, and when.
     hang_ups: AtomicU64,
     hang_up_after_read: AtomicBool,
+    /// One-way delay of new connections, in nanoseconds (0 = none).
+    delay_ns: AtomicU64,
     /// Cancelled by `cut_all`; every connection holds the token current when it was accepted.
     cut: Mutex<CancellationToken>,
 }
@@ -48,6 +53,7 @@ impl FaultProxy {
             accepted: AtomicU64::new(0),
             hang_ups: AtomicU64::new(0),
             hang_up_after_read: AtomicBool::new(false),
+            delay_ns: AtomicU64::new(0),
             cut: Mutex::new(CancellationToken::new()),
         });
         let shutdown = CancellationToken::new();
@@ -97,6 +103,13 @@ impl FaultProxy {
             .hang_up_after_read
             .store(when == HangUp::AfterFirstRead, Ordering::SeqCst);
         self.shared.hang_ups.store(count, Ordering::SeqCst);
+    }
+
+    /// Connections accepted from now on deliver every chunk `one_way` late in each direction
+    /// (so `10ms` gives a 20 ms round trip), in order and intact; zero forwards at once.
+    pub fn set_delay(&self, one_way: Duration) {
+        let ns = u64::try_from(one_way.as_nanos()).unwrap_or(u64::MAX);
+        self.shared.delay_ns.store(ns, Ordering::SeqCst);
     }
 
     /// How many connections the listener accepted, including those closed in refusing mode.
@@ -151,13 +164,21 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: Cance
             continue;
         }
         let cut = shared.cut.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        tokio::spawn(forward(client, shared.upstream, cut, shutdown.clone()));
+        let delay = Duration::from_nanos(shared.delay_ns.load(Ordering::SeqCst));
+        tokio::spawn(forward(
+            client,
+            shared.upstream,
+            delay,
+            cut,
+            shutdown.clone(),
+        ));
     }
 }
 
 async fn forward(
     mut client: TcpStream,
     upstream: SocketAddr,
+    delay: Duration,
     cut: CancellationToken,
     shutdown: CancellationToken,
 ) {
@@ -173,6 +194,21 @@ async fn forward(
     };
     let _ = server.set_nodelay(true);
     let _ = client.set_nodelay(true);
+    if !delay.is_zero() {
+        let finished = tokio::select! {
+            biased;
+            () = cut.cancelled() => false,
+            () = shutdown.cancelled() => false,
+            done = delay::copy_delayed(&mut client, &mut server, delay) => done.is_ok(),
+        };
+        // Both ends of stream were forwarded: close cleanly (FIN), after the data in flight.
+        if finished {
+            return;
+        }
+        reset(client);
+        reset(server);
+        return;
+    }
     tokio::select! {
         biased;
         () = cut.cancelled() => {}

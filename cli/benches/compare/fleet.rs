@@ -67,16 +67,40 @@ impl Fleet {
         state_dir: &Path,
         dir: &Path,
     ) -> Result<Fleet> {
+        let agent = Fleet::start_agent(bins, name, agent_toml, targets, dir).await?;
+        let address = agent.address.clone();
+        Fleet::with_agent(bins, agent, &address, migrations, state_dir, dir).await
+    }
+
+    /// The agent of [`Fleet::start`] alone (so a caller can put a link in front of it).
+    pub(crate) async fn start_agent(
+        bins: &Bins,
+        name: &str,
+        agent_toml: &str,
+        targets: usize,
+        dir: &Path,
+    ) -> Result<Service> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, agent_toml)?;
-        let agent = Service::agent(bins, &config, name, dir, targets).await?;
+        Service::agent(bins, &config, name, dir, targets).await
+    }
+
+    /// A coordinator for `agent`, which it reaches at `address` (the agent's own, or a proxy's).
+    pub(crate) async fn with_agent(
+        bins: &Bins,
+        agent: Service,
+        address: &str,
+        migrations: &Path,
+        state_dir: &Path,
+        dir: &Path,
+    ) -> Result<Fleet> {
         let fleet = dir.join("fleet.toml");
         std::fs::write(
             &fleet,
             format!(
-                "[[agents]]\nid = \"{name}\"\naddress = \"{}\"\n",
-                agent.address
+                "[[agents]]\nid = \"{}\"\naddress = \"{address}\"\n",
+                agent.name
             ),
         )?;
         let coordinator = Service::coordinator(bins, migrations, &fleet, state_dir, dir).await?;

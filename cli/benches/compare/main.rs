@@ -1,8 +1,10 @@
 //! Issue 8's comparison in one run: flotilla (release agent and coordinator processes)
 //! against the raw SQL lower bound and a per-database sqlx-cli loop on PostgreSQL (fsync on),
 //! against a plain sqlite3 loop on SQLite, the no-op reruns (10,000 SQLite targets at head),
-//! coordinator CPU per target-step and agent idle RSS. Prints Markdown tables and saves every
-//! figure to `<target>/bench/compare.json`.
+//! coordinator CPU per target-step and agent idle RSS; the coordinator at 10,000 and 100,000
+//! targets across 100 agents on both backends (`scale`, issue 30); a remote fleet behind a
+//! 20 ms round trip against sqlx-cli and psql loops from the operator's side (`remote`).
+//! Prints Markdown tables and saves every figure to `<target>/bench/compare.json`.
 //!
 //! Run it through `scripts/bench.sh` (builds the release binaries and sqlx-cli first), or
 //! `cargo bench -p flotilla-coordinator --bench compare -- [--pg-tenants 40,200] ...`;
@@ -12,7 +14,9 @@ mod fixture;
 mod fleet;
 mod pg;
 mod procs;
+mod remote;
 mod report;
+mod scale;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +30,8 @@ use serde_json::{Value, json};
 use crate::fixture::Fixture;
 use crate::pg::PgSettings;
 use crate::procs::Bins;
+use crate::remote::RemoteSettings;
+use crate::scale::ScaleSettings;
 use crate::sqlite::SqliteSettings;
 
 /// The target dir this bench was built in (`<target>/tmp` is cargo's CARGO_TARGET_TMPDIR).
@@ -48,12 +54,12 @@ struct Options {
     /// The sqlx-cli binary (default: <target>/tools/bin/sqlx)
     #[arg(long, env = "FLOTILLA_BENCH_SQLX")]
     sqlx: Option<PathBuf>,
-    /// What to run: pg, sqlite (comma-separated)
+    /// What to run: pg, sqlite, scale, remote (comma-separated)
     #[arg(
         long,
         env = "FLOTILLA_BENCH_ONLY",
         value_delimiter = ',',
-        default_value = "pg,sqlite"
+        default_value = "pg,sqlite,scale,remote"
     )]
     only: Vec<String>,
     /// PostgreSQL tenant counts, one full comparison each
@@ -91,6 +97,37 @@ struct Options {
     /// SQLite targets of the large no-op check (0 = skip it)
     #[arg(long, env = "FLOTILLA_BENCH_NOOP_TARGETS", default_value_t = 10_000)]
     noop_targets: usize,
+    /// Scale: target counts (SQLite files across the agents), one run per backend each
+    #[arg(
+        long,
+        env = "FLOTILLA_BENCH_SCALE_TARGETS",
+        value_delimiter = ',',
+        default_value = "10000,100000"
+    )]
+    scale_targets: Vec<usize>,
+    /// Scale: in-process agents, each on its own gRPC port
+    #[arg(long, env = "FLOTILLA_BENCH_SCALE_AGENTS", default_value_t = 100)]
+    scale_agents: usize,
+    /// Scale: --max-parallel of the one-revision rollout
+    #[arg(long, env = "FLOTILLA_BENCH_SCALE_MAX_PARALLEL", default_value_t = 64)]
+    scale_max_parallel: u32,
+    /// Scale: coordinator backends (embedded, etcd)
+    #[arg(
+        long,
+        env = "FLOTILLA_BENCH_SCALE_BACKENDS",
+        value_delimiter = ',',
+        default_value = "embedded,etcd"
+    )]
+    scale_backends: Vec<String>,
+    /// Remote fleet: PostgreSQL tenant databases
+    #[arg(long, env = "FLOTILLA_BENCH_REMOTE_TENANTS", default_value_t = 200)]
+    remote_tenants: usize,
+    /// Remote fleet: one-way delay of the link in ms (the round trip is twice this)
+    #[arg(long, env = "FLOTILLA_BENCH_REMOTE_DELAY_MS", default_value_t = 10)]
+    remote_delay_ms: u64,
+    /// Remote fleet: flotilla --max-parallel (the loops run --pg-parallel at a time)
+    #[arg(long, env = "FLOTILLA_BENCH_REMOTE_MAX_PARALLEL", default_value_t = 16)]
+    remote_max_parallel: u32,
     /// Where to save the figures (default: <target>/bench/compare.json)
     #[arg(long, env = "FLOTILLA_BENCH_OUT")]
     out: Option<PathBuf>,
@@ -162,7 +199,7 @@ async fn main_async(o: Options) -> Result<()> {
         &o.sqlx
             .clone()
             .unwrap_or_else(|| target.join("tools/bin/sqlx")),
-        want("pg"),
+        want("pg") || want("remote"),
     )?;
     bins.profile_dir = o.perf.as_ref().map(std::path::absolute).transpose()?;
     let bench_dir = target.join("bench");
@@ -222,6 +259,37 @@ async fn main_async(o: Options) -> Result<()> {
         };
         sqlite_result = Some(sqlite::bench(&bins, &fx, &settings, work.path()).await?);
     }
+    let mut scale_runs = Vec::new();
+    if want("scale") {
+        println!(
+            "Scale: {} agents in-process over gRPC, SQLite targets, the coordinator a process:",
+            o.scale_agents
+        );
+        let settings = ScaleSettings {
+            sizes: o.scale_targets.clone(),
+            agents: o.scale_agents,
+            max_parallel: o.scale_max_parallel,
+            backends: o.scale_backends.clone(),
+        };
+        scale_runs = scale::bench(&bins, &settings, work.path()).await?;
+    }
+    let mut remote_result = None;
+    if want("remote") {
+        let fx = Fixture::load(fixture::pg5_dir(), Dialect::Postgres)?;
+        let settings = RemoteSettings {
+            tenants: o.remote_tenants,
+            one_way: std::time::Duration::from_millis(o.remote_delay_ms),
+            baseline_parallel: o.pg_parallel,
+            max_parallel: o.remote_max_parallel,
+        };
+        println!(
+            "Remote fleet: PostgreSQL, {} tenants, {} revisions, {} ms round trip (fsync on):",
+            o.remote_tenants,
+            fx.steps.len(),
+            2 * o.remote_delay_ms
+        );
+        remote_result = Some(remote::bench(&bins, &fx, &settings, work.path()).await?);
+    }
 
     println!();
     if !pg_results.is_empty() {
@@ -230,7 +298,20 @@ async fn main_async(o: Options) -> Result<()> {
     if let Some(r) = &sqlite_result {
         println!("{}", report::sqlite_table(r));
     }
-    let (targets_table, targets_json) = report::targets(&pg_results, sqlite_result.as_ref());
+    if !scale_runs.is_empty() {
+        println!("{}", scale::table(&scale_runs));
+    }
+    if let Some(r) = &remote_result {
+        println!("{}", remote::table(r));
+    }
+    let mut more = scale::criteria(&scale_runs);
+    more.extend(
+        remote_result
+            .as_ref()
+            .map(remote::criteria)
+            .unwrap_or_default(),
+    );
+    let (targets_table, targets_json) = report::targets(&pg_results, sqlite_result.as_ref(), more);
     println!("{targets_table}");
 
     let out = o
@@ -244,9 +325,15 @@ async fn main_async(o: Options) -> Result<()> {
             "pg_max_parallel": o.pg_max_parallel, "sqlite_tenants": o.sqlite_tenants,
             "sqlite_max_parallel": o.sqlite_max_parallel,
             "sqlite_loop_parallel": o.sqlite_loop_parallel, "noop_targets": o.noop_targets,
+            "scale_targets": o.scale_targets, "scale_agents": o.scale_agents,
+            "scale_max_parallel": o.scale_max_parallel, "scale_backends": o.scale_backends,
+            "remote_tenants": o.remote_tenants, "remote_delay_ms": o.remote_delay_ms,
+            "remote_max_parallel": o.remote_max_parallel,
         },
         "postgres": pg_results.iter().map(pg::PgResult::json).collect::<Vec<_>>(),
         "sqlite": sqlite_result.as_ref().map(sqlite::SqliteResult::json),
+        "scale": scale_runs.iter().map(scale::ScaleRun::json).collect::<Vec<_>>(),
+        "remote": remote_result.as_ref().map(remote::RemoteResult::json),
         "targets": targets_json,
     });
     if let Some(parent) = out.parent() {

@@ -101,7 +101,7 @@ impl PgResult {
 }
 
 /// Database names of one method's set: `b<N>_<set>_tenant_0000`...
-fn names(n: usize, set: &str) -> Vec<String> {
+pub(crate) fn names(n: usize, set: &str) -> Vec<String> {
     (0..n)
         .map(|i| format!("b{n}_{set}_tenant_{i:04}"))
         .collect()
@@ -118,7 +118,7 @@ async fn create_all(pg: &Postgres, names: &[String]) -> Result<()> {
 
 /// Creates a method's databases, then `CHECKPOINT`, so that no method pays for flushing
 /// what creating the databases wrote. Untimed; returns how long it took.
-async fn prepare(bins: &Bins, pg: &Postgres, dbs: &[String]) -> Result<Duration> {
+pub(crate) async fn prepare(bins: &Bins, pg: &Postgres, dbs: &[String]) -> Result<Duration> {
     let t0 = Instant::now();
     create_all(pg, dbs).await.context("create databases")?;
     psql(bins, pg, "postgres", "CHECKPOINT").await?;
@@ -127,7 +127,12 @@ async fn prepare(bins: &Bins, pg: &Postgres, dbs: &[String]) -> Result<Duration>
 
 /// Drops a method's databases (one psql session, one statement at a time: `DROP DATABASE`
 /// cannot run in a transaction block). Untimed; returns how long it took.
-async fn drop_all(bins: &Bins, pg: &Postgres, dbs: &[String], dir: &Path) -> Result<Duration> {
+pub(crate) async fn drop_all(
+    bins: &Bins,
+    pg: &Postgres,
+    dbs: &[String],
+    dir: &Path,
+) -> Result<Duration> {
     let t0 = Instant::now();
     let file = dir.join("drop.sql");
     let script: String = dbs
@@ -180,7 +185,7 @@ async fn psql(bins: &Bins, pg: &Postgres, db: &str, sql: &str) -> Result<String>
 
 /// The set really was applied: the first and the last database have the sample rows and
 /// the last revision's column.
-async fn check_applied(bins: &Bins, pg: &Postgres, dbs: &[String]) -> Result<()> {
+pub(crate) async fn check_applied(bins: &Bins, pg: &Postgres, dbs: &[String]) -> Result<()> {
     for db in [dbs.first(), dbs.last()].into_iter().flatten() {
         let found = psql(
             bins,
@@ -262,7 +267,7 @@ async fn sqlx_loop(
     run_all(&bins.sqlx, argv, parallel).await
 }
 
-fn agent_toml(pg: &Postgres, pattern: &str) -> String {
+pub(crate) fn agent_toml(pg: &Postgres, pattern: &str) -> String {
     format!(
         "[[discover]]\ndialect = \"postgres\"\nurl = \"{}/postgres\"\npattern = \"{pattern}\"\n",
         pg.server_url()

@@ -225,15 +225,26 @@ impl Service {
         state_dir: &Path,
         dir: &Path,
     ) -> Result<Service> {
+        let backend = args(&["--state-dir", &state_dir.display().to_string()]);
+        Service::coordinator_with(bins, migrations, fleet, &backend, dir).await
+    }
+
+    /// Like [`Service::coordinator`], with the backend's flags given (`--state-dir DIR`, or
+    /// `--etcd URL --etcd-prefix P`).
+    pub(crate) async fn coordinator_with(
+        bins: &Bins,
+        migrations: &Path,
+        fleet: &Path,
+        backend: &[String],
+        dir: &Path,
+    ) -> Result<Service> {
         let addr = free_addr();
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--migrations",
             &migrations.display().to_string(),
             "coordinator",
             "--listen",
             &addr,
-            "--state-dir",
-            &state_dir.display().to_string(),
             "--fleet",
             &fleet.display().to_string(),
             "--id",
@@ -242,6 +253,7 @@ impl Service {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        args.extend(backend.iter().cloned());
         let mut svc = Service::spawn(&bins.flotilla, &args, "coordinator", &addr, dir)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -1,6 +1,7 @@
 //! Write-behind for target records: a rollout's target transitions are staged in memory and
-//! persisted together, in fenced writes of up to [`WRITE_CHUNK`] records, at most
-//! [`FLUSH_DELAY`] after the first staged change (group commit). A target that changes many
+//! persisted together, in fenced writes of up to [`WRITE_CHUNK`] records and
+//! [`WRITE_CHUNK_BYTES`] of keys and values, at most [`FLUSH_DELAY`] after the first staged
+//! change (group commit). A target that changes many
 //! times in that window is written once, with its latest record.
 //!
 //! Why this keeps every guarantee: the records are progress, not the record of what ran (the
@@ -15,6 +16,7 @@
 //! gate), and the rollout's terminal state.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +27,12 @@ use super::{Engine, EngineError, Term};
 
 /// The most puts in one fenced write (etcd's default --max-txn-ops is 128).
 pub(crate) const WRITE_CHUNK: usize = 100;
+
+/// The most bytes of keys and values in one fenced write: etcd refuses a request larger than
+/// its --max-request-bytes (1.5 MiB by default), and a record grows with its planned steps
+/// (about 130 bytes each), so 100 records of a long plan would not fit. The rest of the
+/// 1.5 MiB is left for the transaction's framing.
+pub(crate) const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// How long staged records wait for company before they are written.
 const FLUSH_DELAY: Duration = Duration::from_millis(50);
@@ -116,27 +124,88 @@ impl TargetWriter {
     }
 }
 
-/// Write `records` of `rollout` in fenced chunks.
+/// Write `records` of `rollout` in fenced chunks (see [`chunk_bounds`]).
 pub(crate) async fn write_records(
     engine: &Engine,
     term: &Term,
     rollout: &str,
     records: &[TargetRecord],
 ) -> Result<(), EngineError> {
-    for chunk in records.chunks(WRITE_CHUNK) {
-        let ops = chunk
-            .iter()
-            .map(|t| {
-                serde_json::to_vec(t)
-                    .map(|value| WriteOp::Put {
-                        key: target_key(rollout, &t.target_id),
-                        value,
-                    })
-                    .map_err(EngineError::Encode)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        engine.write_durably(term, ops).await?;
-        engine.live.put_targets(term.token, rollout, chunk);
+    let mut ops = records
+        .iter()
+        .map(|t| {
+            serde_json::to_vec(t)
+                .map(|value| WriteOp::Put {
+                    key: target_key(rollout, &t.target_id),
+                    value,
+                })
+                .map_err(EngineError::Encode)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let sizes: Vec<usize> = ops.iter().map(op_bytes).collect();
+    let bounds = chunk_bounds(&sizes, WRITE_CHUNK, WRITE_CHUNK_BYTES);
+    // Taken from the back, so each chunk's ops move out without copying the rest.
+    let mut chunks = Vec::with_capacity(bounds.len());
+    for range in bounds.iter().rev() {
+        chunks.push(ops.split_off(range.start));
+    }
+    for (range, chunk) in bounds.into_iter().zip(chunks.into_iter().rev()) {
+        engine.write_durably(term, chunk).await?;
+        engine
+            .live
+            .put_targets(term.token, rollout, &records[range]);
     }
     Ok(())
+}
+
+fn op_bytes(op: &WriteOp) -> usize {
+    match op {
+        WriteOp::Put { key, value } => key.len() + value.len(),
+        WriteOp::Delete { key } => key.len(),
+    }
+}
+
+/// Consecutive ranges of `sizes` holding at most `max_ops` items and `max_bytes` bytes each
+/// (an item larger than `max_bytes` alone goes in a range of its own: the store says whether
+/// it fits).
+pub(crate) fn chunk_bounds(sizes: &[usize], max_ops: usize, max_bytes: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &size) in sizes.iter().enumerate() {
+        let full = i - start >= max_ops.max(1) || bytes + size > max_bytes;
+        if i > start && full {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_bounds;
+
+    #[test]
+    fn chunks_stop_at_the_op_count_and_at_the_byte_budget() {
+        // By count: 250 small records in writes of 100.
+        assert_eq!(
+            chunk_bounds(&[10; 250], 100, 1 << 20),
+            vec![0..100, 100..200, 200..250]
+        );
+        // By bytes: 400-byte records, 1,000 bytes a write: two per write.
+        assert_eq!(chunk_bounds(&[400; 5], 100, 1000), vec![0..2, 2..4, 4..5]);
+        // A record alone over the budget gets a write of its own; its neighbours are not
+        // held back with it.
+        assert_eq!(
+            chunk_bounds(&[10, 5000, 10, 10], 100, 1000),
+            vec![0..1, 1..2, 2..4]
+        );
+        // Exactly the budget fits.
+        assert_eq!(chunk_bounds(&[500, 500, 1], 100, 1000), vec![0..2, 2..3]);
+        assert!(chunk_bounds(&[], 100, 1000).is_empty());
+    }
 }

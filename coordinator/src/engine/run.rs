@@ -20,6 +20,9 @@ use super::batch::{TargetWriter, write_records};
 use super::metric_gate::GateEnd;
 use super::snapshot::{PlanMemo, TargetPlanOutcome, state_digest_of};
 use super::{Control, Engine, EngineError, Term};
+use summary::{failed_of, short};
+
+mod summary;
 
 /// Failures so far in the rollout, and how many are allowed before no target starts.
 struct Limits {
@@ -53,22 +56,6 @@ async fn wait_runnable(mut control: watch::Receiver<Control>) -> bool {
 enum WaveEnd {
     Completed,
     Aborted,
-}
-
-/// The failed targets' messages (`target: message`), the first few, for a span's status.
-fn failed_of<'a>(targets: impl Iterator<Item = &'a TargetRecord>) -> String {
-    const SHOWN: usize = 3;
-    let failed: Vec<&TargetRecord> = targets.filter(|t| t.state == TargetState::Failed).collect();
-    let mut out = failed
-        .iter()
-        .take(SHOWN)
-        .map(|t| format!("{}: {}", t.target_id, t.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    if failed.len() > SHOWN {
-        out.push_str(&format!(" (and {} more)", failed.len() - SHOWN));
-    }
-    out
 }
 
 impl Engine {
@@ -490,7 +477,10 @@ impl Engine {
                 allowed
             },
         });
-        let snapshot = rec.clone();
+        // One copy of the record and the goal for every target's task, not one each: a wave
+        // spawns a task per target up front (100,000 at scale), each waiting for its permit.
+        let snapshot = Arc::new(rec.clone());
+        let goal = Arc::new(goal.clone());
         // A pause may have arrived before this wave subscribed to changes.
         self.sync_paused(term, rec, control).await?;
         let mut running = FuturesUnordered::new();
@@ -533,9 +523,18 @@ impl Engine {
                     {
                         return Ok(t);
                     }
-                    let t = engine
-                        .run_target(&term, &rollout, &graph, &goal, t, &writer, target_control)
-                        .await?;
+                    // Boxed: a waiting task holds a pointer, not the space of the whole
+                    // target run's state machine (kilobytes, times every waiting target).
+                    let t = Box::pin(engine.run_target(
+                        &term,
+                        &rollout,
+                        &graph,
+                        &goal,
+                        t,
+                        &writer,
+                        target_control,
+                    ))
+                    .await?;
                     if t.state == TargetState::Failed {
                         limits.failed.fetch_add(1, Ordering::SeqCst);
                     }
@@ -686,8 +685,4 @@ impl Engine {
             ))
         }
     }
-}
-
-fn short(h: &str) -> &str {
-    h.get(..12).unwrap_or(h)
 }

@@ -5,6 +5,7 @@ mod eventually;
 mod mariadb;
 mod postgres;
 mod proxy;
+mod proxy_delay;
 mod sqlite;
 
 use std::time::Duration;
