@@ -32,6 +32,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<()> {
+    // Listen for SIGTERM/SIGINT before anything else starts: a signal that arrives while the
+    // agent starts up then stops it cleanly, not by the default action.
+    let shutdown = shutdown_signal()?;
     if let Some(addr) = args.metrics_addr {
         telemetry::install_metrics(addr)?;
         flotilla_agent::metrics::describe();
@@ -72,36 +75,22 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             }
         });
     }
-    let result = serve(agent, listener, shutdown_signal()).await;
+    let result = serve(agent, listener, shutdown).await;
     stop_registering.cancel();
     result?;
     Ok(())
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (Kubernetes pod stop).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM (Kubernetes pod stop). The handlers are
+/// installed when this is called, not when the future is first polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received"),
-        () = term => tracing::info!("SIGTERM received"),
-    }
+    })
 }
