@@ -104,7 +104,11 @@ pub async fn read_schemas(
 ) -> Result<Vec<SchemaStatus>, DriverError> {
     let mut out: Vec<Option<SchemaStatus>> = (0..schemas.len()).map(|_| None).collect();
     let mut one_by_one = Vec::new();
-    let (mut conn, lease) = pool.checkout("").await?;
+    // A chunk is many small index reads: parallel workers (which the planner may pick for
+    // a long `UNION ALL`) cost more than they save. The pool resets the setting.
+    let (mut conn, lease) = pool
+        .checkout("SET max_parallel_workers_per_gather = 0")
+        .await?;
     let read = async {
         let rows = sqlx::query(sqlx::AssertSqlSafe(catalog_sql(project)))
             .bind(schemas)
