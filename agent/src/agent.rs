@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use flotilla_proto::{
     IssueKind, MigrateRequest, RepairRequest, RepairResponse, RevisionIssue, StampRequest,
-    StampResponse, StatusRequest, StatusResponse, StepEvent, TargetStatus, TargetValidation,
-    ValidateRequest, ValidateResponse,
+    StampResponse, StepEvent, TargetValidation, ValidateRequest, ValidateResponse,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -27,16 +26,15 @@ use crate::executor::{
 };
 use crate::fence::FenceMemory;
 use crate::service::validate as check;
-use crate::status::{empty_status, target_status};
+use crate::status::target_status;
 use crate::target::{Target, Targets};
-use flotilla_core::error_class::ErrorClass;
-use flotilla_core::foreign::ForeignTable;
 use flotilla_core::history::TargetState;
 use flotilla_core::project::Project;
-use flotilla_rpc::convert::{CatalogProto, ForeignProto};
+use flotilla_rpc::convert::CatalogProto;
 
 mod adopt;
 mod backups;
+mod status;
 
 /// The stream of events a `migrate` call returns; it ends with `Err(status)` after a
 /// `StepFailed` event when a step fails.
@@ -77,20 +75,6 @@ async fn open_session(target: &Target, project: &Project) -> Result<Box<dyn Sess
         .connect_read(project)
         .await
         .map_err(|e| driver_error(&target.id, e))
-}
-
-/// The target's history and fence token, read without writing anything.
-/// What Status reports of a target: its state and, when it has no Flotilla history, other
-/// tools' version tables.
-/// The target's state, or the error with its transient class (`None`: permanent).
-async fn read_status(
-    target: &Target,
-    project: &Project,
-) -> Result<(TargetState, Vec<ForeignTable>), (AgentError, Option<ErrorClass>)> {
-    target.driver.read_status(project).await.map_err(|e| {
-        let class = e.class();
-        (driver_error(&target.id, e), class)
-    })
 }
 
 /// The target's history and, unless skipped, its schema fingerprint (and, when asked for,
@@ -204,6 +188,12 @@ impl Agent {
             .iter()
             .map(|t| t.id.clone())
             .collect()
+    }
+
+    /// The connection pools of discovered PostgreSQL schemas: each one's database, its bound,
+    /// the connections open now and the most ever open at once.
+    pub fn schema_pools(&self) -> Vec<(String, crate::driver::postgres::PoolStats)> {
+        self.targets.pool_stats()
     }
 
     /// The root cancellation token: cancelling it stops every migration before its next
@@ -341,62 +331,6 @@ impl Agent {
             out.push(self.targets.lookup(id).await?);
         }
         Ok(out)
-    }
-
-    /// The state of every target (or those asked for), queried concurrently; a target that
-    /// cannot be read gets `error` set instead of failing the call.
-    pub async fn status(&self, req: StatusRequest) -> Result<StatusResponse, Status> {
-        check::status_request(&req)?;
-        let project = &check::project(&req.project)?;
-        // A leader announces its token: lower tokens are refused while it is fresh.
-        self.fence.announce(req.fencing_token);
-        let targets = self.select(&req.target_ids).await?;
-        if req.identities_only {
-            return Ok(StatusResponse {
-                agent_id: self.config.agent_id.clone(),
-                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-                targets: targets.iter().map(|t| empty_status(t)).collect(),
-                fence_floor: self.fence.floor(),
-            });
-        }
-        let timeout = self.config.status.timeout;
-        let include_history = req.include_history;
-        let targets = futures::stream::iter(targets)
-            .map(|t| async move {
-                match tokio::time::timeout(timeout, read_status(&t, project)).await {
-                    Ok(Ok((state, foreign))) => {
-                        // What a fence row holds was committed: it binds for every target.
-                        self.fence.accepted(state.fence_token);
-                        TargetStatus {
-                            foreign: foreign.iter().map(ForeignProto::to_proto).collect(),
-                            ..target_status(&t, &state, include_history)
-                        }
-                    }
-                    Ok(Err((e, class))) => TargetStatus {
-                        error: e.to_string(),
-                        error_class: class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
-                        ..empty_status(&t)
-                    },
-                    Err(_) => TargetStatus {
-                        error: format!(
-                            "target {}: no answer within {}ms",
-                            t.id,
-                            timeout.as_millis()
-                        ),
-                        error_class: STATUS_TIMEOUT_CLASS.to_owned(),
-                        ..empty_status(&t)
-                    },
-                }
-            })
-            .buffered(self.config.status.concurrency)
-            .collect()
-            .await;
-        Ok(StatusResponse {
-            agent_id: self.config.agent_id.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            targets,
-            fence_floor: self.fence.floor(),
-        })
     }
 
     /// Compare each target's history with the expected revisions and fingerprint its schema.

@@ -21,7 +21,7 @@ mod target;
 mod validated;
 
 pub use args::Args;
-pub use discovery::{DiscoveryConfig, DiscoverySource};
+pub use discovery::{DEFAULT_SCHEMA_POOL_SIZE, DiscoveryConfig, DiscoverySource, schema_target_id};
 pub use file::{
     RawConfig, RawDiscover, RawDiscovery, RawFence, RawLock, RawRetry, RawServer, RawStatus,
     RawTarget,

@@ -133,6 +133,13 @@ pub trait Driver: Send + Sync + 'static {
     /// `host:port` of the server (never credentials), or the file path for SQLite.
     fn host(&self) -> String;
 
+    /// The PostgreSQL schema this target is, with its database's shared pool, when it is one
+    /// (discovered with `schema_pattern`): Status reads such targets a database at a time
+    /// (`postgres::read_schemas`).
+    fn schema_ref(&self) -> Option<postgres::SchemaRef> {
+        None
+    }
+
     /// Open one dedicated connection to the target, on `project`'s history, fence and
     /// migration lock.
     async fn connect(&self, project: &Project) -> Result<Box<dyn Session>, DriverError>;

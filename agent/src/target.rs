@@ -1,6 +1,9 @@
 //! The targets an agent serves: the explicitly configured ones plus those discovered by
 //! pattern (databases named `tenant_%` on a server, SQLite files matching a glob).
 //!
+//! PostgreSQL schemas (`schema_pattern`) are discovered in `target/schemas.rs`; their targets
+//! share a connection pool per database.
+//!
 //! Discovery runs at startup and again, at most once per `discovery.refresh_interval`, when a
 //! `Status` call asks for every target or a request names a target the agent does not know.
 //! A rescan keeps the [`Target`] of every id it finds again (so its in-process mutex survives)
@@ -16,6 +19,8 @@ use crate::config::{DiscoverySource, TargetConfig, is_valid_target_id};
 use crate::driver::{Driver, DriverError};
 use crate::error::AgentError;
 use flotilla_core::project::Project;
+
+mod schemas;
 use flotilla_core::{Dialect, Secret};
 
 /// One target database and what the agent keeps about it in memory.
@@ -107,6 +112,8 @@ pub(crate) struct Targets {
     map: RwLock<BTreeMap<String, Arc<Target>>>,
     /// When the last scan happened (None: never); also serializes scans.
     last_scan: Mutex<Option<Instant>>,
+    /// Schema sources' connection pools, one per database, kept across scans.
+    pools: schemas::Pools,
 }
 
 impl Targets {
@@ -122,6 +129,7 @@ impl Targets {
             refresh_interval,
             map: RwLock::new(BTreeMap::new()),
             last_scan: Mutex::new(None),
+            pools: Default::default(),
         };
         targets.scan().await?;
         Ok(targets)
@@ -140,6 +148,16 @@ impl Targets {
         self.get(id).await.ok_or_else(|| AgentError::UnknownTarget {
             target: id.to_owned(),
         })
+    }
+
+    /// Each schema pool's database and what it holds now.
+    pub(crate) fn pool_stats(&self) -> Vec<(String, crate::driver::postgres::PoolStats)> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|((_, db), pool)| (db.clone(), pool.stats()))
+            .collect()
     }
 
     pub(crate) async fn all(&self) -> Vec<Arc<Target>> {
@@ -165,19 +183,45 @@ impl Targets {
 
     async fn scan(&self) -> Result<(), AgentError> {
         let mut last = self.last_scan.lock().await;
-        let mut found: Vec<(TargetConfig, &'static str)> = self
+        type Found = (TargetConfig, Option<Arc<dyn Driver>>, &'static str);
+        let mut found: Vec<Found> = self
             .explicit
             .iter()
-            .map(|t| (t.clone(), "config"))
+            .map(|t| (t.clone(), None, "config"))
             .collect();
-        for source in &self.sources {
+        for (index, source) in self.sources.iter().enumerate() {
+            if let DiscoverySource::PostgresSchemas {
+                url,
+                pattern,
+                schema_pattern,
+                id_prefix,
+                labels,
+                search_path_public,
+                pool_size,
+            } = source
+            {
+                let source = schemas::SchemaSource {
+                    index,
+                    url,
+                    pattern: pattern.as_deref(),
+                    schema_pattern,
+                    id_prefix,
+                    labels,
+                    search_path_public: *search_path_public,
+                    pool_size: *pool_size,
+                };
+                for (t, driver) in source.discover(&self.pools).await? {
+                    found.push((t, Some(driver), "discovery"));
+                }
+                continue;
+            }
             for t in discover(source).await? {
-                found.push((t, "discovery"));
+                found.push((t, None, "discovery"));
             }
         }
         let mut map = self.map.write().await;
         let mut next = BTreeMap::new();
-        for (cfg, origin) in found {
+        for (cfg, driver, origin) in found {
             if next.contains_key(&cfg.id) {
                 tracing::warn!(target_id = %cfg.id, origin, "duplicate target id; keeping the first");
                 continue;
@@ -188,7 +232,10 @@ impl Targets {
                     id: cfg.id.clone(),
                     dialect: cfg.dialect,
                     labels: cfg.labels.clone(),
-                    driver: open_driver(cfg.dialect, &cfg.url)?,
+                    driver: match driver {
+                        Some(d) => d,
+                        None => open_driver(cfg.dialect, &cfg.url)?,
+                    },
                     mutex: Arc::new(Mutex::new(())),
                     project_mutexes: Default::default(),
                 }),
@@ -237,6 +284,9 @@ async fn discover(source: &DiscoverySource) -> Result<Vec<TargetConfig>, AgentEr
             }
             Ok(out)
         }
+        DiscoverySource::PostgresSchemas { .. } => Err(AgentError::Discovery(
+            "schema sources are scanned with their pools".into(),
+        )),
         DiscoverySource::SqliteGlob {
             glob,
             id_prefix,

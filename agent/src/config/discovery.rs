@@ -23,6 +23,14 @@ impl Default for DiscoveryConfig {
     }
 }
 
+/// Connections per database a schema discovery source keeps at most (`pool_size`).
+pub const DEFAULT_SCHEMA_POOL_SIZE: usize = 4;
+
+/// The target id of schema `schema` of database `db`: `<id_prefix><db>.<schema>`.
+pub fn schema_target_id(id_prefix: &str, db: &str, schema: &str) -> String {
+    format!("{id_prefix}{db}.{schema}")
+}
+
 #[derive(Debug, Clone)]
 pub enum DiscoverySource {
     /// Databases of a PostgreSQL/MySQL server whose name matches a SQL `LIKE` pattern
@@ -33,6 +41,20 @@ pub enum DiscoverySource {
         pattern: String,
         id_prefix: String,
         labels: BTreeMap<String, String>,
+    },
+    /// PostgreSQL schemas whose names match the `LIKE` pattern `schema_pattern`, in the
+    /// database the url names or, with `pattern`, in every database of the server matching
+    /// it. The target id is `id_prefix` + database + `.` + schema. Each database's schemas
+    /// share one pool of at most `pool_size` connections; a session's `search_path` is the
+    /// schema (then `public` when `search_path_public`).
+    PostgresSchemas {
+        url: Secret,
+        pattern: Option<String>,
+        schema_pattern: String,
+        id_prefix: String,
+        labels: BTreeMap<String, String>,
+        search_path_public: bool,
+        pool_size: usize,
     },
     /// SQLite files matching a glob; the target id is `id_prefix` + the file stem.
     SqliteGlob {

@@ -97,6 +97,12 @@ pub struct RawDiscover {
     pub url_env: Option<String>,
     pub pattern: Option<String>,
     pub glob: Option<String>,
+    /// PostgreSQL: discover schemas matching this `LIKE` pattern (targets are schemas).
+    pub schema_pattern: Option<String>,
+    /// With `schema_pattern`: `public` follows the tenant schema on the `search_path`.
+    pub schema_search_path_public: Option<bool>,
+    /// With `schema_pattern`: connections per database (default 4).
+    pub pool_size: Option<usize>,
     #[serde(default)]
     pub id_prefix: String,
     #[serde(default)]
@@ -229,7 +235,44 @@ impl RawConfig {
         for (i, d) in self.discover.into_iter().enumerate() {
             let f = |k: &str| format!("discover[{i}].{k}");
             let url = resolve_url(&f("url"), d.url, d.url_env.as_deref(), env)?;
+            if d.schema_pattern.is_none() {
+                if d.pool_size.is_some() {
+                    return Err(invalid(
+                        f("pool_size"),
+                        "is for schema discovery: set schema_pattern",
+                    ));
+                }
+                if d.schema_search_path_public.is_some() {
+                    return Err(invalid(
+                        f("schema_search_path_public"),
+                        "is for schema discovery: set schema_pattern",
+                    ));
+                }
+            }
             let source = match (url, d.glob) {
+                (Some(url), None) if d.schema_pattern.is_some() => {
+                    let dialect = parse_dialect(f("dialect"), d.dialect.as_deref(), &url)?;
+                    if dialect != Dialect::Postgres {
+                        return Err(invalid(
+                            f("schema_pattern"),
+                            format!(
+                                "schema discovery is for postgres only ({dialect} databases \
+                                 are schemas already: use pattern)"
+                            ),
+                        ));
+                    }
+                    DiscoverySource::PostgresSchemas {
+                        url,
+                        pattern: d.pattern,
+                        schema_pattern: d.schema_pattern.unwrap_or_default(),
+                        id_prefix: d.id_prefix,
+                        labels: d.labels,
+                        search_path_public: d.schema_search_path_public.unwrap_or(false),
+                        pool_size: d
+                            .pool_size
+                            .unwrap_or(super::discovery::DEFAULT_SCHEMA_POOL_SIZE),
+                    }
+                }
                 (Some(url), None) => {
                     let dialect = parse_dialect(f("dialect"), d.dialect.as_deref(), &url)?;
                     let pattern = d.pattern.ok_or_else(|| invalid(f("pattern"), "missing"))?;
@@ -240,6 +283,12 @@ impl RawConfig {
                         id_prefix: d.id_prefix,
                         labels: d.labels,
                     }
+                }
+                (None, Some(_)) if d.schema_pattern.is_some() => {
+                    return Err(invalid(
+                        f("schema_pattern"),
+                        "is for postgres servers: give a url, not a glob",
+                    ));
                 }
                 (None, Some(glob)) => {
                     if let Some(name) = d.dialect.as_deref() {
@@ -308,6 +357,10 @@ mod tests {
             id_prefix = "pg-"
             [[discover]]
             glob = "/var/lib/t/*.db"
+            [[discover]]
+            url = "postgres://u:secret@db/app"
+            schema_pattern = "tenant_%"
+            schema_search_path_public = true
             "#,
         )
         .map_err(|e| e.to_string());
@@ -320,7 +373,16 @@ mod tests {
         assert_eq!(cfg.targets[0].dialect, Dialect::Postgres);
         assert_eq!(cfg.targets[1].dialect, Dialect::Mysql);
         assert_eq!(cfg.targets[0].labels["tier"], "gold");
-        assert_eq!(cfg.discovery.sources.len(), 2);
+        assert_eq!(cfg.discovery.sources.len(), 3);
+        assert!(matches!(
+            &cfg.discovery.sources[2],
+            DiscoverySource::PostgresSchemas {
+                pattern: None,
+                search_path_public: true,
+                pool_size: 4,
+                ..
+            }
+        ));
         assert!(!format!("{cfg:?}").contains("secret"));
     }
 
@@ -347,6 +409,18 @@ mod tests {
                 "[[discover]]\nurl = \"postgres://h/db\"",
                 "discover[0].pattern",
             ),
+            (
+                "[[discover]]\nurl = \"mysql://h/db\"\nschema_pattern = \"t_%\"",
+                "discover[0].schema_pattern",
+            ),
+            (
+                "[[discover]]\nurl = \"postgres://h/db\"\npattern = \"t_%\"\npool_size = 2",
+                "discover[0].pool_size",
+            ),
+            (
+                "[[discover]]\nurl = \"postgres://h/db\"\nschema_pattern = \"t_%\"\npool_size = 0",
+                "discover[0].pool_size",
+            ),
         ];
         for (text, needle) in cases {
             let err = load(text).map(|_| ()).map_err(|e| e.to_string());
@@ -365,7 +439,7 @@ mod tests {
             .and_then(|cfg| cfg.validate().map(|()| cfg));
         let cfg = cfg.map_err(|e| e.to_string());
         assert!(
-            matches!(&cfg, Ok(c) if c.targets.len() == 2 && c.discovery.sources.len() == 2),
+            matches!(&cfg, Ok(c) if c.targets.len() == 2 && c.discovery.sources.len() == 3),
             "{cfg:?}"
         );
     }

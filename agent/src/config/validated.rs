@@ -231,6 +231,25 @@ impl AgentConfig {
                         return Err(invalid(format!("discover[{i}].pattern"), "is empty"));
                     }
                 }
+                DiscoverySource::PostgresSchemas {
+                    pattern,
+                    schema_pattern,
+                    pool_size,
+                    ..
+                } => {
+                    if pattern.as_deref().is_some_and(str::is_empty) {
+                        return Err(invalid(format!("discover[{i}].pattern"), "is empty"));
+                    }
+                    if schema_pattern.is_empty() {
+                        return Err(invalid(format!("discover[{i}].schema_pattern"), "is empty"));
+                    }
+                    if *pool_size == 0 {
+                        return Err(invalid(
+                            format!("discover[{i}].pool_size"),
+                            "must be at least 1",
+                        ));
+                    }
+                }
                 DiscoverySource::SqliteGlob { glob, .. } => {
                     if let Err(e) = glob::Pattern::new(glob) {
                         return Err(invalid(format!("discover[{i}].glob"), e.to_string()));

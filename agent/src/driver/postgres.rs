@@ -1,6 +1,9 @@
 //! PostgreSQL driver: one dedicated `PgConnection` per session. Flotilla's tables live in the
 //! connection's `current_schema()`, and so does everything the catalog reports, so a target
-//! is a database or (with `search_path` set in the URL's `options`) a schema.
+//! is a database or (with `search_path` set in the URL's `options`) a schema. Discovered
+//! schemas (`schema.rs`) share a bounded pool per database (`pool.rs`) instead: a session
+//! borrows a connection and sets its `search_path`; Status reads many of them at once
+//! (`batch.rs`).
 //!
 //! The migration lock is a session advisory lock keyed by a 64-bit hash of a constant, the
 //! database and the schema; non-transactional steps run one statement per simple query
@@ -20,15 +23,21 @@ use flotilla_core::project::Project;
 use flotilla_core::{Dialect, Secret};
 
 mod backup;
+mod batch;
 mod blockers;
 mod catalog;
 mod concurrently;
 mod discovery;
 mod history;
+mod pool;
+mod schema;
 mod session;
 mod simple;
 
+pub use batch::{SCHEMAS_PER_QUERY, SchemaStatus, read_schemas};
 pub use discovery::{discover_databases, with_database};
+pub use pool::{POOL_APPLICATION_NAME, PoolStats, SchemaPool};
+pub use schema::{PostgresSchemaDriver, SchemaRef, discover_schemas};
 pub use session::PostgresSession;
 
 const D: Dialect = Dialect::Postgres;
@@ -72,6 +81,12 @@ impl PostgresDriver {
         self.options.get_database()
     }
 
+    /// A bounded pool of `size` connections to database `db` on this driver's server, for
+    /// that database's schema targets.
+    pub fn schema_pool(&self, db: &str, size: usize) -> std::sync::Arc<SchemaPool> {
+        SchemaPool::new(&self.options, db, size)
+    }
+
     /// Open a connection without boxing it, on project `default`'s tables.
     pub async fn open(&self) -> Result<PostgresSession, DriverError> {
         self.open_project(&Project::default()).await
@@ -85,7 +100,16 @@ impl PostgresDriver {
             schema_ready: false,
             pid: None,
             project: project.clone(),
+            lease: None,
         })
+    }
+}
+
+/// `host:port` (or `socket:port`) of a server, never credentials.
+fn host_of(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(socket) => format!("{}:{}", socket.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
     }
 }
 
@@ -107,10 +131,7 @@ impl Driver for PostgresDriver {
     }
 
     fn host(&self) -> String {
-        match self.options.get_socket() {
-            Some(socket) => format!("{}:{}", socket.display(), self.options.get_port()),
-            None => format!("{}:{}", self.options.get_host(), self.options.get_port()),
-        }
+        host_of(&self.options)
     }
 
     async fn connect(&self, project: &Project) -> Result<Box<dyn Session>, DriverError> {

@@ -12,6 +12,7 @@ mod lock_bounds;
 mod locking;
 mod migrate;
 mod projects;
+mod schemas;
 mod support;
 mod tls;
 mod validate;

@@ -3,7 +3,8 @@
 //! against a plain sqlite3 loop on SQLite, the no-op reruns (10,000 SQLite targets at head),
 //! coordinator CPU per target-step and agent idle RSS; the coordinator at 10,000 and 100,000
 //! targets across 100 agents on both backends (`scale`, issue 30); a remote fleet behind a
-//! 20 ms round trip against sqlx-cli and psql loops from the operator's side (`remote`).
+//! 20 ms round trip against sqlx-cli and psql loops from the operator's side (`remote`);
+//! 10,000 tenant schemas of one PostgreSQL database against a psql lower bound (`schemas`).
 //! Prints Markdown tables and saves every figure to `<target>/bench/compare.json`.
 //!
 //! Run it through `scripts/bench.sh` (builds the release binaries and sqlx-cli first), or
@@ -17,6 +18,7 @@ mod procs;
 mod remote;
 mod report;
 mod scale;
+mod schemas;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use crate::pg::PgSettings;
 use crate::procs::Bins;
 use crate::remote::RemoteSettings;
 use crate::scale::ScaleSettings;
+use crate::schemas::SchemaSettings;
 use crate::sqlite::SqliteSettings;
 
 /// The target dir this bench was built in (`<target>/tmp` is cargo's CARGO_TARGET_TMPDIR).
@@ -54,12 +57,12 @@ struct Options {
     /// The sqlx-cli binary (default: <target>/tools/bin/sqlx)
     #[arg(long, env = "FLOTILLA_BENCH_SQLX")]
     sqlx: Option<PathBuf>,
-    /// What to run: pg, sqlite, scale, remote (comma-separated)
+    /// What to run: pg, sqlite, scale, remote, schemas (comma-separated)
     #[arg(
         long,
         env = "FLOTILLA_BENCH_ONLY",
         value_delimiter = ',',
-        default_value = "pg,sqlite,scale,remote"
+        default_value = "pg,sqlite,scale,remote,schemas"
     )]
     only: Vec<String>,
     /// PostgreSQL tenant counts, one full comparison each
@@ -128,6 +131,15 @@ struct Options {
     /// Remote fleet: flotilla --max-parallel (the loops run --pg-parallel at a time)
     #[arg(long, env = "FLOTILLA_BENCH_REMOTE_MAX_PARALLEL", default_value_t = 16)]
     remote_max_parallel: u32,
+    /// Schemas: tenant schemas in one PostgreSQL database
+    #[arg(long, env = "FLOTILLA_BENCH_SCHEMA_TENANTS", default_value_t = 10_000)]
+    schema_tenants: usize,
+    /// Schemas: psql sessions of the raw lower bound (0 = one per CPU)
+    #[arg(long, env = "FLOTILLA_BENCH_SCHEMA_SESSIONS", default_value_t = 0)]
+    schema_sessions: usize,
+    /// Schemas: flotilla --max-parallel
+    #[arg(long, env = "FLOTILLA_BENCH_SCHEMA_MAX_PARALLEL", default_value_t = 16)]
+    schema_max_parallel: u32,
     /// Where to save the figures (default: <target>/bench/compare.json)
     #[arg(long, env = "FLOTILLA_BENCH_OUT")]
     out: Option<PathBuf>,
@@ -200,6 +212,7 @@ async fn main_async(o: Options) -> Result<()> {
             .clone()
             .unwrap_or_else(|| target.join("tools/bin/sqlx")),
         want("pg") || want("remote"),
+        want("pg") || want("remote") || want("schemas"),
     )?;
     bins.profile_dir = o.perf.as_ref().map(std::path::absolute).transpose()?;
     let bench_dir = target.join("bench");
@@ -290,6 +303,25 @@ async fn main_async(o: Options) -> Result<()> {
         );
         remote_result = Some(remote::bench(&bins, &fx, &settings, work.path()).await?);
     }
+    let mut schema_result = None;
+    if want("schemas") {
+        let fx = Fixture::load(fixture::pg5_dir(), Dialect::Postgres)?;
+        let sessions = match o.schema_sessions {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let settings = SchemaSettings {
+            tenants: o.schema_tenants,
+            sessions,
+            max_parallel: o.schema_max_parallel,
+        };
+        println!(
+            "Schemas: PostgreSQL, {} tenant schemas in one database, {} revisions (fsync on):",
+            o.schema_tenants,
+            fx.steps.len()
+        );
+        schema_result = Some(schemas::bench(&bins, &fx, &settings, work.path()).await?);
+    }
 
     println!();
     if !pg_results.is_empty() {
@@ -304,11 +336,20 @@ async fn main_async(o: Options) -> Result<()> {
     if let Some(r) = &remote_result {
         println!("{}", remote::table(r));
     }
+    if let Some(r) = &schema_result {
+        println!("{}", schemas::table(r));
+    }
     let mut more = scale::criteria(&scale_runs);
     more.extend(
         remote_result
             .as_ref()
             .map(remote::criteria)
+            .unwrap_or_default(),
+    );
+    more.extend(
+        schema_result
+            .as_ref()
+            .map(schemas::criteria)
             .unwrap_or_default(),
     );
     let (targets_table, targets_json) = report::targets(&pg_results, sqlite_result.as_ref(), more);
@@ -329,11 +370,14 @@ async fn main_async(o: Options) -> Result<()> {
             "scale_max_parallel": o.scale_max_parallel, "scale_backends": o.scale_backends,
             "remote_tenants": o.remote_tenants, "remote_delay_ms": o.remote_delay_ms,
             "remote_max_parallel": o.remote_max_parallel,
+            "schema_tenants": o.schema_tenants, "schema_sessions": o.schema_sessions,
+            "schema_max_parallel": o.schema_max_parallel,
         },
         "postgres": pg_results.iter().map(pg::PgResult::json).collect::<Vec<_>>(),
         "sqlite": sqlite_result.as_ref().map(sqlite::SqliteResult::json),
         "scale": scale_runs.iter().map(scale::ScaleRun::json).collect::<Vec<_>>(),
         "remote": remote_result.as_ref().map(remote::RemoteResult::json),
+        "schemas": schema_result.as_ref().map(schemas::SchemaResult::json),
         "targets": targets_json,
     });
     if let Some(parent) = out.parent() {

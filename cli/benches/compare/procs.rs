@@ -27,7 +27,13 @@ pub(crate) struct Bins {
 
 impl Bins {
     /// `flotilla` and `flotilla-agent` from `bin_dir`; psql and sqlite3 from `PATH`.
-    pub(crate) fn find(bin_dir: &Path, sqlx: &Path, need_pg: bool) -> Result<Bins> {
+    /// `need_pg`: sqlx-cli and psql are needed; `need_psql`: psql is.
+    pub(crate) fn find(
+        bin_dir: &Path,
+        sqlx: &Path,
+        need_pg: bool,
+        need_psql: bool,
+    ) -> Result<Bins> {
         let flotilla = bin_dir.join("flotilla");
         let agent = bin_dir.join("flotilla-agent");
         for b in [&flotilla, &agent] {
@@ -57,7 +63,7 @@ impl Bins {
             flotilla,
             agent,
             sqlx: sqlx.to_owned(),
-            psql: if need_pg {
+            psql: if need_pg || need_psql {
                 on_path("psql", "apt-get install postgresql-client")?
             } else {
                 PathBuf::from("psql")

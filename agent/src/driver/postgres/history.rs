@@ -195,16 +195,21 @@ pub(super) async fn begin_write<'c>(
 }
 
 pub(super) fn raw_row(r: &PgRow) -> Result<RawHistoryRow, sqlx::Error> {
+    raw_row_at(r, 0)
+}
+
+/// A history row whose `HISTORY_COLUMNS` start at column `at`.
+pub(super) fn raw_row_at(r: &PgRow, at: usize) -> Result<RawHistoryRow, sqlx::Error> {
     Ok(RawHistoryRow {
-        id: r.try_get(0)?,
-        revision: r.try_get(1)?,
-        checksum: r.try_get(2)?,
-        direction: r.try_get(3)?,
-        status: r.try_get(4)?,
-        applied_at: r.try_get(5)?,
-        duration_ms: r.try_get(6)?,
-        rollout_id: r.try_get(7)?,
-        agent_id: r.try_get(8)?,
-        fencing_token: r.try_get(9)?,
+        id: r.try_get(at)?,
+        revision: r.try_get(at + 1)?,
+        checksum: r.try_get(at + 2)?,
+        direction: r.try_get(at + 3)?,
+        status: r.try_get(at + 4)?,
+        applied_at: r.try_get(at + 5)?,
+        duration_ms: r.try_get(at + 6)?,
+        rollout_id: r.try_get(at + 7)?,
+        agent_id: r.try_get(at + 8)?,
+        fencing_token: r.try_get(at + 9)?,
     })
 }

@@ -9,6 +9,7 @@ use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::catalog::catalog;
 use super::history::{begin_write, fence, insert_history, raw_row, tables_exist};
+use super::pool::Lease;
 use super::simple::{result_sets, simple_bool};
 use super::{D, backup, finish};
 use crate::driver::blockers::LockBlock;
@@ -57,6 +58,23 @@ pub struct PostgresSession {
     pub(super) pid: Option<u64>,
     /// Whose history, fence and migration lock this session uses.
     pub(super) project: Project,
+    /// Set when the connection is borrowed from a schema pool (`pool.rs`): closing gives it
+    /// back instead of closing it.
+    pub(super) lease: Option<Lease>,
+}
+
+impl PostgresSession {
+    /// A session on a connection borrowed from a schema pool (its `search_path` already set).
+    pub(super) fn pooled(conn: PgConnection, lease: Lease, project: Project) -> Self {
+        PostgresSession {
+            conn,
+            locked: false,
+            schema_ready: false,
+            pid: None,
+            project,
+            lease: Some(lease),
+        }
+    }
 }
 
 /// `SET [LOCAL]` statements that bound the step's lock waits (and statements, when set).
@@ -490,6 +508,14 @@ impl Session for PostgresSession {
     }
 
     async fn close(mut self: Box<Self>) {
+        if let Some(lease) = self.lease.take() {
+            // Back to the pool, which releases every session advisory lock (ours included),
+            // resets the settings and refuses a connection left in a transaction.
+            let pool = lease.pool().clone();
+            let _ =
+                tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, pool.give_back(self.conn, lease)).await;
+            return;
+        }
         // The server drops a closed session's locks only once it notices the disconnect:
         // release the migration lock first so the next session can take it at once.
         let _ = tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, self.unlock()).await;

@@ -1,0 +1,214 @@
+//! The state of many schemas of one database in a few round trips (Status of a
+//! schema-per-tenant database): one query over the catalog says which schemas have Flotilla's
+//! tables (and other tools' version tables), then one simple query per chunk of schemas reads
+//! their history and fence rows (a generated `UNION ALL`), all on one pooled connection.
+//!
+//! Chunks are bounded ([`SCHEMAS_PER_QUERY`]) because every table a statement reads takes a
+//! lock until the end of its (implicit) transaction, and the server's lock table is sized
+//! for `max_locks_per_transaction` (64) per connection. A chunk whose query fails (tables of
+//! an unexpected shape) and a schema with another tool's version table and no Flotilla
+//! history are read one by one, on a session of their own, the ordinary way.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::Row;
+
+use super::D;
+use super::history::raw_row_at;
+use super::pool::SchemaPool;
+use super::schema::{PostgresSchemaDriver, quote_ident};
+use super::simple::result_sets;
+use crate::driver::classify::on;
+use crate::driver::common::{HISTORY_COLUMNS, from_db, history_row};
+use crate::driver::{Driver, DriverError};
+use flotilla_core::foreign::{ForeignTable, TOOLS};
+use flotilla_core::history::TargetState;
+use flotilla_core::project::Project;
+
+/// Schemas whose tables one query reads (two tables each).
+pub const SCHEMAS_PER_QUERY: usize = 200;
+
+/// What Status reports of one schema (as `Driver::read_status`), or why it could not be read.
+pub type SchemaStatus = Result<(TargetState, Vec<ForeignTable>), DriverError>;
+
+/// Per schema found in the catalog: history table, fence table, another tool's table.
+#[derive(Debug, Clone, Copy, Default)]
+struct Found {
+    history: bool,
+    fence: bool,
+    foreign: bool,
+}
+
+fn catalog_sql(project: &Project) -> String {
+    let foreign = TOOLS
+        .iter()
+        .map(|(_, t)| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT s.name, \
+         EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = '{h}'), \
+         EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = '{f}'), \
+         EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname IN ({foreign})) \
+         FROM unnest($1::text[]) AS s(name) JOIN pg_namespace n ON n.nspname = s.name",
+        h = project.history_table(),
+        f = project.fence_table(),
+    )
+}
+
+/// The history and fence reads of `chunk` (indexes into `schemas`) as one simple query: the
+/// history rows of every schema that has the table, then the fence tokens.
+fn chunk_sql(project: &Project, schemas: &[String], chunk: &[(usize, Found)]) -> String {
+    let history = chunk
+        .iter()
+        .filter(|(_, f)| f.history)
+        .map(|(i, _)| {
+            format!(
+                "SELECT {i}::int4, {HISTORY_COLUMNS} FROM {}.{}",
+                quote_ident(&schemas[*i]),
+                project.history_table()
+            )
+        })
+        .collect::<Vec<_>>();
+    let fence = chunk
+        .iter()
+        .filter(|(_, f)| f.fence)
+        .map(|(i, _)| {
+            format!(
+                "SELECT {i}::int4, token FROM {}.{} WHERE id = 1",
+                quote_ident(&schemas[*i]),
+                project.fence_table()
+            )
+        })
+        .collect::<Vec<_>>();
+    let mut sql = String::new();
+    if !history.is_empty() {
+        sql.push_str(&history.join(" UNION ALL "));
+        sql.push_str(" ORDER BY 1, 2;\n");
+    }
+    if !fence.is_empty() {
+        sql.push_str(&fence.join(" UNION ALL "));
+        sql.push(';');
+    }
+    sql
+}
+
+/// Read the state of `schemas` (of the pool's database) for Status: one result per schema,
+/// in order. An error of the connection or of the catalog query fails the whole call.
+pub async fn read_schemas(
+    pool: &Arc<SchemaPool>,
+    schemas: &[String],
+    project: &Project,
+    search_path_public: bool,
+) -> Result<Vec<SchemaStatus>, DriverError> {
+    let mut out: Vec<Option<SchemaStatus>> = (0..schemas.len()).map(|_| None).collect();
+    let mut one_by_one = Vec::new();
+    // A chunk is many small index reads: parallel workers (which the planner may pick for
+    // a long `UNION ALL`) cost more than they save. The pool resets the setting.
+    let (mut conn, lease) = pool
+        .checkout("SET max_parallel_workers_per_gather = 0")
+        .await?;
+    let read = async {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(catalog_sql(project)))
+            .bind(schemas)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(on(D, "look up flotilla tables"))?;
+        let index: HashMap<&str, usize> = schemas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
+        let mut found = vec![Found::default(); schemas.len()];
+        for r in &rows {
+            let name: String = r.try_get(0).map_err(on(D, "look up flotilla tables"))?;
+            let Some(&i) = index.get(name.as_str()) else {
+                continue;
+            };
+            found[i] = Found {
+                history: r.try_get(1).map_err(on(D, "look up flotilla tables"))?,
+                fence: r.try_get(2).map_err(on(D, "look up flotilla tables"))?,
+                foreign: r.try_get(3).map_err(on(D, "look up flotilla tables"))?,
+            };
+        }
+        let mut tables = Vec::new();
+        for (i, f) in found.iter().enumerate() {
+            if f.foreign && !f.history {
+                // Another tool's table matters only without Flotilla history: read it alone.
+                one_by_one.push(i);
+            } else if f.history || f.fence {
+                tables.push((i, *f));
+            } else {
+                // No Flotilla table: a schema nobody migrated reads as one at base.
+                out[i] = Some(Ok((TargetState::default(), Vec::new())));
+            }
+        }
+        for chunk in tables.chunks(SCHEMAS_PER_QUERY) {
+            let sql = chunk_sql(project, schemas, chunk);
+            let sets = match result_sets(&mut conn, sql).await {
+                Ok(sets) => sets,
+                Err(e) => {
+                    let e = on(D, "read flotilla tables")(e);
+                    if e.class() == Some(crate::driver::ErrorClass::Connection) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, "batched status read failed; reading the schemas one by one");
+                    one_by_one.extend(chunk.iter().map(|(i, _)| *i));
+                    continue;
+                }
+            };
+            let mut states: HashMap<usize, TargetState> = chunk
+                .iter()
+                .map(|(i, _)| (*i, TargetState::default()))
+                .collect();
+            let mut sets = sets.into_iter();
+            let mut decode_failed: HashMap<usize, DriverError> = HashMap::new();
+            if chunk.iter().any(|(_, f)| f.history) {
+                for r in sets.next().unwrap_or_default() {
+                    let i: i32 = r.try_get(0).map_err(on(D, "decode history"))?;
+                    let i = usize::try_from(i).unwrap_or(usize::MAX);
+                    let row = raw_row_at(&r, 1)
+                        .map_err(on(D, "decode history"))
+                        .and_then(history_row);
+                    match (row, states.get_mut(&i)) {
+                        (Ok(row), Some(state)) => state.history.push(row),
+                        (Err(e), Some(_)) => {
+                            decode_failed.entry(i).or_insert(e);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if chunk.iter().any(|(_, f)| f.fence) {
+                for r in sets.next().unwrap_or_default() {
+                    let i: i32 = r.try_get(0).map_err(on(D, "read fence"))?;
+                    let token: i64 = r.try_get(1).map_err(on(D, "read fence"))?;
+                    if let Some(state) = states.get_mut(&usize::try_from(i).unwrap_or(usize::MAX))
+                    {
+                        state.fence_token = from_db(token);
+                    }
+                }
+            }
+            for (i, state) in states {
+                out[i] = Some(match decode_failed.remove(&i) {
+                    Some(e) => Err(e),
+                    None => Ok((state, Vec::new())),
+                });
+            }
+        }
+        Ok(())
+    }
+    .await;
+    pool.give_back(conn, lease).await;
+    read?;
+    for i in one_by_one {
+        let driver =
+            PostgresSchemaDriver::new(pool.clone(), schemas[i].clone(), search_path_public);
+        out[i] = Some(driver.read_status(project).await);
+    }
+    Ok(out
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| Ok((TargetState::default(), Vec::new()))))
+        .collect())
+}

@@ -1,0 +1,282 @@
+//! PostgreSQL schemas as targets (`schema_pattern`): discovery and ids, `search_path`
+//! isolation, drift of one schema, the per-database pool's bound under 1,000 schemas, and a
+//! failed step in one schema leaving its neighbours alone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use flotilla_agent::Agent;
+use flotilla_agent::config::{DiscoveryConfig, DiscoverySource};
+use flotilla_core::Secret;
+use flotilla_proto::StatusRequest;
+use flotilla_testkit::Postgres;
+use futures::StreamExt;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+use crate::support::{config, fingerprint, migrate, run, status, up};
+
+/// A server with database `fleet` and its schemas `names`.
+async fn fleet(names: &[&str]) -> Result<(Postgres, String)> {
+    let pg = Postgres::start().await?;
+    let url = pg.create_database("fleet").await?;
+    let mut conn = PgConnection::connect(&url).await?;
+    for n in names {
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA \"{n}\"")))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok((pg, url))
+}
+
+async fn schema_agent(url: &str, pool_size: usize) -> Result<Agent> {
+    let mut cfg = config(vec![]);
+    cfg.discovery = DiscoveryConfig {
+        sources: vec![DiscoverySource::PostgresSchemas {
+            url: Secret::new(url),
+            pattern: None,
+            schema_pattern: "tenant\\_%".into(),
+            id_prefix: "pg-".into(),
+            labels: Default::default(),
+            search_path_public: false,
+            pool_size,
+        }],
+        refresh_interval: Duration::ZERO,
+    };
+    Ok(Agent::new(cfg).await?)
+}
+
+async fn exists(conn: &mut PgConnection, schema: &str, table: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = $2)",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(conn)
+    .await?)
+}
+
+#[tokio::test]
+async fn schemas_are_discovered_with_documented_ids_and_rescanned() -> Result<()> {
+    let (pg, url) = fleet(&["tenant_a", "tenant_b", "billing"]).await?;
+    let agent = schema_agent(&url, 2).await?;
+    assert_eq!(
+        agent.target_ids().await,
+        ["pg-fleet.tenant_a", "pg-fleet.tenant_b"]
+    );
+    let mut conn = PgConnection::connect(&url).await?;
+    sqlx::raw_sql("CREATE SCHEMA tenant_c")
+        .execute(&mut conn)
+        .await?;
+    let resp = agent.status(StatusRequest::default()).await?;
+    let ids: Vec<&str> = resp.targets.iter().map(|t| t.target_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "pg-fleet.tenant_a",
+            "pg-fleet.tenant_b",
+            "pg-fleet.tenant_c"
+        ]
+    );
+    for t in &resp.targets {
+        ensure!(t.error.is_empty(), "{}: {}", t.target_id, t.error);
+        assert_eq!(t.host, format!("127.0.0.1:{}", pg.port()));
+        assert!(t.applied.is_empty());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unqualified_names_land_in_the_tenant_schema_and_history_stays_apart() -> Result<()> {
+    let (_pg, url) = fleet(&["tenant_a", "tenant_b"]).await?;
+    let agent = schema_agent(&url, 1).await?;
+    let step = up("0001", "CREATE TABLE widgets (id int)");
+    let out = run(
+        &agent,
+        migrate("pg-fleet.tenant_a", "r1", 1, vec![step.clone()]),
+    )
+    .await?;
+    ensure!(out.error.is_none(), "{:?}", out.error);
+    let mut conn = PgConnection::connect(&url).await?;
+    assert!(exists(&mut conn, "tenant_a", "widgets").await?);
+    assert!(exists(&mut conn, "tenant_a", "flotilla_history").await?);
+    assert!(!exists(&mut conn, "public", "widgets").await?);
+    assert!(!exists(&mut conn, "public", "flotilla_history").await?);
+    // tenant_b sees none of tenant_a's history, and its own unqualified names are its own:
+    // the same CREATE TABLE succeeds there, and `flotilla_history` is tenant_b's (empty
+    // before this step's row).
+    assert!(
+        status(&agent, "pg-fleet.tenant_b", true)
+            .await?
+            .history
+            .is_empty()
+    );
+    let steps = vec![
+        step,
+        up(
+            "0002",
+            "CREATE TABLE seen AS SELECT count(*) AS n FROM flotilla_history",
+        ),
+    ];
+    let out = run(&agent, migrate("pg-fleet.tenant_b", "r1", 1, steps)).await?;
+    ensure!(out.error.is_none(), "{:?}", out.error);
+    let seen: i64 = sqlx::query_scalar("SELECT n FROM tenant_b.seen")
+        .fetch_one(&mut conn)
+        .await?;
+    assert_eq!(seen, 0, "tenant_b's step saw another schema's history");
+    assert!(exists(&mut conn, "tenant_b", "widgets").await?);
+    let a = status(&agent, "pg-fleet.tenant_a", false).await?;
+    let b = status(&agent, "pg-fleet.tenant_b", false).await?;
+    assert_eq!(a.applied.len(), 1);
+    assert_eq!(b.applied.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_schema_altered_by_hand_drifts_alone() -> Result<()> {
+    let names = ["tenant_a", "tenant_b", "tenant_c"];
+    let (_pg, url) = fleet(&names).await?;
+    let agent = schema_agent(&url, 2).await?;
+    for n in names {
+        let step = up(
+            "0001",
+            "CREATE TABLE widgets (id int PRIMARY KEY, name text)",
+        );
+        let out = run(
+            &agent,
+            migrate(&format!("pg-fleet.{n}"), "r1", 1, vec![step]),
+        )
+        .await?;
+        ensure!(out.error.is_none(), "{n}: {:?}", out.error);
+    }
+    let before = fingerprint(&agent, "pg-fleet.tenant_a").await?;
+    let mut conn = PgConnection::connect(&url).await?;
+    sqlx::raw_sql("ALTER TABLE tenant_b.widgets ADD COLUMN note text")
+        .execute(&mut conn)
+        .await?;
+    assert_eq!(fingerprint(&agent, "pg-fleet.tenant_a").await?, before);
+    assert_eq!(fingerprint(&agent, "pg-fleet.tenant_c").await?, before);
+    assert_ne!(fingerprint(&agent, "pg-fleet.tenant_b").await?, before);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_pool_stays_within_its_bound_across_1000_schemas() -> Result<()> {
+    const SCHEMAS: usize = 1000;
+    const BOUND: usize = 3;
+    let (pg, url) = fleet(&[]).await?;
+    let mut conn = PgConnection::connect(&url).await?;
+    sqlx::raw_sql(
+        "DO $$ BEGIN FOR i IN 1..1000 LOOP \
+         EXECUTE format('CREATE SCHEMA tenant_%s', lpad(i::text, 4, '0')); END LOOP; END $$",
+    )
+    .execute(&mut conn)
+    .await?;
+    let agent = Arc::new(schema_agent(&url, BOUND).await?);
+    let ids = agent.target_ids().await;
+    assert_eq!(ids.len(), SCHEMAS);
+    // Count the agent's server connections (its pooled sessions carry the application name
+    // `flotilla-agent`; parallel query workers inherit it, but are no connections) while it
+    // migrates and reads every schema, many requests at once.
+    let done = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicI64::new(0));
+    let sampler = {
+        let (done, most) = (done.clone(), most.clone());
+        let mut watch = PgConnection::connect(&url).await?;
+        tokio::spawn(async move {
+            while !done.load(Ordering::Acquire) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND backend_type = 'client backend'",
+                )
+                .bind(flotilla_agent::driver::postgres::POOL_APPLICATION_NAME)
+                .fetch_one(&mut watch)
+                .await?;
+                most.fetch_max(n, Ordering::AcqRel);
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let step = up("0001", "CREATE TABLE widgets (id int)");
+    let results: Vec<Result<()>> = futures::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let (agent, step) = (agent.clone(), step.clone());
+            async move {
+                let out = run(&agent, migrate(id, "r1", 1, vec![step])).await?;
+                ensure!(out.error.is_none(), "{id}: {:?}", out.error);
+                if i % 100 == 0 {
+                    // Status of every schema while migrations run.
+                    let resp = agent.status(StatusRequest::default()).await?;
+                    ensure!(resp.targets.len() == SCHEMAS);
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let resp = agent.status(StatusRequest::default()).await?;
+    done.store(true, Ordering::Release);
+    sampler.await.context("sampler")??;
+    for t in &resp.targets {
+        ensure!(t.error.is_empty(), "{}: {}", t.target_id, t.error);
+        ensure!(t.applied.len() == 1, "{} has {:?}", t.target_id, t.applied);
+    }
+    let pools = agent.schema_pools();
+    assert_eq!(pools.len(), 1);
+    let stats = pools[0].1;
+    assert!(stats.peak <= BOUND, "{stats:?}");
+    assert!(stats.peak >= 1 && stats.open <= BOUND, "{stats:?}");
+    let seen = most.load(Ordering::Acquire);
+    assert!(
+        seen >= 1 && seen <= BOUND as i64,
+        "the agent held {seen} connections (bound {BOUND}): {stats:?}"
+    );
+    drop(pg);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_step_in_one_schema_leaves_its_neighbours_alone() -> Result<()> {
+    let names = ["tenant_a", "tenant_b", "tenant_c", "tenant_d", "tenant_e"];
+    let (_pg, url) = fleet(&names).await?;
+    let mut conn = PgConnection::connect(&url).await?;
+    // tenant_c already has a table the step creates: its step fails there.
+    sqlx::raw_sql("CREATE TABLE tenant_c.widgets (id int)")
+        .execute(&mut conn)
+        .await?;
+    // One pooled connection: every tenant's session is the same server session, so the
+    // tenants after tenant_c run on the connection its failed transaction used.
+    let agent = schema_agent(&url, 1).await?;
+    let step = up(
+        "0001",
+        "CREATE TABLE gadgets (id int); CREATE TABLE widgets (id int)",
+    );
+    for n in names {
+        let out = run(
+            &agent,
+            migrate(&format!("pg-fleet.{n}"), "r1", 1, vec![step.clone()]),
+        )
+        .await?;
+        if n == "tenant_c" {
+            let failed = out.failed().context("tenant_c's step did not fail")?;
+            assert!(failed.message.contains("widgets"), "{}", failed.message);
+        } else {
+            ensure!(out.error.is_none(), "{n}: {:?}", out.error);
+        }
+    }
+    for n in names {
+        let ts = status(&agent, &format!("pg-fleet.{n}"), false).await?;
+        let applied = n != "tenant_c";
+        assert_eq!(ts.applied.len(), usize::from(applied), "{n}");
+        // The failed step's transaction rolled back whole: no gadgets in tenant_c.
+        assert_eq!(exists(&mut conn, n, "gadgets").await?, applied, "{n}");
+    }
+    Ok(())
+}

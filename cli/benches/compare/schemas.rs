@@ -1,0 +1,337 @@
+//! Schema-per-tenant PostgreSQL (issue 30, must-show 1): N tenant schemas (default 10,000) in
+//! one database, the 5-revision set of `fixtures/pg5/`. The raw lower bound: one psql session
+//! per CPU, each taking its share of the schemas in turn, `SET search_path` and the set in one
+//! transaction per schema. Flotilla: one release agent discovering the schemas
+//! (`schema_pattern`, its default pool of 4 connections), one coordinator (embedded backend),
+//! `rollout start --wait --canary 0`; then the no-op rollout and `flotilla validate` (history
+//! and the fingerprint of every schema). Each method gets its own fresh database, created and
+//! `CHECKPOINT`ed untimed before it runs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use flotilla_testkit::{Postgres, PostgresOptions};
+use serde_json::{Value, json};
+
+use crate::fixture::Fixture;
+use crate::fleet::{Fleet, RolloutRun};
+use crate::procs::{Bins, args, run_all, run_ok};
+
+/// Settings of the schemas section.
+#[derive(Debug, Clone)]
+pub(crate) struct SchemaSettings {
+    pub(crate) tenants: usize,
+    /// psql sessions of the raw lower bound (default: one per CPU).
+    pub(crate) sessions: usize,
+    /// flotilla `--max-parallel`.
+    pub(crate) max_parallel: u32,
+}
+
+/// The figures of the schemas section.
+#[derive(Debug, Clone)]
+pub(crate) struct SchemaResult {
+    pub(crate) tenants: usize,
+    pub(crate) revisions: usize,
+    pub(crate) sessions: usize,
+    pub(crate) raw: Duration,
+    pub(crate) flotilla: RolloutRun,
+    pub(crate) noop: RolloutRun,
+    pub(crate) validate: Duration,
+}
+
+impl SchemaResult {
+    pub(crate) fn ratio(&self) -> f64 {
+        self.flotilla.wall.as_secs_f64() / self.raw.as_secs_f64()
+    }
+
+    pub(crate) fn json(&self) -> Value {
+        json!({
+            "tenants": self.tenants,
+            "revisions": self.revisions,
+            "raw_sessions": self.sessions,
+            "raw_psql_s": self.raw.as_secs_f64(),
+            "flotilla": self.flotilla.json(),
+            "flotilla_vs_raw": self.ratio(),
+            "noop_rollout": self.noop.json(),
+            "validate_s": self.validate.as_secs_f64(),
+        })
+    }
+}
+
+fn schema_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("tenant_{i:05}")).collect()
+}
+
+async fn psql_file(bins: &Bins, pg: &Postgres, db: &str, file: &Path) -> Result<()> {
+    let a = args(&[
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-f",
+        &file.display().to_string(),
+    ]);
+    run_ok(&bins.psql, &a).await.map(|_| ())
+}
+
+async fn psql_value(bins: &Bins, pg: &Postgres, db: &str, sql: &str) -> Result<String> {
+    let a = args(&[
+        "-X",
+        "-qtA",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &pg.port().to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-c",
+        sql,
+    ]);
+    Ok(run_ok(&bins.psql, &a).await?.stdout.trim().to_owned())
+}
+
+/// A fresh database `db` holding the N tenant schemas (1,000 per transaction), then a
+/// `CHECKPOINT`. Untimed.
+async fn prepare(bins: &Bins, pg: &Postgres, db: &str, n: usize, dir: &Path) -> Result<()> {
+    pg.create_database(db).await?;
+    let mut script = String::new();
+    for chunk in schema_names(n).chunks(1000) {
+        script.push_str("BEGIN;\n");
+        for s in chunk {
+            script.push_str(&format!("CREATE SCHEMA {s};\n"));
+        }
+        script.push_str("COMMIT;\n");
+    }
+    script.push_str("CHECKPOINT;\n");
+    let file = dir.join(format!("{db}-schemas.sql"));
+    std::fs::write(&file, script)?;
+    psql_file(bins, pg, db, &file)
+        .await
+        .context("create schemas")
+}
+
+/// The set was applied in the first and the last schema (3 sample users each).
+async fn check_applied(bins: &Bins, pg: &Postgres, db: &str, n: usize) -> Result<()> {
+    let names = schema_names(n);
+    for s in [names.first(), names.last()].into_iter().flatten() {
+        let found = psql_value(
+            bins,
+            pg,
+            db,
+            &format!("SELECT count(last_seen_at IS NULL) FROM {s}.users"),
+        )
+        .await?;
+        ensure!(found == "3", "{db}.{s}: expected 3 users, found {found:?}");
+    }
+    Ok(())
+}
+
+/// The raw lower bound: `sessions` psql processes, each running its share of the schemas:
+/// `SET search_path` then the set in one transaction, per schema.
+async fn raw(
+    bins: &Bins,
+    pg: &Postgres,
+    fx: &Fixture,
+    db: &str,
+    n: usize,
+    sessions: usize,
+    dir: &Path,
+) -> Result<Duration> {
+    let up = dir.join("pg5-one-transaction.sql");
+    std::fs::write(&up, fx.one_transaction()?)?;
+    let names = schema_names(n);
+    let mut argv = Vec::new();
+    for s in 0..sessions.max(1) {
+        let mut script = String::from("\\set ON_ERROR_STOP on\n");
+        for schema in names.iter().skip(s).step_by(sessions.max(1)) {
+            script.push_str(&format!(
+                "SET search_path TO {schema};\n\\i {}\n",
+                up.display()
+            ));
+        }
+        let file = dir.join(format!("schemas-session-{s}.sql"));
+        std::fs::write(&file, script)?;
+        argv.push(args(&[
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-f",
+            &file.display().to_string(),
+        ]));
+    }
+    run_all(&bins.psql, argv, sessions).await
+}
+
+fn agent_toml(pg: &Postgres, db: &str) -> String {
+    format!(
+        "[[discover]]\ndialect = \"postgres\"\nurl = \"{}/{db}\"\nschema_pattern = \"tenant\\\\_%\"\n",
+        pg.server_url()
+    )
+}
+
+pub(crate) async fn bench(
+    bins: &Bins,
+    fx: &Fixture,
+    s: &SchemaSettings,
+    work: &Path,
+) -> Result<SchemaResult> {
+    let n = s.tenants;
+    let dir = work.join(format!("schemas-{n}"));
+    std::fs::create_dir_all(&dir)?;
+    let pg = Postgres::start_with(PostgresOptions {
+        durable: true,
+        ..PostgresOptions::default()
+    })
+    .await
+    .context("start PostgreSQL")?;
+    let steps = fx.steps.len();
+
+    let t0 = Instant::now();
+    prepare(bins, &pg, "schemas_raw", n, &dir).await?;
+    println!(
+        "  created {n} schemas in {:.1} s (untimed)",
+        t0.elapsed().as_secs_f64()
+    );
+    let raw_time = raw(bins, &pg, fx, "schemas_raw", n, s.sessions, &dir)
+        .await
+        .context("raw lower bound")?;
+    check_applied(bins, &pg, "schemas_raw", n).await?;
+    println!(
+        "  raw psql, {} sessions, SET search_path + 1 txn per schema: {:.2} s",
+        s.sessions,
+        raw_time.as_secs_f64()
+    );
+
+    prepare(bins, &pg, "schemas_flotilla", n, &dir).await?;
+    let fleet_dir = dir.join("flotilla");
+    let fleet = Fleet::start(
+        bins,
+        "bench-schemas-agent",
+        &agent_toml(&pg, "schemas_flotilla"),
+        n,
+        &fx.dir,
+        &fleet_dir.join("state"),
+        &fleet_dir,
+    )
+    .await?;
+    let result = async {
+        let flotilla = fleet
+            .rollout(&format!("schemas{n}"), s.max_parallel, n * steps)
+            .await?;
+        check_applied(bins, &pg, "schemas_flotilla", n).await?;
+        println!(
+            "  flotilla rollout --canary 0 --max-parallel {}: {:.2} s ({:.2}x raw)",
+            s.max_parallel,
+            flotilla.wall.as_secs_f64(),
+            flotilla.wall.as_secs_f64() / raw_time.as_secs_f64()
+        );
+        let noop = fleet
+            .rollout(&format!("schemas{n}-noop"), s.max_parallel, 0)
+            .await
+            .context("no-op rollout")?;
+        println!("  no-op rollout: {:.2} s", noop.wall.as_secs_f64());
+        let validate = fleet.validate().await.context("validate")?;
+        println!("  flotilla validate: {:.2} s", validate.as_secs_f64());
+        anyhow::Ok((flotilla, noop, validate))
+    }
+    .await;
+    fleet.stop().await?;
+    let (flotilla, noop, validate) = result?;
+    Ok(SchemaResult {
+        tenants: n,
+        revisions: steps,
+        sessions: s.sessions,
+        raw: raw_time,
+        flotilla,
+        noop,
+        validate,
+    })
+}
+
+/// The table.
+pub(crate) fn table(r: &SchemaResult) -> String {
+    let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let rows = [
+        (
+            format!(
+                "raw psql, {} sessions (1 per CPU), SET search_path + 1 txn per schema",
+                r.sessions
+            ),
+            s(r.raw),
+        ),
+        (
+            format!(
+                "flotilla rollout --canary 0 --max-parallel {}",
+                r.flotilla.max_parallel
+            ),
+            format!("{} ({:.2}x raw)", s(r.flotilla.wall), r.ratio()),
+        ),
+        (
+            "coordinator / agent CPU per target-step".to_owned(),
+            format!(
+                "{:.0} / {:.0} µs",
+                r.flotilla.coordinator_us_per_step(),
+                r.flotilla.agent_us_per_step()
+            ),
+        ),
+        ("no-op: flotilla rollout".to_owned(), s(r.noop.wall)),
+        (
+            "no-op: flotilla validate (every schema's fingerprint)".to_owned(),
+            s(r.validate),
+        ),
+    ];
+    let mut out = format!(
+        "| PostgreSQL schemas: {} tenant schemas in one database, {} revisions | |\n|---|---|\n",
+        r.tenants, r.revisions
+    );
+    for (label, value) in rows {
+        out.push_str(&format!("| {label} | {value} |\n"));
+    }
+    out
+}
+
+/// Issue 30's targets for schemas, as (what, value, limit, unit).
+pub(crate) fn criteria(r: &SchemaResult) -> Vec<(String, f64, f64, &'static str)> {
+    vec![
+        (
+            format!("schemas {}: flotilla / raw psql (≤ 1.3x)", r.tenants),
+            r.ratio(),
+            1.3,
+            "x",
+        ),
+        (
+            format!("schemas {}: no-op rollout", r.tenants),
+            r.noop.wall.as_secs_f64(),
+            1.0,
+            "s",
+        ),
+        (
+            format!("schemas {}: validate", r.tenants),
+            r.validate.as_secs_f64(),
+            10.0,
+            "s",
+        ),
+    ]
+}
