@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use flotilla_proto as pb;
@@ -45,7 +46,9 @@ fn watch_stream(
 ) -> WatchStream {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
-        let mut last = first.clone();
+        // What was sent last, as its digest, its state and its size: not a copy of it (a
+        // rollout of 100,000 targets is tens of megabytes).
+        let mut last = Sent::of(&first);
         if tx
             .send(Ok(pb::RolloutEvent {
                 rollout: Some(first),
@@ -62,7 +65,7 @@ fn watch_stream(
         // The rollout's end is read at once: `rollout start --wait` returns when it ends.
         let mut last_read = tokio::time::Instant::now();
         let ended = |u: &Result<RolloutUpdate, _>| matches!(u, Ok(u) if u.terminal && u.id == id);
-        while !is_done(&last) {
+        while !last.done {
             let mut end_seen = false;
             tokio::select! {
                 _ = tx.closed() => return,
@@ -70,7 +73,7 @@ fn watch_stream(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             if !end_seen {
-                let gap = tokio::time::sleep_until(last_read + min_gap(last.targets.len()));
+                let gap = tokio::time::sleep_until(last_read + min_gap(last.targets));
                 tokio::pin!(gap);
                 loop {
                     tokio::select! {
@@ -92,8 +95,9 @@ fn watch_stream(
             last_read = tokio::time::Instant::now();
             match engine.rollout_proto(&id).await {
                 Ok(now) => {
-                    if now != last {
-                        last = now.clone();
+                    let sent = Sent::of(&now);
+                    if sent != last {
+                        last = sent;
                         if tx
                             .send(Ok(pb::RolloutEvent { rollout: Some(now) }))
                             .await
@@ -113,10 +117,38 @@ fn watch_stream(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// The least time between two reads of a watched rollout of `targets` targets.
+/// What a watch remembers of the state it sent last.
+#[derive(PartialEq, Eq)]
+struct Sent {
+    /// Of the encoded state: a new state is sent only when it differs.
+    digest: u64,
+    targets: usize,
+    done: bool,
+}
+
+impl Sent {
+    fn of(r: &pb::Rollout) -> Sent {
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&r.encode_to_vec(), &mut h);
+        Sent {
+            digest: std::hash::Hasher::finish(&h),
+            targets: r.targets.len(),
+            done: is_done(r),
+        }
+    }
+}
+
+/// The least time between two reads of a watched rollout of `targets` targets: 100 ms up
+/// to 100 targets, growing to 1 s at 3,700; from 50,000 targets 20 µs per target (2 s at
+/// 100,000), at most 5 s, so that building and sending the state stays a small part of the
+/// coordinator's work however large the rollout.
 fn min_gap(targets: usize) -> Duration {
-    (Duration::from_millis(100) + Duration::from_micros(250) * targets.saturating_sub(100) as u32)
-        .min(Duration::from_secs(1))
+    let small = (Duration::from_millis(100)
+        + Duration::from_micros(250) * targets.saturating_sub(100) as u32)
+        .min(Duration::from_secs(1));
+    let large = (Duration::from_micros(20) * targets.min(u32::MAX as usize) as u32)
+        .min(Duration::from_secs(5));
+    small.max(large)
 }
 
 fn is_done(r: &pb::Rollout) -> bool {
@@ -133,5 +165,8 @@ mod tests {
         assert_eq!(min_gap(100), Duration::from_millis(100));
         assert_eq!(min_gap(1_000), Duration::from_millis(325));
         assert_eq!(min_gap(10_000), Duration::from_secs(1));
+        assert_eq!(min_gap(50_000), Duration::from_secs(1));
+        assert_eq!(min_gap(100_000), Duration::from_secs(2));
+        assert_eq!(min_gap(1_000_000), Duration::from_secs(5));
     }
 }

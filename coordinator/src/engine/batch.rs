@@ -16,6 +16,7 @@
 //! gate), and the rollout's terminal state.
 
 use std::collections::BTreeMap;
+#[cfg(test)]
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -124,36 +125,40 @@ impl TargetWriter {
     }
 }
 
-/// Write `records` of `rollout` in fenced chunks (see [`chunk_bounds`]).
+/// Write `records` of `rollout` in fenced chunks of at most [`WRITE_CHUNK`] records and
+/// [`WRITE_CHUNK_BYTES`], each encoded just before its chunk is written (a rollout of 100,000
+/// targets never holds all of its encoded records at once).
 pub(crate) async fn write_records(
     engine: &Engine,
     term: &Term,
     rollout: &str,
     records: &[TargetRecord],
 ) -> Result<(), EngineError> {
-    let mut ops = records
-        .iter()
-        .map(|t| {
-            serde_json::to_vec(t)
-                .map(|value| WriteOp::Put {
-                    key: target_key(rollout, &t.target_id),
-                    value,
-                })
-                .map_err(EngineError::Encode)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let sizes: Vec<usize> = ops.iter().map(op_bytes).collect();
-    let bounds = chunk_bounds(&sizes, WRITE_CHUNK, WRITE_CHUNK_BYTES);
-    // Taken from the back, so each chunk's ops move out without copying the rest.
-    let mut chunks = Vec::with_capacity(bounds.len());
-    for range in bounds.iter().rev() {
-        chunks.push(ops.split_off(range.start));
+    let (mut start, mut bytes) = (0, 0);
+    let mut chunk = Vec::new();
+    for (i, t) in records.iter().enumerate() {
+        let op = WriteOp::Put {
+            key: target_key(rollout, &t.target_id),
+            value: serde_json::to_vec(t).map_err(EngineError::Encode)?,
+        };
+        let size = op_bytes(&op);
+        if starts_chunk(chunk.len(), bytes, size, WRITE_CHUNK, WRITE_CHUNK_BYTES) {
+            engine
+                .write_durably(term, std::mem::take(&mut chunk))
+                .await?;
+            engine
+                .live
+                .put_targets(term.token, rollout, &records[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+        chunk.push(op);
     }
-    for (range, chunk) in bounds.into_iter().zip(chunks.into_iter().rev()) {
+    if !chunk.is_empty() {
         engine.write_durably(term, chunk).await?;
         engine
             .live
-            .put_targets(term.token, rollout, &records[range]);
+            .put_targets(term.token, rollout, &records[start..]);
     }
     Ok(())
 }
@@ -165,15 +170,20 @@ fn op_bytes(op: &WriteOp) -> usize {
     }
 }
 
-/// Consecutive ranges of `sizes` holding at most `max_ops` items and `max_bytes` bytes each
-/// (an item larger than `max_bytes` alone goes in a range of its own: the store says whether
-/// it fits).
-pub(crate) fn chunk_bounds(sizes: &[usize], max_ops: usize, max_bytes: usize) -> Vec<Range<usize>> {
+/// Whether an item of `size` bytes goes in a new chunk after a chunk of `ops` items and
+/// `bytes` bytes: at most `max_ops` items and `max_bytes` bytes each (an item larger than
+/// `max_bytes` alone goes in a chunk of its own: the store says whether it fits).
+fn starts_chunk(ops: usize, bytes: usize, size: usize, max_ops: usize, max_bytes: usize) -> bool {
+    ops > 0 && (ops >= max_ops.max(1) || bytes + size > max_bytes)
+}
+
+/// The chunks [`write_records`] cuts `sizes` into, as ranges.
+#[cfg(test)]
+fn chunk_bounds(sizes: &[usize], max_ops: usize, max_bytes: usize) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, &size) in sizes.iter().enumerate() {
-        let full = i - start >= max_ops.max(1) || bytes + size > max_bytes;
-        if i > start && full {
+        if starts_chunk(i - start, bytes, size, max_ops, max_bytes) {
             out.push(start..i);
             (start, bytes) = (i, 0);
         }

@@ -21,8 +21,9 @@ struct Live {
     token: u64,
     rec: RolloutRecord,
     /// By (wave, target id): the order `Engine::get` returns them in (the wave of a target
-    /// is fixed once planned).
-    targets: BTreeMap<(u32, String), TargetRecord>,
+    /// is fixed once planned). Kept as the API shows them, not as whole records: the plan's
+    /// steps and digest are not shown.
+    targets: BTreeMap<(u32, String), pb::TargetProgress>,
 }
 
 #[derive(Default)]
@@ -39,7 +40,7 @@ impl LiveRollouts {
     pub(crate) fn start(&self, token: u64, rec: &RolloutRecord, targets: &[TargetRecord]) {
         let targets = targets
             .iter()
-            .map(|t| ((t.wave, t.target_id.clone()), t.clone()))
+            .map(|t| ((t.wave, t.target_id.clone()), t.to_proto()))
             .collect();
         self.live().insert(
             rec.id.clone(),
@@ -69,7 +70,7 @@ impl LiveRollouts {
         }
         for t in records {
             match l.targets.get_mut(&(t.wave, t.target_id.clone())) {
-                Some(slot) => *slot = t.clone(),
+                Some(slot) => *slot = t.to_proto(),
                 None => {
                     // Not planned in this wave: the entry no longer mirrors the store.
                     live.remove(rollout);
@@ -98,7 +99,7 @@ impl LiveRollouts {
         let live = self.live();
         let l = live.get(id).filter(|l| Some(l.token) == token)?;
         let mut p = l.rec.to_proto(&[]);
-        p.targets = l.targets.values().map(TargetRecord::to_proto).collect();
+        p.targets = l.targets.values().cloned().collect();
         Some(p)
     }
 }

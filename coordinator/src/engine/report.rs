@@ -37,6 +37,19 @@ pub(crate) async fn record_fleet_view(
     } else {
         engine.view.targets()
     };
+    let Some(rollout) = migrated_by else {
+        // Nothing else reads the entries: their statuses move, not copied.
+        let targets: Vec<pb::FleetTarget> = entries
+            .into_iter()
+            .map(|e| pb::FleetTarget {
+                agent_id: e.agent.id().to_owned(),
+                drift: super::view::drift_of(graph, &e),
+                status: Some(e.status),
+            })
+            .collect();
+        metrics::record_fleet(engine.project(), &targets, false);
+        return;
+    };
     let mut targets: Vec<pb::FleetTarget> = entries
         .iter()
         .map(|e| pb::FleetTarget {
@@ -45,10 +58,6 @@ pub(crate) async fn record_fleet_view(
             status: Some(e.status.clone()),
         })
         .collect();
-    let Some(rollout) = migrated_by else {
-        metrics::record_fleet(engine.project(), &targets, false);
-        return;
-    };
     let mut fingerprints: std::collections::HashMap<String, String> =
         match engine.get(rollout).await {
             Ok((_, records)) => records

@@ -2,16 +2,15 @@
 //! first), honouring max_parallel (overall and per database host), the failure budget, the
 //! fingerprint gate and the metric gate after each wave, and pause / resume / abort.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use flotilla_core::Dialect;
-use flotilla_proto as pb;
 
 use crate::rollout::{RolloutRecord, RolloutState, TargetRecord, TargetState, assign_waves};
 use flotilla_revision::{Goal, Graph};
@@ -22,7 +21,7 @@ use super::snapshot::{PlanMemo, TargetPlanOutcome, state_digest_of};
 use super::{Control, Engine, EngineError, Term};
 use summary::{failed_of, short};
 
-mod summary;
+pub(super) mod summary;
 
 /// Failures so far in the rollout, and how many are allowed before no target starts.
 struct Limits {
@@ -111,13 +110,16 @@ impl Engine {
                 goal: rec.spec.goal.clone(),
                 source,
             })?;
-        if !rec.planned {
-            self.plan_rollout(term, &mut rec, &graph, &goal).await?;
+        // Just planned: the records as written; resumed: as the store has them.
+        let targets = if rec.planned {
+            self.get(id).await?.1
+        } else {
+            let planned = self.plan_rollout(term, &mut rec, &graph, &goal).await?;
             if rec.state.is_terminal() {
                 return Ok(false);
             }
-        }
-        let (_, targets) = self.get(id).await?;
+            planned
+        };
         self.live.start(term.token, &rec, &targets);
         let mut targets: BTreeMap<String, TargetRecord> = targets
             .into_iter()
@@ -310,14 +312,15 @@ impl Engine {
     }
 
     /// Plan every selected target and write the target records, then mark the rollout
-    /// planned. A crash before the last write re-plans from scratch (nothing ran yet).
+    /// planned; returns the records written. A crash before the last write re-plans from
+    /// scratch (nothing ran yet).
     async fn plan_rollout(
         &self,
         term: &Term,
         rec: &mut RolloutRecord,
         graph: &Graph,
         goal: &Goal,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<TargetRecord>, EngineError> {
         let mut snap = self
             .planning_snapshot(
                 graph,
@@ -348,9 +351,9 @@ impl Engine {
                 &snap.unreachable,
                 "the rollout did nothing",
             );
-            return self
-                .finish(term, rec, RolloutState::Failed, why.to_string())
-                .await;
+            self.finish(term, rec, RolloutState::Failed, why.to_string())
+                .await?;
+            return Ok(Vec::new());
         }
         let mut runnable = Vec::new();
         let mut records = Vec::new();
@@ -405,15 +408,17 @@ impl Engine {
         }
         // Canary-labelled targets first, then by id: deterministic waves.
         runnable.sort_by(|a, b| (a.0, &a.1.target_id).cmp(&(b.0, &b.1.target_id)));
-        let runnable: Vec<TargetRecord> = runnable.into_iter().map(|(_, t)| t).collect();
-        let waves = assign_waves(&runnable, rec.spec.canary, &rec.spec.waves);
+        let mut runnable: Vec<TargetRecord> = runnable.into_iter().map(|(_, t)| t).collect();
+        // Waves are consecutive runs of `runnable`: assigned by position, no record copied.
+        let order: Vec<usize> = (0..runnable.len()).collect();
+        let waves = assign_waves(&order, rec.spec.canary, &rec.spec.waves);
         for (i, wave) in waves.iter().enumerate() {
-            for t in wave {
-                let mut t = t.clone();
-                t.wave = i as u32;
-                records.push(t);
+            for &at in wave {
+                runnable[at].wave = i as u32;
             }
         }
+        let runnable_count = runnable.len();
+        records.extend(runnable);
         write_records(self, term, &rec.id, &records).await?;
         // Planning is where these targets end: they never run, so count them here.
         for state in [TargetState::Skipped, TargetState::Blocked] {
@@ -432,7 +437,7 @@ impl Engine {
         }
         rec.message = format!(
             "{} targets to migrate in {} waves, {} already at the goal, {} blocked",
-            runnable.len(),
+            runnable_count,
             waves.len(),
             records
                 .iter()
@@ -443,7 +448,8 @@ impl Engine {
                 .filter(|t| t.state == TargetState::Blocked)
                 .count()
         );
-        self.put_rollout(term, rec).await
+        self.put_rollout(term, rec).await?;
+        Ok(records)
     }
 
     /// Run the pending targets of one wave: one task per target, each waiting for a permit
@@ -477,80 +483,112 @@ impl Engine {
                 allowed
             },
         });
-        // One copy of the record and the goal for every target's task, not one each: a wave
-        // spawns a task per target up front (100,000 at scale), each waiting for its permit.
+        // One copy of the record and the goal for every target's task, not one each.
         let snapshot = Arc::new(rec.clone());
         let goal = Arc::new(goal.clone());
         // A pause may have arrived before this wave subscribed to changes.
         self.sync_paused(term, rec, control).await?;
         let mut running = FuturesUnordered::new();
-        for t in targets.values().filter(|t| {
-            t.wave == wave && matches!(t.state, TargetState::Pending | TargetState::Running)
-        }) {
-            let host = (rec.spec.max_parallel_per_host > 0).then(|| {
-                hosts
+        let control_rx = control.clone();
+        let spawn = |t: TargetRecord,
+                     admitted: Option<OwnedSemaphorePermit>,
+                     host: Option<Arc<Semaphore>>| {
+            let engine = self.clone();
+            let (term, rollout, goal) = (term.clone(), snapshot.clone(), goal.clone());
+            let graph = graph.clone();
+            let (global, control, limits) = (global.clone(), control_rx.clone(), limits.clone());
+            let writer = writer.clone();
+            // The wave's span is the target span's parent, given explicitly: the task is not
+            // instrumented with it, so a poll enters one span, not two.
+            let wave_span = tracing::Span::current();
+            self.tasks.spawn(async move {
+                let _host = match host {
+                    Some(h) => Some(
+                        h.acquire_owned()
+                            .await
+                            .map_err(|_| EngineError::Fenced(term.token))?,
+                    ),
+                    None => None,
+                };
+                let _global = match admitted {
+                    Some(p) => p,
+                    None => global
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| EngineError::Fenced(term.token))?,
+                };
+                let target_control = control.clone();
+                if !wait_runnable(control).await || limits.exceeded() || term.cancel.is_cancelled()
+                {
+                    return Ok(t);
+                }
+                // Boxed: the task holds a pointer, not the space of the whole target
+                // run's state machine.
+                let t = Box::pin(engine.run_target(
+                    &wave_span,
+                    &term,
+                    &rollout,
+                    &graph,
+                    &goal,
+                    t,
+                    &writer,
+                    target_control,
+                ))
+                .await?;
+                if t.state == TargetState::Failed {
+                    limits.failed.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(t)
+            })
+        };
+        // The wave's targets in id order. Without a per-host limit a target's task is
+        // spawned once it has its global permit, so a wave of 100,000 targets holds
+        // `max_parallel` tasks, not one waiting task (and record copy) per target. With one,
+        // every task is spawned at once and waits for its host's permit and then a global
+        // one, so a saturated host does not hold up the others.
+        let mut queue: VecDeque<String> = targets
+            .values()
+            .filter(|t| {
+                t.wave == wave && matches!(t.state, TargetState::Pending | TargetState::Running)
+            })
+            .map(|t| t.target_id.clone())
+            .collect();
+        if rec.spec.max_parallel_per_host > 0 {
+            for id in queue.drain(..) {
+                let Some(t) = targets.get(&id) else { continue };
+                let host = hosts
                     .entry(t.host.clone())
                     .or_insert_with(|| {
                         Arc::new(Semaphore::new(rec.spec.max_parallel_per_host as usize))
                     })
-                    .clone()
-            });
-            let engine = self.clone();
-            let (term, rollout, goal, t) =
-                (term.clone(), snapshot.clone(), goal.clone(), t.clone());
-            let graph = graph.clone();
-            let (global, control, limits) = (global.clone(), control.clone(), limits.clone());
-            let writer = writer.clone();
-            let span = tracing::Span::current();
-            running.push(self.tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let _host = match host {
-                        Some(h) => Some(
-                            h.acquire_owned()
-                                .await
-                                .map_err(|_| EngineError::Fenced(term.token))?,
-                        ),
-                        None => None,
-                    };
-                    let _global = global
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| EngineError::Fenced(term.token))?;
-                    let target_control = control.clone();
-                    if !wait_runnable(control).await
-                        || limits.exceeded()
-                        || term.cancel.is_cancelled()
-                    {
-                        return Ok(t);
-                    }
-                    // Boxed: a waiting task holds a pointer, not the space of the whole
-                    // target run's state machine (kilobytes, times every waiting target).
-                    let t = Box::pin(engine.run_target(
-                        &term,
-                        &rollout,
-                        &graph,
-                        &goal,
-                        t,
-                        &writer,
-                        target_control,
-                    ))
-                    .await?;
-                    if t.state == TargetState::Failed {
-                        limits.failed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(t)
-                },
-                span,
-            )));
+                    .clone();
+                running.push(spawn(t.clone(), None, Some(host)));
+            }
         }
         loop {
+            if running.is_empty() && queue.is_empty() {
+                break;
+            }
+            let admit = async {
+                if queue.is_empty() {
+                    std::future::pending().await
+                } else {
+                    global.clone().acquire_owned().await
+                }
+            };
             tokio::select! {
                 _ = term.cancel.cancelled() => return Err(EngineError::Fenced(term.token)),
-                done = running.next() => match done {
+                permit = admit => {
+                    let permit = permit.map_err(|_| EngineError::Fenced(term.token))?;
+                    if let Some(t) = queue.pop_front().and_then(|id| targets.get(&id)) {
+                        running.push(spawn(t.clone(), Some(permit), None));
+                    }
+                }
+                done = running.next(), if !running.is_empty() => match done {
                     Some(Ok(Ok(t))) => { targets.insert(t.target_id.clone(), t); }
                     Some(Ok(Err(e))) => return Err(e),
                     Some(Err(join)) => return Err(EngineError::TargetTask(join)),
-                    None => break,
+                    None => {}
                 },
                 changed = control.changed() => {
                     if changed.is_err() {
@@ -595,94 +633,5 @@ impl Engine {
             super::report::refresh_rollouts(self).await;
         }
         Ok(())
-    }
-
-    /// After a wave: every succeeded target's schema fingerprint must equal the canary's
-    /// (per dialect: the first succeeded target of a dialect sets its reference).
-    async fn gate(
-        &self,
-        term: &Term,
-        rec: &mut RolloutRecord,
-        wave: u32,
-        targets: &mut BTreeMap<String, TargetRecord>,
-        writer: &Arc<TargetWriter>,
-    ) -> Result<Option<String>, EngineError> {
-        let ids: Vec<String> = targets
-            .values()
-            .filter(|t| {
-                t.wave == wave && t.state == TargetState::Succeeded && t.fingerprint.is_empty()
-            })
-            .map(|t| t.target_id.clone())
-            .collect();
-        // Targets whose Migrate reported no fingerprint (an older agent, a resumed target)
-        // are fingerprinted now; the rest came with `MigrateFinished`.
-        let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for id in &ids {
-            if let Some(t) = targets.get(id) {
-                by_agent
-                    .entry(t.agent_id.clone())
-                    .or_default()
-                    .push(id.clone());
-            }
-        }
-        let agents = if by_agent.is_empty() {
-            Vec::new()
-        } else {
-            self.agents().await?
-        };
-        for (agent_id, ids) in by_agent {
-            let Some(agent) = agents.iter().find(|a| a.id() == agent_id) else {
-                continue;
-            };
-            let resp = agent
-                .validate(pb::ValidateRequest {
-                    project: self.wire_project(),
-                    target_ids: ids,
-                    expected: vec![],
-                    skip_fingerprint: false,
-                    include_catalog: false,
-                })
-                .await
-                .map_err(|source| EngineError::Gate {
-                    agent_id: agent_id.clone(),
-                    source: Box::new(source),
-                })?;
-            for v in resp.targets {
-                if let Some(t) = targets.get_mut(&v.target_id) {
-                    t.fingerprint = v.fingerprint.clone();
-                }
-            }
-        }
-        let mut mismatched = Vec::new();
-        let mut ordered: Vec<&mut TargetRecord> = targets
-            .values_mut()
-            .filter(|t| t.wave == wave && t.state == TargetState::Succeeded)
-            .collect();
-        ordered.sort_by(|a, b| a.target_id.cmp(&b.target_id));
-        for t in ordered {
-            let reference = rec
-                .canary_fingerprint
-                .entry(t.dialect.as_str().to_owned())
-                .or_insert_with(|| t.fingerprint.clone())
-                .clone();
-            if t.fingerprint != reference {
-                t.message = format!(
-                    "schema fingerprint {} differs from the canary's {}",
-                    short(&t.fingerprint),
-                    short(&reference)
-                );
-                mismatched.push(t.target_id.clone());
-            }
-            writer.stage(t)?;
-        }
-        writer.flush().await?;
-        self.put_rollout(term, rec).await?;
-        if mismatched.is_empty() {
-            Ok(None)
-        } else {
-            Ok(Some(
-                self.gate_message(rec, targets, wave, &mismatched).await,
-            ))
-        }
     }
 }

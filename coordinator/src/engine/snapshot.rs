@@ -366,13 +366,6 @@ impl Engine {
     ) -> Result<FleetSnapshot, EngineError> {
         let agents = self.agents().await?;
         let token = self.term().map(|t| t.agent_token()).unwrap_or(0);
-        let known: std::collections::HashMap<String, FleetEntry> = self
-            .view
-            .targets()
-            .into_iter()
-            .map(|e| (e.status.target_id.clone(), e))
-            .collect();
-        let known = &known;
         let memo =
             std::sync::Mutex::new(PlanMemo::new(graph, goal, allow_downgrade, allow_foreign));
         let memo = &memo;
@@ -411,16 +404,13 @@ impl Engine {
                 ) {
                     continue;
                 }
-                let Some(seen) = known
-                    .get(&listing.target_id)
-                    .filter(|k| k.agent.id() == agent.id())
-                else {
+                let Some(seen) = self.view.state_of(&listing.target_id, agent.id()) else {
                     unknown.push(listing);
                     continue;
                 };
                 let from_view = Some(seen)
-                    .filter(|k| k.status.error.is_empty())
-                    .map(|k| planned_like(&listing, &k.status))
+                    .filter(|k| k.error.is_empty())
+                    .map(|k| planned_like(&listing, &k))
                     .filter(|status| plans_to_steps(status, dialect));
                 match from_view {
                     Some(status) => planned.push(FleetEntry {
@@ -519,7 +509,7 @@ impl Engine {
             .targets
             .into_iter()
             .map(|status| {
-                self.view.record_target(agent, status.clone());
+                self.view.record_target(agent, &status);
                 FleetEntry {
                     agent: agent.clone(),
                     status,

@@ -59,12 +59,13 @@ enum Attempt {
 }
 
 impl Engine {
-    /// Run one target to a terminal state. Returns the final record; `Err` only when the
-    /// term ended (the caller stops) or the store failed.
-    #[tracing::instrument(name = "target", skip_all, fields(flotilla.target = %rec.target_id, flotilla.agent.id = %rec.agent_id, flotilla.wave = rec.wave, flotilla.rollout.id = %rollout.id, db.system = rec.dialect.db_system()))]
+    /// Run one target to a terminal state, in a `target` span under `wave`'s. Returns the
+    /// final record; `Err` only when the term ended (the caller stops) or the store failed.
+    #[tracing::instrument(name = "target", parent = wave, skip_all, fields(flotilla.target = %rec.target_id, flotilla.agent.id = %rec.agent_id, flotilla.wave = rec.wave, flotilla.rollout.id = %rollout.id, db.system = rec.dialect.db_system()))]
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_target(
         &self,
+        wave: &tracing::Span,
         term: &Term,
         rollout: &RolloutRecord,
         graph: &Graph,
@@ -357,7 +358,7 @@ impl Engine {
                             if let Some(status) = f.status
                                 && status.target_id == rec.target_id
                             {
-                                self.view.record_target(&agent, status);
+                                self.view.record_target(&agent, &status);
                             }
                         }
                         Event::LockWaiting(_) | Event::LockAcquired(_) => {}

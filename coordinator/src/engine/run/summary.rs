@@ -20,6 +20,6 @@ pub(super) fn failed_of<'a>(targets: impl Iterator<Item = &'a TargetRecord>) -> 
 }
 
 /// A digest as messages show it: its first 12 characters.
-pub(super) fn short(h: &str) -> &str {
+pub(in crate::engine) fn short(h: &str) -> &str {
     h.get(..12).unwrap_or(h)
 }
