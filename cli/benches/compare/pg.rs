@@ -140,8 +140,15 @@ pub(crate) async fn drop_all(
         .map(|db| format!("DROP DATABASE {db};\n"))
         .collect();
     std::fs::write(&file, script)?;
-    let port = pg.port().to_string();
-    let a = args(&[
+    let a = psql_file_args(pg.port(), "postgres", &file);
+    run_ok(&bins.psql, &a).await.context("drop databases")?;
+    Ok(t0.elapsed())
+}
+
+/// psql's arguments to run `file` on database `db` of the server on `port`, stopping at the
+/// first error.
+pub(crate) fn psql_file_args(port: u16, db: &str, file: &Path) -> Vec<String> {
+    args(&[
         "-X",
         "-q",
         "-v",
@@ -149,20 +156,18 @@ pub(crate) async fn drop_all(
         "-h",
         "127.0.0.1",
         "-p",
-        &port,
+        &port.to_string(),
         "-U",
         "postgres",
         "-d",
-        "postgres",
+        db,
         "-f",
         &file.display().to_string(),
-    ]);
-    run_ok(&bins.psql, &a).await.context("drop databases")?;
-    Ok(t0.elapsed())
+    ])
 }
 
 /// One statement through psql; its unaligned output.
-async fn psql(bins: &Bins, pg: &Postgres, db: &str, sql: &str) -> Result<String> {
+pub(crate) async fn psql(bins: &Bins, pg: &Postgres, db: &str, sql: &str) -> Result<String> {
     let port = pg.port().to_string();
     let a = args(&[
         "-X",
@@ -222,22 +227,7 @@ async fn raw(
         }
         let file = dir.join(format!("psql-session-{s}.sql"));
         std::fs::write(&file, script)?;
-        argv.push(args(&[
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-f",
-            &file.display().to_string(),
-        ]));
+        argv.push(psql_file_args(pg.port(), "postgres", &file));
     }
     run_all(&bins.psql, argv, sessions).await
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::fixture::Fixture;
 use crate::fleet::{Fleet, RolloutRun};
-use crate::pg::{agent_toml, check_applied, drop_all, names, prepare};
+use crate::pg::{agent_toml, check_applied, drop_all, names, prepare, psql_file_args};
 use crate::procs::{Bins, args, run_all};
 
 /// Settings of the remote section.
@@ -102,27 +102,7 @@ async fn psql_loop(
     let up = dir.join("pg5-remote.sql");
     // The set in one transaction, as the raw lower bound sends it.
     std::fs::write(&up, fx.one_transaction()?)?;
-    let argv = dbs
-        .iter()
-        .map(|db| {
-            args(&[
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-f",
-                &up.display().to_string(),
-            ])
-        })
-        .collect();
+    let argv = dbs.iter().map(|db| psql_file_args(port, db, &up)).collect();
     run_all(&bins.psql, argv, parallel).await
 }
 

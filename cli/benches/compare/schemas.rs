@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use crate::fixture::Fixture;
 use crate::fleet::{Fleet, RolloutRun};
-use crate::procs::{Bins, args, run_all, run_ok};
+use crate::pg::{psql, psql_file_args};
+use crate::procs::{Bins, run_all, run_ok};
 
 /// Settings of the schemas section.
 #[derive(Debug, Clone)]
@@ -64,43 +65,8 @@ fn schema_names(n: usize) -> Vec<String> {
 }
 
 async fn psql_file(bins: &Bins, pg: &Postgres, db: &str, file: &Path) -> Result<()> {
-    let a = args(&[
-        "-X",
-        "-q",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        db,
-        "-f",
-        &file.display().to_string(),
-    ]);
+    let a = psql_file_args(pg.port(), db, file);
     run_ok(&bins.psql, &a).await.map(|_| ())
-}
-
-async fn psql_value(bins: &Bins, pg: &Postgres, db: &str, sql: &str) -> Result<String> {
-    let a = args(&[
-        "-X",
-        "-qtA",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pg.port().to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        db,
-        "-c",
-        sql,
-    ]);
-    Ok(run_ok(&bins.psql, &a).await?.stdout.trim().to_owned())
 }
 
 /// A fresh database `db` holding the N tenant schemas (1,000 per transaction), then a
@@ -127,7 +93,7 @@ async fn prepare(bins: &Bins, pg: &Postgres, db: &str, n: usize, dir: &Path) -> 
 async fn check_applied(bins: &Bins, pg: &Postgres, db: &str, n: usize) -> Result<()> {
     let names = schema_names(n);
     for s in [names.first(), names.last()].into_iter().flatten() {
-        let found = psql_value(
+        let found = psql(
             bins,
             pg,
             db,
@@ -164,22 +130,7 @@ async fn raw(
         }
         let file = dir.join(format!("schemas-session-{s}.sql"));
         std::fs::write(&file, script)?;
-        argv.push(args(&[
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-f",
-            &file.display().to_string(),
-        ]));
+        argv.push(psql_file_args(pg.port(), db, &file));
     }
     run_all(&bins.psql, argv, sessions).await
 }
