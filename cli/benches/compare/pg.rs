@@ -232,10 +232,11 @@ async fn raw(
     run_all(&bins.psql, argv, sessions).await
 }
 
-/// `sqlx migrate run` once per database, `parallel` at a time.
-async fn sqlx_loop(
+/// `sqlx migrate run` once per database of the server at `server` (a URL without a
+/// database), `parallel` at a time.
+pub(crate) async fn sqlx_loop(
     bins: &Bins,
-    pg: &Postgres,
+    server: &str,
     source: &Path,
     dbs: &[String],
     parallel: usize,
@@ -250,7 +251,7 @@ async fn sqlx_loop(
                 "--source",
                 &source.display().to_string(),
                 "--database-url",
-                &format!("{}/{db}", pg.server_url()),
+                &format!("{server}/{db}"),
             ])
         })
         .collect();
@@ -332,11 +333,11 @@ pub(crate) async fn bench(
                 Method::Sqlx => {
                     let dbs = names(n, &format!("sqlx{round}"));
                     setup += prepare(bins, pg, &dbs).await?;
-                    let t = sqlx_loop(bins, pg, &source, &dbs, p)
+                    let t = sqlx_loop(bins, &pg.server_url(), &source, &dbs, p)
                         .await
                         .context("sqlx-cli loop")?;
                     check_applied(bins, pg, &dbs).await?;
-                    let again = sqlx_loop(bins, pg, &source, &dbs, p)
+                    let again = sqlx_loop(bins, &pg.server_url(), &source, &dbs, p)
                         .await
                         .context("sqlx-cli no-op")?;
                     println!(

@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 
 use crate::fixture::Fixture;
 use crate::fleet::{Fleet, RolloutRun};
-use crate::pg::{agent_toml, check_applied, drop_all, names, prepare, psql_file_args};
-use crate::procs::{Bins, args, run_all};
+use crate::pg::{agent_toml, check_applied, drop_all, names, prepare, psql_file_args, sqlx_loop};
+use crate::procs::{Bins, run_all};
 
 /// Settings of the remote section.
 #[derive(Debug, Clone)]
@@ -106,31 +106,6 @@ async fn psql_loop(
     run_all(&bins.psql, argv, parallel).await
 }
 
-/// `sqlx migrate run` once per database through the link, `parallel` at a time.
-async fn sqlx_loop(
-    bins: &Bins,
-    source: &Path,
-    port: u16,
-    dbs: &[String],
-    parallel: usize,
-) -> Result<Duration> {
-    let argv = dbs
-        .iter()
-        .map(|db| {
-            args(&[
-                "migrate",
-                "run",
-                "--no-dotenv",
-                "--source",
-                &source.display().to_string(),
-                "--database-url",
-                &format!("postgres://postgres@127.0.0.1:{port}/{db}"),
-            ])
-        })
-        .collect();
-    run_all(&bins.sqlx, argv, parallel).await
-}
-
 pub(crate) async fn bench(
     bins: &Bins,
     fx: &Fixture,
@@ -163,14 +138,15 @@ pub(crate) async fn bench(
     drop_all(bins, &pg, &dbs, &dir).await?;
 
     let source = dir.join("sqlx-migrations");
+    let link_url = format!("postgres://postgres@127.0.0.1:{}", pg_link.port());
     fx.write_sqlx_dir(&source)?;
     let dbs = names(n, "rsqlx");
     prepare(bins, &pg, &dbs).await?;
-    let sqlx = sqlx_loop(bins, &source, pg_link.port(), &dbs, p)
+    let sqlx = sqlx_loop(bins, &link_url, &source, &dbs, p)
         .await
         .context("sqlx-cli loop")?;
     check_applied(bins, &pg, &dbs).await?;
-    let sqlx_noop = sqlx_loop(bins, &source, pg_link.port(), &dbs, p)
+    let sqlx_noop = sqlx_loop(bins, &link_url, &source, &dbs, p)
         .await
         .context("sqlx-cli no-op loop")?;
     println!(
