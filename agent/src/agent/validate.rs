@@ -14,7 +14,7 @@ use flotilla_proto::{
 use futures::StreamExt;
 use tonic::Status;
 
-use super::status::{Unit, for_each_schema, units};
+use super::status::{Unit, detached, for_each_schema, units};
 use super::{Agent, open_session};
 use crate::driver::DriverError;
 use crate::driver::postgres::{CATALOGS_PER_QUERY, read_schema_catalogs, read_schemas};
@@ -110,17 +110,19 @@ impl Agent {
                 };
                 let schemas: Vec<String> =
                     members.iter().map(|(_, _, r)| r.schema.clone()).collect();
-                let read = async {
-                    let states =
-                        read_schemas(&first.pool, &schemas, ask.project, first.public).await?;
-                    let catalogs = if ask.skip_fingerprint {
+                let (pool, project, public) =
+                    (first.pool.clone(), ask.project.clone(), first.public);
+                let skip_fingerprint = ask.skip_fingerprint;
+                let read = detached(async move {
+                    let states = read_schemas(&pool, &schemas, &project, public).await?;
+                    let catalogs = if skip_fingerprint {
                         None
                     } else {
-                        let read = read_schema_catalogs(&first.pool, &schemas, first.public);
+                        let read = read_schema_catalogs(&pool, &schemas, public);
                         Some(read.await?.catalogs)
                     };
-                    Ok::<_, DriverError>((states, catalogs))
-                };
+                    Ok((states, catalogs))
+                });
                 match tokio::time::timeout(timeout, read).await {
                     Ok(Ok((states, catalogs))) => {
                         let mut catalogs = catalogs.map(Vec::into_iter);
