@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::{
-    IssueKind, MigrateRequest, RepairRequest, RepairResponse, RevisionIssue, StampRequest,
-    StampResponse, StepEvent, TargetValidation, ValidateRequest, ValidateResponse,
+    MigrateRequest, RepairRequest, RepairResponse, StampRequest, StampResponse, StepEvent,
 };
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -30,11 +29,11 @@ use crate::status::target_status;
 use crate::target::{Target, Targets};
 use flotilla_core::history::TargetState;
 use flotilla_core::project::Project;
-use flotilla_rpc::convert::CatalogProto;
 
 mod adopt;
 mod backups;
 mod status;
+mod validate;
 
 /// The stream of events a `migrate` call returns; it ends with `Err(status)` after a
 /// `StepFailed` event when a step fails.
@@ -75,29 +74,6 @@ async fn open_session(target: &Target, project: &Project) -> Result<Box<dyn Sess
         .connect_read(project)
         .await
         .map_err(|e| driver_error(&target.id, e))
-}
-
-/// The target's history and, unless skipped, its schema fingerprint (and, when asked for,
-/// the normalized catalog it hashes).
-async fn read_target_and_fingerprint(
-    target: &Target,
-    project: &Project,
-    skip_fingerprint: bool,
-    include_catalog: bool,
-) -> Result<(TargetState, String, Option<flotilla_proto::Catalog>), AgentError> {
-    let mut session = open_session(target, project).await?;
-    let res = async {
-        let state = session.read_state().await?;
-        if skip_fingerprint {
-            return Ok((state, String::new(), None));
-        }
-        let catalog = session.catalog().await?;
-        let fp = catalog.fingerprint();
-        Ok((state, fp, include_catalog.then(|| catalog.to_proto())))
-    }
-    .await;
-    session.close().await;
-    res.map_err(|e| driver_error(&target.id, e))
 }
 
 async fn stamp_locked(
@@ -333,51 +309,6 @@ impl Agent {
         Ok(out)
     }
 
-    /// Compare each target's history with the expected revisions and fingerprint its schema.
-    pub async fn validate(&self, req: ValidateRequest) -> Result<ValidateResponse, Status> {
-        check::validate_request(&req)?;
-        let project = &check::project(&req.project)?;
-        let targets = self.select(&req.target_ids).await?;
-        let expected: std::collections::HashMap<&str, &str> = req
-            .expected
-            .iter()
-            .map(|e| (e.revision.as_str(), e.checksum.as_str()))
-            .collect();
-        let skip = req.skip_fingerprint;
-        let include_catalog = req.include_catalog;
-        let timeout = self.config.status.timeout;
-        let targets = futures::stream::iter(targets)
-            .map(|t| {
-                let expected = &expected;
-                async move {
-                    let read = read_target_and_fingerprint(&t, project, skip, include_catalog);
-                    let mut tv = TargetValidation {
-                        target_id: t.id.clone(),
-                        ..Default::default()
-                    };
-                    match tokio::time::timeout(timeout, read).await {
-                        Ok(Ok((state, fp, catalog))) => {
-                            tv.fingerprint = fp;
-                            tv.catalog = catalog;
-                            tv.issues = issues(&state, expected);
-                            tv.applied =
-                                state.applied().iter().map(|r| r.revision.clone()).collect();
-                        }
-                        Ok(Err(e)) => tv.error = e.to_string(),
-                        Err(_) => tv.error = format!("no answer within {}ms", timeout.as_millis()),
-                    }
-                    tv
-                }
-            })
-            .buffered(self.config.status.concurrency)
-            .collect()
-            .await;
-        Ok(ValidateResponse {
-            agent_id: self.config.agent_id.clone(),
-            targets,
-        })
-    }
-
     /// Take the target's locks (in-process, then database) for an operator write; the
     /// database lock is released when the session is closed.
     async fn locked(
@@ -457,51 +388,4 @@ impl Agent {
             target: Some(target_status(&target, &status, false)),
         })
     }
-}
-
-/// History vs the expected revisions: unknown revisions, edited ones, a dirty step.
-fn issues(
-    state: &TargetState,
-    expected: &std::collections::HashMap<&str, &str>,
-) -> Vec<RevisionIssue> {
-    let mut out = Vec::new();
-    for row in state.applied() {
-        match expected.get(row.revision.as_str()) {
-            None => out.push(RevisionIssue {
-                revision: row.revision.clone(),
-                kind: IssueKind::UnknownRevision as i32,
-                expected_checksum: String::new(),
-                applied_checksum: row.checksum.clone(),
-                message: format!(
-                    "revision {} is applied but is not in the migration set",
-                    row.revision
-                ),
-            }),
-            Some(want) if *want != row.checksum => out.push(RevisionIssue {
-                revision: row.revision.clone(),
-                kind: IssueKind::ChecksumMismatch as i32,
-                expected_checksum: (*want).to_owned(),
-                applied_checksum: row.checksum.clone(),
-                message: format!(
-                    "revision {} was applied with checksum {} but the migration now hashes to {}: \
-                     it was edited after it was applied",
-                    row.revision, row.checksum, want
-                ),
-            }),
-            Some(_) => {}
-        }
-    }
-    if let Some(d) = state.dirty() {
-        out.push(RevisionIssue {
-            revision: d.revision.clone(),
-            kind: IssueKind::Dirty as i32,
-            expected_checksum: expected
-                .get(d.revision.as_str())
-                .map(|c| (*c).to_owned())
-                .unwrap_or_default(),
-            applied_checksum: d.checksum.clone(),
-            message: format!("step {} did not finish cleanly; run repair", d.revision),
-        });
-    }
-    out
 }

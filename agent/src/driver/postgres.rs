@@ -3,7 +3,7 @@
 //! is a database or (with `search_path` set in the URL's `options`) a schema. Discovered
 //! schemas (`schema.rs`) share a bounded pool per database (`pool.rs`) instead: a session
 //! borrows a connection and sets its `search_path`; Status reads many of them at once
-//! (`batch.rs`).
+//! (`batch.rs`), and so does Validate their catalogs (`catalogs.rs`).
 //!
 //! The migration lock is a session advisory lock keyed by a 64-bit hash of a constant, the
 //! database and the schema; non-transactional steps run one statement per simple query
@@ -26,6 +26,7 @@ mod backup;
 mod batch;
 mod blockers;
 mod catalog;
+mod catalogs;
 mod concurrently;
 mod discovery;
 mod history;
@@ -35,6 +36,7 @@ mod session;
 mod simple;
 
 pub use batch::{SCHEMAS_PER_QUERY, SchemaStatus, read_schemas};
+pub use catalogs::{CATALOGS_PER_QUERY, SchemaCatalogs, read_schema_catalogs};
 pub use discovery::{discover_databases, with_database};
 pub use pool::{POOL_APPLICATION_NAME, PoolStats, SchemaPool};
 pub use schema::{PostgresSchemaDriver, SchemaRef, discover_schemas};

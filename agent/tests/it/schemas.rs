@@ -1,6 +1,7 @@
 //! PostgreSQL schemas as targets (`schema_pattern`): discovery and ids, `search_path`
-//! isolation, drift of one schema, the per-database pool's bound under 1,000 schemas, and a
-//! failed step in one schema leaving its neighbours alone.
+//! isolation, drift of one schema, the catalogs of many schemas read in one statement as
+//! each schema's own session reads them, the per-database pool's bound under 1,000 schemas,
+//! and a failed step in one schema leaving its neighbours alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -9,8 +10,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use flotilla_agent::Agent;
 use flotilla_agent::config::{DiscoveryConfig, DiscoverySource};
+use flotilla_agent::driver::Session;
+use flotilla_agent::driver::postgres::{PostgresDriver, read_schema_catalogs};
 use flotilla_core::Secret;
-use flotilla_proto::StatusRequest;
+use flotilla_core::catalog::Catalog;
+use flotilla_proto::{StatusRequest, ValidateRequest};
 use flotilla_testkit::Postgres;
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -159,6 +163,153 @@ async fn a_schema_altered_by_hand_drifts_alone() -> Result<()> {
     assert_eq!(fingerprint(&agent, "pg-fleet.tenant_a").await?, before);
     assert_eq!(fingerprint(&agent, "pg-fleet.tenant_c").await?, before);
     assert_ne!(fingerprint(&agent, "pg-fleet.tenant_b").await?, before);
+    Ok(())
+}
+
+/// Objects whose catalog text depends on `search_path`: a type, a sequence and a function of
+/// the schema (printed unqualified only when the schema is on the path) and a type of
+/// `public` (unqualified only when `public` is on it).
+const TENANT_DDL: &str = "\
+    CREATE TYPE mood AS ENUM ('calm', 'busy');
+    CREATE FUNCTION norm(t text) RETURNS text IMMUTABLE LANGUAGE sql AS $$ SELECT lower(t) $$;
+    CREATE TABLE owners (id serial PRIMARY KEY, name text NOT NULL);
+    CREATE TABLE widgets (
+        id serial PRIMARY KEY,
+        owner_id int REFERENCES owners (id) ON DELETE CASCADE,
+        name text NOT NULL DEFAULT norm('X'),
+        m mood NOT NULL DEFAULT 'calm',
+        shade public.shade,
+        CHECK (m <> 'busy'::mood OR name <> '')
+    );
+    CREATE UNIQUE INDEX widgets_norm ON widgets (norm(name)) WHERE m = 'calm'";
+
+/// 55 tenant schemas (more than one chunk of a batched read) holding [`TENANT_DDL`].
+async fn tenants_with_catalogs() -> Result<(Postgres, String, Vec<String>)> {
+    let names: Vec<String> = (1..=55).map(|i| format!("tenant_{i:04}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (pg, url) = fleet(&refs).await?;
+    let mut conn = PgConnection::connect(&url).await?;
+    sqlx::raw_sql("CREATE TYPE public.shade AS ENUM ('light', 'dark')")
+        .execute(&mut conn)
+        .await?;
+    for n in &names {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET search_path TO {n}; {TENANT_DDL}"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    sqlx::raw_sql("RESET search_path")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok((pg, url, names))
+}
+
+/// The catalog of `schema` read the ordinary way: a connection of its own whose
+/// `search_path` is the schema (then `public`), as a schema listed by hand is read.
+async fn own_session_catalog(url: &str, schema: &str, public: bool) -> Result<Catalog> {
+    let path = if public {
+        format!("{schema}%2Cpublic")
+    } else {
+        schema.to_owned()
+    };
+    let driver = PostgresDriver::new(Secret::new(format!(
+        "{url}?options=-c%20search_path%3D{path}"
+    )))?;
+    let mut session = Box::new(driver.open().await?);
+    let catalog = session.catalog().await;
+    session.close().await;
+    Ok(catalog?)
+}
+
+#[tokio::test]
+async fn a_batched_catalog_read_matches_each_schemas_own_session() -> Result<()> {
+    let (_pg, url, names) = tenants_with_catalogs().await?;
+    let pool = PostgresDriver::new(Secret::new(&url))?.schema_pool("fleet", 2);
+    for public in [false, true] {
+        let read = read_schema_catalogs(&pool, &names, public).await?;
+        assert_eq!(
+            read.one_by_one, 0,
+            "public = {public}: not all read in the batch"
+        );
+        assert_eq!(read.catalogs.len(), names.len());
+        for (n, batched) in names.iter().zip(read.catalogs) {
+            let batched = batched?;
+            assert_eq!(
+                batched,
+                own_session_catalog(&url, n, public).await?,
+                "{n}, public = {public}"
+            );
+            assert_eq!(batched.tables.len(), 2, "{n}");
+        }
+    }
+    // The path mattered: `public.shade` is printed qualified only without `public`.
+    let shade = |c: &Catalog| {
+        c.tables
+            .iter()
+            .flat_map(|t| &t.columns)
+            .find(|col| col.name == "shade")
+            .map(|col| col.data_type.clone())
+    };
+    let one = &names[..1];
+    let without = read_schema_catalogs(&pool, one, false)
+        .await?
+        .catalogs
+        .remove(0)?;
+    let with = read_schema_catalogs(&pool, one, true)
+        .await?
+        .catalogs
+        .remove(0)?;
+    assert_eq!(shade(&without).as_deref(), Some("public.shade"));
+    assert_eq!(shade(&with).as_deref(), Some("shade"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn validate_of_every_schema_reports_exactly_the_drifted_ones() -> Result<()> {
+    let (_pg, url, names) = tenants_with_catalogs().await?;
+    let agent = schema_agent(&url, 2).await?;
+    let validate = || async {
+        let resp = agent
+            .validate(ValidateRequest {
+                project: Default::default(),
+                target_ids: vec![],
+                expected: vec![],
+                skip_fingerprint: false,
+                include_catalog: false,
+            })
+            .await?;
+        let mut out = Vec::new();
+        for tv in resp.targets {
+            ensure!(tv.error.is_empty(), "{}: {}", tv.target_id, tv.error);
+            out.push((tv.target_id, tv.fingerprint));
+        }
+        anyhow::Ok(out)
+    };
+    let before = validate().await?;
+    assert_eq!(before.len(), names.len());
+    let reference = own_session_catalog(&url, &names[0], false)
+        .await?
+        .fingerprint();
+    for (id, fp) in &before {
+        assert_eq!(fp, &reference, "{id} differs before anything changed");
+    }
+    // One change in each chunk of 50: a default, then an index.
+    let mut conn = PgConnection::connect(&url).await?;
+    sqlx::raw_sql(
+        "ALTER TABLE tenant_0007.widgets ALTER COLUMN m SET DEFAULT 'busy'; \
+         DROP INDEX tenant_0052.widgets_norm",
+    )
+    .execute(&mut conn)
+    .await?;
+    let drifted: Vec<String> = validate()
+        .await?
+        .into_iter()
+        .filter(|(_, fp)| fp != &reference)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(drifted, ["pg-fleet.tenant_0007", "pg-fleet.tenant_0052"]);
     Ok(())
 }
 

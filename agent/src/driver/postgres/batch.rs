@@ -2,10 +2,14 @@
 //! schema-per-tenant database): one query over the catalog says which schemas have Flotilla's
 //! tables (and other tools' version tables), then one simple query per chunk of schemas reads
 //! their history and fence rows (a generated `UNION ALL`), all on one pooled connection.
+//! Callers pass a chunk of at most [`SCHEMAS_PER_QUERY`] schemas (Status runs several
+//! chunks at once, on as many pooled connections).
 //!
-//! Chunks are bounded ([`SCHEMAS_PER_QUERY`]) because every table a statement reads takes a
-//! lock until the end of its (implicit) transaction, and the server's lock table is sized
-//! for `max_locks_per_transaction` (64) per connection. A chunk whose query fails (tables of
+//! Chunks are bounded because every table a statement reads takes a lock until the end of
+//! its (implicit) transaction, and the server's lock table is sized for
+//! `max_locks_per_transaction` (64) per connection; and because planning a `UNION ALL` costs
+//! more per branch the more branches it has (PostgreSQL 15, 10,000 tenant schemas: 16 µs a
+//! branch at 50, 75 µs at 200). A chunk whose query fails (tables of
 //! an unexpected shape) and a schema with another tool's version table and no Flotilla
 //! history are read one by one, on a session of their own, the ordinary way.
 
@@ -27,7 +31,7 @@ use flotilla_core::history::TargetState;
 use flotilla_core::project::Project;
 
 /// Schemas whose tables one query reads (two tables each).
-pub const SCHEMAS_PER_QUERY: usize = 200;
+pub const SCHEMAS_PER_QUERY: usize = 50;
 
 /// What Status reports of one schema (as `Driver::read_status`), or why it could not be read.
 pub type SchemaStatus = Result<(TargetState, Vec<ForeignTable>), DriverError>;

@@ -2,7 +2,7 @@
 //! normalized for the fingerprint.
 
 use sqlx::Row;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgRow};
 
 use super::simple::result_sets;
 use crate::driver::common::squash_ws;
@@ -55,7 +55,7 @@ SELECT t.relname::text, con.contype::text,
        array_to_json(ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY AS k(n, ord)
              JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.ord))::text,
        con.confdeltype::text,
-       pg_get_constraintdef(con.oid, true)
+       CASE WHEN con.contype = 'c' THEN pg_get_constraintdef(con.oid, true) ELSE '' END
 FROM pg_constraint con
 JOIN pg_class t ON t.oid = con.conrelid
 LEFT JOIN pg_class r ON r.oid = con.confrelid
@@ -77,17 +77,35 @@ fn json_strings(text: &str) -> Result<Vec<String>, sqlx::Error> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
+/// The four catalog queries of `current_schema()`, `;`-separated, in the order
+/// [`assemble`] takes their rows.
+pub(super) fn schema_queries() -> [String; 4] {
+    [TABLES_SQL, COLUMNS_SQL, INDEXES_SQL, CONSTRAINTS_SQL].map(|q| q.replace("$RELS", SCHEMA_RELS))
+}
+
 /// The normalized schema of `current_schema()` from pg_catalog: the four catalog queries in
 /// one simple query (one round trip, nothing prepared on what is usually a fresh session).
 pub(super) async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Error> {
-    let sql = format!("{TABLES_SQL};\n{COLUMNS_SQL};\n{INDEXES_SQL};\n{CONSTRAINTS_SQL};")
-        .replace("$RELS", SCHEMA_RELS);
+    let sql = schema_queries().map(|q| q + ";").join("\n");
     let mut sets = result_sets(conn, sql).await?.into_iter();
     let mut next = || sets.next().unwrap_or_default();
-    let (table_rows, column_rows, index_rows, constraint_rows) = (next(), next(), next(), next());
+    let (tables, columns, indexes, constraints) = (next(), next(), next(), next());
+    assemble(
+        [&tables, &columns, &indexes, &constraints].map(|rows| rows.iter()),
+        0,
+    )
+}
+
+/// The catalog from the rows of the four queries (tables, columns, indexes, constraints),
+/// their columns starting at `at` (a batched read puts its own columns first).
+pub(super) fn assemble<'a, I>(rows: [I; 4], at: usize) -> Result<Catalog, sqlx::Error>
+where
+    I: Iterator<Item = &'a PgRow>,
+{
+    let [table_rows, column_rows, index_rows, constraint_rows] = rows;
     let mut tables: std::collections::BTreeMap<String, Table> = std::collections::BTreeMap::new();
-    for r in &table_rows {
-        let name: String = r.try_get(0)?;
+    for r in table_rows {
+        let name: String = r.try_get(at)?;
         let table = Table {
             name: name.clone(),
             columns: vec![],
@@ -97,11 +115,11 @@ pub(super) async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Er
         tables.insert(name, table);
     }
 
-    for r in &column_rows {
+    for r in column_rows {
         let (table, name, data_type): (String, String, String) =
-            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        let (not_null, default): (bool, Option<String>) = (r.try_get(3)?, r.try_get(4)?);
-        let (identity, generated): (String, String) = (r.try_get(5)?, r.try_get(6)?);
+            (r.try_get(at)?, r.try_get(at + 1)?, r.try_get(at + 2)?);
+        let (not_null, default): (bool, Option<String>) = (r.try_get(at + 3)?, r.try_get(at + 4)?);
+        let (identity, generated): (String, String) = (r.try_get(at + 5)?, r.try_get(at + 6)?);
         let Some(t) = tables.get_mut(&table) else {
             continue;
         };
@@ -121,11 +139,11 @@ pub(super) async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Er
         });
     }
 
-    for r in &index_rows {
+    for r in index_rows {
         let (table, name, unique): (String, String, bool) =
-            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-        let mut columns = json_strings(r.try_get(3)?)?;
-        let predicate: Option<String> = r.try_get(4)?;
+            (r.try_get(at)?, r.try_get(at + 1)?, r.try_get(at + 2)?);
+        let mut columns = json_strings(r.try_get(at + 3)?)?;
+        let predicate: Option<String> = r.try_get(at + 4)?;
         let Some(t) = tables.get_mut(&table) else {
             continue;
         };
@@ -139,12 +157,12 @@ pub(super) async fn catalog(conn: &mut PgConnection) -> Result<Catalog, sqlx::Er
         });
     }
 
-    for r in &constraint_rows {
-        let (table, kind): (String, String) = (r.try_get(0)?, r.try_get(1)?);
-        let columns = json_strings(r.try_get(2)?)?;
-        let ref_table: Option<String> = r.try_get(3)?;
-        let ref_columns = json_strings(r.try_get(4)?)?;
-        let (del, definition): (String, String) = (r.try_get(5)?, r.try_get(6)?);
+    for r in constraint_rows {
+        let (table, kind): (String, String) = (r.try_get(at)?, r.try_get(at + 1)?);
+        let columns = json_strings(r.try_get(at + 2)?)?;
+        let ref_table: Option<String> = r.try_get(at + 3)?;
+        let ref_columns = json_strings(r.try_get(at + 4)?)?;
+        let (del, definition): (String, String) = (r.try_get(at + 5)?, r.try_get(at + 6)?);
         let Some(t) = tables.get_mut(&table) else {
             continue;
         };

@@ -23,10 +23,15 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The `search_path` of a session on `schema` (then `public`, when asked).
+pub(crate) fn search_path_value(schema: &str, public: bool) -> String {
+    let tail = if public { ", public" } else { "" };
+    format!("{}{tail}", quote_ident(schema))
+}
+
 /// The statement that points a session at `schema` (and `public` after it when asked).
 pub(crate) fn search_path_sql(schema: &str, public: bool) -> String {
-    let tail = if public { ", public" } else { "" };
-    format!("SET search_path TO {}{tail}", quote_ident(schema))
+    format!("SET search_path TO {}", search_path_value(schema, public))
 }
 
 /// A schema of a database, served through the database's pool.
