@@ -31,6 +31,13 @@ pub(crate) async fn record_fleet_view(
     graph: &flotilla_revision::Graph,
     migrated_by: Option<(&str, Option<HashMap<String, String>>)>,
 ) {
+    if migrated_by.is_none()
+        && let Some(by_revision) = engine.view.revision_counts()
+    {
+        // No drift gauge to recompute: the revisions are counted in the view, not copied.
+        metrics::record_fleet_counts(engine.project(), &by_revision, None);
+        return;
+    }
     let entries = if engine.view.is_empty() {
         match engine.snapshot(false).await {
             Ok(snap) => snap.targets,
