@@ -394,30 +394,39 @@ impl Engine {
         if let Some(p) = self.live.proto(id, self.term().map(|t| t.token)) {
             return Ok(p);
         }
-        let (rec, targets) = self.get(id).await?;
-        Ok(rec.to_proto(&targets))
+        // Each record becomes what the API shows as it is decoded: a rollout of 100,000
+        // targets is never held as records and as progress at once.
+        let rec = self.get_record(id).await?;
+        let mut targets = Vec::new();
+        for (key, value) in self.store.list(&targets_prefix(id)).await? {
+            targets.push(decode_target(&key, &value)?.to_proto());
+        }
+        targets.sort_by(|a, b| (a.wave, &a.target_id).cmp(&(b.wave, &b.target_id)));
+        let mut proto = rec.to_proto(&[]);
+        proto.targets = targets;
+        Ok(proto)
     }
 
-    /// A rollout and its targets, from the store.
-    pub async fn get(&self, id: &str) -> Result<(RolloutRecord, Vec<TargetRecord>), EngineError> {
+    /// A rollout's record without its targets, from the store: what a caller that needs the
+    /// spec or the state reads (a rollout of 100,000 targets is tens of megabytes decoded).
+    pub async fn get_record(&self, id: &str) -> Result<RolloutRecord, EngineError> {
         let raw = self
             .store
             .get(&rollout_key(id))
             .await?
             .ok_or_else(|| EngineError::NotFound(rollout_not_found(id)))?;
-        let rec: RolloutRecord =
-            serde_json::from_slice(&raw).map_err(|source| EngineError::Decode {
-                what: format!("rollout {id}"),
-                source,
-            })?;
+        serde_json::from_slice(&raw).map_err(|source| EngineError::Decode {
+            what: format!("rollout {id}"),
+            source,
+        })
+    }
+
+    /// A rollout and its targets, from the store.
+    pub async fn get(&self, id: &str) -> Result<(RolloutRecord, Vec<TargetRecord>), EngineError> {
+        let rec = self.get_record(id).await?;
         let mut targets = Vec::new();
         for (key, value) in self.store.list(&targets_prefix(id)).await? {
-            let t: TargetRecord =
-                serde_json::from_slice(&value).map_err(|source| EngineError::Decode {
-                    what: key.clone(),
-                    source,
-                })?;
-            targets.push(t);
+            targets.push(decode_target(&key, &value)?);
         }
         targets.sort_by(|a, b| (a.wave, &a.target_id).cmp(&(b.wave, &b.target_id)));
         Ok((rec, targets))
@@ -595,7 +604,7 @@ impl Engine {
         // moment: the control still reaches the rollout, which records it once it can).
         let rec = match self.live.record(id, term.token) {
             Some(rec) => rec,
-            None => self.get(id).await?.0,
+            None => self.get_record(id).await?,
         };
         if rec.state.is_terminal() {
             return Err(EngineError::Conflict(format!(
@@ -628,4 +637,12 @@ impl Engine {
     pub async fn agents(&self) -> Result<Vec<Arc<dyn AgentClient>>, EngineError> {
         Ok(self.registry.agents().await?)
     }
+}
+
+/// A target record as the store holds it under `key`.
+fn decode_target(key: &str, value: &[u8]) -> Result<TargetRecord, EngineError> {
+    serde_json::from_slice(value).map_err(|source| EngineError::Decode {
+        what: key.to_owned(),
+        source,
+    })
 }

@@ -106,19 +106,37 @@ pub fn record_fleet(project: &Project, targets: &[pb::FleetTarget], schema_known
     let mut drift = 0u64;
     for t in targets {
         let Some(s) = &t.status else { continue };
-        if !s.error.is_empty() {
-            continue;
-        }
-        let rev = if s.heads.is_empty() {
-            "base".to_owned()
-        } else {
-            s.heads.join(",")
-        };
-        *by_revision.entry(rev).or_default() += 1;
-        if !t.drift.is_empty() {
+        if count_revision(&mut by_revision, s) && !t.drift.is_empty() {
             drift += 1;
         }
     }
+    record_fleet_counts(project, &by_revision, schema_known.then_some(drift));
+}
+
+/// Count a readable target's revision (its heads, `base` without any) in `by_revision`;
+/// false for a target that could not be read.
+pub(crate) fn count_revision(
+    by_revision: &mut BTreeMap<String, u64>,
+    s: &pb::TargetStatus,
+) -> bool {
+    if !s.error.is_empty() {
+        return false;
+    }
+    let rev = if s.heads.is_empty() {
+        "base".to_owned()
+    } else {
+        s.heads.join(",")
+    };
+    *by_revision.entry(rev).or_default() += 1;
+    true
+}
+
+/// The fleet gauges from readable targets by revision, and the drifted ones when known.
+pub(crate) fn record_fleet_counts(
+    project: &Project,
+    by_revision: &BTreeMap<String, u64>,
+    drift: Option<u64>,
+) {
     // Replaced as a whole: a revision no reachable target is at any more is no series at all.
     flotilla_rpc::prometheus::replace_gauge_family_part(
         "flotilla_fleet_targets",
@@ -130,7 +148,7 @@ pub fn record_fleet(project: &Project, targets: &[pb::FleetTarget], schema_known
     let project = project.to_string();
     metrics::gauge!("flotilla_fleet_version_skew", "project" => project.clone())
         .set(by_revision.len() as f64);
-    if schema_known {
+    if let Some(drift) = drift {
         metrics::gauge!("flotilla_fleet_drift_targets", "project" => project).set(drift as f64);
     }
 }

@@ -233,6 +233,10 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
+        // Nothing of ours reads OpenTelemetry's current context (propagation asks the tracing
+        // span for its context, and a span's parent is the current tracing span), so entering
+        // a span, on every poll of an instrumented future, need not attach and detach one.
+        .with_context_activation(false)
         .with_tracer(tracer)
         .with_filter(otel_filter);
     let dispatch = DispatchSlot::default();

@@ -67,7 +67,7 @@ impl ProjectEngines {
                 }
             }
         }
-        let (rec, _) = self.default.get(id).await?;
+        let rec = self.default.get_record(id).await?;
         Ok(self.default.project_engine(&rec.spec.project()))
     }
 }

@@ -2,10 +2,12 @@
 //! state (read from the store) and the fleet gauges from the fleet view, with the drift gauge
 //! recomputed from the fingerprints a rollout's Migrates reported.
 
+use std::collections::HashMap;
+
 use flotilla_proto as pb;
 
 use crate::metrics;
-use crate::rollout::TargetState;
+use crate::rollout::{TargetState, targets_prefix};
 
 use super::Engine;
 
@@ -27,8 +29,15 @@ pub(crate) async fn refresh_rollouts(engine: &Engine) {
 pub(crate) async fn record_fleet_view(
     engine: &Engine,
     graph: &flotilla_revision::Graph,
-    migrated_by: Option<&str>,
+    migrated_by: Option<(&str, Option<HashMap<String, String>>)>,
 ) {
+    if migrated_by.is_none()
+        && let Some(by_revision) = engine.view.revision_counts()
+    {
+        // No drift gauge to recompute: the revisions are counted in the view, not copied.
+        metrics::record_fleet_counts(engine.project(), &by_revision, None);
+        return;
+    }
     let entries = if engine.view.is_empty() {
         match engine.snapshot(false).await {
             Ok(snap) => snap.targets,
@@ -37,7 +46,7 @@ pub(crate) async fn record_fleet_view(
     } else {
         engine.view.targets()
     };
-    let Some(rollout) = migrated_by else {
+    let Some((rollout, known)) = migrated_by else {
         // Nothing else reads the entries: their statuses move, not copied.
         let targets: Vec<pb::FleetTarget> = entries
             .into_iter()
@@ -50,23 +59,12 @@ pub(crate) async fn record_fleet_view(
         metrics::record_fleet(engine.project(), &targets, false);
         return;
     };
-    let mut targets: Vec<pb::FleetTarget> = entries
-        .iter()
-        .map(|e| pb::FleetTarget {
-            agent_id: e.agent.id().to_owned(),
-            drift: super::view::drift_of(graph, e),
-            status: Some(e.status.clone()),
-        })
-        .collect();
-    let mut fingerprints: std::collections::HashMap<String, String> =
-        match engine.get(rollout).await {
-            Ok((_, records)) => records
-                .into_iter()
-                .filter(|t| t.state == TargetState::Succeeded && !t.fingerprint.is_empty())
-                .map(|t| (t.target_id, t.fingerprint))
-                .collect(),
-            Err(_) => Default::default(),
-        };
+    // The succeeded targets' fingerprints: from the run's final records when it had them,
+    // else from the store.
+    let mut fingerprints = match known {
+        Some(f) => f,
+        None => succeeded_fingerprints(engine, rollout).await,
+    };
     let unknown: Vec<super::snapshot::FleetEntry> = entries
         .iter()
         .filter(|e| !fingerprints.contains_key(&e.status.target_id))
@@ -79,6 +77,7 @@ pub(crate) async fn record_fleet_view(
             }
         }
     }
+    drop(unknown);
     let observed: Vec<crate::drift::Observed> = entries
         .iter()
         .filter_map(|e| {
@@ -96,7 +95,19 @@ pub(crate) async fn record_fleet_view(
             })
         })
         .collect();
-    for d in crate::drift::drifted(&observed) {
+    drop(fingerprints);
+    let drifted = crate::drift::drifted(&observed);
+    drop(observed);
+    // Nothing else reads the entries now: their statuses move, not copied.
+    let mut targets: Vec<pb::FleetTarget> = entries
+        .into_iter()
+        .map(|e| pb::FleetTarget {
+            agent_id: e.agent.id().to_owned(),
+            drift: super::view::drift_of(graph, &e),
+            status: Some(e.status),
+        })
+        .collect();
+    for d in drifted {
         if let Some(t) = targets
             .iter_mut()
             .find(|t| t.status.as_ref().is_some_and(|s| s.target_id == d.target))
@@ -106,4 +117,25 @@ pub(crate) async fn record_fleet_view(
         }
     }
     metrics::record_fleet(engine.project(), &targets, true);
+}
+
+/// The fingerprints `rollout`'s succeeded targets reported, from the store: each record is
+/// decoded for these two fields only and its bytes dropped as it is read.
+async fn succeeded_fingerprints(engine: &Engine, rollout: &str) -> HashMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Reported {
+        target_id: String,
+        state: TargetState,
+        #[serde(default)]
+        fingerprint: String,
+    }
+    let Ok(listed) = engine.store.list(&targets_prefix(rollout)).await else {
+        return HashMap::new();
+    };
+    listed
+        .into_iter()
+        .filter_map(|(_, value)| serde_json::from_slice::<Reported>(&value).ok())
+        .filter(|t| t.state == TargetState::Succeeded && !t.fingerprint.is_empty())
+        .map(|t| (t.target_id, t.fingerprint))
+        .collect()
 }

@@ -51,6 +51,15 @@ async fn wait_runnable(mut control: watch::Receiver<Control>) -> bool {
     }
 }
 
+/// What a run did, for the fleet view recorded after it (`report::record_fleet_view`).
+enum Ran {
+    /// No target was migrated (the rollout had ended, or every target was at its goal).
+    Nothing,
+    /// Targets were migrated: with the fingerprints succeeded targets reported when the run
+    /// ended with its records in hand, else (a halted run) they are read from the store.
+    Migrated(Option<HashMap<String, String>>),
+}
+
 /// Whether a wave ran to its end or the rollout must stop.
 enum WaveEnd {
     Completed,
@@ -61,16 +70,19 @@ impl Engine {
     /// Run (or resume) rollout `id` until it ends or the term ends, in a `rollout` span that
     /// continues the trace recorded when the rollout started.
     pub(crate) async fn run(self: Arc<Self>, id: &str, term: &Term) -> Result<(), EngineError> {
-        let (rec, _) = self.get(id).await?;
+        let rec = self.get_record(id).await?;
         let span = crate::telemetry::rollout_span(id, term.token, &rec.traceparent);
         let engine = self.clone();
         let run = async move {
-            let result = engine.clone().run_rollout(id, term).await;
+            let mut result = engine.clone().run_rollout(id, term).await;
             engine.live.end(id);
             // The fleet gauges now the rollout ended, from what the agents reported while it
             // ran (the planning Status and each Migrate's closing state and fingerprint).
             if !term.cancel.is_cancelled() {
-                let migrated = matches!(result, Ok(true)).then_some(id);
+                let migrated = match &mut result {
+                    Ok(Ran::Migrated(fingerprints)) => Some((id, fingerprints.take())),
+                    _ => None,
+                };
                 // Drift against the rollout's own set, whatever other calls planned with.
                 let graph = match engine.graph_of(&rec.spec.set_digest).await {
                     Ok((_, g)) => g,
@@ -83,10 +95,10 @@ impl Engine {
         tracing::Instrument::instrument(run, span).await
     }
 
-    async fn run_rollout(self: Arc<Self>, id: &str, term: &Term) -> Result<bool, EngineError> {
-        let (mut rec, _) = self.get(id).await?;
+    async fn run_rollout(self: Arc<Self>, id: &str, term: &Term) -> Result<Ran, EngineError> {
+        let mut rec = self.get_record(id).await?;
         if rec.state.is_terminal() {
-            return Ok(false);
+            return Ok(Ran::Nothing);
         }
         // The set the rollout recorded (older records: the default set), from the store
         // when this coordinator did not start it.
@@ -100,7 +112,7 @@ impl Engine {
             return self
                 .finish(term, &mut rec, RolloutState::Halted, why)
                 .await
-                .map(|()| true);
+                .map(|()| Ran::Migrated(None));
         }
         let goal: Goal = rec
             .spec
@@ -116,7 +128,7 @@ impl Engine {
         } else {
             let planned = self.plan_rollout(term, &mut rec, &graph, &goal).await?;
             if rec.state.is_terminal() {
-                return Ok(false);
+                return Ok(Ran::Nothing);
             }
             planned
         };
@@ -183,7 +195,7 @@ impl Engine {
                             "aborted by request".into(),
                         )
                         .await
-                        .map(|()| true);
+                        .map(|()| Ran::Migrated(None));
                 }
             }
             let failed: Vec<&TargetRecord> = targets
@@ -205,7 +217,7 @@ impl Engine {
                         format!("canary failed, no other target touched: {why}"),
                     )
                     .await
-                    .map(|()| true);
+                    .map(|()| Ran::Migrated(None));
             }
             if failed.len() > allowed {
                 return self
@@ -220,7 +232,7 @@ impl Engine {
                         ),
                     )
                     .await
-                    .map(|()| true);
+                    .map(|()| Ran::Migrated(None));
             }
             if rec.spec.fingerprint_gate
                 && let Some(why) = self
@@ -230,7 +242,7 @@ impl Engine {
                 return self
                     .finish(term, &mut rec, RolloutState::Halted, why)
                     .await
-                    .map(|()| true);
+                    .map(|()| Ran::Migrated(None));
             }
             match self.metric_gate(term, &mut rec, wave, &mut control).await? {
                 GateEnd::Passed => {}
@@ -241,7 +253,7 @@ impl Engine {
                     return self
                         .finish(term, &mut rec, RolloutState::Halted, why)
                         .await
-                        .map(|()| true);
+                        .map(|()| Ran::Migrated(None));
                 }
             }
             wave += 1;
@@ -290,7 +302,16 @@ impl Engine {
             crate::telemetry::record_failure(&tracing::Span::current(), &why);
         }
         self.finish(term, &mut rec, state, summary).await?;
-        Ok(succeeded + failed > 0)
+        if succeeded + failed == 0 {
+            return Ok(Ran::Nothing);
+        }
+        // The final records, as written: the fleet view needs their fingerprints only.
+        let fingerprints = targets
+            .into_values()
+            .filter(|t| t.state == TargetState::Succeeded && !t.fingerprint.is_empty())
+            .map(|t| (t.target_id, t.fingerprint))
+            .collect();
+        Ok(Ran::Migrated(Some(fingerprints)))
     }
 
     async fn finish(

@@ -162,6 +162,21 @@ impl FleetView {
             .collect()
     }
 
+    /// Readable targets by revision (`metrics::count_revision`), counted in place (the fleet
+    /// gauges after a rollout that migrated nothing need no copy of every target); None while
+    /// no target is known.
+    pub(crate) fn revision_counts(&self) -> Option<BTreeMap<String, u64>> {
+        let inner = self.inner();
+        if inner.entries.is_empty() {
+            return None;
+        }
+        let mut by_revision = BTreeMap::new();
+        for seen in inner.entries.values() {
+            crate::metrics::count_revision(&mut by_revision, &seen.state);
+        }
+        Some(by_revision)
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.inner().entries.is_empty()
     }
