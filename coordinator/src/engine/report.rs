@@ -47,15 +47,7 @@ pub(crate) async fn record_fleet_view(
         engine.view.targets()
     };
     let Some((rollout, known)) = migrated_by else {
-        // Nothing else reads the entries: their statuses move, not copied.
-        let targets: Vec<pb::FleetTarget> = entries
-            .into_iter()
-            .map(|e| pb::FleetTarget {
-                agent_id: e.agent.id().to_owned(),
-                drift: super::view::drift_of(graph, &e),
-                status: Some(e.status),
-            })
-            .collect();
+        let targets = fleet_targets(graph, entries);
         metrics::record_fleet(engine.project(), &targets, false);
         return;
     };
@@ -98,15 +90,7 @@ pub(crate) async fn record_fleet_view(
     drop(fingerprints);
     let drifted = crate::drift::drifted(&observed);
     drop(observed);
-    // Nothing else reads the entries now: their statuses move, not copied.
-    let mut targets: Vec<pb::FleetTarget> = entries
-        .into_iter()
-        .map(|e| pb::FleetTarget {
-            agent_id: e.agent.id().to_owned(),
-            drift: super::view::drift_of(graph, &e),
-            status: Some(e.status),
-        })
-        .collect();
+    let mut targets = fleet_targets(graph, entries);
     for d in drifted {
         if let Some(t) = targets
             .iter_mut()
@@ -137,5 +121,20 @@ async fn succeeded_fingerprints(engine: &Engine, rollout: &str) -> HashMap<Strin
         .filter_map(|(_, value)| serde_json::from_slice::<Reported>(&value).ok())
         .filter(|t| t.state == TargetState::Succeeded && !t.fingerprint.is_empty())
         .map(|t| (t.target_id, t.fingerprint))
+        .collect()
+}
+
+/// The gauges' view of `entries`, which nothing else reads: their statuses move, not copied.
+fn fleet_targets(
+    graph: &flotilla_revision::Graph,
+    entries: Vec<super::snapshot::FleetEntry>,
+) -> Vec<pb::FleetTarget> {
+    entries
+        .into_iter()
+        .map(|e| pb::FleetTarget {
+            agent_id: e.agent.id().to_owned(),
+            drift: super::view::drift_of(graph, &e),
+            status: Some(e.status),
+        })
         .collect()
 }
