@@ -384,13 +384,6 @@ async fn the_pool_stays_within_its_bound_across_1000_schemas() -> Result<()> {
     let stats = pools[0].1;
     assert!(stats.peak <= BOUND, "{stats:?}");
     assert!(stats.peak >= 1 && stats.open <= BOUND, "{stats:?}");
-    // 1,000 migrations and 11 reads of every schema over at most 3 connections: each served
-    // its share of sessions and was replaced, the replacements within the same bound.
-    let recycle = flotilla_agent::driver::postgres::RECYCLE_AFTER_USES as usize;
-    assert!(
-        stats.recycled >= SCHEMAS / recycle - BOUND,
-        "connections were not recycled after {recycle} sessions: {stats:?}"
-    );
     let seen = most.load(Ordering::Acquire);
     assert!(
         seen >= 1 && seen <= BOUND as i64,

@@ -9,11 +9,6 @@
 //! holds only outside a transaction block), no session advisory lock held
 //! (`pg_advisory_unlock_all()`), every setting back to the session default (`RESET ALL`, so
 //! `search_path` and the step bounds). Anything else, a failed reset included, closes it.
-//!
-//! A connection is also closed (and replaced on demand) once it has served
-//! [`RECYCLE_AFTER_USES`] sessions: a PostgreSQL backend's catalog caches never shrink, and a
-//! backend that created the objects of thousands of schemas holds tens of megabytes and does
-//! every DDL command more slowly (README, Performance: schema-per-tenant).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,9 +26,6 @@ use crate::driver::{DriverError, ErrorClass};
 /// count them in `pg_stat_activity`.
 pub const POOL_APPLICATION_NAME: &str = "flotilla-agent";
 
-/// Sessions one pooled connection serves before it is closed instead of going back idle.
-pub const RECYCLE_AFTER_USES: u32 = 200;
-
 /// What a connection runs when it comes back: locks released, settings reset, and whether it
 /// is outside any transaction block (in one, `now()` is the transaction's start).
 const RESET_SQL: &str = "RESET ALL; SELECT now() = statement_timestamp() \
@@ -42,8 +34,7 @@ const RESET_SQL: &str = "RESET ALL; SELECT now() = statement_timestamp() \
 /// A bounded pool of connections to one database.
 pub struct SchemaPool {
     options: PgConnectOptions,
-    /// Idle connections, each with the sessions it has served.
-    idle: std::sync::Mutex<Vec<(PgConnection, u32)>>,
+    idle: std::sync::Mutex<Vec<PgConnection>>,
     permits: Arc<Semaphore>,
     size: usize,
     /// Connections open right now (lent + idle), and the most ever open at once.
@@ -51,8 +42,6 @@ pub struct SchemaPool {
     peak: AtomicUsize,
     /// Connections closed because they could not be reset.
     discarded: AtomicUsize,
-    /// Connections closed after [`RECYCLE_AFTER_USES`] sessions.
-    recycled: AtomicUsize,
 }
 
 impl std::fmt::Debug for SchemaPool {
@@ -71,8 +60,6 @@ pub(crate) struct Lease {
     _permit: OwnedSemaphorePermit,
     /// The connection went back idle: it still counts as open.
     idle: bool,
-    /// Sessions the lent connection has served, this one included.
-    uses: u32,
 }
 
 impl Lease {
@@ -96,7 +83,6 @@ pub struct PoolStats {
     pub open: usize,
     pub peak: usize,
     pub discarded: usize,
-    pub recycled: usize,
 }
 
 impl SchemaPool {
@@ -115,7 +101,6 @@ impl SchemaPool {
             open: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             discarded: AtomicUsize::new(0),
-            recycled: AtomicUsize::new(0),
         })
     }
 
@@ -133,11 +118,10 @@ impl SchemaPool {
             open: self.open.load(Ordering::Acquire),
             peak: self.peak.load(Ordering::Acquire),
             discarded: self.discarded.load(Ordering::Acquire),
-            recycled: self.recycled.load(Ordering::Acquire),
         }
     }
 
-    fn take_idle(&self) -> Option<(PgConnection, u32)> {
+    fn take_idle(&self) -> Option<PgConnection> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
     }
 
@@ -155,7 +139,6 @@ impl SchemaPool {
             pool: self.clone(),
             _permit: permit,
             idle: false,
-            uses: 1,
         })
     }
 
@@ -179,11 +162,10 @@ impl SchemaPool {
         self: &Arc<Self>,
         prelude: &str,
     ) -> Result<(PgConnection, Lease), DriverError> {
-        let mut lease = self.lease().await?;
-        let Some((mut conn, uses)) = self.take_idle() else {
+        let lease = self.lease().await?;
+        let Some(mut conn) = self.take_idle() else {
             return self.open_new(lease, prelude).await;
         };
-        lease.uses = uses + 1;
         // An idle connection already counts as open.
         match run_prelude(&mut conn, prelude).await {
             Ok(()) => Ok((conn, lease)),
@@ -199,13 +181,6 @@ impl SchemaPool {
     }
 
     pub(crate) async fn give_back(&self, mut conn: PgConnection, mut lease: Lease) {
-        if lease.uses >= RECYCLE_AFTER_USES {
-            // Closing ends the backend: the server drops its locks and settings with it.
-            self.recycled.fetch_add(1, Ordering::AcqRel);
-            let _ = conn.close().await;
-            drop(lease);
-            return;
-        }
         let clean = !conn.is_in_transaction()
             && match result_sets(&mut conn, RESET_SQL.to_owned()).await {
                 Ok(sets) => sets
@@ -219,7 +194,7 @@ impl SchemaPool {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((conn, lease.uses));
+                .push(conn);
             lease.idle = true;
         } else {
             self.discarded.fetch_add(1, Ordering::AcqRel);
