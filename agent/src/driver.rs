@@ -205,6 +205,11 @@ pub trait Session: Send {
     /// The history log (id order) and the fence token.
     async fn read_state(&mut self) -> Result<TargetState, DriverError>;
 
+    /// After a run that changed the target: let the driver's status reads start from the
+    /// state this session leaves, where it keeps one (SQLite's status cache, when the stamp
+    /// of the files proves the state current). Best effort: on any error nothing is kept.
+    async fn remember_state(&mut self) {}
+
     /// In ONE transaction: check the fence (`StaleToken` if `meta.fencing_token` is lower than
     /// the stored token) and raise it, then for each step in order ask `observer` (stopping
     /// before the step when it says so), run its check queries (`guard::run`), its sql and its

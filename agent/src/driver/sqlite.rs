@@ -48,11 +48,15 @@ pub struct SqliteDriver {
     source: Source,
     /// The database file; None for an in-memory database.
     path: Option<PathBuf>,
-    /// The last state read by `Driver::read_state`, with the files' stamp it was read at.
-    cache: Arc<Mutex<Option<(FileStamp, cached::CachedState)>>>,
+    /// The last state read by `Driver::read_state` (or left by a session's run), with the
+    /// files' stamp it was read at.
+    cache: StatusCache,
     /// How many `read_state` calls the cache answered.
     hits: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// A driver's cached status read: the state and the files' stamp it is current for.
+type StatusCache = Arc<Mutex<Option<(FileStamp, cached::CachedState)>>>;
 
 /// Where a driver's connect options come from (validated when the driver is made).
 #[derive(Debug, Clone)]
@@ -164,12 +168,18 @@ impl SqliteDriver {
                 message: format!("opening the sqlite database timed out after {CONNECT_TIMEOUT:?}"),
             })?
             .map_err(on(D, "open sqlite database"))?;
+        let status_cache = self
+            .path
+            .clone()
+            .filter(|_| project.is_default())
+            .map(|path| (path, self.cache.clone()));
         Ok(SqliteSession {
             conn,
             lock_path: self.lock_path(project),
             lock: None,
             _read: None,
             project: project.clone(),
+            status_cache,
         })
     }
 }
@@ -219,9 +229,12 @@ impl Driver for SqliteDriver {
     /// prepared); the database's state only changes when its files do. So the state is kept
     /// with the files' stamp (identity, size, mtime, ctime of the database, its WAL and its
     /// journal) and served again while the stamp is unchanged, and only once the files have
-    /// been unchanged for [`SETTLED`](stamp::SETTLED) when they were read. Any committed
-    /// write, by this agent or anyone else, changes the stamp. Migrations never use this: the
-    /// executor reads the state on its locked session. Only project `default`'s state is
+    /// been unchanged for [`SETTLED`](stamp::SETTLED) when they were read, or, for a
+    /// database in rollback-journal mode, at once (its stamp holds the header's change
+    /// counter). Any committed write, by this agent or anyone else, changes the stamp.
+    /// Migrations never use this: the executor reads the state on its locked session; a run
+    /// that changed the target leaves its final state here (`Session::remember_state`). Only
+    /// project `default`'s state is
     /// kept (one per target: an agent serving thousands of files keeps one state each);
     /// another project's is read every time.
     async fn read_status(
@@ -251,7 +264,7 @@ impl Driver for SqliteDriver {
         let after = FileStamp::read(path).await;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = match (before, after) {
-            (Some(b), Some(a)) if a == b && a.settled(started) => {
+            (Some(b), Some(a)) if a == b && (a.counted() || a.settled(started)) => {
                 Some((a, cached::CachedState::new(&state)))
             }
             _ => None,

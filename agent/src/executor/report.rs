@@ -20,6 +20,9 @@ impl Executor {
         let Some(session) = link.session.as_mut() else {
             return;
         };
+        // Still under the lock: the next Status of this target can be answered without
+        // opening it again.
+        session.remember_state().await;
         if link.state.is_none() {
             match session.read_state().await {
                 Ok(state) => link.state = Some(state),

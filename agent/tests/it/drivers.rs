@@ -750,6 +750,61 @@ async fn sqlite_status_cache_sees_every_write() -> Result<()> {
     Ok(())
 }
 
+/// A run leaves its final state for the driver's status reads: the next Status is answered
+/// without opening the database, and a write right after it, same size and same timestamp
+/// tick, is still seen (the header's change counter moved). A WAL database keeps nothing.
+#[tokio::test]
+async fn sqlite_a_run_leaves_its_state_for_the_next_status_read() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("t.db");
+    let driver = SqliteDriver::from_path(&path);
+    let mut s = session(&driver).await?;
+    s.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
+        .await?;
+    s.remember_state().await;
+    s.close().await;
+    let st = driver.read_state(&Default::default()).await?;
+    ensure!(st.history.len() == 1 && st.fence_token == 1, "{st:?}");
+    ensure!(driver.cached_reads() == 1, "the run's state was not kept");
+
+    let other = SqliteDriver::from_path(&path);
+    let mut raw = other.open().await?;
+    raw.execute_non_transactional("UPDATE flotilla_fence SET token = 7 WHERE id = 1")
+        .await?;
+    Box::new(raw).close().await;
+    let st = driver.read_state(&Default::default()).await?;
+    ensure!(st.fence_token == 7, "stale fence after a write: {st:?}");
+    ensure!(
+        driver.cached_reads() == 1,
+        "a changed file was served from the cache"
+    );
+    // Read again at once: the stamp read between two equal stamps is current, so it is
+    // kept without waiting for the files to settle.
+    let st = driver.read_state(&Default::default()).await?;
+    ensure!(st.fence_token == 7, "{st:?}");
+    ensure!(
+        driver.cached_reads() == 2,
+        "an unchanged file was read again"
+    );
+
+    let wal_path = dir.path().join("w.db");
+    let wal = SqliteDriver::from_path(&wal_path);
+    let mut w = session(&wal).await?;
+    w.execute_non_transactional("PRAGMA journal_mode = WAL")
+        .await?;
+    w.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
+        .await?;
+    w.remember_state().await;
+    w.close().await;
+    let st = wal.read_state(&Default::default()).await?;
+    ensure!(st.history.len() == 1, "{st:?}");
+    ensure!(
+        wal.cached_reads() == 0,
+        "a WAL database's state was kept unsettled"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn postgres_driver() -> Result<()> {
     let server = flotilla_testkit::Postgres::start().await?;

@@ -37,6 +37,8 @@ pub struct SqliteSession {
     pub(super) _read: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Whose history and fence this session uses (its lock file is the project's too).
     pub(super) project: Project,
+    /// The database file and its driver's status cache (project `default`, a file).
+    pub(super) status_cache: Option<(PathBuf, super::StatusCache)>,
 }
 
 /// `PRAGMA busy_timeout`: how long the connection waits for another's write lock.
@@ -228,34 +230,38 @@ impl Session for SqliteSession {
             .begin()
             .await
             .map_err(on(D, "begin transaction"))?;
-        let mut state = TargetState::default();
-        if has_history {
-            let sql = format!(
-                "SELECT {HISTORY_COLUMNS} FROM {} ORDER BY id",
-                self.project.history_table()
-            );
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(on(D, "read flotilla_history"))?;
-            for r in rows {
-                state
-                    .history
-                    .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
-            }
-        }
-        if has_fence {
-            let token: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
-                &self.project,
-                "SELECT token FROM flotilla_fence WHERE id = 1",
-            )))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(on(D, "read fence"))?;
-            state.fence_token = crate::driver::common::from_db(token.unwrap_or(0));
-        }
+        let state = read_in(&mut tx, &self.project, has_history, has_fence).await?;
         tx.commit().await.map_err(on(D, "commit"))?;
         Ok(state)
+    }
+
+    /// The state read in a read transaction, with the files' stamp taken before it ends: in
+    /// rollback-journal mode the transaction's shared lock keeps every writer from committing
+    /// meanwhile, so the stamp (with its change counter) is the one of the state read, and
+    /// the driver's status reads start from it. In WAL mode nothing is kept (a commit does not
+    /// wait for readers there, and the files have not settled).
+    async fn remember_state(&mut self) {
+        let Some((path, cache)) = self.status_cache.clone() else {
+            return;
+        };
+        let remembered = async {
+            let (has_history, has_fence) = self.own_tables().await?;
+            let mut tx = self
+                .conn
+                .begin()
+                .await
+                .map_err(on(D, "begin transaction"))?;
+            let state = read_in(&mut tx, &self.project, has_history, has_fence).await?;
+            let stamp = super::stamp::FileStamp::read(&path).await;
+            tx.commit().await.map_err(on(D, "commit"))?;
+            Ok::<_, DriverError>(stamp.filter(|s| s.counted()).map(|s| (s, state)))
+        }
+        .await;
+        let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+        *cache = match remembered {
+            Ok(Some((stamp, state))) => Some((stamp, super::cached::CachedState::new(&state))),
+            _ => None,
+        };
     }
 
     async fn apply_group(
@@ -488,6 +494,42 @@ impl Session for SqliteSession {
         }
         let _ = self.conn.close().await;
     }
+}
+
+/// The history log and fence token, read in `tx`.
+async fn read_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    project: &Project,
+    has_history: bool,
+    has_fence: bool,
+) -> Result<TargetState, DriverError> {
+    let mut state = TargetState::default();
+    if has_history {
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM {} ORDER BY id",
+            project.history_table()
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(on(D, "read flotilla_history"))?;
+        for r in rows {
+            state
+                .history
+                .push(history_row(raw_row(&r).map_err(on(D, "decode history"))?)?);
+        }
+    }
+    if has_fence {
+        let token: Option<i64> = sqlx::query_scalar(AssertSqlSafe(in_project(
+            project,
+            "SELECT token FROM flotilla_fence WHERE id = 1",
+        )))
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(on(D, "read fence"))?;
+        state.fence_token = crate::driver::common::from_db(token.unwrap_or(0));
+    }
+    Ok(state)
 }
 
 /// Commit on success, roll back on error.
