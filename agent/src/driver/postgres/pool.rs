@@ -280,15 +280,7 @@ impl SchemaPool {
             }
         };
         if clean && lease.uses < RECYCLE_AFTER_USES {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Pooled {
-                    conn,
-                    pid: lease.pid,
-                    uses: lease.uses,
-                });
-            lease.kept = true;
+            self.park(conn, &mut lease);
         } else if clean {
             self.recycle(conn, lease).await;
             return;
@@ -306,19 +298,24 @@ impl SchemaPool {
         drop(lease);
     }
 
+    /// Put a clean connection back on the idle list (it stays counted open).
+    fn park(&self, conn: PgConnection, lease: &mut Lease) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Pooled {
+                conn,
+                pid: lease.pid,
+                uses: lease.uses,
+            });
+        lease.kept = true;
+    }
+
     /// Close a clean connection that has served its sessions, if another stays open to see
     /// its backend gone; otherwise it goes back idle and is closed on a later return.
     async fn recycle(&self, conn: PgConnection, mut lease: Lease) {
         if !self.retire(&mut lease) {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Pooled {
-                    conn,
-                    pid: lease.pid,
-                    uses: lease.uses,
-                });
-            lease.kept = true;
+            self.park(conn, &mut lease);
             return;
         }
         // Closing ends the backend: the server drops its locks and settings with it.

@@ -67,6 +67,27 @@ pub(super) fn read_permits() -> &'static Arc<tokio::sync::Semaphore> {
 }
 
 impl SqliteSession {
+    /// The history log and fence token in one read transaction, and the stamp of the files
+    /// at `path` taken before it ends.
+    async fn read_stamped(
+        &mut self,
+        path: Option<&std::path::Path>,
+    ) -> Result<(TargetState, Option<super::stamp::FileStamp>), DriverError> {
+        let (has_history, has_fence) = self.own_tables().await?;
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(on(D, "begin transaction"))?;
+        let state = read_in(&mut tx, &self.project, has_history, has_fence).await?;
+        let stamp = match path {
+            Some(path) => super::stamp::FileStamp::read(path).await,
+            None => None,
+        };
+        tx.commit().await.map_err(on(D, "commit"))?;
+        Ok((state, stamp))
+    }
+
     async fn own_tables(&mut self) -> Result<(bool, bool), DriverError> {
         let names: Vec<String> = sqlx::query_scalar(AssertSqlSafe(in_project(
             &self.project,
@@ -224,15 +245,7 @@ impl Session for SqliteSession {
     }
 
     async fn read_state(&mut self) -> Result<TargetState, DriverError> {
-        let (has_history, has_fence) = self.own_tables().await?;
-        let mut tx = self
-            .conn
-            .begin()
-            .await
-            .map_err(on(D, "begin transaction"))?;
-        let state = read_in(&mut tx, &self.project, has_history, has_fence).await?;
-        tx.commit().await.map_err(on(D, "commit"))?;
-        Ok(state)
+        Ok(self.read_stamped(None).await?.0)
     }
 
     /// The state read in a read transaction, with the files' stamp taken before it ends: in
@@ -244,22 +257,12 @@ impl Session for SqliteSession {
         let Some((path, cache)) = self.status_cache.clone() else {
             return;
         };
-        let remembered = async {
-            let (has_history, has_fence) = self.own_tables().await?;
-            let mut tx = self
-                .conn
-                .begin()
-                .await
-                .map_err(on(D, "begin transaction"))?;
-            let state = read_in(&mut tx, &self.project, has_history, has_fence).await?;
-            let stamp = super::stamp::FileStamp::read(&path).await;
-            tx.commit().await.map_err(on(D, "commit"))?;
-            Ok::<_, DriverError>(stamp.filter(|s| s.counted()).map(|s| (s, state)))
-        }
-        .await;
+        let remembered = self.read_stamped(Some(&path)).await;
         let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
         *cache = match remembered {
-            Ok(Some((stamp, state))) => Some((stamp, super::cached::CachedState::new(&state))),
+            Ok((state, Some(stamp))) if stamp.counted() => {
+                Some((stamp, super::cached::CachedState::new(&state)))
+            }
             _ => None,
         };
     }
