@@ -18,15 +18,26 @@ use flotilla_coordinator::telemetry::{self, TelemetryConfig};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// This binary's jemalloc options, read by jemalloc by name before `main` and applied over the
-/// build-time ones: the agent's, but with per-thread caches. `flotilla check` lints a big seed
-/// on one thread per dialect, and without caches the threads queue on the one arena (the 5 MB
-/// seed of the `big_revision` bench: 6.9 s of lint instead of 0.74 s); the coordinator's CPU
-/// per target-step was 388 µs with them and 411 without (README, Performance: Scale).
-#[allow(unsafe_code)] // an exported symbol; nothing else in the workspace may use `unsafe`
+/// build-time ones (the same: one arena, no per-thread caches, pages given back at once). The
+/// caches cost the coordinator 3–4 MiB of peak at 10,000 targets (65.3–66.8 MiB with them,
+/// 62.6 without), so only the threads that lint a big revision turn theirs on
+/// ([`thread_cache_on`]): without caches those threads queue on the one arena (the 10 MB seed:
+/// `flotilla check` 6.7 s instead of 1.0 s). README, Performance: Scale.
+#[allow(unsafe_code)] // an exported symbol
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &u8 = &b"narenas:1,tcache:true,dirty_decay_ms:0,muzzy_decay_ms:0\0"[0];
+static MALLOC_CONF: &u8 = &b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0\0"[0];
+
+/// Turn jemalloc's thread cache on for the calling thread (a lint thread: it exits when the
+/// lint is done, and its cache is given back with it).
+#[allow(unsafe_code)] // one jemalloc control; nothing else in the workspace may use `unsafe`
+fn thread_cache_on() {
+    // SAFETY: `thread.tcache.enabled` is a read-write `bool` control (jemalloc(3), MALLCTL
+    // NAMESPACE); the name is NUL-terminated and the value a `bool`, as the control expects.
+    let _ = unsafe { tikv_jemalloc_ctl::raw::write(b"thread.tcache.enabled\0", true) };
+}
 
 fn main() -> ExitCode {
+    flotilla_revision::lint::on_thread_start(thread_cache_on);
     let cli = Cli::parse();
     let (default_level, service_name) = match cli.command {
         Command::Coordinator(_) => ("info", "flotilla-coordinator"),
