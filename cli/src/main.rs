@@ -32,8 +32,20 @@ static MALLOC_CONF: &u8 = &b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay
 #[allow(unsafe_code)] // one jemalloc control; nothing else in the workspace may use `unsafe`
 fn thread_cache_on() {
     // SAFETY: `thread.tcache.enabled` is a read-write `bool` control (jemalloc(3), MALLCTL
-    // NAMESPACE); the name is NUL-terminated and the value a `bool`, as the control expects.
-    let _ = unsafe { tikv_jemalloc_ctl::raw::write(b"thread.tcache.enabled\0", true) };
+    // NAMESPACE): the name is a NUL-terminated C string, no old value is asked for (both
+    // pointers null), and the new value points to a live `bool` of the length given.
+    let mut on = true;
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.enabled".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            (&raw mut on).cast(),
+            std::mem::size_of::<bool>(),
+        )
+    };
+    debug_assert_eq!(rc, 0, "jemalloc refused thread.tcache.enabled");
+    let _ = rc;
 }
 
 fn main() -> ExitCode {
