@@ -53,15 +53,6 @@ pub(super) fn units(targets: Vec<Arc<Target>>, chunk: usize) -> Vec<Unit> {
     units
 }
 
-/// Aborts the task it holds when dropped (a chunk read whose caller timed out or went away).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Runs a chunk's read as a task of its own. Its polls then do not enter the request's
 /// tracing span (a chunk's rows arrive over many polls, and entering and leaving the span on
 /// each cost a fifth of the agent's CPU in a 10,000-schema `validate`), and the chunks'
@@ -73,8 +64,7 @@ pub(super) async fn detached<T>(
 where
     T: Send + 'static,
 {
-    let mut task = AbortOnDrop(tokio::spawn(read));
-    match (&mut task.0).await {
+    match tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read)).await {
         Ok(read) => read,
         Err(e) => Err(DriverError::Permanent {
             message: format!("the read task ended abnormally: {e}"),

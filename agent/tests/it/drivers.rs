@@ -701,6 +701,23 @@ async fn sqlite_driver() -> Result<()> {
     all_scenarios(&mut SqliteTargets::new()?).await
 }
 
+/// A session on a new SQLite file `name` in `dir` that ran `first` (if any) and applied one
+/// step, still open.
+async fn one_step_file(
+    dir: &std::path::Path,
+    name: &str,
+    first: Option<&str>,
+) -> Result<(SqliteDriver, Box<dyn Session>)> {
+    let driver = SqliteDriver::from_path(dir.join(name));
+    let mut s = session(&driver).await?;
+    if let Some(sql) = first {
+        s.execute_non_transactional(sql).await?;
+    }
+    s.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
+        .await?;
+    Ok((driver, s))
+}
+
 /// A write to the fence table by hand (same size, likely the same timestamp tick).
 async fn set_fence_by_hand(driver: &SqliteDriver, token: i64) -> Result<()> {
     let mut raw = driver.open().await?;
@@ -718,10 +735,7 @@ async fn set_fence_by_hand(driver: &SqliteDriver, token: i64) -> Result<()> {
 async fn sqlite_status_cache_sees_every_write() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("t.db");
-    let driver = SqliteDriver::from_path(&path);
-    let mut s = session(&driver).await?;
-    s.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
-        .await?;
+    let (driver, s) = one_step_file(dir.path(), "t.db", None).await?;
     s.close().await;
     // The first read keeps the state (this rollback-journal database's stamp holds the
     // change counter; a WAL database's state is kept once its files have settled): the
@@ -765,10 +779,7 @@ async fn sqlite_status_cache_sees_every_write() -> Result<()> {
 async fn sqlite_a_run_leaves_its_state_for_the_next_status_read() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("t.db");
-    let driver = SqliteDriver::from_path(&path);
-    let mut s = session(&driver).await?;
-    s.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
-        .await?;
+    let (driver, mut s) = one_step_file(dir.path(), "t.db", None).await?;
     s.remember_state().await;
     s.close().await;
     let st = driver.read_state(&Default::default()).await?;
@@ -792,13 +803,7 @@ async fn sqlite_a_run_leaves_its_state_for_the_next_status_read() -> Result<()> 
         "an unchanged file was read again"
     );
 
-    let wal_path = dir.path().join("w.db");
-    let wal = SqliteDriver::from_path(&wal_path);
-    let mut w = session(&wal).await?;
-    w.execute_non_transactional("PRAGMA journal_mode = WAL")
-        .await?;
-    w.apply_transactional(&step("0001", "CREATE TABLE a (id INT);"), &meta(1))
-        .await?;
+    let (wal, mut w) = one_step_file(dir.path(), "w.db", Some("PRAGMA journal_mode = WAL")).await?;
     w.remember_state().await;
     w.close().await;
     let st = wal.read_state(&Default::default()).await?;

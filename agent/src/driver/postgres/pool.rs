@@ -330,8 +330,7 @@ impl SchemaPool {
     fn retire(&self, lease: &mut Lease) -> bool {
         let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
         let open = self.open.load(Ordering::Acquire);
-        let others = open.saturating_sub(retiring.len() + 1);
-        if lease.pid == 0 || others == 0 {
+        if open.saturating_sub(retiring.len() + 1) == 0 {
             return false;
         }
         let Some(permit) = lease.permit.take() else {
@@ -351,11 +350,8 @@ impl SchemaPool {
     /// released here.
     fn retiring_to_check(&self) -> Option<(Vec<i32>, String)> {
         let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
-        let before = retiring.len();
-        retiring.retain(|r| r.since.elapsed() < RETIRING_LIMIT);
-        let expired = before - retiring.len();
+        let expired = self.release_retiring(&mut retiring, |r| r.since.elapsed() < RETIRING_LIMIT);
         if expired > 0 {
-            self.open.fetch_sub(expired, Ordering::AcqRel);
             tracing::warn!(
                 database = self.database(),
                 expired,
@@ -381,12 +377,23 @@ impl SchemaPool {
     /// Release the permits of the checked backends the server no longer lists.
     fn release_gone(&self, checked: &[i32], listed: &[i32]) {
         let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+        self.release_retiring(&mut retiring, |r| {
+            !checked.contains(&r.pid) || listed.contains(&r.pid)
+        });
+    }
+
+    /// Keep the retiring entries `keep` accepts; the others' permits go back and they no
+    /// longer count as open. Returns how many were released.
+    fn release_retiring(
+        &self,
+        retiring: &mut Vec<Retiring>,
+        keep: impl Fn(&Retiring) -> bool,
+    ) -> usize {
         let before = retiring.len();
-        retiring.retain(|r| !checked.contains(&r.pid) || listed.contains(&r.pid));
-        let gone = before - retiring.len();
-        if gone > 0 {
-            self.open.fetch_sub(gone, Ordering::AcqRel);
-        }
+        retiring.retain(keep);
+        let released = before - retiring.len();
+        self.open.fetch_sub(released, Ordering::AcqRel);
+        released
     }
 }
 
@@ -414,34 +421,36 @@ mod tests {
             .unwrap()
     }
 
-    fn signal(sig: &str, pid: i32) {
-        let ok = std::process::Command::new("kill")
+    fn signal(sig: &str, pid: i32) -> bool {
+        std::process::Command::new("kill")
             .args([sig, &pid.to_string()])
             .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
+            .is_ok_and(|s| s.success())
     }
 
     /// Lets a stopped backend go on if the test fails first (the server could not stop).
     struct Resume(i32);
     impl Drop for Resume {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("kill")
-                .args(["-CONT", &self.0.to_string()])
-                .status();
+            let _ = signal("-CONT", self.0);
         }
+    }
+
+    /// A server, a database `pool` on it, and a pool of `size` connections to it.
+    async fn pool_of(size: usize) -> (Postgres, String, Arc<SchemaPool>) {
+        let pg = Postgres::start().await.unwrap();
+        let url = pg.create_database("pool").await.unwrap();
+        let options: PgConnectOptions = url.parse().unwrap();
+        let pool = SchemaPool::new(&options, "pool", size);
+        (pg, url, pool)
     }
 
     /// A recycled connection's backend that is slow to exit (stopped here) keeps its permit:
     /// the pool of two lends only its other connection until the server no longer lists it.
     #[tokio::test]
     async fn a_recycled_connection_holds_its_permit_until_its_backend_is_gone() {
-        let pg = Postgres::start().await.unwrap();
-        let url = pg.create_database("pool").await.unwrap();
-        let options: PgConnectOptions = url.parse().unwrap();
+        let (_pg, url, pool) = pool_of(2).await;
         let mut watch = PgConnection::connect(&url).await.unwrap();
-        let pool = SchemaPool::new(&options, "pool", 2);
 
         let (a, mut a_lease) = pool.checkout("").await.unwrap();
         let (b, b_lease) = pool.checkout("").await.unwrap();
@@ -451,7 +460,7 @@ mod tests {
 
         // `a` has served its sessions and is recycled (what `give_back` does after its reset),
         // its backend stopped so it cannot exit yet.
-        signal("-STOP", pa);
+        assert!(signal("-STOP", pa), "kill -STOP {pa}");
         let _resume = Resume(pa);
         a_lease.uses = RECYCLE_AFTER_USES;
         pool.recycle(a, a_lease).await;
@@ -476,7 +485,7 @@ mod tests {
         assert_eq!(listed(&mut watch, &[pa]).await, [pa]);
 
         // Once the backend has read its Terminate and exited, the next return releases it.
-        signal("-CONT", pa);
+        assert!(signal("-CONT", pa), "kill -CONT {pa}");
         while !listed(&mut watch, &[pa]).await.is_empty() {
             tokio::task::yield_now().await;
         }
@@ -491,10 +500,7 @@ mod tests {
     /// its backend gone): it goes on serving and is recycled once another is open.
     #[tokio::test]
     async fn a_connection_alone_in_its_pool_is_kept_past_its_sessions() {
-        let pg = Postgres::start().await.unwrap();
-        let url = pg.create_database("pool").await.unwrap();
-        let options: PgConnectOptions = url.parse().unwrap();
-        let pool = SchemaPool::new(&options, "pool", 1);
+        let (_pg, _, pool) = pool_of(1).await;
         let (a, mut a_lease) = pool.checkout("").await.unwrap();
         let pa = a_lease.pid;
         a_lease.uses = RECYCLE_AFTER_USES;
