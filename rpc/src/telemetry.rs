@@ -221,6 +221,22 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
+    subscriber(&provider, config)
+        .try_init()
+        .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
+    tracing::debug!(export = %export, "trace export");
+    Ok(Telemetry {
+        provider: Some(provider),
+        export,
+    })
+}
+
+/// The subscriber [`init`] installs: spans to OpenTelemetry (Flotilla's own, INFO and above),
+/// log lines as `config` says, and nothing built for a span or event no layer wants.
+fn subscriber(
+    provider: &SdkTracerProvider,
+    config: TelemetryConfig,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
     let tracer = provider.tracer(config.service_name);
     let otel_filter = Targets::new()
         .with_target("flotilla_agent", LevelFilter::INFO)
@@ -286,15 +302,12 @@ pub fn init(config: TelemetryConfig) -> Result<Telemetry, TelemetryError> {
     };
     tracing_subscriber::registry()
         .with(otel)
-        .with(dispatch)
+        // A layer without a filter of its own counts as wanting every span and event, which
+        // would make the registry build every span of every library (h2's per-poll spans
+        // among them) only for the other layers' filters to drop them. The slot only needs
+        // `on_register_dispatch`, which a filtered layer still receives.
+        .with(dispatch.with_filter(LevelFilter::OFF))
         .with(fmt)
-        .try_init()
-        .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
-    tracing::debug!(export = %export, "trace export");
-    Ok(Telemetry {
-        provider: Some(provider),
-        export,
-    })
 }
 
 /// Remembers the dispatcher the subscriber was registered with, so formatters can ask the
@@ -607,6 +620,32 @@ mod tests {
             ]),
             TraceExport::Off
         );
+    }
+
+    #[test]
+    fn spans_no_layer_wants_are_never_built() {
+        let provider = SdkTracerProvider::builder().build();
+        let sub = subscriber(
+            &provider,
+            TelemetryConfig {
+                service_name: "flotilla-test",
+                log_format: LogFormat::Json,
+                log_filter: EnvFilter::new("info"),
+                stderr: true,
+            },
+        );
+        tracing::subscriber::with_default(sub, || {
+            // What h2 opens on every poll of a connection: no layer logs or exports it.
+            let poll = tracing::trace_span!(target: "h2::proto::connection", "poll");
+            assert!(poll.is_disabled(), "a span no layer wants was built");
+            let debug = tracing::debug_span!(target: "hyper::client", "connect");
+            assert!(debug.is_disabled(), "a span no layer wants was built");
+            // Ours at INFO go to OpenTelemetry and to the log, another crate's INFO to the log.
+            let ours = tracing::info_span!(target: "flotilla_coordinator::engine", "target");
+            assert!(!ours.is_disabled());
+            let theirs = tracing::info_span!(target: "tonic::transport", "serve");
+            assert!(!theirs.is_disabled());
+        });
     }
 
     #[test]

@@ -144,6 +144,10 @@ struct Options {
     /// flotilla rollout, no-op and validate are measured as usual, with no ratio to the bound
     #[arg(long, env = "FLOTILLA_BENCH_SCHEMA_SKIP_RAW")]
     schema_skip_raw: bool,
+    /// Schemas: how many no-op rollouts to run after the rollout (the first is the one held
+    /// against the limit; the others show how much it varies)
+    #[arg(long, env = "FLOTILLA_BENCH_SCHEMA_NOOP_RUNS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    schema_noop_runs: u32,
     /// Where to save the figures (default: <target>/bench/compare.json)
     #[arg(long, env = "FLOTILLA_BENCH_OUT")]
     out: Option<PathBuf>,
@@ -319,6 +323,7 @@ async fn main_async(o: Options) -> Result<()> {
             sessions,
             max_parallel: o.schema_max_parallel,
             skip_raw: o.schema_skip_raw,
+            noop_runs: o.schema_noop_runs,
         };
         println!(
             "Schemas: PostgreSQL, {} tenant schemas in one database, {} revisions (fsync on):",
@@ -377,7 +382,7 @@ async fn main_async(o: Options) -> Result<()> {
             "remote_max_parallel": o.remote_max_parallel,
             "schema_tenants": o.schema_tenants, "schema_sessions": o.schema_sessions,
             "schema_max_parallel": o.schema_max_parallel,
-            "schema_skip_raw": o.schema_skip_raw,
+            "schema_skip_raw": o.schema_skip_raw, "schema_noop_runs": o.schema_noop_runs,
         },
         "postgres": pg_results.iter().map(pg::PgResult::json).collect::<Vec<_>>(),
         "sqlite": sqlite_result.as_ref().map(sqlite::SqliteResult::json),

@@ -30,6 +30,8 @@ pub(crate) struct SchemaSettings {
     pub(crate) max_parallel: u32,
     /// Leave the raw lower bound out (`--schema-skip-raw`).
     pub(crate) skip_raw: bool,
+    /// No-op rollouts after the rollout (`--schema-noop-runs`, at least 1).
+    pub(crate) noop_runs: u32,
 }
 
 /// The figures of the schemas section.
@@ -41,7 +43,10 @@ pub(crate) struct SchemaResult {
     /// None with `--schema-skip-raw`.
     pub(crate) raw: Option<Duration>,
     pub(crate) flotilla: RolloutRun,
+    /// The first no-op rollout after the rollout (held against the limit).
     pub(crate) noop: RolloutRun,
+    /// The no-op rollouts after the first (`--schema-noop-runs` above 1).
+    pub(crate) noop_again: Vec<RolloutRun>,
     pub(crate) validate: Duration,
 }
 
@@ -60,6 +65,7 @@ impl SchemaResult {
             "flotilla": self.flotilla.json(),
             "flotilla_vs_raw": self.ratio(),
             "noop_rollout": self.noop.json(),
+            "noop_rollout_again": self.noop_again.iter().map(RolloutRun::json).collect::<Vec<_>>(),
             "validate_s": self.validate.as_secs_f64(),
         })
     }
@@ -218,14 +224,33 @@ pub(crate) async fn bench(
             .rollout(&format!("schemas{n}-noop"), s.max_parallel, 0)
             .await
             .context("no-op rollout")?;
-        println!("  no-op rollout: {:.2} s", noop.wall.as_secs_f64());
+        println!(
+            "  no-op rollout: {:.2} s (coordinator {:.2} s, agent {:.2} s CPU)",
+            noop.wall.as_secs_f64(),
+            noop.coordinator_cpu_s,
+            noop.agent_cpu_s
+        );
+        let mut noop_again = Vec::new();
+        for k in 1..s.noop_runs {
+            let again = fleet
+                .rollout(&format!("schemas{n}-noop{k}"), s.max_parallel, 0)
+                .await
+                .context("no-op rollout again")?;
+            println!(
+                "  no-op rollout again: {:.2} s (coordinator {:.2} s, agent {:.2} s CPU)",
+                again.wall.as_secs_f64(),
+                again.coordinator_cpu_s,
+                again.agent_cpu_s
+            );
+            noop_again.push(again);
+        }
         let validate = fleet.validate().await.context("validate")?;
         println!("  flotilla validate: {:.2} s", validate.as_secs_f64());
-        anyhow::Ok((flotilla, noop, validate))
+        anyhow::Ok((flotilla, noop, noop_again, validate))
     }
     .await;
     fleet.stop().await?;
-    let (flotilla, noop, validate) = result?;
+    let (flotilla, noop, noop_again, validate) = result?;
     Ok(SchemaResult {
         tenants: n,
         revisions: steps,
@@ -233,6 +258,7 @@ pub(crate) async fn bench(
         raw: raw_time,
         flotilla,
         noop,
+        noop_again,
         validate,
     })
 }
@@ -266,7 +292,15 @@ pub(crate) fn table(r: &SchemaResult) -> String {
                 r.flotilla.agent_us_per_step()
             ),
         ),
-        ("no-op: flotilla rollout".to_owned(), s(r.noop.wall)),
+        (
+            "no-op: flotilla rollout".to_owned(),
+            if r.noop_again.is_empty() {
+                s(r.noop.wall)
+            } else {
+                let again: Vec<String> = r.noop_again.iter().map(|a| s(a.wall)).collect();
+                format!("{} (again: {})", s(r.noop.wall), again.join(", "))
+            },
+        ),
         (
             "no-op: flotilla validate (every schema's fingerprint)".to_owned(),
             s(r.validate),
