@@ -127,6 +127,7 @@ impl Agent {
         unit: Unit,
         project: &Project,
         include_history: bool,
+        fence: bool,
     ) -> Vec<(usize, TargetStatus)> {
         let timeout = self.config.status.timeout;
         match unit {
@@ -144,8 +145,9 @@ impl Agent {
                 let schemas: Vec<String> =
                     members.iter().map(|(_, _, r)| r.schema.clone()).collect();
                 let (pool, project, public) = (first.pool.clone(), project.clone(), first.public);
-                let read =
-                    detached(async move { read_schemas(&pool, &schemas, &project, public).await });
+                let read = detached(async move {
+                    read_schemas(&pool, &schemas, &project, public, fence).await
+                });
                 match tokio::time::timeout(timeout, read).await {
                     Ok(Ok(reads)) => members
                         .iter()
@@ -190,7 +192,7 @@ impl Agent {
         let count = targets.len();
         let units = units(targets, SCHEMAS_PER_QUERY);
         let mut read: Vec<(usize, TargetStatus)> = futures::stream::iter(units)
-            .map(|u| self.read_unit(u, project, include_history))
+            .map(|u| self.read_unit(u, project, include_history, !req.without_fence))
             .buffer_unordered(self.config.status.concurrency)
             .flat_map(futures::stream::iter)
             .collect()

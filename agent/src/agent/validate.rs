@@ -114,7 +114,8 @@ impl Agent {
                     (first.pool.clone(), ask.project.clone(), first.public);
                 let skip_fingerprint = ask.skip_fingerprint;
                 let read = detached(async move {
-                    let states = read_schemas(&pool, &schemas, &project, public).await?;
+                    // Validation compares history and catalogs: the fence is not read.
+                    let states = read_schemas(&pool, &schemas, &project, public, false).await?;
                     let catalogs = if skip_fingerprint {
                         None
                     } else {

@@ -372,6 +372,7 @@ async fn announce(c: &mut Client, token: u64) -> Result<()> {
         include_history: false,
         fencing_token: token,
         identities_only: true,
+        without_fence: false,
     })
     .await?;
     Ok(())

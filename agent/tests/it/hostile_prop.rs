@@ -170,12 +170,13 @@ fn request() -> impl Strategy<Value = Req> {
                 revision,
                 applied,
             })),
-        2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token(), any::<bool>())
-            .prop_map(|(target_ids, include_history, fencing_token, identities_only)| Req::Status(StatusRequest { project: Default::default(),
+        2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token(), any::<bool>(), any::<bool>())
+            .prop_map(|(target_ids, include_history, fencing_token, identities_only, without_fence)| Req::Status(StatusRequest { project: Default::default(),
                 target_ids,
                 include_history,
                 fencing_token,
                 identities_only,
+                without_fence,
             })),
         1 => (proptest::collection::vec(target_id(), 0..2), proptest::collection::vec(expected(), 0..3))
             .prop_map(|(target_ids, expected)| Req::Validate(ValidateRequest { project: Default::default(),

@@ -166,6 +166,58 @@ async fn a_schema_altered_by_hand_drifts_alone() -> Result<()> {
     Ok(())
 }
 
+/// A planning read (`without_fence`) reports each schema's applied set as a full read does and
+/// leaves the fence unread (token 0); a full read reports the token each schema committed.
+#[tokio::test]
+async fn a_planning_read_leaves_the_fence_unread_and_the_history_whole() -> Result<()> {
+    let names = ["tenant_a", "tenant_b", "tenant_c"];
+    let (_pg, url) = fleet(&names).await?;
+    let agent = schema_agent(&url, 2).await?;
+    // tenant_c is never migrated: it reads as one at base either way.
+    for (token, n) in [(3, "tenant_a"), (5, "tenant_b")] {
+        let step = up("0001", "CREATE TABLE widgets (id int PRIMARY KEY)");
+        let out = run(
+            &agent,
+            migrate(&format!("pg-fleet.{n}"), "r1", token, vec![step]),
+        )
+        .await?;
+        ensure!(out.error.is_none(), "{n}: {:?}", out.error);
+    }
+    let read = |without_fence| {
+        agent.status(StatusRequest {
+            without_fence,
+            ..Default::default()
+        })
+    };
+    let full = read(false).await?.targets;
+    let planning = read(true).await?.targets;
+    let tokens = |ts: &[flotilla_proto::TargetStatus]| -> Vec<(String, u64)> {
+        ts.iter()
+            .map(|t| (t.target_id.clone(), t.fence_token))
+            .collect()
+    };
+    assert_eq!(
+        tokens(&full),
+        [
+            ("pg-fleet.tenant_a".to_owned(), 3),
+            ("pg-fleet.tenant_b".to_owned(), 5),
+            ("pg-fleet.tenant_c".to_owned(), 0)
+        ]
+    );
+    assert!(planning.iter().all(|t| t.fence_token == 0), "{planning:?}");
+    assert_eq!(full.len(), planning.len());
+    for (f, p) in full.iter().zip(&planning) {
+        assert!(f.error.is_empty() && p.error.is_empty(), "{f:?} {p:?}");
+        assert_eq!(
+            (&f.target_id, &f.applied, &f.heads),
+            (&p.target_id, &p.applied, &p.heads)
+        );
+    }
+    assert_eq!(full[0].applied.len(), 1);
+    assert!(full[2].applied.is_empty());
+    Ok(())
+}
+
 /// Objects whose catalog text depends on `search_path`: a type, a sequence and a function of
 /// the schema (printed unqualified only when the schema is on the path) and a type of
 /// `public` (unqualified only when `public` is on it).

@@ -108,6 +108,36 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / clock_ticks())
 }
 
+/// User + system CPU time of a server and its child processes (live or already reaped by
+/// it), in seconds: PostgreSQL's postmaster and its backends.
+pub(crate) fn tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let fields = |pid: &str| -> Option<Vec<f64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = stat.rsplit_once(')')?.1;
+        // ppid, then utime, stime, cutime, cstime (stat fields 4 and 14-17).
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        [1, 11, 12, 13, 14]
+            .iter()
+            .map(|&i| f.get(i)?.parse::<f64>().ok())
+            .collect()
+    };
+    let me = fields(&pid.to_string()).with_context(|| format!("process {pid} is gone"))?;
+    let mut ticks = me[1] + me[2] + me[3] + me[4];
+    for entry in std::fs::read_dir("/proc")? {
+        let name = entry?.file_name();
+        let Some(name) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(f) = fields(name).filter(|f| f[0] == f64::from(pid)) {
+            ticks += f[1] + f[2];
+        }
+    }
+    Ok(ticks / clock_ticks())
+}
+
 /// A `/proc/<pid>/status` size line (`VmRSS`, `VmHWM`) in KiB.
 pub(crate) fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::fixture::Fixture;
 use crate::fleet::{Fleet, RolloutRun};
 use crate::pg::{psql, psql_file_args};
-use crate::procs::{Bins, run_all, run_ok};
+use crate::procs::{Bins, run_all, run_ok, tree_cpu_seconds};
 
 /// Settings of the schemas section.
 #[derive(Debug, Clone)]
@@ -48,6 +48,17 @@ pub(crate) struct SchemaResult {
     /// The no-op rollouts after the first (`--schema-noop-runs` above 1).
     pub(crate) noop_again: Vec<RolloutRun>,
     pub(crate) validate: Duration,
+    /// PostgreSQL's CPU (postmaster and backends) during the rollout, each no-op rollout in
+    /// order, and validate, in seconds.
+    pub(crate) server_cpu_s: ServerCpu,
+}
+
+/// PostgreSQL's CPU seconds during each phase.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServerCpu {
+    pub(crate) rollout: f64,
+    pub(crate) noop: Vec<f64>,
+    pub(crate) validate: f64,
 }
 
 impl SchemaResult {
@@ -67,6 +78,11 @@ impl SchemaResult {
             "noop_rollout": self.noop.json(),
             "noop_rollout_again": self.noop_again.iter().map(RolloutRun::json).collect::<Vec<_>>(),
             "validate_s": self.validate.as_secs_f64(),
+            "postgres_cpu_s": {
+                "rollout": self.server_cpu_s.rollout,
+                "noop": self.server_cpu_s.noop,
+                "validate": self.server_cpu_s.validate,
+            },
         })
     }
 }
@@ -204,10 +220,14 @@ pub(crate) async fn bench(
         &fleet_dir,
     )
     .await?;
+    let server = pg.pid();
     let result = async {
+        let mut cpu = ServerCpu::default();
+        let c0 = tree_cpu_seconds(server)?;
         let flotilla = fleet
             .rollout(&format!("schemas{n}"), s.max_parallel, n * steps)
             .await?;
+        cpu.rollout = tree_cpu_seconds(server)? - c0;
         check_applied(bins, &pg, "schemas_flotilla", n).await?;
         let vs_raw = raw_time.map_or(String::new(), |raw| {
             format!(
@@ -216,41 +236,43 @@ pub(crate) async fn bench(
             )
         });
         println!(
-            "  flotilla rollout --canary 0 --max-parallel {}: {:.2} s{vs_raw}",
+            "  flotilla rollout --canary 0 --max-parallel {}: {:.2} s{vs_raw} (PostgreSQL {:.1} s CPU)",
             s.max_parallel,
             flotilla.wall.as_secs_f64(),
+            cpu.rollout,
         );
-        let noop = fleet
-            .rollout(&format!("schemas{n}-noop"), s.max_parallel, 0)
-            .await
-            .context("no-op rollout")?;
-        println!(
-            "  no-op rollout: {:.2} s (coordinator {:.2} s, agent {:.2} s CPU)",
-            noop.wall.as_secs_f64(),
-            noop.coordinator_cpu_s,
-            noop.agent_cpu_s
-        );
-        let mut noop_again = Vec::new();
-        for k in 1..s.noop_runs {
-            let again = fleet
+        let mut noops = Vec::new();
+        for k in 0..s.noop_runs {
+            let c0 = tree_cpu_seconds(server)?;
+            let noop = fleet
                 .rollout(&format!("schemas{n}-noop{k}"), s.max_parallel, 0)
                 .await
-                .context("no-op rollout again")?;
+                .context("no-op rollout")?;
+            cpu.noop.push(tree_cpu_seconds(server)? - c0);
             println!(
-                "  no-op rollout again: {:.2} s (coordinator {:.2} s, agent {:.2} s CPU)",
-                again.wall.as_secs_f64(),
-                again.coordinator_cpu_s,
-                again.agent_cpu_s
+                "  no-op rollout{}: {:.2} s (CPU: coordinator {:.2} s, agent {:.2} s, PostgreSQL {:.2} s)",
+                if k == 0 { "" } else { " again" },
+                noop.wall.as_secs_f64(),
+                noop.coordinator_cpu_s,
+                noop.agent_cpu_s,
+                cpu.noop[k as usize],
             );
-            noop_again.push(again);
+            noops.push(noop);
         }
+        let c0 = tree_cpu_seconds(server)?;
         let validate = fleet.validate().await.context("validate")?;
-        println!("  flotilla validate: {:.2} s", validate.as_secs_f64());
-        anyhow::Ok((flotilla, noop, noop_again, validate))
+        cpu.validate = tree_cpu_seconds(server)? - c0;
+        println!(
+            "  flotilla validate: {:.2} s (PostgreSQL {:.2} s CPU)",
+            validate.as_secs_f64(),
+            cpu.validate
+        );
+        anyhow::Ok((flotilla, noops, validate, cpu))
     }
     .await;
     fleet.stop().await?;
-    let (flotilla, noop, noop_again, validate) = result?;
+    let (flotilla, mut noops, validate, server_cpu_s) = result?;
+    let noop = noops.remove(0);
     Ok(SchemaResult {
         tenants: n,
         revisions: steps,
@@ -258,8 +280,9 @@ pub(crate) async fn bench(
         raw: raw_time,
         flotilla,
         noop,
-        noop_again,
+        noop_again: noops,
         validate,
+        server_cpu_s,
     })
 }
 

@@ -501,6 +501,8 @@ impl Engine {
                     target_ids,
                     fencing_token: token,
                     project: self.wire_project(),
+                    // A plan needs the applied set; each Migrate checks the fence itself.
+                    without_fence: true,
                     ..Default::default()
                 },
             )

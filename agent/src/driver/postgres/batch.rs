@@ -99,12 +99,14 @@ fn chunk_sql(project: &Project, schemas: &[String], chunk: &[(usize, Found)]) ->
 }
 
 /// Read the state of `schemas` (of the pool's database) for Status: one result per schema,
-/// in order. An error of the connection or of the catalog query fails the whole call.
+/// in order; their fence tokens only with `fence` (left 0 otherwise, one table fewer per
+/// schema). An error of the connection or of the catalog query fails the whole call.
 pub async fn read_schemas(
     pool: &Arc<SchemaPool>,
     schemas: &[String],
     project: &Project,
     search_path_public: bool,
+    fence: bool,
 ) -> Result<Vec<SchemaStatus>, DriverError> {
     let mut out: Vec<Option<SchemaStatus>> = (0..schemas.len()).map(|_| None).collect();
     let mut one_by_one = Vec::new();
@@ -132,7 +134,7 @@ pub async fn read_schemas(
             };
             found[i] = Found {
                 history: r.try_get(1).map_err(on(D, "look up flotilla tables"))?,
-                fence: r.try_get(2).map_err(on(D, "look up flotilla tables"))?,
+                fence: fence && r.try_get(2).map_err(on(D, "look up flotilla tables"))?,
                 foreign: r.try_get(3).map_err(on(D, "look up flotilla tables"))?,
             };
         }
