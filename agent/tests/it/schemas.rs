@@ -218,6 +218,65 @@ async fn a_planning_read_leaves_the_fence_unread_and_the_history_whole() -> Resu
     Ok(())
 }
 
+/// One Status reads which schemas have Flotilla's tables and other tools' version tables: a
+/// migrated schema (also one whose name needs quoting) reports its history, a schema another
+/// tool manages reports that tool's table and no history, an empty one reads as at base.
+#[tokio::test]
+async fn a_status_read_tells_migrated_foreign_and_empty_schemas_apart() -> Result<()> {
+    let names = ["tenant_a", "tenant_b", "tenant_c", "tenant_D"];
+    let (_pg, url) = fleet(&names).await?;
+    let mut conn = PgConnection::connect(&url).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE tenant_b.schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL);
+         INSERT INTO tenant_b.schema_migrations VALUES (3, false)",
+    )
+    .execute(&mut conn)
+    .await?;
+    conn.close().await?;
+    let agent = schema_agent(&url, 2).await?;
+    for n in ["tenant_a", "tenant_D"] {
+        let step = up("0001", "CREATE TABLE widgets (id int PRIMARY KEY)");
+        let out = run(
+            &agent,
+            migrate(&format!("pg-fleet.{n}"), "r1", 1, vec![step]),
+        )
+        .await?;
+        ensure!(out.error.is_none(), "{n}: {:?}", out.error);
+    }
+    for without_fence in [false, true] {
+        let resp = agent
+            .status(StatusRequest {
+                without_fence,
+                ..Default::default()
+            })
+            .await?;
+        let mut seen: Vec<(String, usize, Vec<String>)> = resp
+            .targets
+            .iter()
+            .map(|t| {
+                assert!(t.error.is_empty(), "{t:?}");
+                let foreign = t.foreign.iter().map(|f| f.table.clone()).collect();
+                (t.target_id.clone(), t.applied.len(), foreign)
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("pg-fleet.tenant_D".to_owned(), 1, vec![]),
+                ("pg-fleet.tenant_a".to_owned(), 1, vec![]),
+                (
+                    "pg-fleet.tenant_b".to_owned(),
+                    0,
+                    vec!["schema_migrations".to_owned()]
+                ),
+                ("pg-fleet.tenant_c".to_owned(), 0, vec![]),
+            ]
+        );
+    }
+    Ok(())
+}
+
 /// Objects whose catalog text depends on `search_path`: a type, a sequence and a function of
 /// the schema (printed unqualified only when the schema is on the path) and a type of
 /// `public` (unqualified only when `public` is on it).

@@ -196,10 +196,28 @@ impl Fleet {
     pub(crate) async fn validate(&self) -> Result<Duration> {
         let ran = run(&self.bins.flotilla, &self.cli_args(&["validate"])).await?;
         if ran.code != 0 {
+            // The report lists every target: name the ones with something to say.
+            let report: Value = serde_json::from_str(&ran.stdout).unwrap_or(Value::Null);
+            let bad: Vec<String> = report["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| {
+                    t["error"].as_str().is_some_and(|e| !e.is_empty())
+                        || t["issues"].as_array().is_some_and(|i| !i.is_empty())
+                })
+                .map(|t| format!("{} {} {}", t["target"], t["error"], t["issues"]))
+                .collect();
             bail!(
-                "validate exited {}: {}{}",
+                "validate exited {}: {} targets with an error or issue, first: {}; schema drift: {}; {}",
                 ran.code,
-                ran.stdout.chars().take(2000).collect::<String>(),
+                bad.len(),
+                bad.iter().take(5).cloned().collect::<Vec<_>>().join(" | "),
+                report["schema_drift"]
+                    .to_string()
+                    .chars()
+                    .take(1000)
+                    .collect::<String>(),
                 ran.stderr
             );
         }
