@@ -1,6 +1,6 @@
 //! `Agent::validate`: each target's history against the expected revisions, and its schema
 //! fingerprint. Targets are validated concurrently (`status.concurrency` at a time, each
-//! within `status.timeout`). The schemas of one PostgreSQL database are validated in chunks,
+//! within `status.validate_timeout`, 60 s by default). The schemas of one PostgreSQL database are validated in chunks,
 //! as Status reads them (`status::units`): per chunk, the history and fence rows in one query
 //! (`read_schemas`) and the catalogs in one statement (`read_schema_catalogs`), so a chunk of
 //! 50 schemas costs two round trips instead of 50 sessions of five queries. Each chunk has
@@ -88,12 +88,12 @@ async fn read_target_and_catalog(
 
 impl Agent {
     fn timed_out_validation(&self, t: &Target) -> TargetValidation {
-        let ms = self.config.status.timeout.as_millis();
+        let ms = self.config.status.validate_timeout.as_millis();
         failed(t, format!("no answer within {ms}ms"))
     }
 
     async fn validate_unit(&self, unit: Unit, ask: &Ask<'_>) -> Vec<(usize, TargetValidation)> {
-        let timeout = self.config.status.timeout;
+        let timeout = self.config.status.validate_timeout;
         match unit {
             Unit::One(i, t) => {
                 let read = read_target_and_catalog(&t, ask.project, ask.skip_fingerprint);

@@ -64,6 +64,7 @@ pub struct RawLock {
 pub struct RawStatus {
     pub concurrency: Option<usize>,
     pub timeout_ms: Option<u64>,
+    pub validate_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -213,6 +214,9 @@ impl RawConfig {
         if let Some(v) = self.status.timeout_ms {
             cfg.status.timeout = ms(v);
         }
+        if let Some(v) = self.status.validate_timeout_ms {
+            cfg.status.validate_timeout = ms(v);
+        }
         if let Some(v) = self.discovery.refresh_interval_ms {
             cfg.discovery.refresh_interval = ms(v);
         }
@@ -343,6 +347,8 @@ mod tests {
             [lock]
             wait_ms = 1500
             step_timeout_ms = 500
+            [status]
+            validate_timeout_ms = 90000
             [[targets]]
             id = "t1"
             url = "postgres://u:secret@db/t1"
@@ -370,6 +376,8 @@ mod tests {
         assert_eq!(cfg.retry.initial_delay, Duration::from_millis(50));
         assert_eq!(cfg.lock.wait, Duration::from_millis(1500));
         assert_eq!(cfg.lock.step_timeout, Duration::from_millis(500));
+        assert_eq!(cfg.status.validate_timeout, Duration::from_secs(90));
+        assert_eq!(cfg.status.timeout, Duration::from_secs(10));
         assert_eq!(cfg.targets[0].dialect, Dialect::Postgres);
         assert_eq!(cfg.targets[1].dialect, Dialect::Mysql);
         assert_eq!(cfg.targets[0].labels["tier"], "gold");
@@ -404,6 +412,7 @@ mod tests {
             ),
             ("[retry]\nmax_attempts = 0", "retry.max_attempts"),
             ("[lock]\nstep_timeout_ms = 0", "lock.step_timeout_ms"),
+            ("[status]\nvalidate_timeout_ms = 0", "status.validate_timeout_ms"),
             ("[retry]\nbogus = 1", "unknown field"),
             (
                 "[[discover]]\nurl = \"postgres://h/db\"",

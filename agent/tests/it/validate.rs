@@ -139,3 +139,31 @@ async fn postgres_validate_reports_issues_and_fingerprints() -> Result<()> {
 async fn mariadb_validate_reports_issues_and_fingerprints() -> Result<()> {
     validate_reports(Dialect::Mysql).await
 }
+
+/// Validate has its own bound (`status.validate_timeout`): a Status bound too short for any
+/// read leaves Validate alone, and a Validate bound too short reports the target unread.
+#[tokio::test]
+async fn validate_keeps_its_own_bound() -> Result<()> {
+    let backend = Backend::start(Dialect::Sqlite).await?;
+    let target = backend.fresh_target("t").await?;
+    let read_all = ValidateRequest::default;
+    // No read answers within a microsecond (each waits for SQLite's worker thread).
+    let mut cfg = crate::support::config(vec![target.clone()]);
+    cfg.status.timeout = std::time::Duration::from_micros(1);
+    let agent = flotilla_agent::Agent::new(cfg).await?;
+    let status = agent.status(Default::default()).await?;
+    let s = status.targets.first().context("no target")?;
+    assert!(s.error.contains("no answer within"), "{s:?}");
+    let resp = agent.validate(read_all()).await?;
+    let t = resp.targets.first().context("no target")?;
+    assert!(t.error.is_empty() && !t.fingerprint.is_empty(), "{t:?}");
+
+    let mut cfg = crate::support::config(vec![target]);
+    cfg.status.validate_timeout = std::time::Duration::from_micros(1);
+    let agent = flotilla_agent::Agent::new(cfg).await?;
+    let resp = agent.validate(read_all()).await?;
+    let t = resp.targets.first().context("no target")?;
+    assert!(t.error.contains("no answer within"), "{t:?}");
+    assert!(t.fingerprint.is_empty());
+    Ok(())
+}
