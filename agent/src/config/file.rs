@@ -412,7 +412,10 @@ mod tests {
             ),
             ("[retry]\nmax_attempts = 0", "retry.max_attempts"),
             ("[lock]\nstep_timeout_ms = 0", "lock.step_timeout_ms"),
-            ("[status]\nvalidate_timeout_ms = 0", "status.validate_timeout_ms"),
+            (
+                "[status]\nvalidate_timeout_ms = 0",
+                "status.validate_timeout_ms",
+            ),
             ("[retry]\nbogus = 1", "unknown field"),
             (
                 "[[discover]]\nurl = \"postgres://h/db\"",

@@ -51,7 +51,7 @@ struct Found {
 /// planned as one hashed pass over every `pg_class` row of that name instead, and right after
 /// a 10,000-schema rollout (the catalogs not yet vacuumed or analyzed) this query was most of
 /// a 5 s no-op (sampled `pg_stat_activity`: its backends waiting on catalog page reads);
-/// probed per schema, the no-op took 1.1-1.5 s.
+/// probed per schema, the no-op took 1.1-1.6 s.
 fn catalog_sql(project: &Project) -> String {
     let foreign = TOOLS
         .iter()
