@@ -18,7 +18,9 @@ use flotilla_coordinator::telemetry::{self, TelemetryConfig};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// This binary's jemalloc options, read by jemalloc by name before `main` and applied over the
-/// build-time ones (the same: one arena, no per-thread caches, pages given back at once). The
+/// build-time ones of `.cargo/config.toml` (the same: one arena, no per-thread caches, pages
+/// given back at once), so they hold however the binary was built (cargo reads that file
+/// only when run from inside the workspace). The
 /// caches cost the coordinator 3–4 MiB of peak at 10,000 targets (65.3–66.8 MiB with them,
 /// 62.6 without), so only the threads that lint a big revision turn theirs on
 /// ([`thread_cache_on`]): without caches those threads queue on the one arena (the 10 MB seed:

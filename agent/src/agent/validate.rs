@@ -1,10 +1,11 @@
 //! `Agent::validate`: each target's history against the expected revisions, and its schema
 //! fingerprint. Targets are validated concurrently (`status.concurrency` at a time, each
-//! within `status.validate_timeout`, 60 s by default). The schemas of one PostgreSQL database are validated in chunks,
-//! as Status reads them (`status::units`): per chunk, the history and fence rows in one query
-//! (`read_schemas`) and the catalogs in one statement (`read_schema_catalogs`), so a chunk of
-//! 50 schemas costs two round trips instead of 50 sessions of five queries. Each chunk has
-//! the timeout; a chunk that fails reports the error on each of its schemas.
+//! within `status.validate_timeout`, 60 s by default). The schemas of one PostgreSQL
+//! database are validated in chunks, as Status reads them (`status::units`): per chunk, the
+//! history rows in one query (`read_schemas`) and the catalogs in one statement
+//! (`read_schema_catalogs`), so a chunk of 50 schemas costs two round trips instead of 50
+//! sessions of five queries. Each chunk has the timeout; a chunk that fails reports the error
+//! on each of its schemas.
 
 use std::collections::HashMap;
 

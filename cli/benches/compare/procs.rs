@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use flotilla_proto as pb;
 use flotilla_proto::agent_service_client::AgentServiceClient;
 use futures::{StreamExt, TryStreamExt};
@@ -88,41 +88,32 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// Fields of `/proc/<pid>/stat` after the command name (which may hold spaces) in
+/// parentheses, parsed as numbers (the state letter is NaN): index 1 is the parent pid, 11 and
+/// 12 user and system time, 13 and 14 those of reaped children, in clock ticks.
+fn stat_fields(pid: &str) -> Option<Vec<f64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(f64::NAN))
+            .collect(),
+    )
+}
+
 /// User + system CPU time of a whole process (every thread), in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("process {pid} is gone"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("unexpected /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name and state.
-    let ticks = |i: usize| -> Result<f64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .context("unexpected /proc/<pid>/stat")
-    };
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+    let f = stat_fields(&pid.to_string()).with_context(|| format!("process {pid} is gone"))?;
+    ensure!(f.len() > 14, "unexpected /proc/{pid}/stat");
+    Ok((f[11] + f[12]) / clock_ticks())
 }
 
 /// User + system CPU time of a server and its child processes (live or already reaped by
 /// it), in seconds: PostgreSQL's postmaster and its backends.
 pub(crate) fn tree_cpu_seconds(pid: u32) -> Result<f64> {
-    let fields = |pid: &str| -> Option<Vec<f64>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = stat.rsplit_once(')')?.1;
-        // ppid, then utime, stime, cutime, cstime (stat fields 4 and 14-17).
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        [1, 11, 12, 13, 14]
-            .iter()
-            .map(|&i| f.get(i)?.parse::<f64>().ok())
-            .collect()
-    };
-    let me = fields(&pid.to_string()).with_context(|| format!("process {pid} is gone"))?;
-    let mut ticks = me[1] + me[2] + me[3] + me[4];
+    let me = stat_fields(&pid.to_string()).with_context(|| format!("process {pid} is gone"))?;
+    ensure!(me.len() > 14, "unexpected /proc/{pid}/stat");
+    let mut ticks = me[11] + me[12] + me[13] + me[14];
     for entry in std::fs::read_dir("/proc")? {
         let name = entry?.file_name();
         let Some(name) = name
@@ -131,8 +122,8 @@ pub(crate) fn tree_cpu_seconds(pid: u32) -> Result<f64> {
         else {
             continue;
         };
-        if let Some(f) = fields(name).filter(|f| f[0] == f64::from(pid)) {
-            ticks += f[1] + f[2];
+        if let Some(f) = stat_fields(name).filter(|f| f.len() > 12 && f[1] == f64::from(pid)) {
+            ticks += f[11] + f[12];
         }
     }
     Ok(ticks / clock_ticks())
