@@ -296,7 +296,9 @@ impl Engine {
             Err(e) if is_retryable(&e) => return Ok(Attempt::Rpc(e.message().to_owned())),
             Err(e) if is_too_large(&e) => {
                 return Ok(Attempt::StepFailed(format!(
-                    "{}: the agent refused the Migrate request as too large ({}): raise its                      `server.max_message_bytes` (the default takes the largest revision                      `flotilla check` accepts)",
+                    "{}: the agent refused the Migrate request as too large ({}): raise its \
+                     `server.max_message_bytes` (the default takes the largest revision \
+                     `flotilla check` accepts)",
                     rec.target_id,
                     e.message()
                 )));

@@ -174,3 +174,97 @@ pub async fn read_schema_catalogs(
         one_by_one,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_testkit::Postgres;
+    use sqlx::Connection;
+
+    const CATALOGS: [&str; 5] = [
+        "pg_class",
+        "pg_attribute",
+        "pg_index",
+        "pg_constraint",
+        "pg_depend",
+    ];
+
+    /// Rows the plan's nodes on the catalogs above produced or filtered out, over all loops.
+    fn catalog_rows(plan: &serde_json::Value) -> f64 {
+        let loops = plan["Actual Loops"].as_f64().unwrap_or(1.0);
+        let own = match plan["Relation Name"].as_str() {
+            Some(r) if CATALOGS.contains(&r) => {
+                (plan["Actual Rows"].as_f64().unwrap_or(0.0)
+                    + plan["Rows Removed by Filter"].as_f64().unwrap_or(0.0))
+                    * loops
+            }
+            _ => 0.0,
+        };
+        own + plan["Plans"]
+            .as_array()
+            .map(|ps| ps.iter().map(catalog_rows).sum())
+            .unwrap_or(0.0)
+    }
+
+    /// The catalogs' statistics are taken while the database is small (as on a database whose
+    /// catalogs grew since autovacuum last analyzed them, right after a big rollout), then
+    /// 600 schemas get tables: each batched catalog query still reads the catalogs through
+    /// the chunk's relations, never a whole catalog per schema.
+    #[tokio::test]
+    async fn batched_catalog_reads_stay_on_the_indexes_whatever_the_statistics() {
+        let pg = Postgres::start().await.unwrap();
+        let url = pg.create_database("stale").await.unwrap();
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("ANALYZE pg_class, pg_attribute, pg_index, pg_constraint, pg_depend")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let schemas: Vec<String> = (0..600).map(|i| format!("tenant_{i:03}")).collect();
+        let mut ddl = String::from("BEGIN;");
+        for s in &schemas {
+            ddl.push_str(&format!(
+                "CREATE SCHEMA {s}; \
+                 CREATE TABLE {s}.users (id bigint PRIMARY KEY, email text NOT NULL UNIQUE, \
+                   age int CHECK (age > 0)); \
+                 CREATE TABLE {s}.orders (id bigint PRIMARY KEY, user_id bigint REFERENCES \
+                   {s}.users (id), total numeric DEFAULT 0); \
+                 CREATE INDEX ON {s}.orders (user_id);"
+            ));
+        }
+        ddl.push_str("COMMIT;");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let chunk = &schemas[300..300 + CATALOGS_PER_QUERY];
+        for query in schema_queries() {
+            let sql = format!(
+                "EXPLAIN (ANALYZE, FORMAT JSON) {}",
+                batch_sql(&query, chunk, false)
+            );
+            // Simple protocol: the plan comes back as JSON text.
+            let sets = result_sets(&mut conn, sql).await.unwrap();
+            let text: String = sets[0][0].try_get_unchecked(0).unwrap();
+            let plan: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let rows = catalog_rows(&plan[0]["Plan"]);
+            // A chunk's own rows: a few dozen per schema (its relations, their columns,
+            // indexes, constraints and dependencies); a scan of pg_class per schema alone
+            // would be 50 x 3,000.
+            assert!(
+                rows < 100.0 * CATALOGS_PER_QUERY as f64,
+                "{rows} catalog rows read for {} schemas by\n{query}\nplan: {plan:#}",
+                chunk.len()
+            );
+        }
+        // The batch reads what it should: each schema's two tables and their parts.
+        let read = read_catalogs(&mut conn, chunk, false).await.unwrap();
+        for c in read {
+            let c = c.expect("read in the batch").unwrap();
+            let names: Vec<&str> = c.tables.iter().map(|t| t.name.as_str()).collect();
+            assert_eq!(names, ["orders", "users"]);
+            let users = &c.tables[1];
+            assert_eq!(users.columns.len(), 3);
+            assert_eq!(users.constraints.len(), 3, "{users:?}");
+        }
+    }
+}
