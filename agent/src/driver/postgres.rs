@@ -32,6 +32,7 @@ mod discovery;
 mod history;
 mod pool;
 mod schema;
+mod seen;
 mod session;
 mod simple;
 
@@ -103,6 +104,7 @@ impl PostgresDriver {
             pid: None,
             project: project.clone(),
             lease: None,
+            schema: None,
         })
     }
 }

@@ -140,30 +140,56 @@ async fn mariadb_validate_reports_issues_and_fingerprints() -> Result<()> {
     validate_reports(Dialect::Mysql).await
 }
 
-/// Validate has its own bound (`status.validate_timeout`): a Status bound too short for any
-/// read leaves Validate alone, and a Validate bound too short reports the target unread.
+/// Validate has its own bound (`status.validate_timeout`): while another connection holds
+/// the target's SQLite file locked, a Status read gives up at the Status bound, and a Validate
+/// started before it keeps waiting and answers once the lock is gone; a Validate bound shorter
+/// than the lock reports the target unread.
 #[tokio::test]
 async fn validate_keeps_its_own_bound() -> Result<()> {
+    use sqlx::Connection;
     let backend = Backend::start(Dialect::Sqlite).await?;
     let target = backend.fresh_target("t").await?;
     let read_all = ValidateRequest::default;
-    // No read answers within a microsecond (each waits for SQLite's worker thread).
+    let mut locker = sqlx::SqliteConnection::connect_with(
+        &target
+            .url
+            .expose()
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+            .create_if_missing(true),
+    )
+    .await?;
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await?;
+
     let mut cfg = crate::support::config(vec![target.clone()]);
-    cfg.status.timeout = std::time::Duration::from_micros(1);
+    cfg.status.timeout = std::time::Duration::from_millis(50);
     let agent = flotilla_agent::Agent::new(cfg).await?;
-    let status = agent.status(Default::default()).await?;
+    let validate = agent.validate(read_all());
+    tokio::pin!(validate);
+    let status = tokio::select! {
+        biased;
+        v = &mut validate => anyhow::bail!("validate answered while the file was locked: {v:?}"),
+        s = agent.status(Default::default()) => s?,
+    };
     let s = status.targets.first().context("no target")?;
-    assert!(s.error.contains("no answer within"), "{s:?}");
-    let resp = agent.validate(read_all()).await?;
+    assert!(s.error.contains("no answer within 50ms"), "{s:?}");
+    // The Validate started before that Status has waited longer than the Status bound.
+    sqlx::raw_sql("COMMIT").execute(&mut locker).await?;
+    let resp = validate.await?;
     let t = resp.targets.first().context("no target")?;
     assert!(t.error.is_empty() && !t.fingerprint.is_empty(), "{t:?}");
 
+    sqlx::raw_sql("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await?;
     let mut cfg = crate::support::config(vec![target]);
-    cfg.status.validate_timeout = std::time::Duration::from_micros(1);
+    cfg.status.validate_timeout = std::time::Duration::from_millis(50);
     let agent = flotilla_agent::Agent::new(cfg).await?;
     let resp = agent.validate(read_all()).await?;
     let t = resp.targets.first().context("no target")?;
     assert!(t.error.contains("no answer within"), "{t:?}");
     assert!(t.fingerprint.is_empty());
+    sqlx::raw_sql("COMMIT").execute(&mut locker).await?;
     Ok(())
 }

@@ -24,7 +24,7 @@ const SCHEMA_LOCK_SQL: &str = "SELECT pg_advisory_xact_lock(('x' || substr(md5('
 /// which holds the fence row `FOR UPDATE` (every history write checks the fence first), so
 /// ids are unique and in commit order; the fence row is created once, under the schema lock.
 /// Tables created by earlier versions (identity column, primary keys) work the same.
-const SCHEMA: &str = "\
+pub(super) const SCHEMA: &str = "\
 CREATE TABLE IF NOT EXISTS flotilla_history (
     id BIGINT NOT NULL,
     revision VARCHAR(128) NOT NULL,

@@ -33,6 +33,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::seen::TablesSeen;
 use super::simple::result_sets;
 use super::{D, connect};
 use crate::driver::classify::on;
@@ -82,6 +83,8 @@ pub struct SchemaPool {
     discarded: AtomicUsize,
     /// Connections closed after [`RECYCLE_AFTER_USES`] sessions.
     recycled: AtomicUsize,
+    /// Schemas last seen with Flotilla's tables (a hint for Status reads, `seen.rs`).
+    pub(crate) seen: TablesSeen,
 }
 
 impl std::fmt::Debug for SchemaPool {
@@ -150,6 +153,7 @@ impl SchemaPool {
             peak: AtomicUsize::new(0),
             discarded: AtomicUsize::new(0),
             recycled: AtomicUsize::new(0),
+            seen: TablesSeen::default(),
         })
     }
 

@@ -75,7 +75,12 @@ impl PostgresSchemaDriver {
             .pool
             .checkout(&search_path_sql(&self.schema, self.public))
             .await?;
-        Ok(PostgresSession::pooled(conn, lease, project.clone()))
+        Ok(PostgresSession::pooled(
+            conn,
+            lease,
+            project.clone(),
+            self.schema.clone(),
+        ))
     }
 }
 

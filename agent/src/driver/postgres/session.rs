@@ -61,11 +61,20 @@ pub struct PostgresSession {
     /// Set when the connection is borrowed from a schema pool (`pool.rs`): closing gives it
     /// back instead of closing it.
     pub(super) lease: Option<Lease>,
+    /// The schema of a pooled session: on close, a schema whose tables this session knows
+    /// exist is remembered by the pool (`seen.rs`).
+    pub(super) schema: Option<String>,
 }
 
 impl PostgresSession {
-    /// A session on a connection borrowed from a schema pool (its `search_path` already set).
-    pub(super) fn pooled(conn: PgConnection, lease: Lease, project: Project) -> Self {
+    /// A session on `schema`, on a connection borrowed from a schema pool (its `search_path`
+    /// already set).
+    pub(super) fn pooled(
+        conn: PgConnection,
+        lease: Lease,
+        project: Project,
+        schema: String,
+    ) -> Self {
         PostgresSession {
             conn,
             locked: false,
@@ -73,6 +82,7 @@ impl PostgresSession {
             pid: None,
             project,
             lease: Some(lease),
+            schema: Some(schema),
         }
     }
 }
@@ -512,6 +522,9 @@ impl Session for PostgresSession {
             // Back to the pool, which releases every session advisory lock (ours included),
             // resets the settings and refuses a connection left in a transaction.
             let pool = lease.pool().clone();
+            if let (true, Some(schema)) = (self.schema_ready, &self.schema) {
+                pool.seen.remember(&self.project, schema);
+            }
             let _ =
                 tokio::time::timeout(CLOSE_UNLOCK_TIMEOUT, pool.give_back(self.conn, lease)).await;
             return;
