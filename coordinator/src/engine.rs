@@ -51,7 +51,7 @@ pub mod view;
 pub use error::EngineError;
 pub(crate) use error::{rollout_not_found, target_not_found};
 pub use sets::DefaultSet;
-pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_SAMPLE, TargetPlanOutcome};
+pub use snapshot::{FleetEntry, FleetSnapshot, PLANNING_PAGE, PLANNING_SAMPLE, TargetPlanOutcome};
 
 /// How soon a rollout interrupted by an error other than its term's end is resumed, at
 /// first and at most.

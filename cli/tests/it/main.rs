@@ -24,6 +24,7 @@ mod metrics_truth;
 mod observability;
 mod operator_text;
 mod outcomes;
+mod planning_pages;
 mod planning_retry;
 mod projects;
 mod reflection;
