@@ -220,6 +220,10 @@ pub async fn read_schemas(
             }
         }
         pool.seen.looked_up();
+        tracing::debug!(
+            schemas = schemas.len(),
+            "looking up which schemas have flotilla tables"
+        );
         let rows = sqlx::query(sqlx::AssertSqlSafe(catalog_sql(project)))
             .bind(schemas)
             .fetch_all(&mut conn)
