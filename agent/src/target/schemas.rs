@@ -72,6 +72,7 @@ impl SchemaSource<'_> {
                         self.schema_pattern
                     ))
                 })?;
+            pool.seen.keep_only(&schemas);
             let url = with_database(self.url, &db).map_err(discovery_error)?;
             for schema in schemas {
                 let id = schema_target_id(self.id_prefix, &db, &schema);

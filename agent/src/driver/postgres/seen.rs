@@ -7,7 +7,7 @@
 //! the tables fails. What a Status reports always comes from the tables themselves; the hint
 //! only decides whether one catalog query comes first. A schema whose tables were dropped by
 //! hand costs one failed statement (logged by the server as an error), then is read the
-//! ordinary way and forgotten.
+//! ordinary way and forgotten. Each discovery rescan keeps only the schemas it still lists.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -41,6 +41,15 @@ impl TablesSeen {
         }
     }
 
+    /// Keep only `schemas` (what discovery lists now): the hint holds no more schemas than
+    /// the pool's source has, however many came and went.
+    pub(crate) fn keep_only(&self, schemas: &[String]) {
+        let now: HashSet<&str> = schemas.iter().map(String::as_str).collect();
+        for set in self.lock().values_mut() {
+            set.retain(|s| now.contains(s.as_str()));
+        }
+    }
+
     /// Whether every one of `schemas` was last seen with `project`'s tables.
     pub(crate) fn all(&self, project: &Project, schemas: &[String]) -> bool {
         self.lock()
@@ -61,5 +70,35 @@ impl TablesSeen {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<String>>> {
         // A panic while holding the lock leaves a set that is still a valid hint.
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_hint_is_per_project_and_keeps_only_what_discovery_still_lists() {
+        let seen = TablesSeen::default();
+        let (default, billing) = (Project::default(), Project::parse("billing").unwrap());
+        for s in ["t1", "t2", "t3"] {
+            seen.remember(&default, s);
+        }
+        assert!(seen.all(&default, &names(&["t1", "t2", "t3"])));
+        assert!(
+            !seen.all(&billing, &names(&["t1"])),
+            "another project's tables"
+        );
+        seen.forget(&default, &names(&["t2"]));
+        assert!(!seen.all(&default, &names(&["t1", "t2"])));
+        // t3 was dropped: a rescan lists t1 and a new t4.
+        seen.keep_only(&names(&["t1", "t4"]));
+        assert!(seen.all(&default, &names(&["t1"])));
+        assert!(!seen.all(&default, &names(&["t3"])));
+        assert_eq!(seen.lock().values().map(HashSet::len).sum::<usize>(), 1);
     }
 }
