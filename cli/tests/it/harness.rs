@@ -670,3 +670,20 @@ pub(crate) fn two_revisions() -> Result<tempfile::TempDir> {
         ),
     ])
 }
+
+/// The coordinator's planning snapshot of every target towards `goal`.
+pub(crate) async fn planning_snapshot(
+    coord: &TestCoordinator,
+    goal: &flotilla_revision::Goal,
+) -> Result<flotilla_coordinator::engine::FleetSnapshot> {
+    Ok(coord
+        .engine
+        .planning_snapshot(
+            &coord.engine.graph(),
+            &flotilla_coordinator::rollout::Selector::default(),
+            goal,
+            false,
+            false,
+        )
+        .await?)
+}

@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use flotilla_coordinator::engine::PLANNING_PAGE;
-use flotilla_coordinator::rollout::Selector;
 use flotilla_revision::Goal;
 
 use crate::harness::*;
@@ -23,16 +22,7 @@ async fn a_planning_read_beyond_one_page_reports_every_target_once() -> Result<(
 
     let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
     // Planned towards base: nothing plans to steps from the sample, so every target is read.
-    let snap = coord
-        .engine
-        .planning_snapshot(
-            &coord.engine.graph(),
-            &Selector::default(),
-            &Goal::Base,
-            false,
-            false,
-        )
-        .await?;
+    let snap = planning_snapshot(&coord, &Goal::Base).await?;
     let mut read: Vec<&str> = snap
         .targets
         .iter()

@@ -735,18 +735,7 @@ async fn a_target_changed_since_the_coordinator_saw_it_is_replanned() -> Result<
 
 /// The applied revisions each target of a planning snapshot was planned from, by id.
 async fn planned_from(coord: &TestCoordinator) -> Result<BTreeMap<String, Vec<String>>> {
-    use flotilla_coordinator::rollout::Selector;
-    use flotilla_revision::Goal;
-    let snap = coord
-        .engine
-        .planning_snapshot(
-            &coord.engine.graph(),
-            &Selector::default(),
-            &Goal::Head,
-            false,
-            false,
-        )
-        .await?;
+    let snap = planning_snapshot(coord, &flotilla_revision::Goal::Head).await?;
     Ok(snap
         .targets
         .iter()
