@@ -10,6 +10,7 @@
 use flotilla_rpc::listener::incoming;
 use flotilla_rpc::reflection;
 use flotilla_rpc::span_stream::InSpan;
+pub mod calls;
 pub mod validate;
 
 use std::future::Future;
@@ -81,6 +82,7 @@ fn step_failure(item: &Result<flotilla_proto::StepEvent, Status>) -> Option<Stri
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
     type MigrateStream = EventStream;
+    type MigrateCallsStream = calls::CallEvents;
 
     async fn migrate(&self, req: Request<MigrateRequest>) -> Result<Response<EventStream>, Status> {
         let span = server_span!(req, "Migrate", flotilla.target = %req.get_ref().target_id, flotilla.rollout.id = %req.get_ref().rollout_id);
@@ -95,6 +97,17 @@ impl AgentService for AgentGrpc {
             span,
             step_failure,
         ))))
+    }
+
+    async fn migrate_calls(
+        &self,
+        req: Request<tonic::Streaming<flotilla_proto::MigrateCall>>,
+    ) -> Result<Response<calls::CallEvents>, Status> {
+        Ok(Response::new(calls::serve(
+            Arc::new(self.clone()),
+            req.into_inner(),
+            self.agent.shutdown_token(),
+        )))
     }
 
     async fn validate(

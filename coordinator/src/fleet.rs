@@ -16,6 +16,8 @@ use flotilla_proto::agent_service_client::AgentServiceClient;
 use flotilla_proto::agent_service_server::AgentService;
 use flotilla_rpc::tls::ClientTls;
 
+mod calls;
+
 /// The step events of one Migrate call.
 pub type EventStream = BoxStream<'static, Result<pb::StepEvent, Status>>;
 
@@ -75,6 +77,8 @@ pub struct RemoteAgent {
     id: String,
     address: String,
     client: AgentServiceClient<Channel>,
+    /// Its Migrate calls, many on one stream (`calls.rs`).
+    calls: calls::MigrateCalls,
     hook: Option<RequestHook>,
 }
 
@@ -97,11 +101,13 @@ impl RemoteAgent {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        let client =
+            AgentServiceClient::new(endpoint.connect_lazy()).max_decoding_message_size(64 << 20);
         Ok(RemoteAgent {
             id: id.to_owned(),
             address: address.to_owned(),
-            client: AgentServiceClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(64 << 20),
+            calls: calls::MigrateCalls::new(client.clone()),
+            client,
             hook,
         })
     }
@@ -124,13 +130,11 @@ impl AgentClient for RemoteAgent {
             .into_inner())
     }
     async fn migrate(&self, req: pb::MigrateRequest) -> Result<EventStream, Status> {
-        let stream = self
-            .client
-            .clone()
-            .migrate(request(req, &self.hook))
-            .await?
-            .into_inner();
-        Ok(stream.boxed())
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(h) = &self.hook {
+            h(&mut metadata);
+        }
+        self.calls.migrate(req, metadata).await
     }
     async fn validate(&self, req: pb::ValidateRequest) -> Result<pb::ValidateResponse, Status> {
         Ok(self

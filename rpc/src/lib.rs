@@ -4,6 +4,7 @@
 //! connection listener (`TCP_NODELAY`), and the conversions between the core vocabulary and
 //! the wire types.
 
+pub mod calls;
 pub mod convert;
 pub mod listener;
 pub mod prometheus;

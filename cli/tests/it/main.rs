@@ -6,6 +6,7 @@ mod backups;
 mod big_revision;
 mod blips;
 mod busy;
+mod calls;
 mod chaos;
 mod cli_online;
 mod dashboards;
