@@ -41,7 +41,7 @@ pub(crate) type Events = BoxStream<'static, Result<pb::StepEvent, Status>>;
 
 /// What the stream's reader hands one call.
 enum Item {
-    Event(pb::StepEvent),
+    Event(Box<pb::StepEvent>),
     /// The call ended: `None` when it succeeded; `refused` when nothing ran.
     End(Option<Status>, bool),
 }
@@ -75,7 +75,7 @@ impl Calls {
             Some(Body::Event(event)) => {
                 if let Some(tx) = inner.open.get(&ev.call) {
                     // A caller that stopped listening is not an error: its call runs on.
-                    let _ = tx.send(Item::Event(event));
+                    let _ = tx.send(Item::Event(Box::new(event)));
                 }
             }
             Some(Body::End(end)) => {
@@ -141,12 +141,6 @@ impl MigrateCalls {
             Some(conn) => call(&conn, req, &metadata).await,
             None => self.unary(req, metadata).await,
         }
-    }
-
-    /// Whether calls go as plain Migrate calls because the agent does not serve the stream.
-    #[cfg(test)]
-    pub(crate) fn unsupported(&self) -> bool {
-        self.unsupported.load(Ordering::Relaxed)
     }
 
     async fn unary(
@@ -249,7 +243,7 @@ async fn call(
         .chain(rx)
         .filter_map(|item| {
             futures::future::ready(match item {
-                Item::Event(event) => Some(Ok(event)),
+                Item::Event(event) => Some(Ok(*event)),
                 Item::End(status, _) => status.map(Err),
             })
         })
