@@ -57,6 +57,7 @@ pub fn status_of(e: EngineError) -> Status {
         | EngineError::Decode { .. }
         | EngineError::WriteBehind(_)
         | EngineError::TargetTask(_)
+        | EngineError::SetCheck(_)
         | EngineError::Unavailable(_)
         | EngineError::Gate { .. } => Status::unavailable(e.to_string()),
         EngineError::WouldBlock(_) => Status::failed_precondition(format!("WOULD_BLOCK: {e}")),

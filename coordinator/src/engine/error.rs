@@ -49,6 +49,9 @@ pub enum EngineError {
     /// A target's task panicked or was cancelled.
     #[error("state store: target task failed: {0}")]
     TargetTask(#[source] tokio::task::JoinError),
+    /// A set's validation, run off the runtime (`sets::check_off_runtime`), panicked.
+    #[error("set validation failed: {0}")]
+    SetCheck(#[source] tokio::task::JoinError),
     #[error("{0}")]
     Unavailable(String),
     /// The wave gate could not ask an agent for its targets' fingerprints.

@@ -91,6 +91,18 @@ impl SetCache {
     }
 }
 
+/// `bundle.check()` (parse, lint, checksum) on a blocking thread: a big set takes seconds
+/// (about 3.5 s of a 50 MB seed), which on a runtime thread would hold every request and task
+/// scheduled there, the lock's lease keep-alive included; on a coordinator with one CPU that
+/// is the whole runtime.
+pub(crate) async fn check_off_runtime(
+    bundle: Bundle,
+) -> Result<Result<Graph, Vec<flotilla_revision::Diagnostic>>, EngineError> {
+    tokio::task::spawn_blocking(move || bundle.check())
+        .await
+        .map_err(EngineError::SetCheck)
+}
+
 /// A set refused at upload: every error, file:line first.
 fn invalid(errors: Vec<flotilla_revision::Diagnostic>) -> EngineError {
     const SHOWN: usize = 20;
@@ -136,7 +148,7 @@ impl Engine {
                     .ok_or_else(|| EngineError::SetUnknown(digest.clone()))?;
                 let bundle = Bundle::decode(&encoded)
                     .map_err(|e| EngineError::SetCorrupt(format!("stored set {digest}: {e}")))?;
-                let graph = Arc::new(bundle.check().map_err(|errors| {
+                let graph = Arc::new(check_off_runtime(bundle).await?.map_err(|errors| {
                     EngineError::SetCorrupt(format!(
                         "stored set {digest} no longer validates ({} errors); upload it again",
                         errors.len()
@@ -190,7 +202,7 @@ impl Engine {
         }
         let bundle =
             Bundle::decode(&encoded).map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
-        let graph = bundle.check().map_err(invalid)?;
+        let graph = check_off_runtime(bundle).await?.map_err(invalid)?;
         let revisions = graph.len() as u32;
         let stored = self.store_set(&term, &digest, &encoded, revisions).await?;
         self.sets.insert(&digest, Arc::new(graph));
@@ -262,5 +274,61 @@ impl Engine {
             tracing::info!(set = %m.digest, "removed a migration set no rollout refers to");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(seed_rows: usize) -> Bundle {
+        let mut seed = String::from("-- migrate:up\n");
+        for i in 0..seed_rows {
+            seed.push_str(&format!(
+                "INSERT INTO t (id, name) VALUES ({i}, 'row {i}');\n"
+            ));
+        }
+        seed.push_str("-- migrate:down\nDELETE FROM t;\n");
+        Bundle::from_files(vec![
+            (
+                "0001_t.sql".into(),
+                b"-- revision: 0001_t\n-- migrate:up\nCREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);\n-- migrate:down\nDROP TABLE t;\n".to_vec(),
+            ),
+            (
+                "0002_seed.sql".into(),
+                format!("-- revision: 0002_seed\n-- revises: 0001_t\n{seed}").into_bytes(),
+            ),
+        ])
+    }
+
+    /// On a one-thread runtime the validation of a set must leave the thread free: the
+    /// first poll of the check returns at once (work on a blocking thread), so another
+    /// branch that is ready runs first. Checked inline, that first poll would run the whole
+    /// validation and finish first.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_set_is_validated_off_the_runtime_thread() {
+        let bundle = set(20_000);
+        let expected = bundle.check().expect("a valid set");
+        let check = check_off_runtime(bundle);
+        tokio::pin!(check);
+        let first = tokio::select! {
+            biased;
+            _ = &mut check => "check",
+            () = std::future::ready(()) => "other",
+        };
+        assert_eq!(first, "other", "the check held the runtime thread");
+        let graph = check.await.expect("no panic").expect("valid");
+        assert_eq!(graph.len(), expected.len());
+        assert_eq!(graph.digest(), expected.digest());
+
+        let invalid = Bundle::from_files(vec![(
+            "0001_bad.sql".into(),
+            b"-- revision: 0001_bad\n-- revises: 9999_missing\n-- migrate:up\nSELECT 1;\n-- migrate:down\nSELECT 1;\n".to_vec(),
+        )]);
+        let errors = check_off_runtime(invalid)
+            .await
+            .expect("no panic")
+            .expect_err("a parent that does not exist");
+        assert!(!errors.is_empty());
     }
 }
