@@ -3,16 +3,18 @@
 //! restored from the call), and its events go back under its call id, then its end: the
 //! status the Migrate stream would have ended with (`flotilla_rpc::calls`).
 //!
-//! A call whose caller went away keeps running, as a Migrate whose client hung up does (the
-//! executor is the agent's task, not the stream's). When the agent shuts down it stops
+//! A call whose caller went away (a `cancel` for it, or the whole stream gone) is let go at
+//! once, as tonic drops a Migrate's stream when its client hangs up: the executor, the
+//! agent's task, then stops before its next step. When the agent shuts down it stops
 //! reading new calls and ends the stream once the calls in flight have ended, so a graceful
 //! shutdown is not held open by the stream itself; the caller reads the end of the stream as
 //! the agent going away.
 //!
 //! Generic over the service so that this file does not depend on the server's.
 
+use std::collections::HashMap;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use flotilla_proto::agent_service_server::AgentService;
 use flotilla_proto::migrate_call_event::Body;
@@ -39,6 +41,8 @@ pub fn serve<S: AgentService>(
 ) -> CallEvents {
     let (out, rx) = mpsc::channel(OUT_BUFFER);
     tokio::spawn(async move {
+        // The calls running, by id: what a `cancel` lets go of.
+        let running: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
         loop {
             let call = tokio::select! {
                 biased;
@@ -52,7 +56,30 @@ pub fn serve<S: AgentService>(
                     }
                 },
             };
-            tokio::spawn(run(service.clone(), call, out.clone()));
+            let id = call.call;
+            if call.cancel {
+                if let Some(left) = running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id)
+                {
+                    left.cancel();
+                }
+                continue;
+            }
+            let left = CancellationToken::new();
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, left.clone());
+            let (service, out, running) = (service.clone(), out.clone(), running.clone());
+            tokio::spawn(async move {
+                run(service, call, out, left).await;
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+            });
         }
         // `out` is dropped here: the stream ends when the last call in flight has ended.
     });
@@ -64,6 +91,7 @@ async fn run<S: AgentService>(
     service: Arc<S>,
     call: MigrateCall,
     out: mpsc::Sender<Result<MigrateCallEvent, Status>>,
+    left: CancellationToken,
 ) {
     let id = call.call;
     let mut req = Request::new(call.request.unwrap_or_default());
@@ -73,7 +101,15 @@ async fn run<S: AgentService>(
         Ok(response) => {
             let mut events = pin!(response.into_inner());
             loop {
-                match events.next().await {
+                // The caller gone (the call cancelled, or the stream dropped): let go of the
+                // events now, not at the next send.
+                let next = tokio::select! {
+                    biased;
+                    () = left.cancelled() => return,
+                    () = out.closed() => return,
+                    next = events.next() => next,
+                };
+                match next {
                     None => break end_ok(),
                     Some(Err(status)) => break end_of(&status, false),
                     Some(Ok(event)) => {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flotilla_agent::AgentGrpc;
 use flotilla_agent::service::calls::{CallEvents, serve as serve_calls};
 use flotilla_proto as pb;
@@ -283,5 +283,128 @@ async fn a_stopped_agent_ends_the_stream_and_the_next_rollout_opens_another() ->
     for (id, s) in &statuses {
         assert_eq!(applied(s), vec!["0001_a", "0002_b"], "{id}");
     }
+    Ok(())
+}
+
+/// A caller that lets go of its call (here: drops the events after the first step started)
+/// is told to the agent at once, as a Migrate's client hanging up is: the run stops before
+/// its next step, while the stream serves on. Without the cancel, the agent would run the
+/// second step for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_let_go_stops_before_its_next_step() -> Result<()> {
+    use flotilla_coordinator::fleet::{AgentClient, RemoteAgent};
+    use flotilla_revision::{Goal, Graph, TargetHistory, plan};
+    use futures::StreamExt;
+
+    // The first step counts to ten million (long enough to let go during it), the second is
+    // quick.
+    let set = migrations(&[
+        (
+            "0001_slow.sql",
+            &revision(
+                "0001_slow",
+                None,
+                "CREATE TABLE slow AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000) SELECT count(*) AS c FROM n;",
+                "DROP TABLE slow;",
+            ),
+        ),
+        (
+            "0002_quick.sql",
+            &revision(
+                "0002_quick",
+                Some("0001_slow"),
+                "CREATE TABLE quick (id INTEGER);",
+                "DROP TABLE quick;",
+            ),
+        ),
+    ])?;
+    let (_dir, targets) = sqlite_targets("g", 1)?;
+    let agent = TestAgent::start("agent-letgo", targets).await?;
+    let served = serve_counting(&agent, true).await?;
+    let remote = RemoteAgent::new(
+        "agent-letgo",
+        &served.address,
+        None,
+        &flotilla_rpc::tls::ClientTls::default(),
+    )?;
+    let graph = Graph::load_dir(set.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let steps = plan(
+        &graph,
+        &TargetHistory::default(),
+        &Goal::Head,
+        flotilla_core::Dialect::Sqlite,
+    )
+    .map_err(|b| anyhow::anyhow!("{b}"))?
+    .steps;
+    let req = pb::MigrateRequest {
+        target_id: "g01".into(),
+        rollout_id: "let-go".into(),
+        fencing_token: 1,
+        transaction_per_step: true,
+        steps: steps
+            .iter()
+            .map(|s| pb::Step {
+                revision: s.revision.clone(),
+                direction: pb::Direction::Up as i32,
+                sql: s.sql.clone(),
+                checksum: s.checksum.clone(),
+                transactional: s.transactional,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut events = remote
+        .migrate(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    loop {
+        let ev = events
+            .next()
+            .await
+            .context("the call ended early")?
+            .map_err(|s| anyhow::anyhow!("{s}"))?;
+        if matches!(ev.event, Some(pb::step_event::Event::Started(_))) {
+            anyhow::ensure!(ev.revision == "0001_slow", "{ev:?}");
+            break;
+        }
+    }
+    drop(events);
+    // The second step, sent again on its own: it waits for the first run's lock, so it runs
+    // once that run has ended. Applied by it, not skipped, means the first run stopped
+    // before its second step.
+    let quick = pb::MigrateRequest {
+        target_id: "g01".into(),
+        rollout_id: "let-go".into(),
+        fencing_token: 1,
+        steps: vec![pb::Step {
+            revision: steps[1].revision.clone(),
+            direction: pb::Direction::Up as i32,
+            sql: steps[1].sql.clone(),
+            checksum: steps[1].checksum.clone(),
+            transactional: steps[1].transactional,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut second = agent
+        .agent
+        .migrate(quick)
+        .await
+        .map_err(|s| anyhow::anyhow!("{s}"))?;
+    let mut outcome = None;
+    while let Some(ev) = second.next().await {
+        match ev.map_err(|s| anyhow::anyhow!("{s}"))?.event {
+            Some(pb::step_event::Event::Succeeded(_)) => outcome = Some("applied"),
+            Some(pb::step_event::Event::Skipped(_)) => {
+                outcome = Some("skipped: the first run went on")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(outcome, Some("applied"));
+    let s = agent.statuses(true).await?;
+    assert_eq!(applied(&s["g01"]), vec!["0001_slow", "0002_quick"]);
+    assert_eq!(served.counts.streams.load(Ordering::SeqCst), 1);
     Ok(())
 }

@@ -226,11 +226,19 @@ async fn call(
         call: id,
         request: Some(req),
         metadata: metadata_to_map(metadata),
+        cancel: false,
     };
     if conn.out.send(msg).is_err() {
         conn.calls.lock().open.remove(&id);
         return Err(gone());
     }
+    // From here, a caller that lets go of the call (drops its future or its stream) before
+    // its end tells the agent, as a Migrate's client hanging up would.
+    let following = Following {
+        id,
+        out: conn.out.clone(),
+        calls: conn.calls.clone(),
+    };
     let mut rx = UnboundedReceiverStream::new(rx);
     let first = match rx.next().await {
         None => return Err(gone()),
@@ -241,13 +249,34 @@ async fn call(
     // sender is dropped with the end, so the stream ends there).
     Ok(futures::stream::once(async move { first })
         .chain(rx)
-        .filter_map(|item| {
+        .filter_map(move |item| {
+            let _ = &following;
             futures::future::ready(match item {
                 Item::Event(event) => Some(Ok(*event)),
                 Item::End(status, _) => status.map(Err),
             })
         })
         .boxed())
+}
+
+/// A call being followed; dropped before the call's end, it cancels the call on the agent.
+struct Following {
+    id: u64,
+    out: mpsc::UnboundedSender<pb::MigrateCall>,
+    calls: Arc<Calls>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        // Still open: the caller left before the end.
+        if self.calls.lock().open.remove(&self.id).is_some() {
+            let _ = self.out.send(pb::MigrateCall {
+                call: self.id,
+                cancel: true,
+                ..Default::default()
+            });
+        }
+    }
 }
 
 fn gone() -> Status {
