@@ -341,17 +341,7 @@ async fn a_call_let_go_stops_before_its_next_step() -> Result<()> {
         rollout_id: "let-go".into(),
         fencing_token: 1,
         transaction_per_step: true,
-        steps: steps
-            .iter()
-            .map(|s| pb::Step {
-                revision: s.revision.clone(),
-                direction: pb::Direction::Up as i32,
-                sql: s.sql.clone(),
-                checksum: s.checksum.clone(),
-                transactional: s.transactional,
-                ..Default::default()
-            })
-            .collect(),
+        steps: wire_steps(&steps),
         ..Default::default()
     };
     let mut events = remote
@@ -377,14 +367,7 @@ async fn a_call_let_go_stops_before_its_next_step() -> Result<()> {
         target_id: "g01".into(),
         rollout_id: "let-go".into(),
         fencing_token: 1,
-        steps: vec![pb::Step {
-            revision: steps[1].revision.clone(),
-            direction: pb::Direction::Up as i32,
-            sql: steps[1].sql.clone(),
-            checksum: steps[1].checksum.clone(),
-            transactional: steps[1].transactional,
-            ..Default::default()
-        }],
+        steps: wire_steps(&steps[1..]),
         ..Default::default()
     };
     let mut second = agent

@@ -10,7 +10,9 @@ use flotilla_proto as pb;
 use futures::StreamExt;
 use sqlx::{AssertSqlSafe, Connection};
 
-use crate::harness::{TestAgent, TestCoordinator, migrations, revision, run_cli, target};
+use crate::harness::{
+    TestAgent, TestCoordinator, migrations, revision, run_cli, target, wire_steps,
+};
 
 const FIRST: &str = "ae1027a6acf";
 const SECOND: &str = "1975ea83b712";
@@ -234,18 +236,7 @@ async fn targets_under_alembic_are_blocked_until_adopted() -> Result<()> {
         target_id: "my-alembic".into(),
         rollout_id: "by-hand".into(),
         fencing_token: 1 << 40,
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| pb::Step {
-                revision: s.revision.clone(),
-                direction: pb::Direction::Up as i32,
-                sql: s.sql.clone(),
-                checksum: s.checksum.clone(),
-                transactional: s.transactional,
-                ..Default::default()
-            })
-            .collect(),
+        steps: wire_steps(&plan.steps),
         ..Default::default()
     };
     let mut events = agent.agent.migrate(req).await?;

@@ -622,18 +622,7 @@ pub(crate) async fn migrate_by_hand(
         target_id: target_id.into(),
         rollout_id: "by-hand".into(),
         fencing_token: token,
-        steps: steps
-            .iter()
-            .map(|s| pb::Step {
-                revision: s.revision.clone(),
-                direction: s.direction.to_proto() as i32,
-                sql: s.sql.clone(),
-                checksum: s.checksum.clone(),
-                transactional: s.transactional,
-                up_checksum: String::new(),
-                ..Default::default()
-            })
-            .collect(),
+        steps: wire_steps(&steps),
         ..Default::default()
     };
     let mut events = agent.agent.migrate(req).await?;
@@ -645,6 +634,21 @@ pub(crate) async fn migrate_by_hand(
         );
     }
     Ok(())
+}
+
+/// A plan's steps as a Migrate request carries them (no guards, no backups).
+pub(crate) fn wire_steps(steps: &[flotilla_revision::PlannedStep]) -> Vec<pb::Step> {
+    steps
+        .iter()
+        .map(|s| pb::Step {
+            revision: s.revision.clone(),
+            direction: s.direction.to_proto() as i32,
+            sql: s.sql.clone(),
+            checksum: s.checksum.clone(),
+            transactional: s.transactional,
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Two revisions, `0001_a` then `0002_b`, for the planning tests.
