@@ -19,6 +19,7 @@ pub mod offline;
 pub mod online;
 pub mod progress;
 mod render;
+pub mod runtime;
 pub mod serve;
 
 pub use args::{GlobalArgs, OutputFormat};

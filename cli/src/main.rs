@@ -58,7 +58,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => ("warn", "flotilla-coordinator"),
         _ => ("warn", "flotilla"),
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match cli::runtime::for_command(&cli.command) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -89,6 +89,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FLOTILLA_KEEP_SETS", default_value_t = DEFAULT_KEEP_SETS as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub keep_sets: u64,
+    /// Threads of the coordinator's async runtime (blocking work, such as a set's
+    /// validation, has threads of its own): one spends the least CPU per target-step
+    #[arg(long, env = "FLOTILLA_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: u16,
     #[command(flatten)]
     pub tls: flotilla_rpc::tls::PeerTlsArgs,
 }
