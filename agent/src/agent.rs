@@ -256,7 +256,13 @@ impl Agent {
             db.system = target.dialect.db_system(),
         );
         let exec = Executor {
-            sink: EventSink::new(tx.clone(), target.id.clone()),
+            sink: EventSink::new(
+                tx.clone(),
+                target.id.clone(),
+                req.quiet
+                    .then(|| planned.first().map(|p| p.spec.revision.clone()))
+                    .flatten(),
+            ),
             target,
             project,
             meta: self.meta(&req.rollout_id, req.fencing_token),

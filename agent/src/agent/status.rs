@@ -14,7 +14,7 @@ use tonic::Status;
 
 use super::{Agent, STATUS_TIMEOUT_CLASS};
 use crate::driver::DriverError;
-use crate::driver::postgres::{SCHEMAS_PER_QUERY, SchemaRef, read_schemas};
+use crate::driver::postgres::{SCHEMAS_PER_QUERY, SchemaRead, SchemaRef, read_schemas};
 use crate::executor::driver_error;
 use crate::service::validate as check;
 use crate::status::{empty_status, target_status};
@@ -127,7 +127,7 @@ impl Agent {
         unit: Unit,
         project: &Project,
         include_history: bool,
-        fence: bool,
+        what: SchemaRead,
     ) -> Vec<(usize, TargetStatus)> {
         let timeout = self.config.status.timeout;
         match unit {
@@ -145,9 +145,10 @@ impl Agent {
                 let schemas: Vec<String> =
                     members.iter().map(|(_, _, r)| r.schema.clone()).collect();
                 let (pool, project, public) = (first.pool.clone(), project.clone(), first.public);
-                let read = detached(async move {
-                    read_schemas(&pool, &schemas, &project, public, fence).await
-                });
+                let read =
+                    detached(
+                        async move { read_schemas(&pool, &schemas, &project, public, what).await },
+                    );
                 match tokio::time::timeout(timeout, read).await {
                     Ok(Ok(reads)) => members
                         .iter()
@@ -191,8 +192,13 @@ impl Agent {
         let include_history = req.include_history;
         let count = targets.len();
         let units = units(targets, SCHEMAS_PER_QUERY);
+        let what = SchemaRead {
+            fence: !req.without_fence,
+            // The history log is made of whole rows.
+            full_rows: !req.applied_set_only || include_history,
+        };
         let mut read: Vec<(usize, TargetStatus)> = futures::stream::iter(units)
-            .map(|u| self.read_unit(u, project, include_history, !req.without_fence))
+            .map(|u| self.read_unit(u, project, include_history, what))
             .buffer_unordered(self.config.status.concurrency)
             .flat_map(futures::stream::iter)
             .collect()

@@ -18,7 +18,7 @@ use tonic::Status;
 use super::status::{Unit, detached, for_each_schema, units};
 use super::{Agent, open_session};
 use crate::driver::DriverError;
-use crate::driver::postgres::{CATALOGS_PER_QUERY, read_schema_catalogs, read_schemas};
+use crate::driver::postgres::{CATALOGS_PER_QUERY, SchemaRead, read_schema_catalogs, read_schemas};
 use crate::error::AgentError;
 use crate::executor::driver_error;
 use crate::service::validate as check;
@@ -116,7 +116,17 @@ impl Agent {
                 let skip_fingerprint = ask.skip_fingerprint;
                 let read = detached(async move {
                     // Validation compares history and catalogs: the fence is not read.
-                    let states = read_schemas(&pool, &schemas, &project, public, false).await?;
+                    let states = read_schemas(
+                        &pool,
+                        &schemas,
+                        &project,
+                        public,
+                        SchemaRead {
+                            fence: false,
+                            full_rows: true,
+                        },
+                    )
+                    .await?;
                     let catalogs = if skip_fingerprint {
                         None
                     } else {

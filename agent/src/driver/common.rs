@@ -19,6 +19,10 @@ pub(crate) const CLOSE_UNLOCK_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const HISTORY_COLUMNS: &str = "id, revision, checksum, direction, status, applied_at, \
      duration_ms, rollout_id, agent_id, fencing_token";
 
+/// The columns of [`HISTORY_COLUMNS`] a plan needs (the applied set, in order, and the dirty
+/// revision): the first five.
+pub(crate) const APPLIED_SET_COLUMNS: &str = "id, revision, checksum, direction, status";
+
 /// Flotilla's SQL is written with the default project's table names (`flotilla_history`,
 /// `flotilla_fence`); this is the same SQL on `project`'s tables (unchanged for `default`).
 /// Project names are validated identifiers (`flotilla_core::project`), so nothing is quoted.

@@ -36,7 +36,7 @@ mod seen;
 mod session;
 mod simple;
 
-pub use batch::{SCHEMAS_PER_QUERY, SchemaStatus, read_schemas};
+pub use batch::{SCHEMAS_PER_QUERY, SchemaRead, SchemaStatus, read_schemas};
 pub use catalogs::{CATALOGS_PER_QUERY, SchemaCatalogs, read_schema_catalogs};
 pub use discovery::{discover_databases, with_database};
 pub use pool::{POOL_APPLICATION_NAME, PoolStats, RECYCLE_AFTER_USES, SchemaPool};

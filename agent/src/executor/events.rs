@@ -13,11 +13,22 @@ use flotilla_rpc::convert::DirectionProto;
 pub(crate) struct EventSink {
     tx: mpsc::Sender<Result<StepEvent, Status>>,
     target_id: String,
+    /// The request's first step, when it asked for quiet (`MigrateRequest.quiet`): its
+    /// `Started` and the `LockAcquired` are left out.
+    quiet_first: Option<String>,
 }
 
 impl EventSink {
-    pub(crate) fn new(tx: mpsc::Sender<Result<StepEvent, Status>>, target_id: String) -> Self {
-        EventSink { tx, target_id }
+    pub(crate) fn new(
+        tx: mpsc::Sender<Result<StepEvent, Status>>,
+        target_id: String,
+        quiet_first: Option<String>,
+    ) -> Self {
+        EventSink {
+            tx,
+            target_id,
+            quiet_first,
+        }
     }
 
     /// Whether the client stopped listening.
@@ -43,6 +54,16 @@ pub(crate) struct EventCtx {
 
 impl EventCtx {
     pub(crate) async fn emit(&self, event: Event) {
+        if let Some(first) = &self.sink.quiet_first {
+            let implied = match &event {
+                Event::LockAcquired(_) => true,
+                Event::Started(_) => self.revision == *first,
+                _ => false,
+            };
+            if implied {
+                return;
+            }
+        }
         let ev = StepEvent {
             target_id: self.sink.target_id.clone(),
             revision: self.revision.clone(),

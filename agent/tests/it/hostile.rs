@@ -373,6 +373,7 @@ async fn announce(c: &mut Client, token: u64) -> Result<()> {
         fencing_token: token,
         identities_only: true,
         without_fence: false,
+        applied_set_only: false,
     })
     .await?;
     Ok(())

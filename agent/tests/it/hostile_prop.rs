@@ -140,8 +140,9 @@ fn request() -> impl Strategy<Value = Req> {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step, report_fingerprint, allow_foreign)| {
+            .prop_map(|(target_id, rollout_id, fencing_token, steps, expected_state, transaction_per_step, report_fingerprint, allow_foreign, quiet)| {
                 Req::Migrate(MigrateRequest {
                     target_id,
                     rollout_id,
@@ -152,6 +153,7 @@ fn request() -> impl Strategy<Value = Req> {
                     transaction_per_step,
                     report_fingerprint,
                     allow_foreign,
+                    quiet,
                     ..Default::default()
                 })
             }),
@@ -170,13 +172,14 @@ fn request() -> impl Strategy<Value = Req> {
                 revision,
                 applied,
             })),
-        2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token(), any::<bool>(), any::<bool>())
-            .prop_map(|(target_ids, include_history, fencing_token, identities_only, without_fence)| Req::Status(StatusRequest { project: Default::default(),
+        2 => (proptest::collection::vec(target_id(), 0..2), any::<bool>(), token(), any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(target_ids, include_history, fencing_token, identities_only, without_fence, applied_set_only)| Req::Status(StatusRequest { project: Default::default(),
                 target_ids,
                 include_history,
                 fencing_token,
                 identities_only,
                 without_fence,
+                applied_set_only,
             })),
         1 => (proptest::collection::vec(target_id(), 0..2), proptest::collection::vec(expected(), 0..3))
             .prop_map(|(target_ids, expected)| Req::Validate(ValidateRequest { project: Default::default(),
@@ -273,10 +276,13 @@ async fn send(c: &mut AgentServiceClient<Channel>, req: Req) -> Result<Answer> {
             let out = run_grpc(c, r).await?;
             Answer {
                 code: out.error.as_ref().map_or(Code::Ok, |s| s.code()),
-                accepted: out
-                    .events
-                    .iter()
-                    .any(|e| matches!(e.event, Some(Event::Started(_)))),
+                // A step started: its start event, or (a quiet request leaves the first
+                // step's out) an outcome only a started step has.
+                accepted: out.events.iter().any(|e| match &e.event {
+                    Some(Event::Started(_) | Event::Succeeded(_) | Event::Retrying(_)) => true,
+                    Some(Event::Failed(f)) => f.rolled_back || f.dirty,
+                    _ => false,
+                }),
             }
         }
         Req::Stamp(r) => {

@@ -199,6 +199,58 @@ async fn postgres_plan_is_applied_once() -> Result<()> {
     plan_applied_once(Dialect::Postgres).await
 }
 
+/// A quiet request leaves out what its caller knows: the lock taken and the first step's
+/// start; the later steps' starts, every outcome (a failure too) and the closing report
+/// come as ever. Without it, all of them.
+#[tokio::test]
+async fn quiet_leaves_out_the_lock_and_the_first_start() -> Result<()> {
+    let backend = Backend::start(Dialect::Sqlite).await?;
+    let agent = agent(vec![
+        backend.fresh_target("t1").await?,
+        backend.fresh_target("t2").await?,
+    ])
+    .await?;
+    let quiet = |target: &str, steps| flotilla_proto::MigrateRequest {
+        quiet: true,
+        transaction_per_step: true,
+        ..migrate(target, "r1", 1, steps)
+    };
+    let out = run(&agent, quiet("t1", plan()[..2].to_vec())).await?;
+    ensure!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(
+        out.kinds(),
+        [
+            "0001_users:succeeded",
+            "0002_orders:started",
+            "0002_orders:succeeded"
+        ]
+    );
+    assert!(out.finished.is_some(), "the closing report still comes");
+    let bad = up("0003_bad", "INSERT INTO no_such_table VALUES (1);");
+    let failed = run(&agent, quiet("t1", vec![bad])).await?;
+    assert_eq!(failed.kinds(), ["0003_bad:failed"]);
+    assert!(failed.err().is_ok());
+
+    let loud = flotilla_proto::MigrateRequest {
+        transaction_per_step: true,
+        ..migrate("t2", "r1", 1, plan()[..2].to_vec())
+    };
+    let loud = run(&agent, loud).await?;
+    ensure!(loud.error.is_none(), "{:?}", loud.error);
+    assert_eq!(
+        loud.kinds(),
+        [
+            "0001_users:lock_acquired",
+            "0001_users:started",
+            "0001_users:succeeded",
+            "0002_orders:started",
+            "0002_orders:succeeded"
+        ]
+    );
+    assert!(loud.finished.is_some());
+    Ok(())
+}
+
 /// Issue test 2: a failing step of a transactional plan leaves the target as it was.
 async fn failing_step_rolls_back(dialect: Dialect) -> Result<()> {
     let backend = Backend::start(dialect).await?;

@@ -28,6 +28,8 @@ struct Counts {
     on_streams: AtomicUsize,
     /// MigrateCalls streams opened (or refused, when not served).
     streams: AtomicUsize,
+    /// Migrate calls (either way) that asked for quiet (`MigrateRequest.quiet`).
+    quiet: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -55,6 +57,9 @@ impl AgentService for Counting {
             &self.counts.unary
         };
         count.fetch_add(1, Ordering::SeqCst);
+        if req.get_ref().quiet {
+            self.counts.quiet.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.migrate(req).await
     }
     async fn migrate_calls(
@@ -234,6 +239,83 @@ async fn a_rollout_sends_its_calls_on_one_stream_each_with_its_own_outcome() -> 
         "every target's call on it"
     );
     assert_eq!(served.counts.unary.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        served.counts.quiet.load(Ordering::SeqCst),
+        10,
+        "a rollout asks for quiet calls"
+    );
+    Ok(())
+}
+
+/// A first step that counts to ten million (long enough to be seen running), then a quick one.
+fn slow_then_quick() -> Result<tempfile::TempDir> {
+    migrations(&[
+        (
+            "0001_slow.sql",
+            &revision(
+                "0001_slow",
+                None,
+                "CREATE TABLE slow AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000) SELECT count(*) AS c FROM n;",
+                "DROP TABLE slow;",
+            ),
+        ),
+        (
+            "0002_quick.sql",
+            &revision(
+                "0002_quick",
+                Some("0001_slow"),
+                "CREATE TABLE quick (id INTEGER);",
+                "DROP TABLE quick;",
+            ),
+        ),
+    ])
+}
+
+/// Without the agent's start event for the first step (a rollout asks for quiet calls), a
+/// running target's record still names the step it runs: the first one sent, and none once
+/// it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_target_names_its_step_without_start_events() -> Result<()> {
+    let set = slow_then_quick()?;
+    let (_dir, targets) = sqlite_targets("q", 1)?;
+    let agent = TestAgent::start("agent-quiet", targets).await?;
+    let served = serve_counting(&agent, true).await?;
+    let coord = TestCoordinator::start_with(
+        set.path(),
+        &[("agent-quiet".into(), served.address.clone())],
+        None,
+    )
+    .await?;
+    let mut c = coord.client().await?;
+    let r = c
+        .start_rollout(pb::StartRolloutRequest {
+            spec: Some(spec("head").to_proto()),
+        })
+        .await?
+        .into_inner();
+    let q01 = |r: &pb::Rollout| r.targets.iter().find(|t| t.target_id == "q01").cloned();
+    let running = rollout_when(
+        &c,
+        &r.id,
+        "q01 running with its step named",
+        std::time::Duration::from_secs(60),
+        |r| {
+            q01(r).is_some_and(|t| {
+                target_state(&t) == pb::TargetState::Running && !t.current_revision.is_empty()
+            })
+        },
+    )
+    .await?;
+    let t = q01(&running).context("q01")?;
+    assert_eq!(
+        (t.current_revision.as_str(), t.steps_done),
+        ("0001_slow", 0)
+    );
+    let end = follow_to_end(&mut c, &r.id).await?;
+    let t = q01(&end).context("q01")?;
+    assert_eq!(target_state(&t), pb::TargetState::Succeeded, "{end:#?}");
+    assert_eq!((t.current_revision.as_str(), t.steps_done), ("", 2));
+    assert_eq!(served.counts.quiet.load(Ordering::SeqCst), 1);
     Ok(())
 }
 
@@ -296,28 +378,8 @@ async fn a_call_let_go_stops_before_its_next_step() -> Result<()> {
     use flotilla_revision::{Goal, Graph, TargetHistory, plan};
     use futures::StreamExt;
 
-    // The first step counts to ten million (long enough to let go during it), the second is
-    // quick.
-    let set = migrations(&[
-        (
-            "0001_slow.sql",
-            &revision(
-                "0001_slow",
-                None,
-                "CREATE TABLE slow AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000) SELECT count(*) AS c FROM n;",
-                "DROP TABLE slow;",
-            ),
-        ),
-        (
-            "0002_quick.sql",
-            &revision(
-                "0002_quick",
-                Some("0001_slow"),
-                "CREATE TABLE quick (id INTEGER);",
-                "DROP TABLE quick;",
-            ),
-        ),
-    ])?;
+    // The first step is long enough to let go during it, the second quick.
+    let set = slow_then_quick()?;
     let (_dir, targets) = sqlite_targets("g", 1)?;
     let agent = TestAgent::start("agent-letgo", targets).await?;
     let served = serve_counting(&agent, true).await?;

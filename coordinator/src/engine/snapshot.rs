@@ -514,6 +514,7 @@ impl Engine {
                         project: self.wire_project(),
                         // A plan needs the applied set; each Migrate checks the fence itself.
                         without_fence: true,
+                        applied_set_only: true,
                         ..Default::default()
                     },
                 )

@@ -264,6 +264,12 @@ impl Engine {
         let sent = super::pack::request_len(&steps, self.config.migrate_request_bytes);
         let more = sent < steps.len();
         steps.truncate(sent);
+        // The request asks for quiet (no start event for the first step): the step being run
+        // is the first one sent, then the one the next start names, or the one after each
+        // that succeeded.
+        let revisions: Vec<String> = steps.iter().map(|s| s.revision.clone()).collect();
+        rec.current_revision = revisions.first().cloned().unwrap_or_default();
+        writer.stage(rec)?;
         let req = pb::MigrateRequest {
             project: self.wire_project(),
             target_id: rec.target_id.clone(),
@@ -279,6 +285,7 @@ impl Engine {
             steps,
             lock_wait_ms: 0,
             allow_foreign: rollout.spec.allow_foreign,
+            quiet: true,
         };
         let mut stream = match agent.migrate(req).await {
             Ok(s) => {
@@ -334,6 +341,7 @@ impl Engine {
                         Event::Succeeded(_) | Event::Skipped(_) => {
                             ran += 1;
                             rec.steps_done = (rec.steps_done + 1).min(rec.steps.len() as u32);
+                            rec.current_revision = revisions.get(ran).cloned().unwrap_or_default();
                             rec.message.clear();
                             writer.stage(rec)?;
                         }

@@ -199,6 +199,23 @@ pub(super) fn raw_row(r: &PgRow) -> Result<RawHistoryRow, sqlx::Error> {
 }
 
 /// A history row whose `HISTORY_COLUMNS` start at column `at`.
+/// A history row read with [`APPLIED_SET_COLUMNS`](crate::driver::common::APPLIED_SET_COLUMNS)
+/// from column `at` on: the columns not read are empty (0, "").
+pub(super) fn applied_set_row_at(r: &PgRow, at: usize) -> Result<RawHistoryRow, sqlx::Error> {
+    Ok(RawHistoryRow {
+        id: r.try_get(at)?,
+        revision: r.try_get(at + 1)?,
+        checksum: r.try_get(at + 2)?,
+        direction: r.try_get(at + 3)?,
+        status: r.try_get(at + 4)?,
+        applied_at: 0,
+        duration_ms: 0,
+        rollout_id: String::new(),
+        agent_id: String::new(),
+        fencing_token: 0,
+    })
+}
+
 pub(super) fn raw_row_at(r: &PgRow, at: usize) -> Result<RawHistoryRow, sqlx::Error> {
     Ok(RawHistoryRow {
         id: r.try_get(at)?,
