@@ -198,7 +198,6 @@ pub(super) fn raw_row(r: &PgRow) -> Result<RawHistoryRow, sqlx::Error> {
     raw_row_at(r, 0)
 }
 
-/// A history row whose `HISTORY_COLUMNS` start at column `at`.
 /// A history row read with [`APPLIED_SET_COLUMNS`](crate::driver::common::APPLIED_SET_COLUMNS)
 /// from column `at` on: the columns not read are empty (0, "").
 pub(super) fn applied_set_row_at(r: &PgRow, at: usize) -> Result<RawHistoryRow, sqlx::Error> {
@@ -216,17 +215,15 @@ pub(super) fn applied_set_row_at(r: &PgRow, at: usize) -> Result<RawHistoryRow, 
     })
 }
 
+/// A history row whose `HISTORY_COLUMNS` start at column `at`: the applied-set columns, then
+/// the rest.
 pub(super) fn raw_row_at(r: &PgRow, at: usize) -> Result<RawHistoryRow, sqlx::Error> {
     Ok(RawHistoryRow {
-        id: r.try_get(at)?,
-        revision: r.try_get(at + 1)?,
-        checksum: r.try_get(at + 2)?,
-        direction: r.try_get(at + 3)?,
-        status: r.try_get(at + 4)?,
         applied_at: r.try_get(at + 5)?,
         duration_ms: r.try_get(at + 6)?,
         rollout_id: r.try_get(at + 7)?,
         agent_id: r.try_get(at + 8)?,
         fencing_token: r.try_get(at + 9)?,
+        ..applied_set_row_at(r, at)?
     })
 }
