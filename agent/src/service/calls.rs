@@ -41,8 +41,7 @@ pub fn serve<S: AgentService>(
 ) -> CallEvents {
     let (out, rx) = mpsc::channel(OUT_BUFFER);
     tokio::spawn(async move {
-        // The calls running, by id: what a `cancel` lets go of.
-        let running: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
+        let running = Arc::new(Running::default());
         loop {
             let call = tokio::select! {
                 biased;
@@ -58,32 +57,42 @@ pub fn serve<S: AgentService>(
             };
             let id = call.call;
             if call.cancel {
-                if let Some(left) = running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id)
-                {
+                if let Some(left) = running.remove(id) {
                     left.cancel();
                 }
                 continue;
             }
-            let left = CancellationToken::new();
-            running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, left.clone());
+            let left = running.start(id);
             let (service, out, running) = (service.clone(), out.clone(), running.clone());
             tokio::spawn(async move {
                 run(service, call, out, left).await;
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                running.remove(id);
             });
         }
         // `out` is dropped here: the stream ends when the last call in flight has ended.
     });
     ReceiverStream::new(rx)
+}
+
+/// The calls running, by id: what a `cancel` lets go of.
+#[derive(Default)]
+struct Running(Mutex<HashMap<u64, CancellationToken>>);
+
+impl Running {
+    fn calls(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Call `id` starts: the token its cancel fires.
+    fn start(&self, id: u64) -> CancellationToken {
+        let left = CancellationToken::new();
+        self.calls().insert(id, left.clone());
+        left
+    }
+
+    fn remove(&self, id: u64) -> Option<CancellationToken> {
+        self.calls().remove(&id)
+    }
 }
 
 /// One call, start to end.
