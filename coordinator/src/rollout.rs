@@ -383,6 +383,7 @@ pub struct TargetRecord {
     pub fingerprint: String,
     /// The state digest (`flotilla_core::history::state_digest`) `steps` were planned from;
     /// sent as the Migrate precondition so a stale plan is refused instead of re-read first.
+    /// Empty for a target planned with nothing to run (skipped or blocked).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub planned_from: String,
     /// The target's agent cannot be reached and the target waits for it.

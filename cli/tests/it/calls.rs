@@ -30,6 +30,8 @@ struct Counts {
     streams: AtomicUsize,
     /// Migrate calls (either way) that asked for quiet (`MigrateRequest.quiet`).
     quiet: AtomicUsize,
+    /// Status reads of one target: what a target is re-planned from before a Migrate.
+    one_target_reads: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -92,6 +94,9 @@ impl AgentService for Counting {
         &self,
         req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        if req.get_ref().target_ids.len() == 1 {
+            self.counts.one_target_reads.fetch_add(1, Ordering::SeqCst);
+        }
         self.inner.status(req).await
     }
     async fn stamp(
@@ -237,6 +242,13 @@ async fn a_rollout_sends_its_calls_on_one_stream_each_with_its_own_outcome() -> 
         served.counts.on_streams.load(Ordering::SeqCst),
         10,
         "every target's call on it"
+    );
+    // Each call sent the plan made when the rollout was planned, with the state it was made
+    // from as its precondition: no target was read again first.
+    assert_eq!(
+        served.counts.one_target_reads.load(Ordering::SeqCst),
+        0,
+        "targets re-read before their call"
     );
     assert_eq!(served.counts.unary.load(Ordering::SeqCst), 0);
     assert_eq!(

@@ -128,12 +128,20 @@ struct Sent {
 
 impl Sent {
     fn of(r: &pb::Rollout) -> Sent {
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&r.encode_to_vec(), &mut h);
+        let done = is_done(r);
+        // A finished state is the last one sent (it differs from any unfinished one by
+        // `done`): nothing is compared with it, so it is not encoded to be hashed.
+        let digest = if done {
+            0
+        } else {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&r.encode_to_vec(), &mut h);
+            std::hash::Hasher::finish(&h)
+        };
         Sent {
-            digest: std::hash::Hasher::finish(&h),
+            digest,
             targets: r.targets.len(),
-            done: is_done(r),
+            done,
         }
     }
 }
