@@ -399,8 +399,8 @@ impl Engine {
                 retries: 0,
                 message: String::new(),
                 fingerprint: String::new(),
-                // Only a target with steps to run sends it (hashing 10,000 applied sets was
-                // a tenth of the coordinator's CPU in a no-op of 10,000 schemas).
+                // Only a target with steps to run sends it: a skipped or blocked target is
+                // not hashed a second time (the memo hashed it once to find its plan).
                 planned_from: String::new(),
                 waiting_for_agent: false,
             };
