@@ -399,12 +399,12 @@ impl Engine {
                 retries: 0,
                 message: String::new(),
                 fingerprint: String::new(),
-                // Only a target with steps to run sends it: a skipped or blocked target is
-                // not hashed a second time (the memo hashed it once to find its plan).
+                // Only a target with steps to run sends it (below).
                 planned_from: String::new(),
                 waiting_for_agent: false,
             };
-            match memo.plan(&entry.status, entry.dialect()) {
+            let (outcome, digest) = memo.plan_keyed(&entry.status, entry.dialect());
+            match outcome {
                 TargetPlanOutcome::Blocked(why) => {
                     t.state = TargetState::Blocked;
                     t.message = why;
@@ -416,7 +416,8 @@ impl Engine {
                     records.push(t);
                 }
                 TargetPlanOutcome::Steps(steps) => {
-                    t.planned_from = state_digest_of(&entry.status);
+                    // The digest the memo planned it under: one hash per target.
+                    t.planned_from = digest.unwrap_or_else(|| state_digest_of(&entry.status));
                     t.steps = steps
                         .iter()
                         .map(|s| crate::rollout::StepRecord {

@@ -177,10 +177,21 @@ impl<'a> PlanMemo<'a> {
         status: &pb::TargetStatus,
         dialect: Option<Dialect>,
     ) -> TargetPlanOutcome {
+        self.plan_keyed(status, dialect).0
+    }
+
+    /// [`Self::plan`], with the state digest it was memoized under ([`state_digest_of`];
+    /// `None` for a target not memoized), so a caller that needs the digest too does not
+    /// hash the state again.
+    pub fn plan_keyed(
+        &mut self,
+        status: &pb::TargetStatus,
+        dialect: Option<Dialect>,
+    ) -> (TargetPlanOutcome, Option<String>) {
         // Other tools' tables are not part of the state digest: such targets are not memoized.
         let Some(d) = dialect.filter(|_| status.error.is_empty() && status.foreign.is_empty())
         else {
-            return plan_target(
+            let outcome = plan_target(
                 self.graph,
                 status,
                 dialect,
@@ -188,15 +199,19 @@ impl<'a> PlanMemo<'a> {
                 self.allow_downgrade,
                 self.allow_foreign,
             );
+            return (outcome, None);
         };
         let (graph, goal) = (self.graph, self.goal);
         let (allow_downgrade, allow_foreign) = (self.allow_downgrade, self.allow_foreign);
-        self.plans
-            .entry((d, state_digest_of(status)))
+        let digest = state_digest_of(status);
+        let outcome = self
+            .plans
+            .entry((d, digest.clone()))
             .or_insert_with(|| {
                 plan_target(graph, status, dialect, goal, allow_downgrade, allow_foreign)
             })
-            .clone()
+            .clone();
+        (outcome, Some(digest))
     }
 }
 
