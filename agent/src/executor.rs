@@ -262,8 +262,6 @@ impl Executor {
         drop(guard);
         metrics::histogram!("flotilla_agent_lock_held_seconds", "dialect" => self.target.dialect.as_str())
             .record(held.elapsed().as_secs_f64());
-        // A quiet request's last outcomes, once the lock is released (`events.rs`).
-        self.sink.release().await;
         result
     }
 
