@@ -178,25 +178,42 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
+/// `(key, value)` of the live keys from `?1` up to `?2` (excluded), by key.
+const LIST_RANGE: &str = "SELECT key, value FROM ( \
+       SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 \
+       UNION ALL \
+       SELECT key, value FROM leased WHERE key >= ?1 AND key < ?2 AND expires_at_ms > ?3 \
+     ) ORDER BY key";
+
+/// [`LIST_RANGE`] for a prefix without an upper bound (every key from `?1` on).
+const LIST_FROM: &str = "SELECT key, value FROM ( \
+       SELECT key, value FROM kv WHERE key >= ?1 \
+       UNION ALL \
+       SELECT key, value FROM leased WHERE key >= ?1 AND expires_at_ms > ?3 \
+     ) ORDER BY key";
+
+/// The live keys under `prefix`. The upper bound is in the statement only when there is
+/// one: SQLite searches the key index with both bounds only when both are plain
+/// comparisons (with `(?2 IS NULL OR key < ?2)` it searched from the prefix to the end of
+/// the index: each listing of `rollouts/` visited every target record after it, 9 ms for
+/// 13 rollouts among 130,000 records, growing with every rollout kept).
 async fn list_prefix(
     pool: &SqlitePool,
     prefix: &str,
 ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
     let upper = prefix_upper_bound(prefix);
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT key, value FROM ( \
-           SELECT key, value FROM kv WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) \
-           UNION ALL \
-           SELECT key, value FROM leased \
-             WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) AND expires_at_ms > ?3 \
-         ) ORDER BY key",
-    )
-    .bind(prefix)
-    .bind(upper)
-    .bind(now_ms())
-    .fetch_all(pool)
-    .await
-    .map_err(|e| db_err("list", e))?;
+    let sql = if upper.is_some() {
+        LIST_RANGE
+    } else {
+        LIST_FROM
+    };
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(sql)
+        .bind(prefix)
+        .bind(upper)
+        .bind(now_ms())
+        .fetch_all(pool)
+        .await
+        .map_err(|e| db_err("list", e))?;
     Ok(rows)
 }
 
@@ -467,6 +484,45 @@ mod tests {
             Some(b"v1".to_vec())
         );
         assert_eq!(store.get("k/9999").await.expect("get"), None);
+    }
+
+    /// A listing searches the key index between the prefix and its upper bound, not from
+    /// the prefix to the end: the rollouts' listing does not visit the target records.
+    #[tokio::test]
+    async fn a_prefix_listing_searches_only_its_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = open_pool(&dir.path().join("state.db")).await.expect("pool");
+        let token = bump_fence(&pool, None).await.expect("bump").expect("token");
+        let store = SqliteStateStore::new(pool.clone(), Arc::new(FenceSignals::default()));
+        let mut ops = vec![put("rollouts/r1", "r"), put("rollouts/r2", "r")];
+        ops.extend((0..300).map(|i| put(&format!("targets/r1/t{i:03}"), "t")));
+        store.write(token, ops).await.expect("write");
+        let listed = store.list("rollouts/").await.expect("list");
+        let keys: Vec<&str> = listed.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["rollouts/r1", "rollouts/r2"]);
+        assert_eq!(store.list("targets/r1/").await.expect("list").len(), 300);
+        assert_eq!(store.list("").await.expect("list all").len(), 302);
+
+        // EXPLAIN QUERY PLAN rows: id, parent, notused, detail.
+        let plan: Vec<String> =
+            sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {LIST_RANGE}")))
+                .bind("rollouts/")
+                .bind("rollouts0")
+                .bind(0_i64)
+                .fetch_all(&pool)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| sqlx::Row::get::<String, _>(r, 3))
+                .collect();
+        let kv = plan
+            .iter()
+            .find(|d| d.contains("kv "))
+            .unwrap_or_else(|| panic!("no search of kv in {plan:?}"));
+        assert!(
+            kv.contains("key>? AND key<?"),
+            "the kv search must use both bounds: {plan:?}"
+        );
     }
 
     #[test]
