@@ -491,6 +491,8 @@ impl Engine {
                 active.state.as_str()
             )));
         }
+        // The last finished rollout's state (kept for its watchers) is not this one's memory.
+        self.live.forget_ended();
         self.require_selection(&spec.selector, &traceparent).await?;
         self.preflight(&graph, &spec, &goal, &traceparent).await?;
         self.refuse_destructive(&graph, &spec, &goal, &traceparent)

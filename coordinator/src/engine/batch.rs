@@ -126,41 +126,53 @@ impl TargetWriter {
 }
 
 /// Write `records` of `rollout` in fenced chunks of at most [`WRITE_CHUNK`] records and
-/// [`WRITE_CHUNK_BYTES`], each encoded just before its chunk is written (a rollout of 100,000
-/// targets never holds all of its encoded records at once).
+/// [`WRITE_CHUNK_BYTES`], each encoded while the chunk before it is being written (the
+/// store's own thread or server writes one chunk while this task encodes the next; a rollout
+/// of 100,000 targets never holds more than two chunks encoded).
 pub(crate) async fn write_records(
     engine: &Engine,
     term: &Term,
     rollout: &str,
     records: &[TargetRecord],
 ) -> Result<(), EngineError> {
-    let (mut start, mut bytes) = (0, 0);
-    let mut chunk = Vec::new();
-    for (i, t) in records.iter().enumerate() {
+    let (mut start, (mut ops, mut end)) = (0, encode_chunk(rollout, records, 0)?);
+    while !ops.is_empty() {
+        let next = async { encode_chunk(rollout, records, end) };
+        let (written, next) = tokio::join!(engine.write_durably(term, ops), next);
+        written?;
+        engine
+            .live
+            .put_targets(term.token, rollout, &records[start..end]);
+        start = end;
+        (ops, end) = next?;
+    }
+    Ok(())
+}
+
+/// The puts of the chunk of `records` that starts at `start`, and where the next one starts.
+fn encode_chunk(
+    rollout: &str,
+    records: &[TargetRecord],
+    start: usize,
+) -> Result<(Vec<WriteOp>, usize), EngineError> {
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    for (i, t) in records.iter().enumerate().skip(start) {
+        if chunk.len() >= WRITE_CHUNK {
+            // Full by count: the next record is not encoded twice.
+            return Ok((chunk, i));
+        }
         let op = WriteOp::Put {
             key: target_key(rollout, &t.target_id),
             value: serde_json::to_vec(t).map_err(EngineError::Encode)?,
         };
         let size = op_bytes(&op);
         if starts_chunk(chunk.len(), bytes, size, WRITE_CHUNK, WRITE_CHUNK_BYTES) {
-            engine
-                .write_durably(term, std::mem::take(&mut chunk))
-                .await?;
-            engine
-                .live
-                .put_targets(term.token, rollout, &records[start..i]);
-            (start, bytes) = (i, 0);
+            return Ok((chunk, i));
         }
         bytes += size;
         chunk.push(op);
     }
-    if !chunk.is_empty() {
-        engine.write_durably(term, chunk).await?;
-        engine
-            .live
-            .put_targets(term.token, rollout, &records[start..]);
-    }
-    Ok(())
+    Ok((chunk, records.len()))
 }
 
 fn op_bytes(op: &WriteOp) -> usize {

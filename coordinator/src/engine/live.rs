@@ -6,8 +6,11 @@
 //! Why this is the store's state, not a guess: an entry is seeded from the store once the
 //! rollout is planned, and changed only after a fenced write of the same term succeeded
 //! (`put_rollout`, `write_records`), before watchers are notified. It is used only while that
-//! term is the current one; the entry ends with the run, and a standby, a new leader or a
-//! finished rollout reads the store.
+//! term is the current one; a standby or a new leader reads the store. An entry whose run
+//! ended before its rollout did ends with the run. The entry of a rollout that ended stays,
+//! unchanged (nothing writes a finished rollout), until the next rollout of this engine
+//! starts: the watchers its end wakes (`rollout start --wait`) read its last state here
+//! instead of every target record from the store.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -24,6 +27,8 @@ struct Live {
     /// is fixed once planned). Kept as the API shows them, not as whole records: the plan's
     /// steps and digest are not shown.
     targets: BTreeMap<(u32, String), pb::TargetProgress>,
+    /// The run ended with the rollout: kept until the next rollout starts.
+    ended: bool,
 }
 
 #[derive(Default)]
@@ -42,14 +47,23 @@ impl LiveRollouts {
             .iter()
             .map(|t| ((t.wave, t.target_id.clone()), t.to_proto()))
             .collect();
-        self.live().insert(
+        let mut live = self.live();
+        live.retain(|_, l| !l.ended);
+        live.insert(
             rec.id.clone(),
             Live {
                 token,
                 rec: rec.clone(),
                 targets,
+                ended: false,
             },
         );
+    }
+
+    /// A rollout is about to be planned: the entries of finished ones are let go first, so
+    /// they do not add to the new rollout's memory.
+    pub(crate) fn forget_ended(&self) {
+        self.live().retain(|_, l| !l.ended);
     }
 
     /// `rec` was written in term `token`.
@@ -80,9 +94,19 @@ impl LiveRollouts {
         }
     }
 
-    /// The run of `id` ended (or its term did): read the store from now on.
+    /// The run of `id` ended (or its term did). When the rollout ended with it (its last
+    /// written state is terminal) the entry stays, as the only finished one; else the store
+    /// answers from now on.
     pub(crate) fn end(&self, id: &str) {
-        self.live().remove(id);
+        let mut live = self.live();
+        live.retain(|other, l| other == id || !l.ended);
+        match live.get_mut(id) {
+            Some(l) if l.rec.state.is_terminal() => l.ended = true,
+            Some(_) => {
+                live.remove(id);
+            }
+            None => {}
+        }
     }
 
     /// The record of rollout `id` as last written, if this coordinator runs it in term
@@ -195,5 +219,32 @@ mod tests {
         live.start(7, &rec, &[]);
         live.end("r1");
         assert!(live.proto("r1", Some(7)).is_none());
+    }
+
+    #[test]
+    fn a_finished_rollout_is_served_until_the_next_one_starts() {
+        let live = LiveRollouts::default();
+        let mut done = rollout();
+        done.state = RolloutState::Succeeded;
+        live.start(7, &done, &[target("a", 0, TargetState::Succeeded)]);
+        live.end("r1");
+        let p = live.proto("r1", Some(7)).expect("kept");
+        assert_eq!(p.state, RolloutState::Succeeded.to_proto() as i32);
+        assert_eq!(p.targets.len(), 1);
+        // Only in its term.
+        assert!(live.proto("r1", Some(8)).is_none());
+        // The next rollout lets it go, whether it is planned or started.
+        let mut next = rollout();
+        next.id = "r2".into();
+        live.start(7, &next, &[]);
+        assert!(live.proto("r1", Some(7)).is_none());
+        assert!(live.proto("r2", Some(7)).is_some());
+        live.start(7, &done, &[]);
+        live.end("r1");
+        live.forget_ended();
+        assert!(live.proto("r1", Some(7)).is_none());
+        // A run that ended before its rollout did (the term ended): the store answers.
+        live.end("r2");
+        assert!(live.proto("r2", Some(7)).is_none());
     }
 }
