@@ -420,12 +420,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_large_write_lands_whole_and_a_stale_token_writes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// A store in `dir` and the token its first fenced write needs.
+    async fn fenced_store(dir: &tempfile::TempDir) -> (SqlitePool, u64, SqliteStateStore) {
         let pool = open_pool(&dir.path().join("state.db")).await.expect("pool");
         let token = bump_fence(&pool, None).await.expect("bump").expect("token");
         let store = SqliteStateStore::new(pool.clone(), Arc::new(FenceSignals::default()));
+        (pool, token, store)
+    }
+
+    #[tokio::test]
+    async fn a_large_write_lands_whole_and_a_stale_token_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (pool, token, store) = fenced_store(&dir).await;
         // More keys than one statement takes, one of them twice (the last value wins).
         let mut ops: Vec<WriteOp> = (0..450).map(|i| put(&format!("k/{i:04}"), "v1")).collect();
         ops.push(put("k/0007", "v2"));
@@ -491,9 +497,7 @@ mod tests {
     #[tokio::test]
     async fn a_prefix_listing_searches_only_its_range() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let pool = open_pool(&dir.path().join("state.db")).await.expect("pool");
-        let token = bump_fence(&pool, None).await.expect("bump").expect("token");
-        let store = SqliteStateStore::new(pool.clone(), Arc::new(FenceSignals::default()));
+        let (pool, token, store) = fenced_store(&dir).await;
         let mut ops = vec![put("rollouts/r1", "r"), put("rollouts/r2", "r")];
         ops.extend((0..300).map(|i| put(&format!("targets/r1/t{i:03}"), "t")));
         store.write(token, ops).await.expect("write");
