@@ -9,22 +9,49 @@ use flotilla_revision::Goal;
 
 use crate::harness::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_planning_read_beyond_one_page_reports_every_target_once() -> Result<()> {
+/// Three planning pages of SQLite targets at base but three, one on each page (the first, a
+/// middle and the last), moved to head behind the coordinator's back; and the coordinator.
+struct Paged {
+    _set: tempfile::TempDir,
+    _files: tempfile::TempDir,
+    _agent: TestAgent,
+    coord: TestCoordinator,
+    ids: Vec<String>,
+    moved: Vec<String>,
+}
+
+async fn paged(agent_id: &str) -> Result<Paged> {
     let set = two_revisions()?;
     let n = 2 * PLANNING_PAGE + 3;
-    let (_dir, targets) = sqlite_targets("t", n)?;
-    let agent = TestAgent::start("agent-pages", targets).await?;
+    let (files, targets) = sqlite_targets("t", n)?;
+    let agent = TestAgent::start(agent_id, targets).await?;
     let ids: Vec<String> = (1..=n).map(|i| format!("t{i:02}")).collect();
-    // Behind the coordinator's back: the first, a middle and the last target to head.
-    let moved = [&ids[0], &ids[PLANNING_PAGE + 1], &ids[n - 1]];
-    for id in moved {
+    let moved = vec![
+        ids[0].clone(),
+        ids[PLANNING_PAGE + 1].clone(),
+        ids[n - 1].clone(),
+    ];
+    for id in &moved {
         migrate_by_hand(&agent, set.path(), id, &Goal::Head, 1).await?;
     }
-
     let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
+    Ok(Paged {
+        _set: set,
+        _files: files,
+        _agent: agent,
+        coord,
+        ids,
+        moved,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planning_read_beyond_one_page_reports_every_target_once() -> Result<()> {
+    // Bound whole: the agent and the files live as long as the test.
+    let fleet = paged("agent-pages").await?;
+    let (coord, ids, moved) = (&fleet.coord, &fleet.ids, &fleet.moved);
     // Planned towards base: nothing plans to steps from the sample, so every target is read.
-    let snap = planning_snapshot(&coord, &Goal::Base).await?;
+    let snap = planning_snapshot(coord, &Goal::Base).await?;
     let mut read: Vec<&str> = snap
         .targets
         .iter()
@@ -36,7 +63,7 @@ async fn a_planning_read_beyond_one_page_reports_every_target_once() -> Result<(
     assert_eq!(read, want, "every target once");
     for e in &snap.targets {
         let id = &e.status.target_id;
-        let expected: Vec<String> = if moved.contains(&id) {
+        let expected: Vec<String> = if moved.contains(id) {
             vec!["0001_a".into(), "0002_b".into()]
         } else {
             vec![]
@@ -52,17 +79,9 @@ async fn a_planning_read_beyond_one_page_reports_every_target_once() -> Result<(
 /// record, in the store as the watch showed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn targets_at_the_goal_on_every_page_are_recorded_once_and_the_rest_run() -> Result<()> {
-    let set = two_revisions()?;
-    let n = 2 * PLANNING_PAGE + 3;
-    let (_dir, targets) = sqlite_targets("t", n)?;
-    let agent = TestAgent::start("agent-skips", targets).await?;
-    let ids: Vec<String> = (1..=n).map(|i| format!("t{i:02}")).collect();
-    // One target on each page is not at base: it runs; every other one is skipped.
-    let moved = [&ids[0], &ids[PLANNING_PAGE + 1], &ids[n - 1]];
-    for id in moved {
-        migrate_by_hand(&agent, set.path(), id, &Goal::Head, 1).await?;
-    }
-    let coord = TestCoordinator::start(set.path(), &[&agent], None).await?;
+    let fleet = paged("agent-skips").await?;
+    let (coord, ids, moved) = (&fleet.coord, &fleet.ids, &fleet.moved);
+    let n = ids.len();
 
     let r = coord
         .rollout(RolloutSpec {
@@ -73,7 +92,7 @@ async fn targets_at_the_goal_on_every_page_are_recorded_once_and_the_rest_run() 
     assert_eq!(state(&r), pb::RolloutState::Succeeded, "{}", r.message);
     let mut ran = targets_in(&r, pb::TargetState::Succeeded);
     ran.sort_unstable();
-    let mut want: Vec<String> = moved.iter().map(|s| (*s).clone()).collect();
+    let mut want = moved.clone();
     want.sort_unstable();
     assert_eq!(ran, want, "only the targets above base ran");
     assert_eq!(targets_in(&r, pb::TargetState::Skipped).len(), n - 3);
