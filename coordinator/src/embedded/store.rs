@@ -178,19 +178,25 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     None
 }
 
-/// `(key, value)` of the live keys from `?1` up to `?2` (excluded), by key.
-const LIST_RANGE: &str = "SELECT key, value FROM ( \
-       SELECT key, value FROM kv WHERE key >= ?1 AND key < ?2 \
-       UNION ALL \
-       SELECT key, value FROM leased WHERE key >= ?1 AND key < ?2 AND expires_at_ms > ?3 \
-     ) ORDER BY key";
+/// The listing statement: the live keys from `?1` (and below `?2` when `$upper` says so),
+/// by key; `?3` is now.
+macro_rules! list_sql {
+    ($upper:literal) => {
+        concat!(
+            "SELECT key, value FROM ( SELECT key, value FROM kv WHERE key >= ?1",
+            $upper,
+            " UNION ALL SELECT key, value FROM leased WHERE key >= ?1",
+            $upper,
+            " AND expires_at_ms > ?3 ) ORDER BY key"
+        )
+    };
+}
 
-/// [`LIST_RANGE`] for a prefix without an upper bound (every key from `?1` on).
-const LIST_FROM: &str = "SELECT key, value FROM ( \
-       SELECT key, value FROM kv WHERE key >= ?1 \
-       UNION ALL \
-       SELECT key, value FROM leased WHERE key >= ?1 AND expires_at_ms > ?3 \
-     ) ORDER BY key";
+/// The live keys from `?1` up to `?2` (excluded).
+const LIST_RANGE: &str = list_sql!(" AND key < ?2");
+
+/// The live keys from `?1` on (a prefix without an upper bound).
+const LIST_FROM: &str = list_sql!("");
 
 /// The live keys under `prefix`. The upper bound is in the statement only when there is
 /// one: SQLite searches the key index with both bounds only when both are plain

@@ -47,9 +47,8 @@ impl LiveRollouts {
             .iter()
             .map(|t| ((t.wave, t.target_id.clone()), t.to_proto()))
             .collect();
-        let mut live = self.live();
-        live.retain(|_, l| !l.ended);
-        live.insert(
+        self.forget_ended();
+        self.live().insert(
             rec.id.clone(),
             Live {
                 token,
@@ -60,8 +59,8 @@ impl LiveRollouts {
         );
     }
 
-    /// A rollout is about to be planned: the entries of finished ones are let go first, so
-    /// they do not add to the new rollout's memory.
+    /// Let the entries of finished rollouts go: a new rollout is about to be planned (or
+    /// served), and they are not to add to its memory.
     pub(crate) fn forget_ended(&self) {
         self.live().retain(|_, l| !l.ended);
     }
