@@ -18,40 +18,19 @@ use flotilla_coordinator::telemetry::{self, TelemetryConfig};
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// This binary's jemalloc options, read by jemalloc by name before `main` and applied over the
-/// build-time ones of `.cargo/config.toml` (the same: one arena, no per-thread caches, pages
-/// given back at once), so they hold however the binary was built (cargo reads that file
-/// only when run from inside the workspace). The
-/// caches cost the coordinator 3–4 MiB of peak at 10,000 targets (65.3–66.8 MiB with them,
-/// 62.6 without), so only the threads that lint a big revision turn theirs on
-/// ([`thread_cache_on`]): without caches those threads queue on the one arena (the 10 MB seed:
-/// `flotilla check` 6.7 s instead of 1.0 s). README, Performance: Scale.
+/// build-time ones of `.cargo/config.toml` (so they hold however the binary was built: cargo
+/// reads that file only when run from inside the workspace): the agent's, with per-thread
+/// caches on. Small frees then stay with their thread instead of emptying the arena's slabs,
+/// each of which was given back (pages are, at once) and faulted in again: the caches cost the
+/// coordinator 2–4 MiB of peak at 10,000 targets and save it about a sixth of its CPU per
+/// target-step and a quarter of it in a no-op; without them the threads that lint a big
+/// revision queue on the one arena. The agent keeps them off: its idle RSS at 1,000 targets
+/// grew by 4.3 MiB with them (README, Performance: "Thread caches for the coordinator").
 #[allow(unsafe_code)] // an exported symbol
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static MALLOC_CONF: &u8 = &b"narenas:1,tcache:false,dirty_decay_ms:0,muzzy_decay_ms:0\0"[0];
-
-/// Turn jemalloc's thread cache on for the calling thread (a lint thread: it exits when the
-/// lint is done, and its cache is given back with it).
-#[allow(unsafe_code)] // one jemalloc control; nothing else in the workspace may use `unsafe`
-fn thread_cache_on() {
-    // SAFETY: `thread.tcache.enabled` is a read-write `bool` control (jemalloc(3), MALLCTL
-    // NAMESPACE): the name is a NUL-terminated C string, no old value is asked for (both
-    // pointers null), and the new value points to a live `bool` of the length given.
-    let mut on = true;
-    let rc = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"thread.tcache.enabled".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            (&raw mut on).cast(),
-            std::mem::size_of::<bool>(),
-        )
-    };
-    debug_assert_eq!(rc, 0, "jemalloc refused thread.tcache.enabled");
-    let _ = rc;
-}
+static MALLOC_CONF: &u8 = &b"narenas:1,tcache:true,dirty_decay_ms:0,muzzy_decay_ms:0\0"[0];
 
 fn main() -> ExitCode {
-    flotilla_revision::lint::on_thread_start(thread_cache_on);
     let cli = Cli::parse();
     let (default_level, service_name) = match cli.command {
         Command::Coordinator(_) => ("info", "flotilla-coordinator"),

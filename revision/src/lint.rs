@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use flotilla_core::Dialect;
 
@@ -181,15 +180,6 @@ fn sections(r: &Revision) -> impl Iterator<Item = (&'static str, Option<Dialect>
 /// on one thread per dialect.
 const PARALLEL_BYTES: usize = 256 * 1024;
 
-/// What each of those threads runs first, set once per process by the binary (the `flotilla`
-/// binary turns its allocator's thread cache on there, off in the rest of the process).
-static THREAD_START: OnceLock<fn()> = OnceLock::new();
-
-/// Set what every lint thread runs before it parses (the first call wins).
-pub fn on_thread_start(f: fn()) {
-    let _ = THREAD_START.set(f);
-}
-
 /// Every rule finding of a revision, in file order, each analyzed with the dialect(s) that
 /// run its section and merged when they agree.
 pub fn findings(r: &Revision, config: &LintConfig) -> Vec<RevisionFinding> {
@@ -214,14 +204,7 @@ pub fn findings(r: &Revision, config: &LintConfig) -> Vec<RevisionFinding> {
         std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
                 .iter()
-                .map(|job| {
-                    scope.spawn(move || {
-                        if let Some(start) = THREAD_START.get() {
-                            start();
-                        }
-                        analyze(job)
-                    })
-                })
+                .map(|job| scope.spawn(move || analyze(job)))
                 .collect();
             handles
                 .into_iter()

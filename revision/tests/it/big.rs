@@ -160,33 +160,3 @@ fn a_section_over_the_step_limit_is_refused_with_its_file_and_line() {
         )]
     );
 }
-
-/// Threads the hook ran on (the `flotilla` binary turns its allocator's thread cache on there).
-static HOOKED: std::sync::Mutex<Vec<std::thread::ThreadId>> = std::sync::Mutex::new(Vec::new());
-
-fn record_thread() {
-    HOOKED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(std::thread::current().id());
-}
-
-/// A big revision is linted on threads of their own, one per dialect and part, each running
-/// the process's thread-start hook before it parses; the caller's thread never runs it.
-#[test]
-fn a_big_revision_is_linted_on_threads_that_run_the_start_hook() {
-    flotilla_revision::lint::on_thread_start(record_thread);
-    let (text, _) = seed_then(&[]);
-    let r = parse_file(Path::new("big.sql"), text.as_bytes()).expect("the file parses");
-    let before = HOOKED.lock().unwrap_or_else(|p| p.into_inner()).len();
-    let _ = lint_revision(&r);
-    let hooked = HOOKED.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    // Up and down, each for every dialect (other tests of this binary may add more).
-    let jobs = 2 * Dialect::ALL.len();
-    assert!(
-        hooked.len() >= before + jobs,
-        "{} of {jobs}",
-        hooked.len() - before
-    );
-    assert!(!hooked.contains(&std::thread::current().id()));
-}
